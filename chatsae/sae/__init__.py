@@ -1,0 +1,35 @@
+"""SAE architectures behind one base class, a registry, and the SAELens-compatible on-disk format."""
+
+from __future__ import annotations
+
+from .base import SAE, LossOutput, SAEConfig
+from .gated import GatedSAE
+from .jumprelu import JumpReLUSAE
+from .standard import StandardSAE
+from .topk import TopKSAE
+
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE)
+}
+
+
+def create_sae(cfg: SAEConfig) -> SAE:
+    """Build a freshly initialised SAE of ``cfg.architecture``."""
+    return ARCHITECTURES[cfg.architecture](cfg)
+
+
+from .io import load_sae, save_sae  # noqa: E402
+
+__all__ = [
+    "ARCHITECTURES",
+    "SAE",
+    "GatedSAE",
+    "JumpReLUSAE",
+    "LossOutput",
+    "SAEConfig",
+    "StandardSAE",
+    "TopKSAE",
+    "create_sae",
+    "load_sae",
+    "save_sae",
+]

@@ -1,0 +1,202 @@
+"""The base class shared by every SAE architecture, its config and its typed outputs.
+
+Shapes: ``x`` is ``[..., d_in]``, latents ``f`` are ``[..., d_sae]``. ``W_enc`` is ``[d_in, d_sae]`` and ``W_dec`` is
+``[d_sae, d_in]`` (SAELens layout). Each architecture implements :meth:`SAE.encode_with_pre` and :meth:`SAE.loss`
+in its own module; everything else (init, decoding, decoder-norm constraint, scale folding, saving) lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SAEConfig:
+    """Shape and architecture of a sparse autoencoder."""
+
+    architecture: str = "jumprelu"
+    """Architecture: jumprelu | standard | topk | gated."""
+    d_in: int = 576
+    """Width of the activations (the model's d_model for residual-stream hooks)."""
+    d_sae: int = 4608
+    """Number of latents (8x d_in by default, as in the FAST paper)."""
+    k: int = 32
+    """TopK only: number of latents kept per token."""
+    apply_b_dec_to_input: bool | None = None
+    """Subtract b_dec from x before encoding. None = architecture default (False for jumprelu, True otherwise)."""
+    decoder_unit_norm: bool | None = None
+    """Keep decoder rows at unit norm (removing the parallel gradient first). None = architecture default
+    (True for jumprelu, topk and gated; False for standard, whose L1 penalty is weighted by decoder norms)."""
+    jumprelu_bandwidth: float = 0.001
+    """JumpReLU only: bandwidth epsilon of the rectangle-kernel pseudo-derivatives (Gemma Scope: 0.001)."""
+    jumprelu_init_threshold: float = 0.001
+    """JumpReLU only: initial threshold theta (Gemma Scope: 0.001), in normalised input units."""
+    jumprelu_threshold_param: str = "direct"
+    """JumpReLU only: train theta directly ("direct") or as log theta ("log"); saved as theta either way."""
+    aux_k: int | None = None
+    """TopK only: number of dead latents used by the AuxK loss (None = d_in // 2)."""
+    aux_coef: float = 1.0 / 32.0
+    """TopK only: coefficient of the AuxK loss (Gao et al.: 1/32)."""
+    dtype: str = "float32"
+    """Parameter dtype."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance: model name, hook name, method, context size, ... (saved in cfg.json)."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in _ARCH_DEFAULTS:
+            raise ValueError(
+                f"SAEConfig.architecture: unknown architecture {self.architecture!r}; "
+                f"choose one of {sorted(_ARCH_DEFAULTS)}"
+            )
+        defaults = _ARCH_DEFAULTS[self.architecture]
+        if self.apply_b_dec_to_input is None:
+            self.apply_b_dec_to_input = defaults[0]
+        if self.decoder_unit_norm is None:
+            self.decoder_unit_norm = defaults[1]
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"SAEConfig: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"SAEConfig.k: must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.jumprelu_threshold_param not in ("direct", "log"):
+            raise ValueError("SAEConfig.jumprelu_threshold_param: must be 'direct' or 'log'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# architecture -> (apply_b_dec_to_input, decoder_unit_norm)
+_ARCH_DEFAULTS: dict[str, tuple[bool, bool]] = {
+    "jumprelu": (False, True),
+    "standard": (True, False),
+    "topk": (True, True),
+    "gated": (True, True),
+}
+
+
+class LossOutput(NamedTuple):
+    """What :meth:`SAE.loss` returns. Scalars are batch means; ``feature_acts`` is ``[batch, d_sae]``."""
+
+    loss: Tensor
+    """Total loss that is back-propagated."""
+    mse: Tensor
+    """Squared error summed over dims, mean over the batch."""
+    sparsity: Tensor
+    """Sparsity penalty before its coefficient (L0, or decoder-norm-weighted L1)."""
+    aux: Tensor
+    """Auxiliary loss already multiplied by its coefficient (AuxK for TopK, frozen-decoder loss for Gated)."""
+    feature_acts: Tensor
+    x_hat: Tensor
+
+
+class SAE(nn.Module, ABC):
+    """Base class: encoder ``W_enc, b_enc``, decoder ``W_dec, b_dec``; subclasses add their own parameters."""
+
+    architecture: ClassVar[str]
+    scale_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
+    """Parameters multiplied by the input scale C when folding normalisation into the weights."""
+    has_b_enc: ClassVar[bool] = True
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dtype = getattr(torch, cfg.dtype)
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        if self.has_b_enc:
+            self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        self.reset_parameters()
+
+    # ---- initialisation -------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """W_dec He-uniform with unit-norm rows, W_enc = W_dec^T (untied afterwards), biases 0."""
+        with torch.no_grad():
+            bound = math.sqrt(6.0 / self.cfg.d_in)  # He-uniform, fan_in = d_in
+            self.W_dec.uniform_(-bound, bound)
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_enc.copy_(self.W_dec.T)
+            for name, p in self.named_parameters():
+                if name.startswith("b_"):
+                    p.zero_()
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """``x - b_dec`` when ``apply_b_dec_to_input``, else ``x``. [..., d_in]"""
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    @abstractmethod
+    def encode_with_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(f, z)``: latent activations and encoder pre-activations, both ``[..., d_sae]``."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations ``f`` ``[..., d_sae]`` for inputs ``x`` ``[..., d_in]``."""
+        return self.encode_with_pre(x)[0]
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Reconstruction ``x_hat = f @ W_dec + b_dec`` ``[..., d_in]``."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    @abstractmethod
+    def loss(self, x: Tensor, sparsity_coef: float, dead_mask: Tensor | None = None) -> LossOutput:
+        """Training loss on a batch ``x`` ``[batch, d_in]``; ``dead_mask`` ``[d_sae]`` marks dead latents."""
+
+    # ---- shared loss pieces ----------------------------------------------------------------------------------
+    @staticmethod
+    def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+        """``||x - x_hat||^2`` summed over dims, mean over the batch."""
+        return (x_hat - x).pow(2).sum(dim=-1).mean()
+
+    def decoder_norms(self) -> Tensor:
+        """``||W_dec,i||`` ``[d_sae]``."""
+        return self.W_dec.norm(dim=1)
+
+    # ---- decoder-norm constraint -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Remove from each decoder row's gradient its component parallel to the row (rows assumed unit norm)."""
+        if not self.cfg.decoder_unit_norm or self.W_dec.grad is None:
+            return
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
+        parallel = (self.W_dec.grad * w).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * w
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (no-op unless ``decoder_unit_norm``)."""
+        if self.cfg.decoder_unit_norm:
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # ---- normalisation folding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on ``x / scale`` work on raw ``x``: multiply the scale-carrying parameters by it.
+
+        Latent activations come out ``scale`` times larger; reconstructions are exactly ``scale`` times larger.
+        """
+        for name in self.scale_params:
+            getattr(self, name).mul_(scale)
+
+    # ---- state for saving ------------------------------------------------------------------------------------
+    def saelens_state_dict(self) -> dict[str, Tensor]:
+        """Tensors under the names SAELens uses for this architecture."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def load_saelens_state_dict(self, state: dict[str, Tensor]) -> None:
+        missing = set(self.saelens_state_dict()) - set(state)
+        if missing:
+            raise KeyError(f"missing tensors {sorted(missing)} for a {self.architecture} SAE")
+        self.load_state_dict({k: state[k] for k in self.state_dict()})

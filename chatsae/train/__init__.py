@@ -1,0 +1,7 @@
+"""Training: config, schedules, data-dependent initialisation and the trainer."""
+
+from .config import TrainConfig
+from .init import geometric_median, input_scale
+from .trainer import StepMetrics, Trainer, TrainResult
+
+__all__ = ["StepMetrics", "TrainConfig", "TrainResult", "Trainer", "geometric_median", "input_scale"]

@@ -1,0 +1,84 @@
+"""Training hyperparameters.
+
+Paper values (FAST App. C; Gemma Scope §3.2) are given per field. The defaults are scaled for runs of a few hundred
+thousand tokens on a CPU (the ``make run`` job): more, smaller steps at a higher learning rate, warm-ups as fractions of
+the run. ``configs/fast_paper.yaml`` and ``configs/gemmascope_jumprelu.yaml`` hold the papers' exact settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
+DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.3, "gated": 0.3, "topk": 0.0}
+
+
+@dataclass
+class TrainConfig:
+    """How the SAE is optimised."""
+
+    total_tokens: int = 600_000
+    """Training budget in tokens (activation vectors). FAST paper: 40.96M."""
+    batch_size: int = 1024
+    """Tokens per optimizer step. Gemma Scope: 4096."""
+    lr: float = 1e-3
+    """Peak learning rate. FAST / Gemma Scope: 7e-5 (at 4096-token batches over 10k+ steps)."""
+    lr_end: float | None = None
+    """Final learning rate after decay; None = lr / 10 (FAST: 7e-5 -> 7e-6)."""
+    lr_decay: str = "cosine"
+    """Decay after warm-up: cosine | linear | constant. FAST: cosine annealing."""
+    lr_warmup_steps: float = 0.05
+    """Warm-up steps (int >= 1) or fraction of the run (< 1). FAST: 16,000; Gemma Scope: 1,000."""
+    lr_warmup_start_factor: float = 0.1
+    """Warm-up starts at this fraction of lr (Gemma Scope: 0.1)."""
+    beta1: float = 0.9
+    """Adam beta1. FAST: 0.9; Gemma Scope: 0."""
+    beta2: float = 0.999
+    """Adam beta2 (both papers: 0.999)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    sparsity_coef: float | None = None
+    """lambda: L0 coefficient (jumprelu) or decoder-weighted L1 coefficient (standard, gated); unused by topk.
+    None = architecture default for E||x||^2 = 1 inputs (jumprelu 0.002, standard/gated 0.3). FAST (SAELens units,
+    ||x|| ~ sqrt(d_in)): L1 5, L0 0.01."""
+    sparsity_warmup_steps: float = 0.2
+    """Linear warm-up of lambda from 0: steps (int) or fraction of the run. FAST / Gemma Scope: 10,000 steps."""
+    grad_clip_norm: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    normalize_activations: bool = True
+    """Scale inputs by a constant so that E||x||^2 = 1 (Gemma Scope); the scale is folded back into the saved SAE."""
+    init_sample_tokens: int = 16_384
+    """Tokens drawn at the start to estimate the input scale and the b_dec initialisation."""
+    b_dec_init: str = "geometric_median"
+    """geometric_median (FAST) | mean | zeros (Gemma Scope)."""
+    dead_window_tokens: int = 4_096_000
+    """A latent is dead if it has not fired (> 1e-8) in this many tokens (FAST: 1000 steps x 4096); capped at the
+    tokens seen so far."""
+    log_every: int = 10
+    """Steps between lines of the JSONL metrics log."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (0 disables); a final SAE is always saved."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    seed: int = 42
+    """Random seed (FAST: 42)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    autocast: str = "none"
+    """Mixed precision for the SAE forward on CUDA: none | bf16 | fp16 (parameters stay float32)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens ({self.total_tokens}) must be >= batch_size ({self.batch_size})")
+        if self.lr_decay not in ("cosine", "linear", "constant"):
+            raise ValueError(f"lr_decay: {self.lr_decay!r} is not cosine, linear or constant")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise ValueError(f"b_dec_init: {self.b_dec_init!r} is not geometric_median, mean or zeros")
+        if self.autocast not in ("none", "bf16", "fp16"):
+            raise ValueError(f"autocast: {self.autocast!r} is not none, bf16 or fp16")
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
