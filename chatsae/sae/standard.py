@@ -1,4 +1,4 @@
-"""Standard SAE: ReLU encoder, loss ``||x - x_hat||^2 + lambda * sum_i f_i * ||W_dec,i||`` (decoder-norm-weighted L1)."""
+"""Standard SAE: ReLU encoder; loss ``||x - x_hat||^2 + lambda * sum_i f_i * ||W_dec,i||`` (weighted L1)."""
 
 from __future__ import annotations
 
