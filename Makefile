@@ -31,13 +31,19 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check chatsae tests scripts
 
-# SAELens compatibility check in its own environment (sae-lens pins its own dependencies)
-compat: $(STAMP)
-	test -x .venv-saelens/bin/python || $(PYTHON) -m venv .venv-saelens
-	.venv-saelens/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
-	.venv-saelens/bin/python -m pip install -q sae-lens "torch==$(TORCH_VERSION)"
-	.venv-saelens/bin/python -m pip install -q --no-deps -e .
-	.venv-saelens/bin/python -m pytest -q tests/test_saelens_compat.py
+# SAELens compatibility check in its own environment (sae-lens pins its own dependencies; chatsae goes in --no-deps)
+SAELENS_VENV ?= .venv-saelens
+SAELENS_STAMP := $(SAELENS_VENV)/.chatsae-installed
+
+$(SAELENS_STAMP): pyproject.toml
+	test -x $(SAELENS_VENV)/bin/python || $(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(SAELENS_VENV)/bin/python -m pip install -q sae-lens pytest "torch==$(TORCH_VERSION)"
+	$(SAELENS_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(SAELENS_STAMP)
+
+compat: $(SAELENS_STAMP)
+	$(SAELENS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_saelens_compat.py
 
 clean:
 	rm -rf $(VENV) .venv-saelens runs

@@ -1,0 +1,58 @@
+"""Training data: reading records, n-gram dedup, FAST / BT(F) / BT(P) token sequences, length bucketing."""
+
+from .dedup import NGramDeduplicator, ngram_hashes
+from .formats import (
+    FORMATS,
+    DataFormatError,
+    Record,
+    RecordReader,
+    RecordSplit,
+    read_records,
+    split_records,
+)
+from .sequences import (
+    ASSISTANT,
+    PAD_CLASS,
+    SYSTEM,
+    TEMPLATE,
+    TEXT,
+    USER,
+    BucketStats,
+    ChatTemplateError,
+    PaddedBatch,
+    SequenceStats,
+    TokenSequence,
+    block_sequences,
+    bucket_batches,
+    fast_sequences,
+    pad_batch,
+    render_chat,
+)
+
+__all__ = [
+    "ASSISTANT",
+    "FORMATS",
+    "PAD_CLASS",
+    "SYSTEM",
+    "TEMPLATE",
+    "TEXT",
+    "USER",
+    "BucketStats",
+    "ChatTemplateError",
+    "DataFormatError",
+    "NGramDeduplicator",
+    "PaddedBatch",
+    "Record",
+    "RecordReader",
+    "RecordSplit",
+    "SequenceStats",
+    "TokenSequence",
+    "block_sequences",
+    "bucket_batches",
+    "fast_sequences",
+    "ngram_hashes",
+    "pad_batch",
+    "read_records",
+    "render_chat",
+    "split_records",
+]
