@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Small models run far faster on one thread (and a 2-core CI machine is not oversubscribed by intra-op threads);
+# set CHATSAE_TEST_THREADS to change it.
+torch.set_num_threads(int(os.environ.get("CHATSAE_TEST_THREADS", "1")))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -115,22 +120,27 @@ INTERP_CHATS = [
 
 @pytest.fixture(scope="session")
 def interp_features(tiny_llama, tmp_path_factory):
-    """(FeatureData, sae, model, tokenizer, sequences): a `chatsae features` run of a random TopK SAE (d_in 64,
-    d_sae 32, k 4) on resid_post.1 of ``tiny_llama`` over the 14 ``INTERP_CHATS``."""
+    """(FeatureData, sae, model, tokenizer, sequences): a `chatsae features` run of a random JumpReLU SAE (d_in 64,
+    d_sae 32, thresholds at each latent's 97th percentile, so latents fire on ~3% of tokens) on resid_post.1 of
+    ``tiny_llama`` over the 14 ``INTERP_CHATS``."""
     from chatsae.data import fast_sequences
     from chatsae.interp.features import FeaturesConfig, collect_features
+    from chatsae.models import capture
     from chatsae.sae import SAEConfig, create_sae
 
     model, tokenizer = tiny_llama
-    torch.manual_seed(0)
-    sae = create_sae(SAEConfig(architecture="topk", d_in=64, d_sae=32, k=4,
-                               metadata={"hook_name": "resid_post.1", "model_name": "tiny"}))  # fmt: skip
     seqs = list(fast_sequences(INTERP_CHATS, tokenizer))
-    cfg = FeaturesConfig(n_samples=len(seqs), top_k=3, n_quantile=6, n_random=4, window_before=6, window_after=3,
-                         batch_size=4, checkpoint_every=2, n_logits=5)  # fmt: skip
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: see `single_thread`
     try:
+        torch.manual_seed(0)
+        sae = create_sae(SAEConfig(architecture="jumprelu", d_in=64, d_sae=32,
+                                   metadata={"hook_name": "resid_post.1", "model_name": "tiny"}))  # fmt: skip
+        x = torch.cat([capture(model, "resid_post.1", torch.tensor([s.input_ids]))[0, 1:] for s in seqs])
+        with torch.no_grad():
+            sae.threshold_param.copy_(sae.encode_with_pre(x)[1].quantile(0.97, dim=0))
+        cfg = FeaturesConfig(n_samples=len(seqs), top_k=3, n_quantile=6, n_random=4, window_before=6,
+                             window_after=3, batch_size=4, checkpoint_every=2, n_logits=5)  # fmt: skip
         data = collect_features(sae, model, tokenizer, seqs, cfg, tmp_path_factory.mktemp("features") / "features")
     finally:
         torch.set_num_threads(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -133,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
         source = CacheSource(cache_dir, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
         d_in = source.d_in
-        meta = {"model_name": data.model, "hook_name": str(context["hook"]), "hook_name_saelens":
+        held_out_file = _write_held_out(context["held_out"], out_dir)
+        meta = {"eval_data": held_out_file, "holdout": data.holdout, "holdout_seed": 0,"model_name": data.model, "hook_name": str(context["hook"]), "hook_name_saelens":
                 context["hook"].saelens_name, "method": data.method, "context_size": data.context_size,
                 "max_length": data.max_length, "data": data.data_path, "cache_tokens": manifest.n_tokens,
                 **{k: v for k, v in to_dict(cfgs["harvest"]).items() if k.startswith("exclude")}}  # fmt: skip
@@ -163,6 +165,19 @@ def _train(args: argparse.Namespace) -> int:
     rows["wall time"] = f"{time.perf_counter() - t0:.0f}s"
     _print_table("chatsae train: result", rows)
     return 0
+
+
+def _write_held_out(records: list[Any], out_dir: Path) -> str | None:
+    """Write the held-out records as JSONL (messages or text) so `chatsae eval SAE_DIR` finds them by itself."""
+    if not records:
+        return None
+    from ..utils import atomic_file
+
+    path = out_dir / "heldout.jsonl"
+    with atomic_file(path, "w") as fh:
+        for r in records:
+            fh.write(json.dumps({"messages": r.messages} if r.messages is not None else {"text": r.text}) + "\n")
+    return str(path)
 
 
 def _evaluate(sae_dir: Path, context: dict[str, Any], max_samples: int, out_dir: Path) -> dict[str, str]:

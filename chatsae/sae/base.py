@@ -195,8 +195,16 @@ class SAE(nn.Module, ABC):
         """Tensors under the names SAELens uses for this architecture."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
 
-    def load_saelens_state_dict(self, state: dict[str, Tensor]) -> None:
-        missing = set(self.saelens_state_dict()) - set(state)
+    def check_saelens_state(self, state: dict[str, Tensor]) -> None:
+        """Raise ValueError naming the first missing or wrongly shaped tensor (extra tensors are ignored)."""
+        expected = self.saelens_state_dict()
+        missing = sorted(set(expected) - set(state))
         if missing:
-            raise KeyError(f"missing tensors {sorted(missing)} for a {self.architecture} SAE")
+            raise ValueError(f"missing tensors {missing} for a {self.architecture} SAE")
+        for name, t in expected.items():
+            if tuple(state[name].shape) != tuple(t.shape):
+                raise ValueError(f"tensor {name!r} has shape {tuple(state[name].shape)}, expected {tuple(t.shape)}")
+
+    def load_saelens_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.check_saelens_state(state)
         self.load_state_dict({k: state[k] for k in self.state_dict()})

@@ -1,14 +1,23 @@
 """Save and load SAEs in the SAELens directory format (``cfg.json`` + ``sae_weights.safetensors``
 [+ ``sparsity.safetensors``]). Weights are never pickled; directories are written atomically.
 
-``cfg.json`` holds the SAELens keys (``architecture``, ``d_in``, ``d_sae``, ``dtype``, ``device``,
-``apply_b_dec_to_input``, ``normalize_activations``, ``metadata``, and ``k`` for TopK) so that
-``sae_lens.SAE.load_from_disk`` reads it, plus chatsae's own full config under ``chatsae``.
+``cfg.json`` holds the keys of SAELens 6 (``architecture``, ``d_in``, ``d_sae``, ``dtype``, ``device``,
+``apply_b_dec_to_input``, ``normalize_activations``, ``reshape_activations``, ``metadata``, and ``k`` /
+``rescale_acts_by_decoder_norm`` for TopK) so that ``sae_lens.SAE.load_from_disk`` reads it, plus chatsae's own full
+config under ``chatsae`` (SAELens ignores unknown keys). ``metadata.sae_lens_version`` is set to ``6.0.0``, the
+format version: without it SAELens takes the file for a pre-6 config and drops the nested metadata. In the SAELens
+view ``metadata.hook_name`` is the TransformerLens name (``blocks.15.hook_resid_post``); the ``chatsae`` block keeps
+chatsae's own (``resid_post.15``).
+
+:func:`load_sae` also reads directories written by SAELens (6.x, and older configs with top-level metadata keys,
+``activation_fn_kwargs.k`` or a ``log_threshold`` tensor); a TopK SAE saved with ``rescale_acts_by_decoder_norm``
+has its decoder norms folded into the encoder on load, which leaves its outputs unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +30,28 @@ from .base import SAE, SAEConfig
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
+SAELENS_FORMAT_VERSION = "6.0.0"
+_CHATSAE_HOOK = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)$")
+# metadata keys that SAELens configs before 6.0 kept at the top level
+_TOP_LEVEL_METADATA = ("model_name", "hook_name", "hook_point", "context_size", "prepend_bos", "dataset_path",
+                       "model_class_name", "hook_head_index", "exclude_special_tokens", "neuronpedia_id")  # fmt: skip
+
+
+def _saelens_hook_name(name: Any) -> Any:
+    """chatsae hook string ``resid_post.15`` -> TransformerLens ``blocks.15.hook_resid_post`` (anything else unchanged).
+
+    Kept local (same rule as ``chatsae.models.HookPoint.saelens_name``): importing chatsae.models pulls in
+    transformers, far too slow for saving an SAE."""
+    m = _CHATSAE_HOOK.match(name) if isinstance(name, str) else None
+    return f"blocks.{m.group(2)}.hook_{m.group(1)}" if m else name
 
 
 def saelens_cfg(sae: SAE) -> dict[str, Any]:
     """The ``cfg.json`` dictionary for ``sae``."""
     cfg = sae.cfg
+    metadata = {**cfg.metadata, "sae_lens_version": SAELENS_FORMAT_VERSION}
+    if "hook_name" in metadata:
+        metadata["hook_name"] = _saelens_hook_name(metadata["hook_name"])
     d: dict[str, Any] = {
         "architecture": cfg.architecture,
         "d_in": cfg.d_in,
@@ -35,11 +61,12 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
         "apply_b_dec_to_input": bool(cfg.apply_b_dec_to_input),
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": dict(cfg.metadata),
+        "metadata": metadata,
         "chatsae": cfg.to_dict(),
     }
     if cfg.architecture == "topk":
         d["k"] = cfg.k
+        d["rescale_acts_by_decoder_norm"] = False
     return d
 
 
@@ -63,8 +90,8 @@ def save_sae(
     return path
 
 
-def read_cfg(path: str | Path) -> SAEConfig:
-    """Parse ``cfg.json`` of a chatsae or SAELens SAE directory into an :class:`SAEConfig`."""
+def read_raw_cfg(path: str | Path) -> dict[str, Any]:
+    """The parsed ``cfg.json`` of an SAE directory, with clear errors."""
     cfg_path = Path(path) / CFG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: no cfg.json here; is {path} an SAE directory?")
@@ -72,24 +99,45 @@ def read_cfg(path: str | Path) -> SAEConfig:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
-    if "chatsae" in raw:
-        return SAEConfig.from_dict(raw["chatsae"])
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def read_cfg(path: str | Path) -> SAEConfig:
+    """Parse ``cfg.json`` of a chatsae or SAELens SAE directory into an :class:`SAEConfig`."""
+    cfg_path = Path(path) / CFG_FILE
+    raw = read_raw_cfg(path)
+    try:
+        if "chatsae" in raw:
+            return SAEConfig.from_dict(raw["chatsae"])
+        return _cfg_from_saelens(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: {e}") from e
+
+
+def _cfg_from_saelens(raw: dict[str, Any]) -> SAEConfig:
     for key in ("architecture", "d_in", "d_sae"):
         if key not in raw:
-            raise ValueError(f"{cfg_path}: field {key!r} is missing")
+            raise ValueError(f"field {key!r} is missing")
     arch = raw["architecture"]
-    if raw.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(
-            f"{cfg_path}: normalize_activations={raw['normalize_activations']!r} is not supported"
-        )
+    if raw.get("normalize_activations") not in ("none", None, False):
+        raise ValueError(f"field 'normalize_activations' = {raw['normalize_activations']!r} is not supported")
+    k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
+    if arch == "topk" and k is None:
+        raise ValueError("field 'k' is missing for a topk SAE")
+    metadata = {key: raw[key] for key in _TOP_LEVEL_METADATA if key in raw}
+    metadata.update(raw.get("metadata") or {})
+    if "hook_point" in metadata:
+        metadata.setdefault("hook_name", metadata.pop("hook_point"))
     return SAEConfig(
         architecture=arch,
         d_in=int(raw["d_in"]),
         d_sae=int(raw["d_sae"]),
-        k=int(raw.get("k", 32)),
-        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", arch != "jumprelu")),
+        k=int(k) if k is not None else SAEConfig.k,
+        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),  # SAELens's default, all architectures
         dtype=str(raw.get("dtype", "float32")).replace("torch.", ""),
-        metadata=dict(raw.get("metadata") or {}),
+        metadata=metadata,
     )
 
 
@@ -104,10 +152,25 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
         raise FileNotFoundError(f"{weights}: weights file missing")
     sae = create_sae(cfg)
     try:
-        sae.load_saelens_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{weights}: not a readable safetensors file ({e})") from e
+    try:
+        if cfg.architecture == "topk" and read_raw_cfg(path).get("rescale_acts_by_decoder_norm"):
+            state = _fold_decoder_norm(state)
+        sae.load_saelens_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as e:
         raise ValueError(f"{weights}: does not match cfg.json ({e})") from e
     return sae.to(device)
+
+
+def _fold_decoder_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens TopK with ``rescale_acts_by_decoder_norm``: ``W_enc, b_enc *= ||W_dec,i||``, ``W_dec /= ||W_dec,i||``."""
+    if not {"W_enc", "b_enc", "W_dec"} <= set(state):
+        return state  # the shape check reports what is missing
+    norms = state["W_dec"].norm(dim=-1).clamp_min(1e-8)
+    return {**state, "W_enc": state["W_enc"] * norms, "b_enc": state["b_enc"] * norms,
+            "W_dec": state["W_dec"] / norms[:, None]}  # fmt: skip
 
 
 def load_sparsity(path: str | Path) -> torch.Tensor | None:

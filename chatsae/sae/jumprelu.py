@@ -124,9 +124,14 @@ class JumpReLUSAE(SAE):
         }
 
     def load_saelens_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "threshold" not in state and "log_threshold" in state:  # older SAELens training checkpoints
+            state = {**state, "threshold": state["log_threshold"].exp()}
+        self.check_saelens_state(state)
         theta = state["threshold"]
-        if (theta <= 0).any():
-            raise ValueError("jumprelu threshold must be positive")
+        # theta = 0 is a plain ReLU (SAELens initialises thresholds at 0); log theta needs theta > 0
+        log = self.cfg.jumprelu_threshold_param == "log"
+        if (theta < 0).any() or (log and (theta == 0).any()):
+            raise ValueError(f"jumprelu threshold must be {'positive' if log else 'non-negative'}")
         with torch.no_grad():
             for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
                 getattr(self, name).copy_(state[name])

@@ -31,7 +31,7 @@ def lr_at(
     if decay == "cosine":
         return lr_end + 0.5 * (lr - lr_end) * (1.0 + math.cos(math.pi * t))
     if decay == "linear":
-        return lr + (lr_end - lr) * t
+        return lr_end * t + lr * (1.0 - t)  # exactly lr_end at t = 1
     raise ValueError(f"unknown lr decay {decay!r}; use cosine, linear or constant")
 
 

@@ -97,6 +97,8 @@ class Trainer:
         self.scale = 1.0
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=self.device)
         self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=self.device)
+        self.window: list[StepMetrics] = []  # metrics of the steps since the last log line
+        self.last_window: list[StepMetrics] = []
 
     # ---- paths -----------------------------------------------------------------------------------------------
     @property
@@ -204,24 +206,26 @@ class Trainer:
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
-        window: list[StepMetrics] = []
         t0, tokens0 = time.perf_counter(), self.tokens
         stream: Iterator[ActivationBatch] = iter(self.source)
         with Progress(self.total_steps, "train", enabled=self.cfg.progress and self.is_main) as bar:
             bar.advance(self.step)
             while self.step < self.total_steps:
                 m = self.train_step(next(stream))
-                window.append(m)
+                if not all(math.isfinite(v) for v in m):
+                    raise RuntimeError(f"non-finite loss/metrics at step {self.step}: {m}; lower --lr or check inputs")
+                self.window.append(m)
+                self.last_window = self.window
                 tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
                 bar.advance(1, **self._bar_fields(m, tok_s))
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log(window, tok_s)
-                    window = window[-1:]
+                    self._log(self.window, tok_s)
+                    self.window = []
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     return TrainResult(None, {"stopped_at_step": self.step})
-        summary = self._summary(window, (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9))
+        summary = self._summary(self.window or self.last_window, (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9))
         sae_dir = self.save_final(summary) if self.is_main else None
         return TrainResult(sae_dir, summary)
 
@@ -284,6 +288,7 @@ class Trainer:
                 "step": self.step, "tokens": self.tokens, "scale": self.scale,
                 "since_fired": self.since_fired.cpu(), "fire_counts": self.fire_counts.cpu(),
                 "torch_rng": torch.get_rng_state(), "source": self.source.state_dict(),
+                "window": [list(m) for m in self.window],
             }  # fmt: skip
             torch.save(state, tmp / "state.pt")
             (tmp / "sae_config.json").write_text(json.dumps(self.sae.cfg.to_dict(), indent=2))
@@ -302,6 +307,7 @@ class Trainer:
         self.since_fired = state["since_fired"].to(self.device)
         self.fire_counts = state["fire_counts"].to(self.device)
         torch.set_rng_state(state["torch_rng"])
+        self.window = [StepMetrics(*m) for m in state.get("window", [])]
         self.source.load_state_dict(state["source"])
         if self.is_main and self.metrics_path.is_file():  # drop log lines written after the checkpoint
             rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
@@ -310,6 +316,3 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")
 
-
-def is_finite_metrics(m: StepMetrics) -> bool:
-    return all(math.isfinite(v) for v in m)

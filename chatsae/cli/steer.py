@@ -1,0 +1,160 @@
+"""``chatsae special-tokens`` (latents of chat-template special tokens) and ``chatsae steer`` (steering reports)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from .common import add_command, configs_from_args
+
+
+@dataclass
+class ModelOptions:
+    """The model to run (default: the one named in the SAE's metadata)."""
+
+    model: str | None = None
+    """Model: 'embedded', a local directory, a .gguf file or a hub id (default: the SAE's metadata model_name)."""
+    dtype: str = "float32"
+    """Model dtype: float32, bfloat16 or float16."""
+    device: str = "cpu"
+    """Device: cpu, cuda, cuda:N or auto."""
+
+
+@dataclass
+class SpecialTokensOptions:
+    """Ranking latents by their average max activation on each chat-template token."""
+
+    data: str = ""
+    """Chat data (any format read_records reads: JSON/JSONL/Parquet/HF dataset; messages, ShareGPT, Alpaca, Q/A)."""
+    n_samples: int = 1000
+    """Number of samples (conversations, each fed on its own) to analyse."""
+    top_k: int = 10
+    """Latents reported per token."""
+    max_tokens: int = 4096
+    """Tokens per forward batch (length-bucketed)."""
+    max_length: int = 8192
+    """Truncate samples to this many tokens."""
+    dedup_n: int | None = 20
+    """n-gram deduplication of samples (None: off)."""
+    out: str = "special_tokens"
+    """Output directory for special_tokens.md and special_tokens.json."""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("--data is required (a chat dataset)")
+        if self.n_samples <= 0 or self.top_k <= 0:
+            raise ValueError("--n-samples and --top-k must be positive")
+
+
+@dataclass
+class SteerOptions:
+    """Greedy chat generations under steering, side by side for several alphas, with automatic measures."""
+
+    latent: list[int] = field(default_factory=list)
+    """Latent(s) to steer: repeat the flag or separate with commas (all get the same mode and value)."""
+    alphas: list[float] = field(default_factory=lambda: [0.0, 15.0, 25.0, 50.0, 100.0, 150.0, 200.0])
+    """add: the alphas of x + alpha*d_k (default 0,15,25,50,100,150,200 as in the FAST paper); clamp: the target
+    latent values; ablate: ignored (clean vs ablated)."""
+    prompts: str = ""
+    """Prompts: a .txt file (one per line) or JSON/JSONL chat records (cut after the last user message)."""
+    mode: str = "add"
+    """add (x + alpha*d_k), clamp (set the latent to the value, keep the SAE error) or ablate (remove the latent)."""
+    positions: str = "all"
+    """Where to steer: all (every token), special (chat-template/special token ids only) or prompt (not the
+    generated tokens)."""
+    normalize: bool = False
+    """add mode: use the unit-norm decoder direction d_k/|d_k|."""
+    max_new_tokens: int = 128
+    """Tokens generated per answer (greedy)."""
+    batch_size: int = 8
+    """Prompts generated together (left-padded)."""
+    n_prompts: int | None = None
+    """Use only the first N prompts."""
+    out: str = "steering"
+    """Output directory for steering.md and steering.json."""
+
+    def __post_init__(self) -> None:
+        from ..steer.interventions import MODES, POSITIONS
+
+        if not self.latent:
+            raise ValueError("--latent is required (one or more latent indices)")
+        if not self.prompts:
+            raise ValueError("--prompts is required (a .txt, .json or .jsonl file)")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if self.mode != "ablate" and not self.alphas:
+            raise ValueError("--alphas needs at least one value")
+        if self.max_new_tokens <= 0 or self.batch_size <= 0:
+            raise ValueError("--max-new-tokens and --batch-size must be positive")
+
+
+class _Extend(argparse.Action):
+    """Repeated ``--latent`` flags accumulate (each may itself be a comma list)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *values])
+
+
+def _load(sae_dir: str, opts: ModelOptions) -> tuple[Any, Any, Any, str]:
+    """(sae, model, tokenizer, model name) for a command."""
+    from ..models import load_model
+    from ..sae import load_sae
+
+    sae = load_sae(sae_dir)
+    name = opts.model or sae.cfg.metadata.get("model_name")
+    if not name:
+        raise ValueError(f"{sae_dir}: the SAE's metadata has no model_name; pass --model")
+    print(f"loading model {name} ...", file=sys.stderr)
+    model, tokenizer = load_model(name, dtype=opts.dtype, device=opts.device)
+    return sae.eval(), model, tokenizer, str(name)
+
+
+def _special_tokens(args: argparse.Namespace) -> int:
+    from ..data import read_records
+    from ..steer.special_tokens import special_token_table, write_table
+
+    cfg = configs_from_args(args)
+    opts: SpecialTokensOptions = cfg["special_tokens"]
+    sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
+    settings = {"sae": str(args.sae_dir), "model": name, "data": opts.data}
+    table = special_token_table(model, tokenizer, sae, read_records(opts.data), n_samples=opts.n_samples,
+                                top_k=opts.top_k, max_tokens=opts.max_tokens, max_length=opts.max_length,
+                                dedup_n=opts.dedup_n, settings=settings)  # fmt: skip
+    md, js = write_table(table, opts.out)
+    print(f"{table.n_samples} samples, {len(table.tokens)} template tokens -> {md}, {js}")
+    return 0
+
+
+def _steer(args: argparse.Namespace) -> int:
+    from ..steer.report import load_prompts, run_steering, write_report
+
+    cfg = configs_from_args(args)
+    opts: SteerOptions = cfg["steer"]
+    prompts = load_prompts(opts.prompts, limit=opts.n_prompts)
+    sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
+    settings = {"sae": str(args.sae_dir), "model": name, "prompts_file": opts.prompts}
+    report = run_steering(model, tokenizer, sae, prompts, opts.latent, opts.alphas, mode=opts.mode,
+                          positions=opts.positions, normalize=opts.normalize, max_new_tokens=opts.max_new_tokens,
+                          batch_size=opts.batch_size, settings=settings)  # fmt: skip
+    md, js = write_report(report, opts.out)
+    print(f"{len(prompts)} prompts x {len(report.conditions)} conditions -> {md}, {js}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``special-tokens`` and ``steer``."""
+    sae_help = "directory of a saved SAE (cfg.json + sae_weights.safetensors)"
+    configs = {"special_tokens": SpecialTokensOptions, "model": ModelOptions}
+    p = add_command(sub, "special-tokens", "Rank SAE latents by average max activation on each chat-template token.",
+                    _special_tokens, configs=configs)  # fmt: skip
+    p.add_argument("sae_dir", metavar="SAE_DIR", help=sae_help)
+    p = add_command(sub, "steer", "Generate chat answers under SAE-latent steering for several alphas, with measures.",
+                    _steer, configs={"steer": SteerOptions, "model": ModelOptions})  # fmt: skip
+    p.add_argument("sae_dir", metavar="SAE_DIR", help=sae_help)
+    for action in p._actions:
+        if action.dest == "latent":
+            action.__class__ = _Extend

@@ -1,0 +1,237 @@
+"""The evaluation driver: run a model with an SAE spliced in at its hook and stream every metric.
+
+Per batch of sequences (built the way the SAE's method says, length-bucketed, right-padded):
+
+1. spliced forward: at the hook, ``fn(act)`` records the clean activation ``x`` and returns the reconstruction
+   ``x̂ = sae(x)`` (position 0 kept clean unless ``splice_first_position``); this gives the spliced logits and,
+   since everything upstream of the hook is unchanged, the clean activations for the reconstruction metrics;
+2. clean forward (no hook): clean logits, for CE clean and KL(clean ‖ spliced);
+3. zero-ablation forward: the activation replaced by zeros at the same positions, for CE recovered.
+
+Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
+attention mask; labels are the next token of the same sequence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..data.formats import Record, split_records
+from ..data.sequences import (
+    PaddedBatch,
+    TokenSequence,
+    block_sequences,
+    bucket_batches,
+    fast_sequences,
+    pad_batch,
+)
+from ..models import HookPoint, capture, check_hook, d_model, edit
+from ..progress import Progress
+from ..sae import SAE
+from . import metrics as M
+from .config import EvalConfig, resolve_config
+from .result import EvalResult, write_result
+from .streaming import SubsetAccumulator
+
+
+# ---- sequences ---------------------------------------------------------------------------------------------------
+def select_records(records: Iterable[Record], cfg: EvalConfig) -> Iterable[Record]:
+    """Apply the held-out split (``cfg.holdout``, ``cfg.holdout_seed``) then ``cfg.max_samples``."""
+    if cfg.holdout:
+        records = split_records(records, cfg.holdout, seed=cfg.holdout_seed or 0).heldout
+    return itertools.islice(records, cfg.max_samples) if cfg.max_samples else records
+
+
+def build_sequences(records: Iterable[Record], tokenizer: Any, cfg: EvalConfig) -> list[TokenSequence]:
+    """Token sequences for ``cfg.method`` (fast: one per sample; bt-f / bt-p: blocks, the last partial block kept),
+    cut at ``cfg.max_tokens`` in total. No dedup: every selected record is evaluated."""
+    if cfg.method == "fast":
+        seqs: Iterable[TokenSequence] = fast_sequences(records, tokenizer, max_length=cfg.max_length or 8192,
+                                                      dedup_n=None)  # fmt: skip
+    else:
+        seqs = block_sequences(records, tokenizer, context_size=cfg.context_size or 2048,
+                               chat=cfg.method == "bt-f", drop_last=False)  # fmt: skip
+    out: list[TokenSequence] = []
+    total = 0
+    for seq in seqs:
+        if cfg.max_tokens is not None and total + len(seq.input_ids) > cfg.max_tokens:
+            room = cfg.max_tokens - total
+            if room > 0:
+                out.append(TokenSequence(*(f[:room] for f in seq)))
+            break
+        out.append(seq)
+        total += len(seq.input_ids)
+    return out
+
+
+# ---- forward passes ----------------------------------------------------------------------------------------------
+class LMLosses(NamedTuple):
+    """Per-position losses ``[B, T]`` of one batch (0 where ``mask`` is false); ``ce_zero`` None when skipped."""
+
+    ce_clean: Tensor
+    ce_spliced: Tensor
+    kl: Tensor
+    ce_zero: Tensor | None
+    mask: Tensor
+
+
+def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
+def _keep_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Wrap a splice function so that position 0 keeps its clean activation."""
+
+    def wrapped(act: Tensor) -> Tensor:
+        new = fn(act).to(act.dtype).clone()
+        new[:, :1] = act[:, :1]
+        return new
+
+    return wrapped
+
+
+@torch.inference_mode()
+def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
+                   fn: Callable[[Tensor], Tensor], zero_ablation: bool = True,
+                   splice_first_position: bool = True) -> LMLosses:  # fmt: skip
+    """Clean vs. spliced (activation at ``hook`` replaced by ``fn(act)``) vs. zero-ablated next-token losses.
+
+    ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
+    activation in both the spliced and the zero-ablated pass.
+    """
+    splice = fn if splice_first_position else _keep_first(fn)
+    labels, mask = M.next_token_labels(input_ids, attention_mask)
+    with edit(model, hook, splice):
+        spliced = _logits(model, input_ids, attention_mask)
+    clean = _logits(model, input_ids, attention_mask)
+    ce_clean, ce_spliced, kl = M.paired_losses(clean, spliced, labels, mask)
+    del spliced, clean
+    ce_zero = None
+    if zero_ablation:
+        zero = torch.zeros_like if splice_first_position else _keep_first(torch.zeros_like)
+        with edit(model, hook, zero):
+            ce_zero = M.token_cross_entropy(_logits(model, input_ids, attention_mask), labels, mask)
+    return LMLosses(ce_clean, ce_spliced, kl, ce_zero, mask)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ---- the driver --------------------------------------------------------------------------------------------------
+def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Record], cfg: EvalConfig | None = None,
+             sae_path: str | None = None) -> EvalResult:  # fmt: skip
+    """Evaluate ``sae`` (taking raw activations) on ``records`` through ``model``; see the module docstring.
+
+    Unset fields of ``cfg`` come from ``sae.cfg.metadata`` (:func:`~chatsae.eval.config.resolve_config`). The SAE is
+    moved to the model's device. Metrics are in raw activation units. The JSON is written to ``cfg.output`` if set.
+    """
+    cfg = resolve_config(cfg or EvalConfig(), sae.cfg.metadata)
+    if not cfg.hook:
+        raise ValueError("no hook point: the SAE's metadata has no hook_name; pass --hook (e.g. resid_post.15)")
+    hook = check_hook(model, cfg.hook)
+    if sae.cfg.d_in != d_model(model):
+        raise ValueError(f"the SAE takes d_in={sae.cfg.d_in} but the model's activations at '{hook}' have width "
+                         f"{d_model(model)}: wrong --model or --hook for this SAE?")  # fmt: skip
+    sae = sae.to(_device(model)).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    t0 = time.perf_counter()
+    seqs = build_sequences(select_records(records, cfg), tokenizer, cfg)
+    if not seqs:
+        raise ValueError(f"{cfg.data or 'records'}: no sequences to evaluate (empty data or held-out split)")
+    batches = list(bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size))
+    acc = SubsetAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
+    n_seq = n_tok = 0
+    with Progress(len(batches), "eval", enabled=cfg.progress, unit="batches") as bar:
+        for batch in batches:
+            n_tok += _eval_batch(sae, model, hook, pad_batch(batch, pad_id), n_seq, cfg, acc)
+            n_seq += len(batch)
+            bar.advance(1, tokens=str(n_tok))
+    result = EvalResult(
+        sae=_sae_info(sae, sae_path),
+        setup=_setup(cfg, model, n_seq, n_tok, time.perf_counter() - t0),
+        metrics=acc.result(),
+        latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
+    )
+    if cfg.output:
+        write_result(result, cfg.output)
+    return result
+
+
+def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, seq_offset: int, cfg: EvalConfig,
+                acc: SubsetAccumulator) -> int:  # fmt: skip
+    """Run one padded batch (sequence ids from ``seq_offset``) into ``acc``; returns its number of real tokens."""
+    device = _device(model)
+    ids, am = pb.input_ids.to(device), pb.attention_mask.to(device)
+    valid = am.bool()
+    token_class, positions = pb.token_class.to(device), pb.positions.to(device)
+    seq_ids = (torch.arange(ids.shape[0], device=device) + seq_offset)[:, None].expand_as(ids)
+    store: dict[str, Tensor] = {}
+
+    def run_sae(act: Tensor) -> Tensor:
+        x = act.to(sae.W_dec.dtype)
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        store.update(x=x[valid], x_hat=x_hat[valid], f=f[valid])
+        return x_hat
+
+    if cfg.lm_loss:
+        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=bool(cfg.splice_first_position))
+        m = losses.mask
+        acc.update_lm(token_class[m], positions[m], ce_clean=losses.ce_clean[m], ce_spliced=losses.ce_spliced[m],
+                      kl=losses.kl[m], ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
+    else:
+        with torch.inference_mode():
+            run_sae(capture(model, hook, ids, am))
+    acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid])
+    return int(valid.sum())
+
+
+def _sae_info(sae: SAE, path: str | None) -> dict[str, Any]:
+    c = sae.cfg
+    info = {"path": path, "architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae,
+            "k": c.k if c.architecture == "topk" else None, "metadata": dict(c.metadata)}  # fmt: skip
+    return info
+
+
+def _setup(cfg: EvalConfig, model: nn.Module, n_seq: int, n_tok: int, seconds: float) -> dict[str, Any]:
+    source = getattr(model, "chatsae_source", None) or {}
+    return {
+        "model": source.get("name") or cfg.model,
+        "hook": str(HookPoint.parse(cfg.hook or "")),
+        "method": cfg.method,
+        "data": cfg.data,
+        "holdout": cfg.holdout,
+        "holdout_seed": cfg.holdout_seed,
+        "max_samples": cfg.max_samples,
+        "max_tokens": cfg.max_tokens,
+        "max_length": cfg.max_length if cfg.method == "fast" else None,
+        "context_size": cfg.context_size if cfg.method != "fast" else None,
+        "sequences": n_seq,
+        "tokens": n_tok,
+        "lm_loss": cfg.lm_loss,
+        "splice_first_position": cfg.splice_first_position,
+        "dense_threshold": cfg.dense_threshold,
+        "device": str(_device(model)),
+        "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "seconds": seconds,
+    }
+
+
+def _latents(acc: SubsetAccumulator, d_sae: int, dense_threshold: float) -> dict[str, Any]:
+    freq = acc.firing_frequency("all")
+    dead, dense = M.dead_latents(freq), M.dense_latents(freq, dense_threshold)
+    return {
+        "d_sae": d_sae,
+        "dead": dead,
+        "dense": dense,
+        "dead_fraction": dead / d_sae,
+        "dense_fraction": dense / d_sae,
+        "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES), "counts": M.firing_histogram(freq)},
+    }

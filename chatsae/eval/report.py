@@ -1,0 +1,76 @@
+"""Showing evaluation results: a rich table of metrics by token subset and a few summary lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .metrics import SUBSETS
+from .result import EvalResult
+
+TABLE_ROWS: dict[str, str] = {
+    "tokens": "tokens", "mse": "MSE (Eq. 7)", "log2_mse": "log2 MSE", "fvu": "FVU",
+    "cosine_similarity": "cos(x, x̂)", "relative_norm": "‖x̂‖/‖x‖", "mean_sq_norm": "E‖x‖²", "l0": "L0",
+    "dead_latents": "dead", "dense_latents": "dense", "ce_clean": "CE clean", "delta_ce": "ΔCE", "kl": "KL",
+    "ce_recovered": "CE recovered",
+}  # fmt: skip
+"""Metrics shown in the table (key -> row label), in order; the JSON file has them all."""
+
+SUBSET_LABELS = {"all_no_pos0": "no pos0", "special_no_pos0": "special no pos0"}
+
+
+def fmt(value: Any) -> str:
+    """A table cell: ints as is, floats with 4 significant digits, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}".replace("e-0", "e-").replace("e+0", "e")
+    return str(value)
+
+
+def metrics_table(result: EvalResult, rows: dict[str, str] = TABLE_ROWS) -> Table:
+    """Metrics (rows) by token subset (columns); subsets without tokens are left out."""
+    subsets = [s for s in SUBSETS if (result.metrics.get(s) or {}).get("tokens")]
+    s = result.setup
+    title = f"{s.get('hook')} · {s.get('method')} · {s.get('sequences')} sequences · {s.get('tokens')} tokens"
+    table = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("metric", no_wrap=True)
+    for name in subsets:
+        table.add_column(SUBSET_LABELS.get(name, name), justify="right")
+    for key, label in rows.items():
+        table.add_row(label, *(fmt(result.metrics[name].get(key)) for name in subsets))
+    return table
+
+
+def summary_lines(result: EvalResult) -> list[str]:
+    """A few plain lines: the headline numbers, the latent counts and the firing-frequency histogram."""
+    h = result.headline
+    lat = result.latents
+    hist = lat.get("firing_histogram", {})
+    edges, counts = hist.get("log10_bin_edges", []), hist.get("counts", [])
+    bins = " ".join(f"[{edges[i]:g},{edges[i + 1]:g}):{c}" for i, c in enumerate(counts) if c)
+    return [
+        f"log2 MSE {fmt(h['log2_mse'])}  log2 MSE_st {fmt(h['log2_mse_st'])}  (without position 0: "
+        f"{fmt(h['log2_mse_no_pos0'])} / {fmt(h['log2_mse_st_no_pos0'])})",
+        f"FVU {fmt(h['fvu'])} (without position 0 {fmt(h['fvu_no_pos0'])})  L0 {fmt(h['l0'])}  "
+        f"delta CE {fmt(h['delta_ce'])}  KL {fmt(h['kl'])}  CE recovered {fmt(h['ce_recovered'])}",
+        f"latents {lat.get('d_sae')}: dead {lat.get('dead')}, dense (> {result.setup.get('dense_threshold')}) "
+        f"{lat.get('dense')}",
+        f"log10 firing frequency histogram: {bins or '-'}",
+    ]
+
+
+def print_report(result: EvalResult, console: Console | None = None) -> None:
+    """Print the table and the summary lines."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # files and pipes: wide enough for every column, nothing cut
+            console = Console(width=max(console.width, 130))
+    console.print(metrics_table(result))
+    for line in summary_lines(result):
+        console.print(line, highlight=False, markup=False)

@@ -1,0 +1,226 @@
+"""Streaming accumulators: evaluate over many batches without holding activations, then ``result() -> dict``.
+
+Each accumulator keeps O(H + d_sae + number of sequences) state, in float64 on the device of the first batch:
+
+- :class:`ReconstructionAccumulator`: per-sequence squared-error sums and token counts (FAST Eq. 7 exactly, even if
+  a sequence spans batches), the token mean and the sum of squared deviations about it merged batch by batch with
+  Chan et al.'s parallel formula (FVU about the mean without the cancellation of ``E[x²] − E[x]²``), cosine and
+  relative-norm sums.
+- :class:`SparsityAccumulator`: firing counts per latent and the exact L0 distribution (a bincount).
+- :class:`LMLossAccumulator`: sums of per-token CE clean / spliced / zero-ablated and KL.
+- :class:`SubsetAccumulator`: all three for every token subset of :data:`~chatsae.eval.metrics.SUBSETS`.
+
+Their results equal the one-shot functions of :mod:`chatsae.eval.metrics` on the concatenated batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import metrics as M
+
+Result = dict[str, Any]
+
+
+def _float(t: Tensor | float) -> float:
+    return float(t.item() if isinstance(t, Tensor) else t)
+
+
+class ReconstructionAccumulator:
+    """Reconstruction metrics of one token subset: ``update(x, x_hat, seq_ids)`` with ``[n, H]``, ``[n, H]``, ``[n]``.
+
+    Sequence ids must be non-negative integers, the same id in every batch for tokens of the same sequence.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.d = 0
+        self.sse: Tensor | None = None  # Σ ||x − x̂||²
+        self.mean: Tensor | None = None  # [H] running token mean
+        self.m2: Tensor | None = None  # Σ ||x − mean||² (all dims)
+        self.cos = self.rel = self.sq_norm = None  # sums over tokens
+        self.seq_sse = torch.zeros(0, dtype=torch.float64)
+        self.seq_n = torch.zeros(0, dtype=torch.float64)
+
+    def update(self, x: Tensor, x_hat: Tensor, seq_ids: Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        if self.mean is None:
+            dev = x.device
+            self.d = x.shape[-1]
+            zero = torch.zeros((), dtype=torch.float64, device=dev)
+            self.sse, self.m2, self.cos, self.rel, self.sq_norm = (zero.clone() for _ in range(5))
+            self.mean = torch.zeros(self.d, dtype=torch.float64, device=dev)
+            self.seq_sse, self.seq_n = self.seq_sse.to(dev), self.seq_n.to(dev)
+        err = M.squared_error(x, x_hat)
+        self.sse += err.sum()
+        self.cos += M.cosine_similarity(x, x_hat).sum()
+        self.rel += M.relative_norm(x, x_hat).sum()
+        xd = x.double()
+        self.sq_norm += xd.pow(2).sum()
+        # Chan et al.: merge (n_a, mean_a, M2_a) with the batch's (n_b, mean_b, M2_b)
+        n_b = x.shape[0]
+        mean_b = xd.mean(dim=0)
+        m2_b = (xd - mean_b).pow(2).sum()
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.m2 += m2_b + delta.pow(2).sum() * (self.n * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.n = n
+        # per-sequence sums for Eq. 7
+        ids = seq_ids.to(self.seq_sse.device).long()
+        need = int(ids.max()) + 1
+        if need > self.seq_sse.shape[0]:
+            grow = max(need, 2 * self.seq_sse.shape[0]) - self.seq_sse.shape[0]
+            pad = torch.zeros(grow, dtype=torch.float64, device=self.seq_sse.device)
+            self.seq_sse, self.seq_n = torch.cat([self.seq_sse, pad]), torch.cat([self.seq_n, pad])
+        self.seq_sse.index_add_(0, ids, err)
+        self.seq_n.index_add_(0, ids, torch.ones_like(err))
+
+    def result(self) -> Result:
+        """tokens, sequences, mse (Eq. 7), log2_mse, mse_token (flat), fvu, explained_variance, cosine_similarity,
+        relative_norm, mean_sq_norm; NaN metrics when the subset had no token."""
+        nan = float("nan")
+        if self.n == 0:
+            keys = ("mse", "log2_mse", "mse_token", "fvu", "explained_variance", "cosine_similarity",
+                    "relative_norm", "mean_sq_norm")  # fmt: skip
+            return {"tokens": 0, "sequences": 0, **dict.fromkeys(keys, nan)}
+        present = self.seq_n > 0
+        mse = _float((self.seq_sse[present] / self.seq_n[present]).mean() / self.d)
+        sse, m2 = _float(self.sse), _float(self.m2)
+        fvu = sse / m2 if m2 > 0 else nan
+        return {
+            "tokens": self.n,
+            "sequences": int(present.sum()),
+            "mse": mse,
+            "log2_mse": M.log2(mse),
+            "mse_token": sse / (self.n * self.d),
+            "fvu": fvu,
+            "explained_variance": 1 - fvu,
+            "cosine_similarity": _float(self.cos) / self.n,
+            "relative_norm": _float(self.rel) / self.n,
+            "mean_sq_norm": _float(self.sq_norm) / self.n,
+        }
+
+
+class SparsityAccumulator:
+    """Latent statistics of one token subset: ``update(f)`` with ``[n, d_sae]`` latent activations."""
+
+    def __init__(self, d_sae: int, dense_threshold: float = M.DENSE_THRESHOLD) -> None:
+        self.d_sae, self.dense_threshold = d_sae, dense_threshold
+        self.n = 0
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.int64)
+        self.l0_counts = torch.zeros(d_sae + 1, dtype=torch.int64)  # l0_counts[j] = tokens with L0 == j
+
+    def update(self, f: Tensor) -> None:
+        if f.shape[0] == 0:
+            return
+        if self.fire_counts.device != f.device:
+            self.fire_counts, self.l0_counts = self.fire_counts.to(f.device), self.l0_counts.to(f.device)
+        on = M.fired(f)
+        self.fire_counts += on.sum(dim=0)
+        self.l0_counts += torch.bincount(on.sum(dim=-1), minlength=self.d_sae + 1)
+        self.n += f.shape[0]
+
+    def frequency(self) -> Tensor:
+        """``[d_sae]`` fraction of this subset's tokens each latent fired on."""
+        return M.firing_frequency(self.fire_counts.cpu(), self.n)
+
+    def l0_quantile(self, q: float) -> float:
+        """Exact quantile (lower) of the per-token L0 distribution."""
+        cdf = self.l0_counts.cpu().cumsum(0)
+        return float(torch.searchsorted(cdf, torch.tensor(q * self.n).ceil().clamp_min(1).long()).item())
+
+    def result(self) -> Result:
+        """l0 (mean), l0_std, l0_p10 / p50 / p90, l0_max, dead_latents, dense_latents (and their fractions)."""
+        nan = float("nan")
+        if self.n == 0:
+            keys = ("l0", "l0_std", "l0_p10", "l0_p50", "l0_p90", "l0_max")
+            return {**dict.fromkeys(keys, nan), "dead_latents": None, "dense_latents": None,
+                    "dead_fraction": nan, "dense_fraction": nan}  # fmt: skip
+        counts = self.l0_counts.cpu().double()
+        values = torch.arange(self.d_sae + 1, dtype=torch.float64)
+        mean = float((counts * values).sum() / self.n)
+        var = float((counts * (values - mean).pow(2)).sum() / self.n)
+        freq = self.frequency()
+        dead, dense = M.dead_latents(freq), M.dense_latents(freq, self.dense_threshold)
+        return {
+            "l0": mean,
+            "l0_std": var**0.5,
+            "l0_p10": self.l0_quantile(0.1),
+            "l0_p50": self.l0_quantile(0.5),
+            "l0_p90": self.l0_quantile(0.9),
+            "l0_max": float(torch.nonzero(counts).max()),
+            "dead_latents": dead,
+            "dense_latents": dense,
+            "dead_fraction": dead / self.d_sae,
+            "dense_fraction": dense / self.d_sae,
+        }
+
+
+LM_KEYS = ("ce_clean", "ce_spliced", "ce_zero", "kl")
+
+
+class LMLossAccumulator:
+    """Mean per-token losses of one subset: ``update(ce_clean=[n], ce_spliced=[n], kl=[n], ce_zero=[n] | None)``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: dict[str, Tensor] = {}
+
+    def update(self, **losses: Tensor | None) -> None:
+        given = {k: v for k, v in losses.items() if v is not None}
+        if set(given) - set(LM_KEYS):
+            raise ValueError(f"unknown loss names {sorted(set(given) - set(LM_KEYS))}; expected {LM_KEYS}")
+        n = next(iter(given.values())).shape[0] if given else 0
+        if n == 0:
+            return
+        for k, v in given.items():
+            self.sums[k] = self.sums.get(k, 0) + v.double().sum()
+        self.n += n
+
+    def result(self) -> Result:
+        """lm_tokens, ce_clean, ce_spliced, delta_ce, kl, ce_zero, ce_recovered (None when not computed)."""
+        keys = ("ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_recovered")
+        if self.n == 0:
+            return {"lm_tokens": 0, **dict.fromkeys(keys)}
+        mean = {k: _float(v) / self.n for k, v in self.sums.items()}
+        out = M.lm_loss_summary(mean["ce_clean"], mean["ce_spliced"], mean.get("ce_zero"), mean["kl"])
+        return {"lm_tokens": self.n, **out}
+
+
+class SubsetAccumulator:
+    """Every metric on every token subset. ``update`` takes flat token tensors (padding removed)."""
+
+    def __init__(self, d_sae: int, subsets: tuple[str, ...] = M.SUBSETS,
+                 dense_threshold: float = M.DENSE_THRESHOLD) -> None:  # fmt: skip
+        self.subsets = subsets
+        self.recon = {s: ReconstructionAccumulator() for s in subsets}
+        self.sparsity = {s: SparsityAccumulator(d_sae, dense_threshold) for s in subsets}
+        self.lm = {s: LMLossAccumulator() for s in subsets}
+
+    def update(self, x: Tensor, x_hat: Tensor, f: Tensor, token_class: Tensor, positions: Tensor,
+               seq_ids: Tensor) -> None:  # fmt: skip
+        """``x, x_hat [n, H]``, ``f [n, d_sae]``, ``token_class, positions, seq_ids [n]``."""
+        for name, m in M.subset_masks(token_class, positions).items():
+            if name in self.recon:
+                self.recon[name].update(x[m], x_hat[m], seq_ids[m])
+                self.sparsity[name].update(f[m])
+
+    def update_lm(self, token_class: Tensor, positions: Tensor, **losses: Tensor | None) -> None:
+        """Per-position losses ``[n]`` (``ce_clean``, ``ce_spliced``, ``kl``, optional ``ce_zero``); a loss belongs
+        to the subsets of the position whose logits are scored (its label is the next token)."""
+        for name, m in M.subset_masks(token_class, positions).items():
+            if name in self.lm:
+                self.lm[name].update(**{k: None if v is None else v[m] for k, v in losses.items()})
+
+    def result(self) -> dict[str, Result]:
+        """``{subset: {metric: value}}`` merging the three accumulators' results."""
+        return {s: {**self.recon[s].result(), **self.sparsity[s].result(), **self.lm[s].result()} for s in self.subsets}
+
+    def firing_frequency(self, subset: str = "all") -> Tensor:
+        """``[d_sae]`` firing frequency of each latent on ``subset``."""
+        return self.sparsity[subset].frequency()
