@@ -135,10 +135,13 @@ def _train(args: argparse.Namespace) -> int:
         source = CacheSource(cache_dir, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
         d_in = source.d_in
         held_out_file = _write_held_out(context["held_out"], out_dir)
-        meta = {"eval_data": held_out_file, "holdout": data.holdout, "holdout_seed": 0,"model_name": data.model, "hook_name": str(context["hook"]), "hook_name_saelens":
-                context["hook"].saelens_name, "method": data.method, "context_size": data.context_size,
-                "max_length": data.max_length, "data": data.data_path, "cache_tokens": manifest.n_tokens,
-                **{k: v for k, v in to_dict(cfgs["harvest"]).items() if k.startswith("exclude")}}  # fmt: skip
+        hook = context["hook"]
+        meta = {
+            "model_name": data.model, "hook_name": str(hook), "method": data.method,
+            "context_size": data.context_size, "max_length": data.max_length, "data": data.data_path,
+            "eval_data": held_out_file, "holdout": data.holdout, "holdout_seed": 0, "cache_tokens": manifest.n_tokens,
+            **{k: v for k, v in to_dict(cfgs["harvest"]).items() if k.startswith("exclude")},
+        }  # fmt: skip
     sae_cfg = _sae_config(args, cfgs, d_in, meta)
     sae = create_sae(sae_cfg)
     run_config = {"run": to_dict(run), "sae": to_dict(sae_cfg), "train": to_dict(tc), "data": to_dict(data),
