@@ -7,7 +7,8 @@ import torch
 
 from chatsae.models import capture, decoder_layers
 from chatsae.steer import LatentEdit, Steering, make_edits, special_token_ids, steer
-from chatsae.steer.report import encode_prompt, left_pad
+from chatsae.steer.measures import pad_ids
+from chatsae.steer.report import encode_prompt
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors
 
@@ -212,7 +213,7 @@ def test_generate_with_cache_equals_without_cache(setup, positions):
 @pytest.mark.parametrize("positions", ["all", "special", "prompt"])
 def test_left_padded_batch_matches_single_prompts(setup, positions):
     model, tok, sae, prompts, k = setup
-    ids, mask = left_pad(prompts, pad_id=2)
+    ids, mask = pad_ids(prompts, pad_id=2)
     assert (mask == 0).any()
     edit = LatentEdit(k, "add", 6.0)
     with Steering(model, sae, edit, positions=positions, tokenizer=tok) as s:
@@ -252,21 +253,24 @@ def test_bad_arguments(setup):
 
 @pytest.mark.slow
 def test_embedded_model_special_steering_with_and_without_cache(embedded):
-    """The real SmolLM2 (GGUF): steering at special tokens of layer 15 with a random SAE changes the greedy answer,
-    gives the same tokens with and without the KV cache, and alpha 0 is the clean answer."""
+    """The real SmolLM2 (GGUF): steering at special tokens of layer 15 with a random SAE moves the logits, gives the
+    same tokens with and without the KV cache, and alpha 0 is the clean answer."""
     from chatsae.sae import SAEConfig, create_sae
 
     model, tok = embedded
     torch.manual_seed(0)
     sae = create_sae(SAEConfig(architecture="jumprelu", d_in=576, d_sae=1152, metadata={"hook_name": "resid_post.15"}))
     ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": "What is the capital of France?"}])])
-    clean = _generate(model, ids, n=8)
+    kw = {"n": 8, "output_scores": True, "return_dict_in_generate": True}
+    clean = _generate(model, ids, **kw)
     with steer(model, sae, 7, 0.0, positions="special", tokenizer=tok):
-        zero = _generate(model, ids, n=8)
+        zero = _generate(model, ids, **kw)
     with steer(model, sae, 7, 150.0, positions="special", tokenizer=tok) as s:
-        cached = _generate(model, ids, n=8, use_cache=True)
-        uncached = _generate(model, ids, n=8, use_cache=False)
-    assert torch.equal(zero, clean)
-    assert torch.equal(cached, uncached)
-    assert not torch.equal(cached, clean)
+        cached = _generate(model, ids, use_cache=True, **kw)
+        uncached = _generate(model, ids, use_cache=False, **kw)
+    assert torch.equal(zero.sequences, clean.sequences)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    steered_scores = torch.stack(cached.scores)
+    torch.testing.assert_close(steered_scores, torch.stack(uncached.scores), atol=1e-3, rtol=1e-4)
+    assert (steered_scores - torch.stack(clean.scores)).abs().max() > 0.1  # steering moved the logits
     assert s.n_edited > 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from chatsae.cli import main
+from chatsae.models import capture
 from chatsae.steer import (
     answer_nll,
     conditions_for,
@@ -103,7 +104,10 @@ def test_run_steering_report(tiny_llama, sae, tmp_path):
     md, js = write_report(report, tmp_path / "rep")
     data = json.loads(js.read_text())
     assert data["conditions"] == report.conditions and len(data["generations"]) == 4
-    assert data["settings"]["hook"] == HOOK and "hook_norm_median" in data["settings"]
+    assert data["settings"]["hook"] == HOOK
+    acts = [capture(model, HOOK, torch.tensor([encode_prompt(tok, m)]))[0, 1:] for m in PROMPTS]  # unbatched
+    norms = torch.cat([a.norm(dim=-1) for a in acts])
+    assert data["settings"]["hook_norm_median"] == pytest.approx(float(norms.median()), rel=1e-5)
     assert "| alpha=8 |" in md.read_text()
 
 

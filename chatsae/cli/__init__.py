@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("train", "eval", "interp", "steer")
+COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

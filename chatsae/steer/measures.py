@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def repetition_rate(ids: Sequence[int], n: int) -> float:
@@ -31,6 +31,19 @@ def non_ascii_share(text: str) -> float:
     return sum(ord(c) > 127 for c in letters) / len(letters) if letters else 0.0
 
 
+def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = True) -> tuple[Tensor, Tensor]:
+    """Left-padded (``left=False``: right-padded) ``(input_ids [B, L], attention_mask [B, L])``."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            cols = slice(L - len(s), L) if left else slice(0, len(s))
+            ids[i, cols] = torch.tensor(list(s))
+            mask[i, cols] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def answer_nll(
     model: nn.Module, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int = 0
@@ -39,14 +52,8 @@ def answer_nll(
 
     Runs the model on each ``prompt + answer`` (one right-padded batch; pass a few at a time for long inputs).
     """
-    seqs = [list(p) + list(a) for p, a in zip(prompts, answers, strict=True)]
-    L = max(len(s) for s in seqs)
+    ids, mask = pad_ids([list(p) + list(a) for p, a in zip(prompts, answers, strict=True)], pad_id, left=False)
     device = next(model.parameters()).device
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     nll = -logp.gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [B, L-1]: NLL of token t+1

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..utils import atomic_file
 from .interventions import LatentEdit, Steering, make_edits, resolve_hook
-from .measures import AnswerMeasures, measure_answers, summarize
+from .measures import AnswerMeasures, measure_answers, pad_ids, summarize
 
 
 @dataclass
@@ -93,18 +93,6 @@ def encode_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Left-padded ``(input_ids [B, L], attention_mask [B, L])``."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, L - len(s) :] = torch.tensor(list(s))
-            mask[i, L - len(s) :] = 1
-    return ids, mask
-
-
 def eos_ids_of(model: nn.Module, tokenizer: Any) -> set[int]:
     """EOS ids of the tokenizer and the model's generation config."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -134,7 +122,7 @@ def generate(
         kwargs.update(temperature=None, top_p=None, top_k=None)
     answers: list[list[int]] = []
     for s in range(0, len(prompt_ids), batch_size):
-        ids, mask = left_pad(prompt_ids[s : s + batch_size], pad)
+        ids, mask = pad_ids(prompt_ids[s : s + batch_size], pad)
         if steering is None:
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         else:
@@ -157,9 +145,10 @@ def hook_norm(
     device = next(model.parameters()).device
     norms = []
     for s in range(0, len(prompt_ids), batch_size):
-        ids, mask = left_pad(prompt_ids[s : s + batch_size], pad_id)
+        ids, mask = pad_ids(prompt_ids[s : s + batch_size], pad_id, left=False)  # positions start at 0
         acts = capture(model, hook, ids.to(device), mask.to(device)).float().cpu()  # [B, L, d]
-        keep = mask.bool() & (mask.cumsum(1) > 1)  # real tokens after each row's first one
+        keep = mask.bool()
+        keep[:, 0] = False
         norms.append(acts[keep].norm(dim=-1))
     norms_all = torch.cat(norms)
     return float(norms_all.median()) if len(norms_all) else float("nan")

@@ -1,0 +1,127 @@
+"""``chatsae compare`` (the FAST paper's BT(P) / BT(F) / FAST table) and ``chatsae sweep`` (sparsity-fidelity
+frontiers of several architectures). Both are resumable: rerun the same command to finish an interrupted study."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from typing import Any
+
+from ..config import load_config_file
+from .common import add_command, configs_from_args
+
+ALIASES = {"d_sae": ["width"]}
+COMPARE_HELP = (
+    "Reproduce the FAST paper's comparison: train BT(P) (plain text in blocks), BT(F) (chat data in blocks) and FAST "
+    "(one chat sample per sequence) SAEs at the same token budget for each architecture, evaluate all of them the "
+    "same way (FAST-style) on held-out chat records, and write report.md (log2 MSE / MSE_st table in the paper's "
+    "layout, L0, FVU, delta LM loss, CE recovered, with and without position 0), report.json and PNG charts. "
+    "Caches and trained SAEs are reused: rerun the same command to resume."
+)
+SWEEP_HELP = (
+    "Sparsity-fidelity frontiers: harvest once, train each architecture at several sparsity settings (lambda grids, "
+    "TopK k grid), evaluate all on the same held-out records, and write frontier.csv, frontier.png (delta LM loss and "
+    "FVU vs L0) and report.md saying whether JumpReLU's frontier is ahead. Rerun the same command to resume."
+)
+# option dest -> what to use instead, for the options of the shared config groups that these commands set themselves
+COMPARE_FIXED = {"data": "--instruct-data / --pretrain-data", "method": "--methods", "cache_dir": "--out-dir",
+                 "architecture": "--archs", "d_in": "nothing (the model's width is used)"}  # fmt: skip
+SWEEP_FIXED = {"architecture": "--archs", "sparsity_coef": "--jumprelu-coefs / --standard-coefs / --gated-coefs",
+               "k": "--topk-ks", "d_in": "nothing (the model's width is used)"}  # fmt: skip
+
+
+def _sections(extra: tuple[str, type]) -> dict[str, type]:
+    from ..activations.harvest import HarvestOptions
+    from ..activations.pipeline import DataConfig
+    from ..eval.study import StudyEvalConfig
+    from ..sae import SAEConfig
+    from ..train.config import TrainConfig
+
+    return {extra[0]: extra[1], "eval": StudyEvalConfig, "data": DataConfig, "harvest": HarvestOptions,
+            "sae": SAEConfig, "train": TrainConfig}  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    from ..eval.compare import CompareConfig
+    from ..eval.sweep import SweepConfig
+
+    for name, help_text, handler, section, fixed in (
+        ("compare", COMPARE_HELP, _compare, ("compare", CompareConfig), COMPARE_FIXED),
+        ("sweep", SWEEP_HELP, _sweep, ("sweep", SweepConfig), SWEEP_FIXED),
+    ):
+        p = add_command(sub, name, help_text, handler, _sections(section), aliases=ALIASES)
+        for action in p._actions:  # options the command sets itself: hidden from --help, rejected if given
+            if action.dest in fixed:
+                action.help = argparse.SUPPRESS
+
+
+def _check_fixed(args: argparse.Namespace, fixed: dict[str, str]) -> dict[str, Any]:
+    """Reject the hidden options (flags or config file); returns the config file's content."""
+    file_cfg = load_config_file(args.config) if getattr(args, "config", None) else {}
+    for dest, instead in fixed.items():
+        in_file = any(isinstance(v, dict) and dest in v for v in file_cfg.values()) or (
+            dest in file_cfg and not isinstance(file_cfg[dest], dict))
+        if hasattr(args, dest) or in_file:
+            raise ValueError(f"--{dest.replace('_', '-')} does not apply to chatsae {args.command}; use {instead}")
+    return file_cfg
+
+
+def _sae_options(args: argparse.Namespace, sae: Any, file_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The SAEConfig fields given explicitly (flags or config file): the others keep each architecture's defaults."""
+    given = set(file_cfg.get("sae") or {}) | {k for k, v in file_cfg.items() if not isinstance(v, dict)}
+    return {f.name: getattr(sae, f.name) for f in dataclasses.fields(sae)
+            if (hasattr(args, f.name) or f.name in given) and f.name not in ("architecture", "d_in")}  # fmt: skip
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed (when run from a shell), else rebuilt from the options given."""
+    if sys.argv[1:2] == [args.command]:
+        return shlex.join(["chatsae", *sys.argv[1:]])
+    parts = ["chatsae", args.command]
+    for dest, value in vars(args).items():
+        if dest in ("handler", "config_classes", "command", "debug"):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + dest.replace("_", "-"))
+        elif value is not None or dest != "config":
+            parts += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return shlex.join(parts)
+
+
+def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tuple[Any, Any]:
+    from ..eval.study import Study
+
+    file_cfg = _check_fixed(args, fixed)
+    cfgs = configs_from_args(args)
+    own = cfgs[section]
+    study = Study(own.out_dir, cfgs["data"], cfgs["harvest"], cfgs["train"], cfgs["eval"],
+                  sae_options=_sae_options(args, cfgs["sae"], file_cfg), expansion_factor=own.expansion_factor)
+    return own, study
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..eval.compare import best_lines, paper_table, run_compare
+
+    cc, study = _study(args, COMPARE_FIXED, "compare")
+    result = run_compare(cc, study, command=command_line(args))
+    for name, es in result.report["eval_sets"].items():
+        res = result.report["results"][name]
+        print(f"\n{es['label']}\n\n{paper_table(res, ('log2_mse', 'log2_mse_st'))}\n")
+        print("\n".join(best_lines(res)))
+    print("\nwrote " + ", ".join(str(p) for p in result.files))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from ..eval.sweep import gap_lines, run_sweep
+
+    sc, study = _study(args, SWEEP_FIXED, "sweep")
+    report, files = run_sweep(sc, study, command=command_line(args))
+    for name, es in report["eval_sets"].items():
+        print(f"\n{es['label']}: {len(report['rows'][name])} SAEs")
+        print("\n".join(gap_lines(report["gaps"].get(name, {}))))
+    print("\nwrote " + ", ".join(str(p) for p in files))
+    return 0

@@ -1,0 +1,266 @@
+"""``chatsae compare``: the FAST paper's comparison. BT(P) (plain text in blocks), BT(F) (chat data in blocks) and
+FAST (one chat sample per sequence) SAEs are trained at the same token budget for each architecture, each method's
+activations harvested once; every SAE is evaluated FAST-style on the same held-out chat records (and optional extra
+files), and ``report.md`` / ``report.json`` / PNG charts give the paper's log2 MSE / MSE_st table and more.
+
+Layout of ``OUT_DIR``: ``cache/<method>/`` activation caches, ``<method>_<arch>/`` training runs (``sae/``,
+``metrics.jsonl``, ``eval_<set>.json``), ``heldout.jsonl``, ``plan.json``, ``report.md``, ``report.json``,
+``mse.png``, ``metrics.png`` (docs/metrics.md, "Comparing methods").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..activations.pipeline import DataConfig
+from ..config import to_dict
+from ..sae import ARCHITECTURES, SAEConfig
+from .study import (
+    ARCH_LABELS,
+    METHOD_LABELS,
+    Study,
+    cell,
+    check_names,
+    label,
+    md_table,
+    names,
+    now,
+    summarize,
+    unit,
+    write_texts,
+)
+
+
+@dataclass
+class CompareConfig:
+    """Which methods, architectures and data the FAST comparison trains (all SAEs at the same token budget)."""
+
+    out_dir: str = "runs/compare"
+    """Output directory: caches, one training run per method x architecture, report.md/json and charts."""
+    instruct_data: str = "default"
+    """Instruction (chat) data for BT(F) and FAST, and the held-out evaluation records ('default' = chatsae's own)."""
+    pretrain_data: str | None = None
+    """Plain-text (pretraining-style) data for BT(P): .txt, or JSON/JSONL with a text column. Needed for bt-p."""
+    pretrain_format: str = "auto"
+    """Record format of --pretrain-data (auto | text | ...); --data-format/--text-field apply to --instruct-data."""
+    pretrain_text_field: str | None = None
+    """Column of --pretrain-data holding the text (default 'text')."""
+    methods: str | list[str] = "bt-p,bt-f,fast"
+    """Methods to compare (rows of the table): bt-p, bt-f, fast."""
+    archs: str | list[str] = "standard,jumprelu"
+    """Architectures (column groups of the table): standard, jumprelu, topk, gated."""
+    sparsity_coefs: str | list[str] = ""
+    """Per-architecture sparsity coefficient, e.g. 'standard=0.3,jumprelu=0.002' (others: --sparsity-coef, else
+    the architecture default)."""
+    expansion_factor: int = 8
+    """d_sae = expansion_factor x d_in when --width/--d-sae is not given (FAST: 8 or 16)."""
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------------
+class CompareResult(NamedTuple):
+    report: dict[str, Any]
+    """The content of report.json: setup, caches, eval_sets, results[set][method][arch], best[set][arch][metric]."""
+    files: list[Path]
+    """report.md, report.json and the PNG charts."""
+
+
+BEST_METRICS = {"log2_mse_st": "MSE_st", "log2_mse": "MSE", "log2_mse_st_no_pos0": "MSE_st without position 0",
+                "log2_mse_no_pos0": "MSE without position 0"}  # fmt: skip
+"""Metrics (lower is better) the report names a best method for."""
+
+
+def best_methods(results: dict[str, dict[str, dict[str, Any]]], metric: str) -> dict[str, str | None]:
+    """``results[method][arch][metric]`` -> ``{arch: method with the lowest value}`` (None where no method has a
+    value; the first method listed wins a tie)."""
+    archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
+    best: dict[str, str | None] = {}
+    for arch in archs:
+        scored = [(v, m) for m, per_arch in results.items()
+                  if isinstance(v := (per_arch.get(arch) or {}).get(metric), (int, float)) and v == v]  # fmt: skip
+        best[arch] = min(scored, key=lambda t: t[0])[1] if scored else None
+    return best
+
+
+def parse_coefs(spec: str | list[str], archs: list[str]) -> dict[str, float]:
+    """``"standard=0.3,jumprelu=0.002"`` -> ``{"standard": 0.3, "jumprelu": 0.002}``, with clear errors."""
+    out = {}
+    for item in names(spec):
+        arch, sep, value = item.partition("=")
+        if not sep or arch.strip() not in ARCHITECTURES:
+            raise ValueError(f"--sparsity-coefs: {item!r} is not ARCH=VALUE with ARCH one of {sorted(ARCHITECTURES)}")
+        try:
+            out[arch.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--sparsity-coefs: {item!r}: {value!r} is not a number") from None
+    unused = set(out) - set(archs)
+    if unused:
+        raise ValueError(f"--sparsity-coefs names {sorted(unused)}, which are not among --archs {archs}")
+    return out
+
+
+def method_data(cc: CompareConfig, data: DataConfig, method: str, out_dir: Path) -> DataConfig:
+    """The data config of one method: BT(P) reads --pretrain-data (nothing held out), BT(F)/FAST --instruct-data."""
+    cache = str(out_dir / "cache" / method)
+    if method == "bt-p":
+        return dataclasses.replace(data, data=str(cc.pretrain_data), data_format=cc.pretrain_format, holdout=0,
+                                   text_field=cc.pretrain_text_field, method=method, cache_dir=cache)  # fmt: skip
+    return dataclasses.replace(data, data=cc.instruct_data, method=method, cache_dir=cache)
+
+
+def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareResult:
+    """Train every method x architecture at the same token budget, evaluate all SAEs FAST-style on the same
+    records, write the report (see the module docstring)."""
+    from ..train.config import DEFAULT_SPARSITY_COEF
+
+    methods = check_names("methods", names(cc.methods), METHOD_LABELS)
+    archs = check_names("archs", names(cc.archs), ARCHITECTURES)
+    coefs = parse_coefs(cc.sparsity_coefs, archs)
+    if "bt-p" in methods and not cc.pretrain_data:
+        raise ValueError("--pretrain-data is required for BT(P) (plain text), or leave bt-p out of --methods")
+    study.data = dataclasses.replace(study.data, data=cc.instruct_data)
+    study.check_plan({"compare": {k: v for k, v in to_dict(cc).items() if k.startswith(("instruct", "pretrain"))}})
+    sets = study.eval_sets()
+    results: dict[str, dict[str, dict[str, Any]]] = {es.name: {m: {} for m in methods} for es in sets}
+    caches: dict[str, Any] = {}
+    tc = study.train_cfg
+    d_in = d_sae = 0
+    for method in methods:
+        dcfg = method_data(cc, study.data, method, study.out_dir)
+        cache_dir, manifest = study.harvest(dcfg, METHOD_LABELS[method])
+        caches[method] = {"data": dcfg.data_path, "path": str(cache_dir), "vectors": manifest.n_tokens,
+                          "passes": tc.total_tokens / max(manifest.n_tokens, 1)}  # fmt: skip
+        meta = study.sae_metadata(dcfg, manifest, sets[0].path if sets[0].name == "heldout" else None)
+        for arch in archs:
+            sae_dir = study.train(cache_dir, f"{method}_{arch}", arch, coefs.get(arch), None, meta)
+            for es in sets:
+                res = study.evaluate(sae_dir, es, method="fast")
+                row = {**summarize(res), "sae": str(sae_dir), "tokens": res.setup["tokens"]}
+                results[es.name][method][arch] = row
+                d_in, d_sae = res.sae["d_in"], res.sae["d_sae"]
+    setup = {
+        "model": study.data.model, "hook": study.hook, "d_in": d_in, "d_sae": d_sae,
+        "total_tokens": tc.total_tokens, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed,
+        "methods": methods, "archs": archs,
+        "sparsity_coefs": {a: coefs.get(a, tc.sparsity_coef if tc.sparsity_coef is not None
+                                        else DEFAULT_SPARSITY_COEF[a]) for a in archs if a != "topk"},
+        "k": study.sae_options.get("k", SAEConfig.k) if "topk" in archs else None,
+        "instruct_data": study.data.data_path, "pretrain_data": cc.pretrain_data, "holdout": study.data.holdout,
+        "holdout_seed": 0, "max_length": study.data.max_length, "context_size": study.data.context_size,
+        "dedup_n": study.data.dedup_n, "harvest": to_dict(study.harvest_opts),
+        "eval": {"method": "fast", **to_dict(study.ev)}, "command": command,
+        "date": now(),
+    }  # fmt: skip
+    best = {name: {arch: {metric: best_methods(per_method, metric)[arch] for metric in BEST_METRICS}
+                   for arch in archs} for name, per_method in results.items()}  # fmt: skip
+    report = {"kind": "chatsae.compare", "schema_version": 1, "setup": setup, "caches": caches,
+              "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
+              "results": results, "best": best}  # fmt: skip
+    return CompareResult(report, write_compare_report(report, study.out_dir))
+
+
+# ---- the report ----------------------------------------------------------------------------------------------------
+def paper_table(results: dict[str, dict[str, dict[str, Any]]], keys: tuple[str, ...]) -> str:
+    """The paper's layout: rows = methods, column groups = architectures with ``keys`` each; per column the
+    lowest value is in bold."""
+    archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
+    best = {(a, k): best_methods(results, k).get(a) for a in archs for k in keys}
+    headers = ["Method"] + [f"{ARCH_LABELS.get(a, a)}: {label(k)}" for a in archs for k in keys]
+    rows = [[METHOD_LABELS.get(m, m)] + [cell(per_arch.get(a, {}).get(k), best[(a, k)] == m)
+                                         for a in archs for k in keys] for m, per_arch in results.items()]  # fmt: skip
+    return md_table(headers, rows)
+
+
+def best_lines(results: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, str] = BEST_METRICS) -> list[str]:
+    """One sentence per architecture: which method is lowest on each metric, with every method's value."""
+    archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
+    out = []
+    for arch in archs:
+        parts = []
+        for metric, name in metrics.items():
+            winner = best_methods(results, metric).get(arch)
+            if winner is None:
+                continue
+            others = ", ".join(f"{METHOD_LABELS.get(m, m)} {cell(r.get(arch, {}).get(metric))}"
+                               for m, r in results.items() if m != winner)  # fmt: skip
+            value = cell(results[winner][arch][metric])
+            parts.append(f"best on {name}: **{METHOD_LABELS.get(winner, winner)}** ({label(metric)} {value}; "
+                         f"{others})")
+        out.append(f"- {ARCH_LABELS.get(arch, arch)}: " + ("; ".join(parts) or "no values") + ".")
+    return out
+
+
+FIDELITY = ("l0", "l0_no_pos0", "fvu", "fvu_no_pos0", "delta_lm_loss", "delta_lm_loss_no_pos0", "ce_recovered",
+            "ce_recovered_no_pos0")  # fmt: skip
+
+
+def compare_figures(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path, suffix: str,
+                    title: str) -> list[Path]:  # fmt: skip
+    """``mse{suffix}.png`` (log2 MSE / MSE_st, with and without position 0) and ``metrics{suffix}.png`` (L0, FVU,
+    delta LM loss, CE recovered; left with, right without position 0): bars grouped by method, one per architecture."""
+    from .plots import BarPanel, bar_chart
+
+    def panel(k: str) -> BarPanel:
+        values = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): v.get(k) for a, v in per_arch.items()}
+                  for m, per_arch in results.items()}  # fmt: skip
+        log2 = k.startswith("log2")
+        return BarPanel(label(k) + (" (lower is better)" if log2 else ""), f"{label(k).split(' (')[0]} ({unit(k)})",
+                        values, from_zero=not log2)  # fmt: skip
+
+    def panels(keys: tuple[str, ...]) -> list[BarPanel]:
+        return [panel(k) for k in keys]
+
+    mse_keys = ("log2_mse", "log2_mse_st", "log2_mse_no_pos0", "log2_mse_st_no_pos0")
+    return [bar_chart(panels(mse_keys), out_dir / f"mse{suffix}.png", f"Reconstruction error, {title}", "SAE"),
+            bar_chart(panels(FIDELITY), out_dir / f"metrics{suffix}.png", f"Sparsity and fidelity, {title}", "SAE")]
+
+
+def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> str:
+    """report.md from the content of report.json and the figure file names of each evaluation set."""
+    s = report["setup"]
+    lines = [
+        "# FAST comparison: BT(P) vs BT(F) vs FAST", "",
+        f"- model: `{s['model']}`, hook `{s['hook']}`, d_in {s['d_in']}, width {s['d_sae']} "
+        f"({s['d_sae'] / max(s['d_in'], 1):g}x)",
+        f"- token budget: {s['total_tokens']:,} tokens per SAE (batch {s['batch_size']}, lr {s['lr']:g}, seed "
+        f"{s['seed']}); sparsity coefficients {s['sparsity_coefs']}" + (f", TopK k {s['k']}" if s["k"] else ""),
+        f"- data: instruction `{s['instruct_data']}` (BT(F), FAST; {s['holdout']} records held out with seed "
+        f"{s['holdout_seed']}), plain text `{s['pretrain_data']}` (BT(P)); FAST max_length {s['max_length']}, "
+        f"block context_size {s['context_size']}, dedup n {s['dedup_n']}",
+        f"- date: {s['date']}", f"- command: `{s['command']}`", "",
+        md_table(["Method", "data", "cached vectors", "passes at budget"],
+                 [[METHOD_LABELS.get(m, m), f"`{c['data']}`", f"{c['vectors']:,}", f"{c['passes']:.2f}"]
+                  for m, c in report["caches"].items()]), "",
+        "Every SAE is evaluated the same way, as the FAST paper does: each record rendered with the chat template and "
+        "fed on its own. MSE is FAST Eq. 7 (averaged per sequence first) in raw activation units; MSE_st is the same "
+        "on chat-template tokens; tables show log2 (lower is better). Position 0 (the attention sink) is kept clean "
+        "in the spliced forward pass; 'no pos 0' columns leave it out of the metric (docs/metrics.md).",
+    ]  # fmt: skip
+    for name, es in report["eval_sets"].items():
+        res = report["results"][name]
+        lines += [
+            "", f"## Evaluation on {es['label']}", "", "### log2 MSE and log2 MSE_st (paper layout)", "",
+            paper_table(res, ("log2_mse", "log2_mse_st")), "", *best_lines(res), "", "### Without position 0", "",
+            paper_table(res, ("log2_mse_no_pos0", "log2_mse_st_no_pos0")), "", "### Sparsity and fidelity", "",
+            md_table(["Method", "SAE", *(label(k) for k in FIDELITY)],
+                     [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY)]
+                      for m, per_arch in res.items() for a, v in per_arch.items()]), "",
+            *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
+        ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_compare_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write report.json, the charts of every evaluation set and report.md; returns their paths."""
+    figures: dict[str, list[str]] = {}
+    files = []
+    for i, (name, es) in enumerate(report["eval_sets"].items()):
+        paths = compare_figures(report["results"][name], out_dir, "" if i == 0 else f"_{name}", es["label"])
+        figures[name] = [p.name for p in paths]
+        files += paths
+    report = {**report, "figures": figures}
+    return files + write_texts({out_dir / "report.json": json.dumps(report, indent=2) + "\n",
+                                out_dir / "report.md": compare_markdown(report, figures)})  # fmt: skip

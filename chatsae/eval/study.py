@@ -1,0 +1,302 @@
+"""Machinery shared by ``chatsae compare`` and ``chatsae sweep``: a :class:`Study` holds one loaded model and an
+output directory; it harvests each data configuration once into a cache, trains SAEs on the caches and evaluates
+every SAE the same way on the same records. Every step skips what an earlier run finished (complete caches, trained
+SAEs, evaluations made with the same settings), and ``plan.json`` makes a rerun with other settings an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..activations.harvest import HarvestOptions
+from ..activations.pipeline import DataConfig, read_split
+from ..config import to_dict
+from ..data.formats import Record, read_records, split_records
+from ..sae import SAEConfig
+from ..train.config import TrainConfig
+from ..utils import atomic_file
+from .config import EvalConfig
+from .result import EvalResult, read_result
+
+METHOD_LABELS = {"bt-p": "BT(P)", "bt-f": "BT(F)", "fast": "FAST"}
+ARCH_LABELS = {"standard": "Standard", "jumprelu": "JumpReLU", "topk": "TopK", "gated": "Gated"}
+SUMMARY: dict[str, tuple[str, str]] = {
+    # summary key: (subset, metric) of EvalResult.metrics
+    "log2_mse": ("all", "log2_mse"), "log2_mse_st": ("special", "log2_mse"),
+    "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"), "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
+    "mse": ("all", "mse"), "mse_no_pos0": ("all_no_pos0", "mse"),
+    "l0": ("all", "l0"), "l0_no_pos0": ("all_no_pos0", "l0"),
+    "fvu": ("all", "fvu"), "fvu_no_pos0": ("all_no_pos0", "fvu"),
+    "delta_lm_loss": ("all", "delta_ce"), "delta_lm_loss_no_pos0": ("all_no_pos0", "delta_ce"),
+    "ce_recovered": ("all", "ce_recovered"), "ce_recovered_no_pos0": ("all_no_pos0", "ce_recovered"),
+    "kl": ("all", "kl"), "dead_fraction": ("all", "dead_fraction"),
+}  # fmt: skip
+"""The numbers a study keeps per SAE and evaluation set."""
+VOLATILE_TRAIN = ("progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+"""TrainConfig fields a rerun may change (they do not change the trained SAE)."""
+
+
+def names(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (blanks dropped)."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return [str(s).strip() for s in items if str(s).strip()]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class StudyEvalConfig:
+    """How every SAE of the study is evaluated: the same records, the same way (docs/metrics.md)."""
+
+    eval_data: str | list[str] = ""
+    """Extra evaluation files (comma-separated), e.g. gsm8k, besides the held-out records of the training data."""
+    eval_format: str = "auto"
+    """Record format of --eval-data: auto | messages | sharegpt | alpaca | qa | text."""
+    eval_max_samples: int | None = 200
+    """Records evaluated per evaluation set at most (a fixed-seed sample of an --eval-data file). None = all."""
+    eval_max_tokens: int | None = None
+    """Token budget per evaluation set (the last sequence truncated). None = no limit."""
+    eval_batch_tokens: int = 2048
+    """Tokens per evaluation forward pass (the logits take eval_batch_tokens x vocab floats)."""
+    lm_loss: bool = True
+    """Compute delta LM loss, KL and CE recovered (three forward passes per batch)."""
+
+
+class EvalSet(NamedTuple):
+    """Records every SAE is evaluated on: ``name`` (file-safe), ``label`` (for reports), ``path`` of the records."""
+
+    name: str
+    label: str
+    path: str
+    records: list[Record]
+
+
+class Study:
+    """Shared machinery of compare and sweep: one loaded model, caches, trained SAEs and evaluations under
+    ``out_dir``; every step skips what a previous run finished."""
+
+    def __init__(self, out_dir: str | Path, data: DataConfig, harvest: HarvestOptions, train: TrainConfig,
+                 ev: StudyEvalConfig, sae_options: dict[str, Any] | None = None, expansion_factor: int = 8,
+                 report: Callable[[str], None] = log) -> None:  # fmt: skip
+        """``sae_options``: SAEConfig fields set for every SAE (e.g. ``d_sae``, ``k``); the others keep each
+        architecture's defaults, and ``d_sae`` defaults to ``expansion_factor x d_in``."""
+        self.out_dir, self.data, self.harvest_opts, self.train_cfg = Path(out_dir), data, harvest, train
+        self.ev, self.sae_options, self.expansion_factor = ev, dict(sae_options or {}), expansion_factor
+        self.report = report
+        self._model: tuple[Any, Any] | None = None
+        self.hook = ""
+
+    @property
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        if self._model is None:
+            from ..models import load_model
+
+            d = self.data
+            self.report(f"loading model {d.model} ...")
+            self._model = load_model(d.model, dtype=d.model_dtype, device=d.model_device, gguf_file=d.gguf_file,
+                                     trust_remote_code=d.trust_remote_code)  # fmt: skip
+        return self._model
+
+    def check_plan(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write ``plan.json`` (the settings every cache and SAE of this directory depends on), or check that a
+        rerun asks for the same ones (a ValueError names each difference)."""
+        train = {k: v for k, v in to_dict(self.train_cfg).items() if k not in VOLATILE_TRAIN}
+        data = {k: v for k, v in to_dict(self.data).items() if k not in ("model_device", "skip_bad")}
+        plan = json.loads(json.dumps({"data": data, "harvest": to_dict(self.harvest_opts), "train": train,
+                                      "sae": self.sae_options, "expansion_factor": self.expansion_factor,
+                                      **extra}, default=str))  # fmt: skip
+        path = self.out_dir / "plan.json"
+        if path.is_file():
+            old = json.loads(path.read_text())
+            diffs = [f"{k}: {old.get(k)!r} -> {plan.get(k)!r}" for k in sorted(set(old) | set(plan))
+                     if old.get(k) != plan.get(k)]  # fmt: skip
+            if diffs:
+                raise ValueError(f"{path}: this directory holds a study with other settings ({'; '.join(diffs)}); "
+                                 "use another --out-dir, or remove it to start over")  # fmt: skip
+        else:
+            with atomic_file(path, "w") as fh:
+                json.dump(plan, fh, indent=2)  # type: ignore[arg-type]
+        return plan
+
+    # ---- data --------------------------------------------------------------------------------------------------
+    def harvest(self, data: DataConfig, label: str) -> tuple[Path, Any]:
+        """Harvest the training split of ``data`` into its cache (once: a complete cache is reused)."""
+        from ..activations.pipeline import harvest
+
+        budget = self.harvest_opts.max_tokens or self.train_cfg.total_tokens
+        self.report(f"[{label}] activations of {data.data_path} ({data.method}) -> "
+                    f"{data.cache_dir or self.out_dir / 'activations'}")  # fmt: skip
+        cache_dir, manifest, stats, ctx = harvest(data, self.harvest_opts, self.out_dir, max_tokens=budget,
+                                                  resume=True, progress=self.train_cfg.progress,
+                                                  model_and_tokenizer=self.model_and_tokenizer)  # fmt: skip
+        self.hook = str(ctx["hook"])
+        if stats.sequences:
+            self.report(f"[{label}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
+                        f"{stats.seconds:.0f}s")  # fmt: skip
+        else:
+            self.report(f"[{label}] reusing the complete cache ({manifest.n_tokens:,} vectors)")
+        if manifest.n_tokens < self.train_cfg.total_tokens:
+            self.report(f"[{label}] warning: the data gives only {manifest.n_tokens:,} vectors for a budget of "
+                        f"{self.train_cfg.total_tokens:,}: training repeats them "
+                        f"({self.train_cfg.total_tokens / max(manifest.n_tokens, 1):.1f} passes)")  # fmt: skip
+        return cache_dir, manifest
+
+    def eval_sets(self) -> list[EvalSet]:
+        """The held-out records of ``self.data`` (fixed seed, ``--holdout``) and each ``--eval-data`` file."""
+        sets = []
+        if self.data.holdout:
+            _, held, info = read_split(self.data)
+            path = self.out_dir / "heldout.jsonl"
+            rows = ({"messages": r.messages} if r.messages is not None else {"text": r.text} for r in held)
+            write_texts({path: "".join(json.dumps(row) + "\n" for row in rows)})
+            label = f"{len(held)} records held out of {Path(info['data']).name} (seed 0)"
+            sets.append(EvalSet("heldout", label, str(path), held))
+        for file in names(self.ev.eval_data):
+            records = list(read_records(file, fmt=self.ev.eval_format))
+            n = len(records) if self.ev.eval_max_samples is None else min(self.ev.eval_max_samples, len(records))
+            picked = split_records(records, n, seed=0).heldout
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(file).stem)
+            sets.append(EvalSet(name, f"{len(picked)} records of {Path(file).name} (seed 0)", file, picked))
+        if not sets:
+            raise ValueError("nothing to evaluate on: --holdout is 0 and no --eval-data was given")
+        return sets
+
+    # ---- SAEs --------------------------------------------------------------------------------------------------
+    def train(self, cache_dir: Path, run: str, arch: str, coef: float | None = None, k: int | None = None,
+              meta: dict[str, Any] | None = None) -> Path:  # fmt: skip
+        """Train one SAE on the cache into ``out_dir/run`` (skipped if ``run/sae`` exists, resumed from its last
+        checkpoint if interrupted); returns the SAE directory."""
+        from ..activations.cache import CacheSource
+        from ..sae import create_sae
+        from ..train import Trainer
+
+        out = self.out_dir / run
+        wanted = {"architecture": arch, "sparsity_coef": coef, "k": k}
+        if (out / "sae" / "cfg.json").is_file():
+            saved = json.loads((out / "sae" / "config.json").read_text()).get("study", {})
+            if saved and saved != wanted:
+                raise ValueError(f"{out}: trained with {saved}, this run wants {wanted}; use another --out-dir")
+            self.report(f"[{run}] trained SAE found, skipping training")
+            return out / "sae"
+        tc = self.train_cfg if coef is None else dataclasses.replace(self.train_cfg, sparsity_coef=coef)
+        source = CacheSource(cache_dir, tc.batch_size, buffer_tokens=self.data.buffer_tokens, seed=tc.seed)
+        opts = {key: v for key, v in self.sae_options.items() if key not in ("architecture", "d_in")}
+        opts.update({"k": k} if k is not None else {})
+        d_sae = opts.pop("d_sae", None) or self.expansion_factor * source.d_in
+        meta = {**opts.pop("metadata", {}), **(meta or {})}
+        sae = create_sae(SAEConfig(architecture=arch, d_in=source.d_in, d_sae=d_sae, metadata=meta, **opts))
+        resume = any((out / "checkpoints").glob("step_*/state.pt"))
+        self.report(f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
+                    + (" (resuming)" if resume else "") + f" -> {out}")  # fmt: skip
+        run_config = {"train": to_dict(tc), "sae": to_dict(sae.cfg), "data": to_dict(self.data),
+                      "harvest": to_dict(self.harvest_opts), "study": wanted}  # fmt: skip
+        result = Trainer(sae, tc, source, out, run_config=run_config).fit(resume=resume)
+        assert result.sae_dir is not None
+        return result.sae_dir
+
+    def sae_metadata(self, data: DataConfig, manifest: Any, eval_data: str | None) -> dict[str, Any]:
+        """Provenance saved with each SAE (as ``chatsae train`` writes it)."""
+        return {
+            "model_name": data.model, "hook_name": manifest.hook, "method": data.method, "data": data.data_path,
+            "context_size": data.context_size, "max_length": data.max_length, "eval_data": eval_data,
+            "holdout": data.holdout, "holdout_seed": 0, "cache_tokens": manifest.n_tokens,
+            **{k: v for k, v in to_dict(self.harvest_opts).items() if k.startswith("exclude")},
+        }  # fmt: skip
+
+    def evaluate(self, sae_dir: Path, es: EvalSet, method: str | None = None) -> EvalResult:
+        """Evaluate the SAE on ``es`` (``method`` None = the SAE's own); reuses ``eval_<set>.json`` when it is newer
+        than the SAE and was made with the same settings."""
+        from ..sae import load_sae
+        from .evaluate import evaluate
+
+        ev, d = self.ev, self.data
+        path = sae_dir.parent / f"eval_{es.name}.json"
+        cfg = EvalConfig(model=d.model, data=es.path, method=method, max_samples=ev.eval_max_samples,
+                         max_tokens=ev.eval_max_tokens, max_length=d.max_length, context_size=d.context_size,
+                         batch_tokens=ev.eval_batch_tokens, max_batch_size=self.harvest_opts.max_batch_size,
+                         lm_loss=ev.lm_loss, output=str(path), progress=self.train_cfg.progress)  # fmt: skip
+        sae = load_sae(sae_dir)
+        want = {"data": es.path, "method": method or sae.cfg.metadata.get("method") or "fast",
+                "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}
+        if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
+            old = read_result(path)
+            if all(old.setup.get(k) == v for k, v in want.items()):
+                self.report(f"[{sae_dir.parent.name}] reusing {path.name}")
+                return old
+        self.report(f"[{sae_dir.parent.name}] evaluating on {es.label}")
+        model, tokenizer = self.model_and_tokenizer
+        return evaluate(sae, model, tokenizer, es.records, cfg, sae_path=str(sae_dir))
+
+
+def summarize(result: EvalResult) -> dict[str, float | None]:
+    """The :data:`SUMMARY` numbers of one evaluation (None where a metric does not exist)."""
+    d = result.to_dict()["metrics"]
+    return {key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()}
+
+
+# ---- report helpers ----------------------------------------------------------------------------------------------
+LABELS = {
+    "log2_mse": ("log2 MSE", "log2 of activation units²"), "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
+    "mse": ("MSE", "activation units²"), "l0": ("L0", "active latents per token"),
+    "fvu": ("FVU", "fraction of variance unexplained"), "delta_lm_loss": ("ΔLM loss", "nats per token"),
+    "ce_recovered": ("CE recovered", "fraction"), "kl": ("KL", "nats per token"),
+    "dead_fraction": ("dead latents", "fraction"),
+}  # fmt: skip
+"""Summary key (without ``_no_pos0``) -> (label, unit)."""
+
+
+def label(key: str) -> str:
+    """``"fvu_no_pos0"`` -> ``"FVU (no pos 0)"``."""
+    base = key.removesuffix("_no_pos0")
+    return LABELS.get(base, (base, ""))[0] + (" (no pos 0)" if key != base else "")
+
+
+def unit(key: str) -> str:
+    """``"delta_lm_loss"`` -> ``"nats per token"``."""
+    return LABELS.get(key.removesuffix("_no_pos0"), ("", ""))[1]
+
+
+def cell(v: Any, bold: bool = False) -> str:
+    """A table cell: a number with 4 significant digits (bold if asked), '-' for a missing value."""
+    from .report import fmt
+
+    text = fmt(v) if isinstance(v, (int, float)) and v == v else "-"
+    return f"**{text}**" if bold and text != "-" else text
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (first column left-aligned, the others right-aligned)."""
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def check_names(option: str, given: list[str], allowed: Any) -> list[str]:
+    """``given`` if every name is in ``allowed`` (and there is one), else a ValueError naming ``--option``."""
+    bad = [g for g in given if g not in allowed]
+    if bad or not given:
+        raise ValueError(f"--{option}: {bad or 'nothing given'}; choose from {', '.join(allowed)}")
+    return given
+
+
+def write_texts(files: dict[Path, str]) -> list[Path]:
+    """Write each text file atomically; returns the paths."""
+    for path, text in files.items():
+        with atomic_file(path, "w") as fh:
+            fh.write(text)  # type: ignore[attr-defined]
+    return list(files)
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second (report dates)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,253 @@
+"""``chatsae sweep``: sparsity-fidelity frontiers. Activations are harvested once; each architecture is trained at
+several sparsity settings (lambda for jumprelu / standard / gated, k for topk) on the same cache and token budget;
+every SAE is evaluated on the same held-out records. Writes ``frontier.csv`` (one row per setting), ``frontier.png``
+(delta LM loss and FVU against L0, one line per architecture) and ``report.md`` / ``report.json``, which say whether
+JumpReLU's frontier is ahead: delta LM loss and FVU interpolated at matched L0 (:func:`frontier_gap`).
+
+Layout of ``OUT_DIR``: ``activations/`` (the cache, unless ``--cache-dir``), ``<arch>_<setting>/`` training runs
+(``sae/``, ``metrics.jsonl``, ``eval_<set>.json``), ``heldout.jsonl``, ``plan.json`` and the outputs above.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..config import to_dict
+from ..sae import ARCHITECTURES
+from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, summarize, unit, write_texts
+
+DEFAULT_GRIDS = {
+    "jumprelu": "0.0005,0.001,0.002,0.004,0.008",
+    "standard": "0.05,0.1,0.2,0.4,0.8",
+    "gated": "0.05,0.1,0.2,0.4,0.8",
+    "topk": "10,20,40,80",
+}
+"""Default sparsity grids (lambda in units of E||x||^2 = 1 inputs; k), meant to span L0 of about 10-100 on the
+embedded model's middle residual stream at the default training settings."""
+X_KEY = "l0_no_pos0"
+Y_KEYS = ("delta_lm_loss", "fvu_no_pos0")
+"""The frontier: L0 (position 0 excluded, as in training) against delta LM loss (position 0 kept clean in the
+splice) and FVU without position 0 (the attention sink's ~20,000x norm would dominate it)."""
+COLUMNS = ("eval_set", "arch", "setting", "sparsity_coef", "k", "l0", "l0_no_pos0", "fvu", "fvu_no_pos0", "mse",
+           "mse_no_pos0", "log2_mse", "log2_mse_st", "delta_lm_loss", "delta_lm_loss_no_pos0", "kl", "ce_recovered",
+           "ce_recovered_no_pos0", "dead_fraction", "sae")  # fmt: skip
+
+
+@dataclass
+class SweepConfig:
+    """Which architectures and sparsity settings the sweep trains (all on the same cache and token budget)."""
+
+    out_dir: str = "runs/sweep"
+    """Output directory: the cache, one training run per setting, frontier.csv/png and report.md/json."""
+    archs: str | list[str] = "jumprelu,topk,standard,gated"
+    """Architectures to sweep: jumprelu, topk, standard, gated."""
+    jumprelu_coefs: str | list[str] = DEFAULT_GRIDS["jumprelu"]
+    """JumpReLU L0 coefficients lambda (inputs normalised to E||x||^2 = 1)."""
+    standard_coefs: str | list[str] = DEFAULT_GRIDS["standard"]
+    """Standard (ReLU) L1 coefficients lambda (decoder-norm weighted, normalised inputs)."""
+    gated_coefs: str | list[str] = DEFAULT_GRIDS["gated"]
+    """Gated L1 coefficients lambda (normalised inputs)."""
+    topk_ks: str | list[str] = DEFAULT_GRIDS["topk"]
+    """TopK k values (the L0 of a TopK SAE is k)."""
+    expansion_factor: int = 8
+    """d_sae = expansion_factor x d_in when --width/--d-sae is not given."""
+
+
+class Setting(NamedTuple):
+    """One point of the sweep: an architecture with a sparsity coefficient (or k for topk)."""
+
+    arch: str
+    coef: float | None = None
+    k: int | None = None
+
+    @property
+    def run(self) -> str:
+        """Directory name, e.g. ``jumprelu_coef0.002`` / ``topk_k32``."""
+        return f"{self.arch}_k{self.k}" if self.k is not None else f"{self.arch}_coef{self.coef:g}"
+
+    @property
+    def label(self) -> str:
+        return f"k={self.k}" if self.k is not None else f"lambda={self.coef:g}"
+
+
+def settings(cfg: SweepConfig) -> list[Setting]:
+    """Every (architecture, setting) of ``cfg`` in order, with clear errors for bad grid values."""
+    out = []
+    for arch in check_names("archs", names(cfg.archs), ARCHITECTURES):
+        option = "topk_ks" if arch == "topk" else f"{arch}_coefs"
+        values = names(getattr(cfg, option))
+        if not values:
+            raise ValueError(f"--{option.replace('_', '-')}: no values for {arch}")
+        for v in values:
+            try:
+                out.append(Setting(arch, k=int(v)) if arch == "topk" else Setting(arch, coef=float(v)))
+            except ValueError:
+                raise ValueError(f"--{option.replace('_', '-')}: {v!r} is not a number") from None
+    return out
+
+
+class FrontierGap(NamedTuple):
+    """How a reference frontier compares with another one at matched L0 (log-spaced points of the shared range)."""
+
+    l0_low: float
+    l0_high: float
+    n_points: int
+    wins: int
+    """Points where the reference is lower (better)."""
+    mean_diff: float
+    """Mean of reference minus other (negative: the reference is better)."""
+    verdict: str
+    """ahead (lower at every point) | behind (higher at every point) | mixed."""
+
+
+def _clean(points: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
+    ok = [(float(x), float(y)) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
+    return sorted((x, y) for x, y in ok if math.isfinite(x) and math.isfinite(y) and x > 0)
+
+
+def frontier_gap(ref: list[tuple[Any, Any]], other: list[tuple[Any, Any]], n_points: int = 9) -> FrontierGap | None:
+    """Compare two frontiers given as ``(L0, y)`` points (lower y is better): y is linearly interpolated in log L0
+    at ``n_points`` log-spaced L0 values of the range both frontiers cover. None if either has fewer than two
+    usable points or the ranges do not overlap."""
+    a, b = _clean(ref), _clean(other)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    low, high = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+    if not low < high:
+        return None
+    grid = np.log(np.geomspace(low, high, n_points))
+    ya = np.interp(grid, np.log([x for x, _ in a]), [y for _, y in a])
+    yb = np.interp(grid, np.log([x for x, _ in b]), [y for _, y in b])
+    diff = ya - yb
+    wins = int((diff < 0).sum())
+    verdict = "ahead" if wins == n_points else "behind" if (diff > 0).all() else "mixed"
+    return FrontierGap(low, high, n_points, wins, float(diff.mean()), verdict)
+
+
+def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[str, Any], list[Path]]:
+    """Harvest once, train and evaluate every setting, write the outputs; returns (report.json content, files)."""
+    points = settings(sc)
+    study.check_plan({"sweep": "frontier"})
+    sets = study.eval_sets()
+    cache_dir, manifest = study.harvest(study.data, "sweep")
+    meta = study.sae_metadata(study.data, manifest, sets[0].path if sets[0].name == "heldout" else None)
+    rows: dict[str, list[dict[str, Any]]] = {es.name: [] for es in sets}
+    for i, s in enumerate(points, 1):
+        study.report(f"[sweep {i}/{len(points)}] {ARCH_LABELS.get(s.arch, s.arch)} {s.label}")
+        sae_dir = study.train(cache_dir, s.run, s.arch, s.coef, s.k, meta)
+        for es in sets:
+            res = study.evaluate(sae_dir, es)
+            rows[es.name].append({"eval_set": es.name, "arch": s.arch, "setting": s.label, "sparsity_coef": s.coef,
+                                  "k": s.k, **summarize(res), "sae": str(sae_dir)})  # fmt: skip
+    archs = list(dict.fromkeys(s.arch for s in points))
+    gaps = {name: {y: {a: frontier_gap(_points(r, "jumprelu", y), _points(r, a, y))
+                       for a in archs if a != "jumprelu"} for y in Y_KEYS}
+            for name, r in rows.items()} if "jumprelu" in archs else {}  # fmt: skip
+    tc = study.train_cfg
+    report = {
+        "kind": "chatsae.sweep", "schema_version": 1,
+        "setup": {"model": study.data.model, "hook": study.hook, "method": study.data.method,
+                  "data": study.data.data_path, "holdout": study.data.holdout, "total_tokens": tc.total_tokens,
+                  "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "cache_vectors": manifest.n_tokens,
+                  "d_sae": _d_sae(Path(rows[sets[0].name][0]["sae"])),
+                  "settings": [s._asdict() for s in points], "eval": to_dict(study.ev), "command": command,
+                  "date": now()},
+        "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
+        "rows": rows,
+        "gaps": {n: {y: {a: g._asdict() if g else None for a, g in per.items()} for y, per in by_y.items()}
+                 for n, by_y in gaps.items()},
+    }  # fmt: skip
+    return report, write_sweep_report(report, study.out_dir)
+
+
+def _d_sae(sae_dir: Path) -> int:
+    return int(json.loads((sae_dir / "cfg.json").read_text())["d_sae"])
+
+
+def _points(rows: list[dict[str, Any]], arch: str, y: str) -> list[tuple[Any, Any]]:
+    return [(r[X_KEY], r[y]) for r in rows if r["arch"] == arch]
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------------
+def frontier_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text with :data:`COLUMNS` (empty cells for missing values)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS} for r in rows)
+    return buf.getvalue()
+
+
+def frontier_figure(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Two panels, delta LM loss and FVU against L0 (log x), one line per architecture."""
+    from .plots import LinePanel, line_chart
+
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    x_label = "L0 (active latents per token, position 0 excluded)"
+    panels = [LinePanel(f"{label(y)} vs L0", x_label, f"{label(y)} ({unit(y)})",
+                        {ARCH_LABELS.get(a, a): _points(rows, a, y) for a in archs}, log_x=True)
+              for y in Y_KEYS]  # fmt: skip
+    return line_chart(panels, path, f"Sparsity-fidelity frontier, {title}", "architecture")
+
+
+def gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Sentences saying where JumpReLU's frontier stands against each other architecture, per metric."""
+    out = []
+    for y, per in gaps.items():
+        ahead = [a for a, g in per.items() if g and g["verdict"] == "ahead"]
+        for a, g in per.items():
+            name = ARCH_LABELS.get(a, a)
+            if g is None:
+                out.append(f"- {label(y)} vs {name}: not comparable (fewer than two points, or no shared L0 range).")
+                continue
+            out.append(f"- {label(y)} vs {name}: over L0 {g['l0_low']:.3g}-{g['l0_high']:.3g}, JumpReLU is lower at "
+                       f"{g['wins']}/{g['n_points']} matched L0 values (mean difference {cell(g['mean_diff'])} "
+                       f"{unit(y)}): **{g['verdict']}**.")  # fmt: skip
+        if per:
+            who = ", ".join(ARCH_LABELS.get(a, a) for a in ahead) or "none"
+            out.append(f"- Summary ({label(y)}): JumpReLU's frontier is ahead of {who} "
+                       f"({len(ahead)} of {len(per)} architectures).")  # fmt: skip
+    return out
+
+
+def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
+    s = report["setup"]
+    keys = ("l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered", "log2_mse", "log2_mse_st", "dead_fraction")
+    lines = [
+        "# Sparsity-fidelity sweep", "",
+        f"- model: `{s['model']}`, hook `{s['hook']}`, width {s['d_sae']}, method {s['method']}",
+        f"- data: `{s['data']}` ({s['holdout']} records held out, seed 0), {s['cache_vectors']:,} cached vectors",
+        f"- token budget: {s['total_tokens']:,} per SAE (batch {s['batch_size']}, lr {s['lr']:g}, seed {s['seed']})",
+        f"- date: {s['date']}", f"- command: `{s['command']}`", "",
+        "The frontier plots L0 without position 0 (the SAEs are trained without it) against delta LM loss (position 0 "
+        "kept clean in the splice) and FVU without position 0. JumpReLU is compared with each architecture by "
+        "interpolating its metric linearly in log L0 at 9 log-spaced L0 values of the range both cover.",
+    ]  # fmt: skip
+    for name, es in report["eval_sets"].items():
+        rows = report["rows"][name]
+        lines += ["", f"## Evaluation on {es['label']}", "", *gap_lines(report["gaps"].get(name, {})), "",
+                  md_table(["SAE", "setting", *(label(k) for k in keys)],
+                           [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"], *(cell(r.get(k)) for k in keys)]
+                            for r in rows]), "", f"![frontier]({figures[name]})"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """frontier[_<set>].csv / .png for every evaluation set, report.json and report.md; returns their paths."""
+    figures, texts = {}, {}
+    for i, (name, es) in enumerate(report["eval_sets"].items()):
+        suffix = "" if i == 0 else f"_{name}"
+        figures[name] = frontier_figure(report["rows"][name], out_dir / f"frontier{suffix}.png", es["label"]).name
+        texts[out_dir / f"frontier{suffix}.csv"] = frontier_csv(report["rows"][name])
+    report = {**report, "figures": figures}
+    texts[out_dir / "report.json"] = json.dumps(report, indent=2) + "\n"
+    texts[out_dir / "report.md"] = sweep_markdown(report, figures)
+    return [out_dir / f for f in figures.values()] + write_texts(texts)
