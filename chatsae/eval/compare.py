@@ -135,7 +135,7 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
                           "passes": tc.total_tokens / max(manifest.n_tokens, 1)}  # fmt: skip
         meta = study.sae_metadata(dcfg, manifest, sets[0].path if sets[0].name == "heldout" else None)
         for arch in archs:
-            sae_dir = study.train(cache_dir, f"{method}_{arch}", arch, coefs.get(arch), None, meta)
+            sae_dir = study.train(cache_dir, f"{method}_{arch}", arch, coefs.get(arch), None, meta, dcfg)
             for es in sets:
                 res = study.evaluate(sae_dir, es, method="fast")
                 row = {**summarize(res), "sae": str(sae_dir), "tokens": res.setup["tokens"]}

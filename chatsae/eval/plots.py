@@ -118,7 +118,11 @@ def line_chart(panels: Sequence[LinePanel], path: str | Path, title: str, legend
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
             drawn = True
         if panel.log_x and drawn:
+            from matplotlib.ticker import LogFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(LogFormatter())  # plain numbers (10, 20, 50), not 2x10^1
+            ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.set_title(panel.title)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)

@@ -14,6 +14,8 @@ from ..utils import atomic_file
 SCHEMA_VERSION = 1
 HEADLINE = {
     # headline key: (subset, metric)
+    "mse": ("all", "mse"),
+    "mse_st": ("special", "mse"),
     "log2_mse": ("all", "log2_mse"),
     "log2_mse_st": ("special", "log2_mse"),
     "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"),

@@ -107,15 +107,17 @@ class Study:
         return self._model
 
     def check_plan(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write ``plan.json`` (the settings every cache and SAE of this directory depends on), or check that a
-        rerun asks for the same ones (a ValueError names each difference)."""
+        """Write ``plan.json`` (the settings every cache and SAE of this directory depends on), or, once a cache or
+        an SAE exists, check that a rerun asks for the same ones (a ValueError names each difference)."""
         train = {k: v for k, v in to_dict(self.train_cfg).items() if k not in VOLATILE_TRAIN}
         data = {k: v for k, v in to_dict(self.data).items() if k not in ("model_device", "skip_bad")}
         plan = json.loads(json.dumps({"data": data, "harvest": to_dict(self.harvest_opts), "train": train,
                                       "sae": self.sae_options, "expansion_factor": self.expansion_factor,
                                       **extra}, default=str))  # fmt: skip
         path = self.out_dir / "plan.json"
-        if path.is_file():
+        produced = any(self.out_dir.glob("**/manifest.json")) or any(self.out_dir.glob("*/checkpoints/step_*")) or any(
+            self.out_dir.glob("*/sae/cfg.json"))  # a plan that produced nothing yet (e.g. a typo) may be replaced
+        if path.is_file() and produced:
             old = json.loads(path.read_text())
             diffs = [f"{k}: {old.get(k)!r} -> {plan.get(k)!r}" for k in sorted(set(old) | set(plan))
                      if old.get(k) != plan.get(k)]  # fmt: skip
@@ -128,24 +130,24 @@ class Study:
         return plan
 
     # ---- data --------------------------------------------------------------------------------------------------
-    def harvest(self, data: DataConfig, label: str) -> tuple[Path, Any]:
+    def harvest(self, data: DataConfig, tag: str) -> tuple[Path, Any]:
         """Harvest the training split of ``data`` into its cache (once: a complete cache is reused)."""
         from ..activations.pipeline import harvest
 
         budget = self.harvest_opts.max_tokens or self.train_cfg.total_tokens
-        self.report(f"[{label}] activations of {data.data_path} ({data.method}) -> "
+        self.report(f"[{tag}] activations of {data.data_path} ({data.method}) -> "
                     f"{data.cache_dir or self.out_dir / 'activations'}")  # fmt: skip
         cache_dir, manifest, stats, ctx = harvest(data, self.harvest_opts, self.out_dir, max_tokens=budget,
                                                   resume=True, progress=self.train_cfg.progress,
                                                   model_and_tokenizer=self.model_and_tokenizer)  # fmt: skip
         self.hook = str(ctx["hook"])
         if stats.sequences:
-            self.report(f"[{label}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
+            self.report(f"[{tag}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
                         f"{stats.seconds:.0f}s")  # fmt: skip
         else:
-            self.report(f"[{label}] reusing the complete cache ({manifest.n_tokens:,} vectors)")
+            self.report(f"[{tag}] reusing the complete cache ({manifest.n_tokens:,} vectors)")
         if manifest.n_tokens < self.train_cfg.total_tokens:
-            self.report(f"[{label}] warning: the data gives only {manifest.n_tokens:,} vectors for a budget of "
+            self.report(f"[{tag}] warning: the data gives only {manifest.n_tokens:,} vectors for a budget of "
                         f"{self.train_cfg.total_tokens:,}: training repeats them "
                         f"({self.train_cfg.total_tokens / max(manifest.n_tokens, 1):.1f} passes)")  # fmt: skip
         return cache_dir, manifest
@@ -158,8 +160,9 @@ class Study:
             path = self.out_dir / "heldout.jsonl"
             rows = ({"messages": r.messages} if r.messages is not None else {"text": r.text} for r in held)
             write_texts({path: "".join(json.dumps(row) + "\n" for row in rows)})
-            label = f"{len(held)} records held out of {Path(info['data']).name} (seed 0)"
-            sets.append(EvalSet("heldout", label, str(path), held))
+            used = held[: self.ev.eval_max_samples] if self.ev.eval_max_samples else held
+            desc = f"{len(used)} of {len(held)} records held out of {Path(info['data']).name} (seed 0)"
+            sets.append(EvalSet("heldout", desc, str(path), used))
         for file in names(self.ev.eval_data):
             records = list(read_records(file, fmt=self.ev.eval_format))
             n = len(records) if self.ev.eval_max_samples is None else min(self.ev.eval_max_samples, len(records))
@@ -172,9 +175,9 @@ class Study:
 
     # ---- SAEs --------------------------------------------------------------------------------------------------
     def train(self, cache_dir: Path, run: str, arch: str, coef: float | None = None, k: int | None = None,
-              meta: dict[str, Any] | None = None) -> Path:  # fmt: skip
-        """Train one SAE on the cache into ``out_dir/run`` (skipped if ``run/sae`` exists, resumed from its last
-        checkpoint if interrupted); returns the SAE directory."""
+              meta: dict[str, Any] | None = None, data: DataConfig | None = None) -> Path:  # fmt: skip
+        """Train one SAE on the cache (harvested with ``data``, default ``self.data``) into ``out_dir/run``: skipped
+        if ``run/sae`` exists, resumed from its last checkpoint if interrupted; returns the SAE directory."""
         from ..activations.cache import CacheSource
         from ..sae import create_sae
         from ..train import Trainer
@@ -197,7 +200,7 @@ class Study:
         resume = any((out / "checkpoints").glob("step_*/state.pt"))
         self.report(f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
                     + (" (resuming)" if resume else "") + f" -> {out}")  # fmt: skip
-        run_config = {"train": to_dict(tc), "sae": to_dict(sae.cfg), "data": to_dict(self.data),
+        run_config = {"train": to_dict(tc), "sae": to_dict(sae.cfg), "data": to_dict(data or self.data),
                       "harvest": to_dict(self.harvest_opts), "study": wanted}  # fmt: skip
         result = Trainer(sae, tc, source, out, run_config=run_config).fit(resume=resume)
         assert result.sae_dir is not None

@@ -147,10 +147,7 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
             res = study.evaluate(sae_dir, es)
             rows[es.name].append({"eval_set": es.name, "arch": s.arch, "setting": s.label, "sparsity_coef": s.coef,
                                   "k": s.k, **summarize(res), "sae": str(sae_dir)})  # fmt: skip
-    archs = list(dict.fromkeys(s.arch for s in points))
-    gaps = {name: {y: {a: frontier_gap(_points(r, "jumprelu", y), _points(r, a, y))
-                       for a in archs if a != "jumprelu"} for y in Y_KEYS}
-            for name, r in rows.items()} if "jumprelu" in archs else {}  # fmt: skip
+    gaps = {name: frontier_gaps(r) for name, r in rows.items()}
     tc = study.train_cfg
     report = {
         "kind": "chatsae.sweep", "schema_version": 1,
@@ -166,6 +163,16 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
                  for n, by_y in gaps.items()},
     }  # fmt: skip
     return report, write_sweep_report(report, study.out_dir)
+
+
+def frontier_gaps(rows: list[dict[str, Any]], ref: str = "jumprelu") -> dict[str, dict[str, FrontierGap | None]]:
+    """``{metric: {arch: gap of ref against arch}}`` for the metrics of :data:`Y_KEYS` that were computed (empty
+    when ``ref`` is not among the rows' architectures)."""
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    if ref not in archs:
+        return {}
+    return {y: {a: frontier_gap(_points(rows, ref, y), _points(rows, a, y)) for a in archs if a != ref}
+            for y in Y_KEYS if any(isinstance(r.get(y), (int, float)) for r in rows)}  # fmt: skip
 
 
 def _d_sae(sae_dir: Path) -> int:
@@ -211,10 +218,11 @@ def gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             out.append(f"- {label(y)} vs {name}: over L0 {g['l0_low']:.3g}-{g['l0_high']:.3g}, JumpReLU is lower at "
                        f"{g['wins']}/{g['n_points']} matched L0 values (mean difference {cell(g['mean_diff'])} "
                        f"{unit(y)}): **{g['verdict']}**.")  # fmt: skip
-        if per:
-            who = ", ".join(ARCH_LABELS.get(a, a) for a in ahead) or "none"
-            out.append(f"- Summary ({label(y)}): JumpReLU's frontier is ahead of {who} "
-                       f"({len(ahead)} of {len(per)} architectures).")  # fmt: skip
+        comparable = [a for a, g in per.items() if g]
+        if comparable:
+            who = ", ".join(ARCH_LABELS.get(a, a) for a in ahead) or "none of them"
+            out.append(f"- **Summary ({label(y)})**: JumpReLU's frontier is ahead of {who} ({len(ahead)} of "
+                       f"{len(comparable)} comparable architectures).")  # fmt: skip
     return out
 
 

@@ -199,27 +199,31 @@ class FeatureCollector:
                 s["neg_tokens"][j, sl] = self._window_tokens(batch, bb.expand_as(j), pos)
 
     def _update_counts(self, batch: BatchView) -> None:
+        """Counters from the non-zero entries only (sparse: L0 per token, not d_sae)."""
         s, spec = self.state, self.spec
+        d = batch.acts.shape[-1]
         a = batch.acts[batch.valid]  # [N, d] counted tokens only
         cls = batch.token_class[batch.valid].long().clamp(0, N_CLASSES - 1)
-        fire = a > 0
-        s["fire_count"].index_add_(0, cls, fire.long())
-        s["act_sum"].index_add_(0, cls, a.double())
         s["class_tokens"] += torch.bincount(cls, minlength=N_CLASSES)
-        tok, lat = fire.nonzero(as_tuple=True)
-        if tok.numel():
-            logv = a[tok, lat].double().log10()
-            bins = ((logv - spec.hist_min_log10) * spec.hist_bins_per_decade).floor().long().clamp(0, spec.n_bins - 1)
-            s["hist"].view(-1).index_add_(0, lat * spec.n_bins + bins, torch.ones_like(bins))
+        tok, lat = (a > 0).nonzero(as_tuple=True)
+        vals = a[tok, lat]
+        ones = torch.ones_like(lat)
+        key = cls[tok] * d + lat
+        s["fire_count"].view(-1).index_add_(0, key, ones)
+        s["act_sum"].view(-1).index_add_(0, key, vals.double())
+        bins = ((vals.double().log10() - spec.hist_min_log10) * spec.hist_bins_per_decade).floor().long()
+        s["hist"].view(-1).index_add_(0, lat * spec.n_bins + bins.clamp(0, spec.n_bins - 1), ones)
         is_tmpl = cls == TEMPLATE_CLASS
         if is_tmpl.any():
-            ids = batch.input_ids[batch.valid][is_tmpl]
-            slots = self._template_slots(ids)
-            keep = slots >= 0
-            at, slots = a[is_tmpl][keep], slots[keep]
-            s["tmpl_count"] += torch.bincount(slots, minlength=spec.template_slots)
-            s["tmpl_fire"].index_add_(0, slots, (at > 0).long())
-            s["tmpl_act_sum"].index_add_(0, slots, at.double())
+            ids = batch.input_ids[batch.valid]
+            row_slot = torch.full_like(cls, -1)
+            row_slot[is_tmpl] = self._template_slots(ids[is_tmpl])
+            kept = row_slot[row_slot >= 0]
+            s["tmpl_count"] += torch.bincount(kept, minlength=spec.template_slots)
+            slot = row_slot[tok]
+            m = slot >= 0
+            s["tmpl_fire"].view(-1).index_add_(0, slot[m] * d + lat[m], ones[m])
+            s["tmpl_act_sum"].view(-1).index_add_(0, slot[m] * d + lat[m], vals[m].double())
 
     def _template_slots(self, ids: Tensor) -> Tensor:
         """Slot of each template token id ``[N]``; new ids take free slots (-1 once all are taken)."""

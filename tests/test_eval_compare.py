@@ -1,0 +1,290 @@
+"""``chatsae compare`` / ``chatsae sweep``: the "which is best" and frontier logic on hand-made numbers, the plotting
+helpers, and both commands end to end on a saved tiny Llama (resume included)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from chatsae.cli import main
+from chatsae.eval.compare import best_lines, best_methods, paper_table, parse_coefs
+from chatsae.eval.plots import BarPanel, LinePanel, bar_chart, line_chart
+from chatsae.eval.study import check_names, names
+from chatsae.eval.sweep import COLUMNS, Setting, SweepConfig, frontier_gap, frontier_gaps, settings
+from chatsae.sae import load_sae
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---- hand-made numbers ---------------------------------------------------------------------------------------------
+RESULTS = {  # results[method][arch][metric], as report.json holds them
+    "bt-p": {"standard": {"log2_mse": 2.0024, "log2_mse_st": 5.1985},
+             "jumprelu": {"log2_mse": 1.0, "log2_mse_st": 3.0}},
+    "bt-f": {"standard": {"log2_mse": 1.4749, "log2_mse_st": 1.5093},
+             "jumprelu": {"log2_mse": 0.9, "log2_mse_st": None}},
+    "fast": {"standard": {"log2_mse": 1.3892, "log2_mse_st": 0.6468},
+             "jumprelu": {"log2_mse": 0.9, "log2_mse_st": 2.5}},
+}  # fmt: skip
+
+
+def test_best_methods_on_hand_made_numbers():
+    # the FAST paper's headline (Qwen2.5-7B, standard SAE): FAST best on both
+    assert best_methods(RESULTS, "log2_mse_st") == {"standard": "fast", "jumprelu": "fast"}
+    # a tie goes to the method listed first; a missing value is skipped
+    assert best_methods(RESULTS, "log2_mse") == {"standard": "fast", "jumprelu": "bt-f"}
+    nan_results = {"bt-p": {"topk": {"m": float("nan")}}, "fast": {"topk": {"m": 3.0}}, "bt-f": {"topk": {}}}
+    assert best_methods(nan_results, "m") == {"topk": "fast"}
+    assert best_methods({"fast": {"topk": {"m": None}}}, "m") == {"topk": None}
+    lines = best_lines(RESULTS, {"log2_mse_st": "MSE_st", "log2_mse": "MSE"})
+    assert lines[0].startswith("- Standard: best on MSE_st: **FAST** (log2 MSE_st 0.6468; BT(P) 5.199, BT(F) 1.509)")
+    assert "best on MSE_st: **FAST** (log2 MSE_st 2.5; BT(P) 3, BT(F) -)" in lines[1]  # missing value: a dash
+    assert "best on MSE: **BT(F)** (log2 MSE 0.9; BT(P) 1, FAST 0.9)" in lines[1]
+
+
+def test_paper_table_layout():
+    table = paper_table(RESULTS, ("log2_mse", "log2_mse_st")).splitlines()
+    assert table[0] == ("| Method | Standard: log2 MSE | Standard: log2 MSE_st | JumpReLU: log2 MSE | "
+                        "JumpReLU: log2 MSE_st |")  # fmt: skip
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| BT(P)", "| BT(F)", "| FAST"]
+    assert table[4] == "| FAST | **1.389** | **0.6468** | 0.9 | **2.5** |"
+    assert table[3] == "| BT(F) | 1.475 | 1.509 | **0.9** | - |"
+
+
+def test_frontier_gap_matches_hand_computation():
+    # ref: y = 1 - log10(L0/10) on [10, 100]; other = ref + 1 -> ref lower everywhere by exactly 1
+    ref = [(100, 0.0), (10, 1.0)]  # any order
+    gap = frontier_gap(ref, [(10, 2.0), (100, 1.0)])
+    assert gap is not None and gap.verdict == "ahead" and gap.wins == gap.n_points == 9
+    assert gap.mean_diff == pytest.approx(-1.0) and (gap.l0_low, gap.l0_high) == (10, 100)
+    # a flat other at 0.5 crosses the reference at L0 = 10^1.5: lower on 4 of 8 log-spaced points, mean 0
+    crossing = frontier_gap(ref, [(10, 0.5), (100, 0.5)], n_points=8)
+    assert crossing.verdict == "mixed" and crossing.wins == 4 and crossing.mean_diff == pytest.approx(0.0, abs=1e-12)
+    behind = frontier_gap([(10, 3.0), (100, 2.0)], [(5, 1.0), (50, 1.0)])  # overlap [10, 50] only
+    assert behind.verdict == "behind" and behind.wins == 0 and (behind.l0_low, behind.l0_high) == (10, 50)
+    grid = [10 * 5 ** (i / 8) for i in range(9)]  # naive: interpolate by hand at the log-spaced points
+    naive = [(3 - math.log10(x / 10)) - 1.0 for x in grid]
+    assert behind.mean_diff == pytest.approx(sum(naive) / 9)
+    assert frontier_gap(ref, [(200, 1.0), (400, 0.5)]) is None  # no shared L0 range
+    assert frontier_gap(ref, [(20, 1.0), (20, None), (float("nan"), 1)]) is None  # one usable point
+    rows = [{"arch": a, "l0_no_pos0": x, "fvu_no_pos0": y, "delta_lm_loss": None}
+            for a, pts in (("jumprelu", ref), ("topk", [(10, 2.0), (100, 1.0)])) for x, y in pts]  # fmt: skip
+    gaps = frontier_gaps(rows)
+    assert set(gaps) == {"fvu_no_pos0"} and gaps["fvu_no_pos0"]["topk"].verdict == "ahead"  # no LM loss: no gap
+    assert frontier_gaps([r for r in rows if r["arch"] == "topk"]) == {}
+
+
+def test_settings_and_option_errors():
+    cfg = SweepConfig(archs="topk,jumprelu", topk_ks="8,16", jumprelu_coefs=["0.001"])
+    got = settings(cfg)
+    assert got == [Setting("topk", k=8), Setting("topk", k=16), Setting("jumprelu", coef=0.001)]
+    assert [s.run for s in got] == ["topk_k8", "topk_k16", "jumprelu_coef0.001"]
+    assert got[2].label == "lambda=0.001"
+    with pytest.raises(ValueError, match="--topk-ks: 'x' is not a number"):
+        settings(SweepConfig(archs="topk", topk_ks="4,x"))
+    with pytest.raises(ValueError, match="--archs"):
+        settings(SweepConfig(archs="relu"))
+    assert names(" a, b ,,") == ["a", "b"] and names(["x"]) == ["x"]
+    with pytest.raises(ValueError, match="--methods: nothing given"):
+        check_names("methods", [], ("fast",))
+    assert parse_coefs("standard=0.3, jumprelu=2e-3", ["standard", "jumprelu"]) == {"standard": 0.3, "jumprelu": 0.002}
+    with pytest.raises(ValueError, match="not ARCH=VALUE"):
+        parse_coefs("standard:0.3", ["standard"])
+    with pytest.raises(ValueError, match="not a number"):
+        parse_coefs("standard=big", ["standard"])
+    with pytest.raises(ValueError, match="not among --archs"):
+        parse_coefs("gated=0.1", ["standard"])
+
+
+def test_plotting_helpers_write_pngs(tmp_path):
+    from matplotlib.image import imread
+
+    bars = [BarPanel("log2 MSE", "log2 MSE (units)", {"BT(P)": {"Standard": 2.0, "JumpReLU": None},
+                                                      "FAST": {"Standard": 1.4, "JumpReLU": 1.1}}, from_zero=False),
+            BarPanel("empty", "y", {"BT(P)": {"Standard": None}})]  # fmt: skip
+    lines = [LinePanel("FVU vs L0", "L0", "FVU", {"TopK": [(10, 0.3), (40, 0.1), (None, 0.2)], "Gated": [(0, 1.0)]},
+                       log_x=True)]  # fmt: skip
+    for path in (bar_chart(bars, tmp_path / "b.png", "bars", "SAE"), line_chart(lines, tmp_path / "l.png", "lines")):
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+        img = imread(path)
+        assert img.shape[0] > 200 and img.shape[1] > 200 and img[..., :3].std() > 0.05  # not a blank canvas
+    assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no leftovers
+
+
+# ---- end to end on the tiny model ----------------------------------------------------------------------------------
+WORDS = ("apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "silver", "engine", "candle",
+         "forest", "bridge", "ocean", "yellow")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def study_files(tiny_llama, tmp_path_factory):
+    """(root, model dir, chat data (40 records), plain text (80 lines), extra eval data (6 Q/A records))."""
+    model, tok = tiny_llama
+    root = tmp_path_factory.mktemp("study")
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    rng = random.Random(0)
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    chats = [{"messages": [{"role": "user", "content": f"Question {i}: {words(3 + i % 5)}?"},
+                           {"role": "assistant", "content": f"Answer {i}: {words(4 + i % 7)}."}]} for i in range(40)]
+    (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    (root / "text.txt").write_text("".join(f"{words(15 + i % 20)} line {i}.\n" for i in range(80)))
+    (root / "qa.jsonl").write_text("".join(json.dumps({"question": f"Q{i} {words(4)}?", "answer": words(5)}) + "\n"
+                                           for i in range(6)))  # fmt: skip
+    return root
+
+
+COMMON = ["--width", "96", "--layer", "1", "--total-tokens", "1536", "--batch-size", "256", "--init-sample-tokens",
+          "512", "--shard-tokens", "1024", "--holdout", "6", "--eval-max-samples", "4", "--eval-batch-tokens", "256",
+          "--no-progress", "--device", "cpu", "--model-device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_then_resume(study_files, capsys):
+    root, out = study_files, study_files / "compare"
+    args = ["compare", "--model", str(root / "model"), "--instruct-data", str(root / "chat.jsonl"), "--pretrain-data",
+            str(root / "text.txt"), "--archs", "standard,jumprelu", "--context-size", "64", "--out-dir", str(out),
+            "--sparsity-coefs", "jumprelu=0.01", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "| Method | Standard: log2 MSE | Standard: log2 MSE_st | JumpReLU: log2 MSE |" in captured.out
+    assert "[FAST] harvested" in captured.err and "training JumpReLU d_sae=96 on 1,536 tokens" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    res = report["results"]["heldout"]
+    assert list(res) == ["bt-p", "bt-f", "fast"] and all(list(res[m]) == ["standard", "jumprelu"] for m in res)
+    for method, per_arch in res.items():
+        for arch, row in per_arch.items():
+            run = out / f"{method}_{arch}"
+            sae = load_sae(run / "sae")
+            assert (sae.cfg.architecture, sae.cfg.d_sae, sae.cfg.metadata["method"]) == (arch, 96, method)
+            assert json.loads((run / "sae" / "training_summary.json").read_text())["tokens"] == 1536  # same budget
+            ev = json.loads((run / "eval_heldout.json").read_text())
+            # every SAE evaluated FAST-style on the same 4 held-out chat records, whatever its training method
+            assert ev["setup"]["method"] == "fast" and ev["setup"]["sequences"] == 4
+            assert ev["setup"]["data"] == str(out / "heldout.jsonl")
+            assert row["log2_mse_st"] == ev["metrics"]["special"]["log2_mse"]
+            assert math.isfinite(row["log2_mse"]) and row["delta_lm_loss"] is not None  # LM loss computed
+            assert row["ce_recovered_no_pos0"] == ev["metrics"]["all_no_pos0"]["ce_recovered"]
+    assert json.loads((out / "fast_jumprelu" / "sae" / "config.json").read_text())["train"]["sparsity_coef"] == 0.01
+    btp = json.loads((out / "bt-p_standard" / "sae" / "config.json").read_text())["data"]
+    assert (btp["data"], btp["method"], btp["holdout"]) == (str(root / "text.txt"), "bt-p", 0)
+    assert {m: json.loads((out / "cache" / m / "manifest.json").read_text())["method"] for m in res} == {
+        "bt-p": "bt-p", "bt-f": "bt-f", "fast": "fast"}
+    heldout = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert len(heldout) == 6 and all("messages" in r for r in heldout)
+    for arch in ("standard", "jumprelu"):  # the report's verdict is the minimum of the table
+        best = min(res, key=lambda m: res[m][arch]["log2_mse_st"])
+        assert report["best"]["heldout"][arch]["log2_mse_st"] == best
+    md = (out / "report.md").read_text()
+    assert md.count("\n| BT(P) | ") == 5  # the two paper tables, the caches and two fidelity rows
+    assert "best on MSE_st: **" in md and "![mse](mse.png)" in md
+    assert report["setup"]["command"].startswith("chatsae compare --model") and report["setup"]["total_tokens"] == 1536
+    for name in ("mse.png", "metrics.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+
+    # rerun: every cache, SAE and evaluation is reused, the report rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/sae/sae_weights.safetensors")}
+    assert len(stamps) == 6
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping training") == 6 and err.count("reusing eval_heldout.json") == 6
+    assert err.count("reusing the complete cache") == 3
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    again = json.loads((out / "report.json").read_text())["results"]["heldout"]
+    assert again["fast"]["jumprelu"] == res["fast"]["jumprelu"]
+    # a rerun asking for another budget is refused, naming the difference
+    assert main([*args, "--total-tokens", "2048"]) == 1
+    assert "total_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_writes_frontier(study_files, capsys):
+    root, out = study_files, study_files / "sweep"
+    args = ["sweep", "--model", str(root / "model"), "--data", str(root / "chat.jsonl"), "--archs",
+            "jumprelu,topk,gated", "--jumprelu-coefs", "0.001,0.05", "--topk-ks", "8,64", "--gated-coefs", "0.3",
+            "--no-lm-loss", "--eval-data", str(root / "qa.jsonl"), "--out-dir", str(out), *COMMON]  # fmt: skip
+    assert main(args) == 0
+    with open(out / "frontier.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(COLUMNS)
+    assert [(r["arch"], r["setting"]) for r in rows] == [
+        ("jumprelu", "lambda=0.001"), ("jumprelu", "lambda=0.05"), ("topk", "k=8"), ("topk", "k=64"),
+        ("gated", "lambda=0.3")]  # fmt: skip
+    assert all(r["eval_set"] == "heldout" and r["delta_lm_loss"] == "" for r in rows)  # --no-lm-loss
+    for r in rows:
+        ev = json.loads((out / r["sae"].split("/")[-2] / "eval_heldout.json").read_text())
+        assert float(r["l0_no_pos0"]) == pytest.approx(ev["metrics"]["all_no_pos0"]["l0"])
+    l0 = {r["setting"]: float(r["l0_no_pos0"]) for r in rows if r["arch"] == "topk"}
+    assert 0 < l0["k=8"] <= 8 < l0["k=64"] <= 64  # a TopK SAE never fires more than k latents
+    assert len((out / "frontier_qa.csv").read_text().splitlines()) == 6  # the extra evaluation set
+    for name in ("frontier.png", "frontier_qa.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    md = (out / "report.md").read_text()
+    assert "FVU (no pos 0) vs TopK: over L0" in md and "JumpReLU's frontier is ahead of" in md  # L0 ranges overlap
+    assert "FVU (no pos 0) vs Gated: not comparable" in md  # a single gated point
+    assert "ΔLM loss vs" not in md  # not computed, not compared
+    assert len(list(out.glob("*/sae/cfg.json"))) == 5 and (out / "activations" / "manifest.json").is_file()
+    capsys.readouterr()
+    assert main(args) == 0  # resumes: nothing trained again
+    assert capsys.readouterr().err.count("skipping training") == 5
+
+
+def test_help_and_early_errors(study_files, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--instruct-data", "--pretrain-data", "--archs", "--methods", "--width", "--total-tokens", "--layer",
+                 "--eval-data", "--holdout", "--sparsity-coefs", "--out-dir", "--no-lm-loss", "--config"):  # fmt: skip
+        assert flag in out, flag
+    assert "--method " not in out and "--arch " not in out and "--cache-dir" not in out  # set by the command
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--data", "--jumprelu-coefs", "--standard-coefs", "--gated-coefs", "--topk-ks", "--archs"):
+        assert flag in out, flag
+    assert "--sparsity-coef " not in out and "--k " not in out
+    model = str(study_files / "model")
+    assert main(["compare", "--model", model, "--out-dir", str(study_files / "x")]) == 1
+    assert "--pretrain-data is required" in capsys.readouterr().err
+    assert main(["compare", "--method", "fast"]) == 1
+    assert "--method does not apply to chatsae compare; use --methods" in capsys.readouterr().err
+    assert main(["compare", "--archs", "relu", "--pretrain-data", "p.txt"]) == 1
+    assert "--archs: ['relu']" in capsys.readouterr().err
+    assert main(["sweep", "--k", "3"]) == 1
+    assert "--topk-ks" in capsys.readouterr().err
+
+
+def test_plan_guards_a_study_once_it_produced_something(tmp_path):
+    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.pipeline import DataConfig
+    from chatsae.eval.study import Study, StudyEvalConfig
+    from chatsae.train.config import TrainConfig
+
+    def study(tokens: int, width: int = 64) -> Study:
+        return Study(tmp_path, DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=tokens),
+                     StudyEvalConfig(), sae_options={"d_sae": width})  # fmt: skip
+
+    study(4096).check_plan({"x": 1})
+    assert json.loads((tmp_path / "plan.json").read_text())["train"]["total_tokens"] == 4096
+    study(8192).check_plan({"x": 1})  # nothing produced yet (say the first try had a typo): replaced
+    assert json.loads((tmp_path / "plan.json").read_text())["train"]["total_tokens"] == 8192
+    (tmp_path / "run" / "sae").mkdir(parents=True)
+    (tmp_path / "run" / "sae" / "cfg.json").write_text("{}")
+    study(8192).check_plan({"x": 1})  # the same settings: fine
+    with pytest.raises(ValueError, match=r"plan.json: .*sae: \{'d_sae': 64\} -> \{'d_sae': 128\}.*x: 1 -> 2"):
+        study(8192, width=128).check_plan({"x": 2})
