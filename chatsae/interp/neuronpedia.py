@@ -94,6 +94,7 @@ def export_neuronpedia(data: FeatureData | str | Path, cfg: NeuronpediaConfig, o
     features, activations, explanations = [], [], []
     target = Path(out) / model_id / source_id
     with atomic_dir(target) as tmp:
+        tmp.chmod(0o755)
         for j in range(data.d_sae):
             common = {"index": str(j), "layer": source_id, "modelId": model_id, **creator}
             top, bottom = data.logits(j)
