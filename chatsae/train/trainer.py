@@ -225,7 +225,8 @@ class Trainer:
                     self.save_checkpoint()
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     return TrainResult(None, {"stopped_at_step": self.step})
-        summary = self._summary(self.window or self.last_window, (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9))
+        tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+        summary = self._summary(self.window or self.last_window, tok_s)
         sae_dir = self.save_final(summary) if self.is_main else None
         return TrainResult(sae_dir, summary)
 
