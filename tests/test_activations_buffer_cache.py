@@ -115,7 +115,7 @@ def test_incomplete_cache_is_refused_and_orphans_removed(tmp_path):
     (tmp_path / "c" / "shard_00001.acts.npy").write_bytes(b"partial")  # a crash mid-shard
     with pytest.raises(ValueError, match="did not finish"):
         ActivationCache(tmp_path / "c")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="--resume"):
         CacheWriter.open(tmp_path / "c", Manifest(d_in=2), resume=False)
     w2 = CacheWriter.open(tmp_path / "c", Manifest(d_in=2), resume=True)
     assert not (tmp_path / "c" / "shard_00001.acts.npy").exists()
@@ -132,3 +132,11 @@ def test_cache_reads_float16_storage(tmp_path):
     assert np.load(tmp_path / "c" / "shard_00000.acts.npy").dtype == np.float16
     got = ActivationCache(tmp_path / "c").gather(torch.arange(8)).acts
     assert torch.allclose(got, x, atol=2e-3)
+
+
+def test_a_finished_cache_of_the_same_harvest_is_reused(tmp_path):
+    path, _ = _write_cache(tmp_path)
+    again = CacheWriter.open(path, Manifest(d_in=4, model="m", hook="resid_post.1", method="fast"), resume=False)
+    assert again.manifest.complete and again.manifest.n_tokens == 150
+    with pytest.raises(FileExistsError):  # a different harvest into the same directory is refused
+        CacheWriter.open(path, Manifest(d_in=4, model="other", hook="resid_post.1", method="fast"), resume=False)

@@ -81,14 +81,18 @@ class CacheWriter:
         directory = Path(directory)
         if (directory / MANIFEST).is_file():
             old = Manifest.read(directory)
+            keys = ("d_in", "model", "hook", "method", "dtype")
+            mismatch = [k for k in keys if getattr(old, k) != getattr(manifest, k)]
+            same_data = old.info.get("data", {}).get("data") == manifest.info.get("data", {}).get("data")
+            if not mismatch and same_data and old.complete:
+                return cls(directory, old)  # a finished harvest of the same model, hook, method and data: reuse it
             if not resume:
-                raise FileExistsError(f"{directory}: a cache already exists; use --resume or another directory")
-            for key in ("d_in", "model", "hook", "method", "dtype"):
-                if getattr(old, key) != getattr(manifest, key):
-                    raise ValueError(
-                        f"{directory}: existing cache has {key}={getattr(old, key)!r}, "
-                        f"this harvest wants {getattr(manifest, key)!r}"
-                    )
+                raise FileExistsError(f"{directory}: an unfinished or different cache exists; use --resume to "
+                                      "continue it, or another --out-dir / --cache-dir")  # fmt: skip
+            if mismatch:
+                k = mismatch[0]
+                have, want = getattr(old, k), getattr(manifest, k)
+                raise ValueError(f"{directory}: existing cache has {k}={have!r}, this harvest wants {want!r}")
             manifest = old
         return cls(directory, manifest)
 
