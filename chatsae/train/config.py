@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
-DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.3, "gated": 0.3, "topk": 0.0}
+DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.1, "gated": 0.14, "topk": 0.0}
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TrainConfig:
     """Adam epsilon."""
     sparsity_coef: float | None = None
     """lambda: L0 coefficient (jumprelu) or decoder-weighted L1 coefficient (standard, gated); unused by topk.
-    None = architecture default for E||x||^2 = 1 inputs (jumprelu 0.002, standard/gated 0.3). FAST (SAELens units,
+    None = architecture default for E||x||^2 = 1 inputs (jumprelu 0.002, standard 0.1, gated 0.14). FAST (SAELens,
     ||x|| ~ sqrt(d_in)): L1 5, L0 0.01."""
     sparsity_warmup_steps: float = 0.2
     """Linear warm-up of lambda from 0: steps (int) or fraction of the run. FAST / Gemma Scope: 10,000 steps."""
