@@ -25,15 +25,15 @@ from ..sae import ARCHITECTURES
 from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, summarize, unit, write_texts
 
 DEFAULT_GRIDS = {
-    "jumprelu": "0.0005,0.001,0.003,0.01,0.03",
-    "standard": "0.06,0.08,0.11,0.15,0.19",
+    "jumprelu": "0.0003,0.0008,0.002,0.005,0.012",
+    "standard": "0.05,0.065,0.085,0.11,0.14",
     "gated": "0.07,0.1,0.14,0.2,0.25",
     "topk": "10,20,40,80",
 }
 """Default sparsity grids (lambda in units of E||x||^2 = 1 inputs; k), meant to span L0 of about 10-100 on the
-embedded model's middle residual stream (resid_post.15, 8x). Calibrated with 150k-token FAST runs on alpaca_4000
-(L0 without position 0): jumprelu lambda 0.0005 / 0.002 / 0.008 -> 107 / 40 / 27; standard 0.05 / 0.3 -> 171 / 3.5
-(FVU 1.02: collapsed); gated 0.05 / 0.3 / 1 -> 205 / 7.2 / 0.8. L1 grids are steep: L0 falls ~4x per doubling."""
+embedded model's middle residual stream (resid_post.15, 8x). Calibrated with 150k-token FAST runs on alpaca_4000 at
+the default lr 3e-3 (L0 without position 0): jumprelu lambda 0.0005 / 0.03 -> 75 / 5.6; standard 0.06 / 0.19 -> 66 /
+4.3; gated 0.07 / 0.25 -> 101 / 10.6. L1 grids are steep: L0 falls ~5x per doubling of lambda."""
 X_KEY = "l0_no_pos0"
 Y_KEYS = ("delta_lm_loss", "fvu_no_pos0")
 """The frontier: L0 (position 0 excluded, as in training) against delta LM loss (position 0 kept clean in the
