@@ -77,6 +77,8 @@ def test_parse_explanation_and_binary_lists():
     assert parse_explanation("It fires on greetings. [[the word 'Hello']]") == "the word 'Hello'"
     with pytest.raises(ParseError):
         parse_explanation("no brackets here")
+    with pytest.raises(ParseError, match="example"):  # a small judge parroting the prompt's example
+        parse_explanation("The latent detects: [[The word 'the' after a comma]]")
     assert parse_binary_list("Decisions: [[1, 0, 1]]", 3) == [1, 0, 1]
     assert parse_binary_list("e.g. [[0, 1]] ... final: [[1 1]]", 2) == [1, 1]  # the last list wins
     with pytest.raises(ParseError, match="expected 3"):

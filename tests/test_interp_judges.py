@@ -12,7 +12,7 @@ import pytest
 
 from chatsae.interp.autointerp import AutointerpConfig, run_autointerp
 from chatsae.interp.judges import CachedJudge, JudgeConfig, LocalJudge, OpenAIJudge, RateLimiter, ask, make_judge
-from chatsae.interp.prompts import parse_fast
+from chatsae.interp.prompts import PREFILL, parse_fast
 from chatsae.interp.server import JudgeServer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -154,3 +154,51 @@ def test_local_transformers_judge_on_tiny_llama_behind_the_server(interp_feature
         assert r["fast"]["status"] in ("ok", "unparseable") and len(r["fast"]["raw"]) in (1, 2)
         assert r["detection"]["status"] in ("ok", "unparseable", "no_explanation", "insufficient")
     assert doc["summary"]["fast"]["n_latents"] == 2
+
+
+class PrefillJudge:
+    """Continues a started answer (``prefills``); unprompted it never uses the format."""
+
+    name = "prefill"
+
+    def __init__(self, prefills: bool = True) -> None:
+        self.prefills = prefills
+        self.requests: list[list[dict]] = []
+
+    def complete(self, messages, temperature=0.0, max_tokens=512, seed=None):
+        self.requests.append(messages)
+        if messages[-1]["role"] == "assistant":
+            return "3]], feature name is [[turn starts]]"
+        return "Hmm, maybe three."
+
+
+def test_retries_are_prefilled_for_judges_that_continue_answers(tmp_path):
+    messages = [{"role": "user", "content": "rate it"}]
+    judge = PrefillJudge()
+    ans = ask(judge, messages, parse_fast, attempts=3, prefill=PREFILL["fast"])
+    assert ans.status == "ok" and ans.value == (3, "turn starts")
+    assert ans.raw == ["Hmm, maybe three.", "My final verdict score is: [[3]], feature name is [[turn starts]]"]
+    assert judge.requests[0] == messages  # the first attempt is unprompted
+    assert judge.requests[1] == [*messages, {"role": "assistant", "content": PREFILL["fast"]}]
+    # a judge that cannot continue an answer never gets a trailing assistant message
+    plain = PrefillJudge(prefills=False)
+    ans = ask(plain, messages, parse_fast, attempts=2, prefill=PREFILL["fast"])
+    assert ans.status == "unparseable" and all(r == messages for r in plain.requests)
+    # the cache keeps the flag and keys prefilled requests apart from plain ones
+    cached = CachedJudge(PrefillJudge(), tmp_path / "cache")
+    assert cached.prefills
+    assert ask(cached, messages, parse_fast, attempts=2, prefill=PREFILL["fast"]).status == "ok"
+    assert cached.misses == 2
+
+
+def test_local_judge_continues_a_prefilled_answer(interp_features):
+    _, _, model, tokenizer, _ = interp_features
+    local = LocalJudge("tiny", model_obj=model, tokenizer=tokenizer)
+    user = [{"role": "user", "content": "Rate it."}]
+    fresh = tokenizer.decode(local.encode(user)[0][0])
+    started = tokenizer.decode(local.encode([*user, {"role": "assistant", "content": PREFILL["fast"]}])[0][0])
+    assert fresh.rstrip().endswith("assistant")  # the opening of a new assistant turn
+    assert started.endswith(PREFILL["fast"])  # the started answer, not closed by an end-of-turn token
+    assert started.startswith(fresh.rstrip())
+    text = local.complete([*user, {"role": "assistant", "content": PREFILL["fast"]}], max_tokens=4)
+    assert isinstance(text, str)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from ..utils import atomic_file
 from .judges import Answer, Judge, ask, run_concurrent
 from .prompts import (
+    PREFILL,
     detection_prompt,
     explain_prompt,
     fast_prompt,
@@ -69,6 +70,9 @@ class AutointerpConfig:
     """Sampling temperature of retries after a malformed answer."""
     max_tokens: int = 512
     """Maximum answer length in tokens."""
+    prefill: bool = True
+    """Retries of a judge that can continue a started answer (the local judge) begin the answer with the format's
+    opening, e.g. 'My final verdict score is: [[' (the raw answers record it)."""
     out: str | None = None
     """Results file. None = FEATURES_DIR/autointerp.json."""
 
@@ -150,19 +154,20 @@ class _Runner:
     def text(self, c: Context) -> str:
         return "".join(token_text(self.data.token(t)) for t in c.tokens)
 
-    def ask(self, messages: list[dict[str, str]], parse: Any) -> Answer:
+    def ask(self, messages: list[dict[str, str]], parse: Any, kind: str) -> Answer:
         c = self.cfg
-        return ask(self.judge, messages, parse, c.attempts, c.temperature, c.retry_temperature, c.max_tokens)
+        return ask(self.judge, messages, parse, c.attempts, c.temperature, c.retry_temperature, c.max_tokens,
+                   PREFILL[kind] if c.prefill else None)  # fmt: skip
 
     def fast(self, latent: int) -> dict[str, Any]:
         top = self.data.contexts(latent, "top")[: self.cfg.n_examples]
-        ans = self.ask(fast_prompt(top, self.data.token, self.cfg.show_zero), parse_fast)
+        ans = self.ask(fast_prompt(top, self.data.token, self.cfg.show_zero), parse_fast, "fast")
         v = ans.value
         return _answer_json(ans, score=v.score if v else None, name=v.name if v else None)
 
     def explanation(self, latent: int) -> dict[str, Any]:
         top = self.data.contexts(latent, "top")[: self.cfg.n_examples]
-        ans = self.ask(explain_prompt(top, self.data.token), parse_explanation)
+        ans = self.ask(explain_prompt(top, self.data.token), parse_explanation, "explanation")
         return _answer_json(ans, text=ans.value)
 
     def judged(self, explanation: str, items: list[tuple[str, int]], fuzz: bool, latent: int) -> dict[str, Any]:
@@ -175,7 +180,7 @@ class _Runner:
         for start in range(0, len(items), self.cfg.test_batch):
             chunk = items[start : start + self.cfg.test_batch]
             n = len(chunk)
-            ans = self.ask(make(explanation, [t for t, _ in chunk]), lambda a, n=n: parse_binary_list(a, n))
+            ans = self.ask(make(explanation, [t for t, _ in chunk]), lambda a, n=n: parse_binary_list(a, n), "binary")
             preds.extend(ans.value if ans.value is not None else [None] * n)
             raws.extend(ans.raw)
             statuses.append(ans.status)

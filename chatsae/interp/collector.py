@@ -7,8 +7,8 @@
   per-token activations in it;
 - a uniform reservoir (Algorithm R) of ``n_quantile`` *activating* samples per latent, later split into activation
   quantiles (held-out examples for detection/fuzzing and for the dashboard);
-- a uniform reservoir of ``n_random`` *non-activating* samples per latent (the latent is 0 on every token of the
-  sample), each with a window at a random position;
+- a uniform reservoir of ``n_random`` *non-activating* contexts per latent: each sample offers one window at a
+  random position, kept for the latents that are 0 on every token of it;
 - firing counts and activation sums per token class, a log10-binned activation histogram, and the same statistics
   for each chat-template token id (``<|im_start|>``, ``user``, ...).
 
@@ -188,12 +188,16 @@ class FeatureCollector:
                 s["qnt_pos"][j, sl] = pos
                 s["qnt_tokens"][j, sl] = self._window_tokens(batch, bj, pos)
                 s["qnt_token_act"][j, sl] = self._window_acts(batch, bj, pos, j)
-            slot = self._reservoir_slots(s["neg_seen"], ~fired, spec.n_random, gen)
+            # non-activating: a window at a random counted position where the latent is 0 on every token (it
+            # may fire elsewhere in the sample: latents on chat-template tokens fire in every chat sample)
+            valid_pos = batch.valid[b].nonzero(as_tuple=True)[0]
+            center = valid_pos[torch.randint(len(valid_pos), (1,), generator=gen).to(valid_pos.device)]
+            idx, inside = self._window_index(batch, bb, center)
+            quiet = ~((batch.acts[b, idx[0]] > 0) & inside[0].unsqueeze(1)).any(0)  # [d]
+            slot = self._reservoir_slots(s["neg_seen"], quiet, spec.n_random, gen)
             j = (slot >= 0).nonzero(as_tuple=True)[0]
             if j.numel():
-                valid_pos = batch.valid[b].nonzero(as_tuple=True)[0]
-                pick = torch.randint(len(valid_pos), (j.numel(),), generator=gen).to(valid_pos.device)
-                pos, sl = valid_pos[pick], slot[j]
+                pos, sl = center.expand_as(j), slot[j]
                 s["neg_sample"][j, sl] = batch.sample_ids[b]
                 s["neg_pos"][j, sl] = pos
                 s["neg_tokens"][j, sl] = self._window_tokens(batch, bb.expand_as(j), pos)

@@ -1,6 +1,7 @@
 """Judges for auto-interpretation: any OpenAI-compatible chat endpoint, or a local transformers chat model.
 
-A judge has a ``name`` (part of the cache key) and ``complete(messages, temperature, max_tokens, seed) -> str``.
+A judge has a ``name`` (part of the cache key), ``complete(messages, temperature, max_tokens, seed) -> str`` and
+``prefills``: whether a final ``assistant`` message is continued (answer prefill) rather than answered anew.
 :class:`CachedJudge` stores every answer on disk under a hash of the request (judge name, messages, sampling
 settings), so reruns and resumed runs cost nothing; :func:`ask` retries malformed answers and never raises.
 """
@@ -30,6 +31,8 @@ R = TypeVar("R")
 
 class Judge(Protocol):
     name: str
+    prefills: bool
+    """True if a trailing ``assistant`` message is continued: ``complete`` then returns only the continuation."""
 
     def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
                  seed: int | None = None) -> str: ...  # fmt: skip
@@ -98,6 +101,7 @@ class OpenAIJudge:
             key = "not-needed"
         self.model = model
         self.name = f"openai:{base_url or 'api.openai.com'}:{model}"
+        self.prefills = False  # the OpenAI API answers a trailing assistant message with a new message
         self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self.limiter = RateLimiter(requests_per_minute)
         self._tokens_key = "max_tokens"
@@ -128,7 +132,10 @@ class LocalJudge:
     """A transformers chat model run in this process (default: the embedded SmolLM2, so it works offline).
 
     Requests are served one at a time. ``temperature`` 0 is greedy decoding; otherwise sampling seeded by ``seed``.
+    A final ``assistant`` message is continued (answer prefill), which steers small judges into the answer format.
     """
+
+    prefills = True
 
     def __init__(self, model: str = "embedded", device: str = "cpu", dtype: str = "float32",
                  model_obj: Any = None, tokenizer: Any = None,
@@ -147,13 +154,19 @@ class LocalJudge:
             self._model, self._tokenizer = load_model(name, dtype=dtype, device=device)
         return self._model, self._tokenizer
 
+    def encode(self, messages: Messages) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chat-templated prompt: ``(input_ids [1, T], attention_mask [1, T])``; it ends with the opening of
+        the assistant turn, or, if the last message is the assistant's, with that message's text (continued)."""
+        cont = bool(messages) and messages[-1]["role"] == "assistant"
+        enc = self._load()[1].apply_chat_template(messages, add_generation_prompt=not cont, continue_final_message=cont,
+                                                  return_tensors="pt", return_dict=True)  # fmt: skip
+        return enc["input_ids"], enc["attention_mask"]
+
     def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
                  seed: int | None = None) -> str:  # fmt: skip
         with self._lock:
             model, tok = self._load()
-            enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                          return_dict=True)  # fmt: skip
-            ids, mask = enc["input_ids"], enc["attention_mask"]
+            ids, mask = self.encode(messages)
             limit = self.max_prompt_tokens or getattr(model.config, "max_position_embeddings", None)
             if limit and ids.shape[1] + max_tokens > limit:
                 keep = max(limit - max_tokens, 1)
@@ -176,6 +189,7 @@ class CachedJudge:
     def __init__(self, judge: Judge, root: str | Path) -> None:
         self.judge, self.root = judge, Path(root)
         self.name = judge.name
+        self.prefills = bool(getattr(judge, "prefills", False))
         self.hits = self.misses = 0
         self._lock = threading.Lock()
 
@@ -217,17 +231,21 @@ class Answer(NamedTuple):
 
 
 def ask(judge: Judge, messages: Messages, parse: Callable[[str], T], attempts: int = 3, temperature: float = 0.0,
-        retry_temperature: float = 0.7, max_tokens: int = 512) -> Answer:  # fmt: skip
+        retry_temperature: float = 0.7, max_tokens: int = 512, prefill: str | None = None) -> Answer:  # fmt: skip
     """Ask until ``parse`` accepts the answer (at most ``attempts`` times); never raises for judge failures.
 
     Attempt ``i > 0`` samples at ``retry_temperature`` with seed ``i``, so a retry is a new request (and cache key).
+    ``prefill``: if the judge ``prefills``, retries start the answer with this text (e.g. ``"... [["``) and the
+    judge writes the rest; the parsed (and recorded) answer is ``prefill + continuation``.
     """
     raw: list[str] = []
     answered = False
     for i in range(max(attempts, 1)):
+        start = prefill if i > 0 and prefill and getattr(judge, "prefills", False) else ""
+        request = [*messages, {"role": "assistant", "content": start}] if start else messages
         try:
-            text = judge.complete(messages, temperature=temperature if i == 0 else retry_temperature,
-                                  max_tokens=max_tokens, seed=None if i == 0 else i)  # fmt: skip
+            text = start + judge.complete(request, temperature=temperature if i == 0 else retry_temperature,
+                                          max_tokens=max_tokens, seed=None if i == 0 else i)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a failed request is recorded, the run goes on
             raw.append(f"error: {type(e).__name__}: {e}")
             continue

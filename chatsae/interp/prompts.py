@@ -6,6 +6,7 @@
 - Detection / fuzzing (EleutherAI delphi style): numbered excerpts, the answer is a 0/1 list ``[[1, 0, ...]]``.
 
 Parsers raise :class:`ParseError` on malformed answers; the caller retries and finally records them as unparseable.
+Judges that continue a started answer get retries prefilled with :data:`PREFILL` of the protocol.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ RUBRIC = """Rate how monosemantic the latent is on this 1-5 scale:
 3: clear overall pattern but quite a few examples that don't fit
 2: broad consistent theme but lacking structure
 1: no discernible pattern"""
+
+
+PREFILL = {"fast": "My final verdict score is: [[", "explanation": "The latent detects: [[", "binary": "[["}
+"""Answer openings for retries of judges that continue a started answer (small local models rarely produce the
+requested format unprompted; started this way they mostly do)."""
 
 
 class ParseError(ValueError):
@@ -124,6 +130,10 @@ def parse_fast(answer: str) -> FastVerdict:
     return FastVerdict(score, name[:200])
 
 
+EXAMPLE_EXPLANATION = "the word 'the' after a comma"
+"""The example of the explanation prompt (an answer repeating it is rejected)."""
+
+
 def explain_prompt(contexts: Sequence[Context], tok: Callable[[int], str]) -> Messages:
     """Ask for an explanation of a latent from activating examples (activating tokens marked)."""
     examples = "\n".join(f"Example {i + 1}: {format_marked(c.tokens, [a > 0 for a in c.acts], tok)}"
@@ -132,15 +142,18 @@ def explain_prompt(contexts: Sequence[Context], tok: Callable[[int], str]) -> Me
         "Here are text excerpts on which one latent activates. The tokens where it is active are marked "
         f"<<like this>>; \\n marks a newline.\n\n{examples}\n\nWhat does the latent detect? Give a short, concrete "
         "explanation (one phrase) that would let someone predict on which tokens and texts it fires. End your "
-        "answer with the explanation in double brackets, e.g. [[the word 'the' after a comma]]."
+        f"answer with the explanation in double brackets, e.g. [[{EXAMPLE_EXPLANATION}]]."
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
 def parse_explanation(answer: str) -> str:
+    """The last non-empty ``[[...]]``; the prompt's own example copied back is not an explanation."""
     groups = [g.strip() for g in _BRACKETS.findall(answer) if g.strip()]
     if not groups:
         raise ParseError("no [[explanation]] in the answer")
+    if groups[-1].lower() == EXAMPLE_EXPLANATION.lower():
+        raise ParseError("the answer repeats the prompt's example explanation")
     return groups[-1][:300]
 
 
