@@ -140,3 +140,33 @@ def test_a_finished_cache_of_the_same_harvest_is_reused(tmp_path):
     assert again.manifest.complete and again.manifest.n_tokens == 150
     with pytest.raises(FileExistsError):  # a different harvest into the same directory is refused
         CacheWriter.open(path, Manifest(d_in=4, model="other", hook="resid_post.1", method="fast"), resume=False)
+
+
+def _harvest_manifest(data="a.jsonl", holdout=50, exclude_first=True, batch_tokens=4096, method="fast"):
+    info = {"data": {"data": data, "format": "messages", "records": 100}, "max_length": 8192, "context_size": 2048,
+            "dedup_n": 20, "holdout": holdout,
+            "options": {"exclude_first_position": exclude_first, "exclude_special": False, "exclude_bos": False,
+                        "batch_tokens": batch_tokens}}  # fmt: skip
+    return Manifest(d_in=2, model="m", hook="resid_post.1", method=method, info=info)
+
+
+def test_a_cache_is_reused_only_for_the_same_data_and_exclusions(tmp_path):
+    w = CacheWriter.open(tmp_path / "c", _harvest_manifest(), resume=False)
+    w.write_shard(torch.zeros(5, 2), {"token_ids": torch.zeros(5, dtype=torch.long)}, windows_done=1)
+    w.finish()
+    # batching options do not change the vectors: reused
+    assert CacheWriter.open(tmp_path / "c", _harvest_manifest(batch_tokens=512), resume=True).manifest.complete
+    # a manifest of an older version without the held-out count is still reused
+    old = _harvest_manifest()
+    del old.info["holdout"]
+    assert CacheWriter.open(tmp_path / "c", old, resume=False).manifest.n_tokens == 5
+    for wanted, field in ((_harvest_manifest(exclude_first=False), "exclude_first_position"),
+                          (_harvest_manifest(data="b.jsonl"), "data"), (_harvest_manifest(holdout=0), "holdout")):
+        with pytest.raises(ValueError, match=f"{field}: .* -> "):  # never silently reused, also with --resume
+            CacheWriter.open(tmp_path / "c", wanted, resume=True)
+        with pytest.raises(FileExistsError):
+            CacheWriter.open(tmp_path / "c", wanted, resume=False)
+    # the sequence setting of the other method does not matter
+    fast = _harvest_manifest()
+    fast.info["context_size"] = 512
+    assert CacheWriter.open(tmp_path / "c", fast, resume=False).manifest.complete

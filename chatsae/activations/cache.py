@@ -33,6 +33,11 @@ MANIFEST = "manifest.json"
 META_KEYS = ("token_ids", "special_mask", "token_class", "positions", "sample_ids")
 
 
+IDENTITY_KEYS = ("d_in", "model", "hook", "method", "dtype")
+CONTENT_OPTIONS = ("exclude_first_position", "exclude_special", "exclude_bos")
+"""Harvest options that change which vectors a cache holds (the others only batch the work)."""
+
+
 @dataclass
 class Manifest:
     """What a cache holds and how far its harvest got."""
@@ -49,6 +54,24 @@ class Manifest:
     complete: bool = False
     info: dict[str, Any] = field(default_factory=dict)
     """Anything else: data source, exclusions, padding share, model info..."""
+
+    def content(self) -> dict[str, Any]:
+        """What decides the cached vectors besides model, hook, method and dtype (as recorded in ``info``): data
+        source and record count, held-out share, sequence settings of the method, token exclusions."""
+        info, data, opts = self.info, self.info.get("data") or {}, self.info.get("options") or {}
+        seq_keys = ("max_length",) if self.method == "fast" else ("context_size",)
+        return {"data": data.get("data"), "format": data.get("format"), "records": data.get("records"),
+                **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
+                **{k: opts.get(k) for k in CONTENT_OPTIONS}}  # fmt: skip
+
+    def differences(self, other: Manifest) -> list[str]:
+        """``"field: ours -> theirs"`` for every identity or :meth:`content` field the two disagree on (a field
+        missing from either, e.g. from an older manifest, is not compared)."""
+        out = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in IDENTITY_KEYS
+               if getattr(self, k) != getattr(other, k)]  # fmt: skip
+        mine, theirs = self.content(), other.content()
+        return out + [f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine
+                      if mine[k] is not None and theirs[k] is not None and mine[k] != theirs[k]]  # fmt: skip
 
     @classmethod
     def read(cls, directory: str | Path) -> Manifest:
@@ -81,18 +104,15 @@ class CacheWriter:
         directory = Path(directory)
         if (directory / MANIFEST).is_file():
             old = Manifest.read(directory)
-            keys = ("d_in", "model", "hook", "method", "dtype")
-            mismatch = [k for k in keys if getattr(old, k) != getattr(manifest, k)]
-            same_data = old.info.get("data", {}).get("data") == manifest.info.get("data", {}).get("data")
-            if not mismatch and same_data and old.complete:
-                return cls(directory, old)  # a finished harvest of the same model, hook, method and data: reuse it
+            diffs = old.differences(manifest)
+            if not diffs and old.complete:
+                return cls(directory, old)  # a finished harvest of the same model, hook, data and options: reuse it
             if not resume:
                 raise FileExistsError(f"{directory}: an unfinished or different cache exists; use --resume to "
                                       "continue it, or another --out-dir / --cache-dir")  # fmt: skip
-            if mismatch:
-                k = mismatch[0]
-                have, want = getattr(old, k), getattr(manifest, k)
-                raise ValueError(f"{directory}: existing cache has {k}={have!r}, this harvest wants {want!r}")
+            if diffs:
+                raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
+                                 f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
             manifest = old
         return cls(directory, manifest)
 

@@ -134,7 +134,7 @@ def harvest(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_toke
     manifest = Manifest(
         d_in=info["d_model"], dtype=cfg.cache_dtype, model=cfg.model, hook=str(hook), method=cfg.method,
         info={"data": data_info, "options": asdict(opts), "model": info, "max_length": cfg.max_length,
-              "context_size": cfg.context_size, "dedup_n": cfg.dedup_n},
+              "context_size": cfg.context_size, "dedup_n": cfg.dedup_n, "holdout": cfg.holdout},
     )  # fmt: skip
     seqs = sequences_for(cfg, train, tokenizer)
     manifest, stats = harvest_to_cache(model, tokenizer, hook, seqs, cache_dir, manifest, opts,
