@@ -181,3 +181,34 @@ def test_splice_first_position_follows_metadata(tiny_llama):
     # same reconstruction metrics (position 0 is always measured), different spliced loss
     assert forced.metrics["all"]["mse"] == pytest.approx(res.metrics["all"]["mse"], rel=1e-6)
     assert forced.metrics["all"]["ce_spliced"] != pytest.approx(res.metrics["all"]["ce_spliced"], rel=1e-6)
+
+
+def test_zero_ablation_pass_is_shared_between_saes(tiny_llama, sae):
+    """With a shared cache, a second SAE on the same sequences skips the zero-ablated forward and gets the same
+    numbers as without the cache; other sequences or another hook do not hit it."""
+    model, tok = tiny_llama
+    records = [chat(i) for i in range(6)]
+    cfg = EvalConfig(progress=False, batch_tokens=300)
+    torch.manual_seed(1)
+    other = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1",
+                                                                           "method": "fast"}))  # fmt: skip
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        plain = evaluate(other, model, tok, records, cfg)
+        n_plain = len(forwards)
+        cache: dict = {}
+        evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache)
+        n_batches = len(cache)
+        assert n_batches >= 2 and len(forwards) - n_plain == n_plain  # first use: every pass runs
+        forwards.clear()
+        shared = evaluate(other, model, tok, records, cfg, zero_ablation_cache=cache)
+        assert len(forwards) == n_plain - n_batches  # the zero-ablated pass of every batch was skipped
+        assert len(cache) == n_batches
+        assert json.dumps(shared.metrics, sort_keys=True) == json.dumps(plain.metrics, sort_keys=True)  # NaN-safe
+        evaluate(sae, model, tok, records[:3], cfg, zero_ablation_cache=cache)  # other batches: new entries
+        evaluate(sae, model, tok, records, EvalConfig(progress=False, batch_tokens=300, hook="resid_post.0"),
+                 zero_ablation_cache=cache)  # fmt: skip
+        assert len(cache) > n_batches + 1
+    finally:
+        handle.remove()

@@ -6,7 +6,10 @@ Per batch of sequences (built the way the SAE's method says, length-bucketed, ri
    ``x̂ = sae(x)`` (position 0 kept clean unless ``splice_first_position``); this gives the spliced logits and,
    since everything upstream of the hook is unchanged, the clean activations for the reconstruction metrics;
 2. clean forward (no hook): clean logits, for CE clean and KL(clean ‖ spliced);
-3. zero-ablation forward: the activation replaced by zeros at the same positions, for CE recovered.
+3. zero-ablation forward: the activation replaced by zeros at the same positions, for CE recovered. It does not
+   depend on the SAE: with a ``zero_ablation_cache`` (a dict the caller keeps, as ``chatsae compare`` / ``sweep``
+   do) its per-token CE is stored under the batch's content and hook, and other SAEs evaluated on the same
+   sequences through the same model skip this pass.
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.
@@ -14,6 +17,7 @@ attention mask; labels are the next token of the same sequence.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -99,11 +103,12 @@ def _keep_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 @torch.inference_mode()
 def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
                    fn: Callable[[Tensor], Tensor], zero_ablation: bool = True,
-                   splice_first_position: bool = True) -> LMLosses:  # fmt: skip
+                   splice_first_position: bool = True, ce_zero: Tensor | None = None) -> LMLosses:  # fmt: skip
     """Clean vs. spliced (activation at ``hook`` replaced by ``fn(act)``) vs. zero-ablated next-token losses.
 
     ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
-    activation in both the spliced and the zero-ablated pass.
+    activation in both the spliced and the zero-ablated pass. ``ce_zero`` ``[B, T]``: the zero-ablated losses of
+    these inputs computed before (the pass is then skipped).
     """
     splice = fn if splice_first_position else _keep_first(fn)
     labels, mask = M.next_token_labels(input_ids, attention_mask)
@@ -112,8 +117,9 @@ def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, a
     clean = _logits(model, input_ids, attention_mask)
     ce_clean, ce_spliced, kl = M.paired_losses(clean, spliced, labels, mask)
     del spliced, clean
-    ce_zero = None
-    if zero_ablation:
+    if not zero_ablation:
+        return LMLosses(ce_clean, ce_spliced, kl, None, mask)
+    if ce_zero is None:
         zero = torch.zeros_like if splice_first_position else _keep_first(torch.zeros_like)
         with edit(model, hook, zero):
             ce_zero = M.token_cross_entropy(_logits(model, input_ids, attention_mask), labels, mask)
@@ -126,11 +132,13 @@ def _device(module: nn.Module) -> torch.device:
 
 # ---- the driver --------------------------------------------------------------------------------------------------
 def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Record], cfg: EvalConfig | None = None,
-             sae_path: str | None = None) -> EvalResult:  # fmt: skip
+             sae_path: str | None = None, zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None,
+             ) -> EvalResult:  # fmt: skip
     """Evaluate ``sae`` (taking raw activations) on ``records`` through ``model``; see the module docstring.
 
     Unset fields of ``cfg`` come from ``sae.cfg.metadata`` (:func:`~chatsae.eval.config.resolve_config`). The SAE is
     moved to the model's device. Metrics are in raw activation units. The JSON is written to ``cfg.output`` if set.
+    ``zero_ablation_cache``: a dict shared by evaluations through this same ``model`` (filled and read here).
     """
     cfg = resolve_config(cfg or EvalConfig(), sae.cfg.metadata)
     if not cfg.hook:
@@ -150,7 +158,7 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     n_seq = n_tok = 0
     with Progress(len(batches), "eval", enabled=cfg.progress, unit="batches") as bar:
         for batch in batches:
-            n_tok += _eval_batch(sae, model, hook, pad_batch(batch, pad_id), n_seq, cfg, acc)
+            n_tok += _eval_batch(sae, model, hook, pad_batch(batch, pad_id), n_seq, cfg, acc, zero_ablation_cache)
             n_seq += len(batch)
             bar.advance(1, tokens=str(n_tok))
     result = EvalResult(
@@ -164,8 +172,15 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     return result
 
 
+def zero_ablation_key(hook: HookPoint, input_ids: Tensor, attention_mask: Tensor,
+                      splice_first_position: bool) -> tuple[Any, ...]:  # fmt: skip
+    """Key of a batch's zero-ablated losses: the hook, the position-0 rule and a digest of the batch's tokens."""
+    digest = hashlib.sha256(input_ids.cpu().numpy().tobytes() + attention_mask.cpu().numpy().tobytes()).hexdigest()
+    return str(hook), bool(splice_first_position), tuple(input_ids.shape), digest
+
+
 def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, seq_offset: int, cfg: EvalConfig,
-                acc: SubsetAccumulator) -> int:  # fmt: skip
+                acc: SubsetAccumulator, zero_cache: dict[tuple[Any, ...], Tensor] | None = None) -> int:  # fmt: skip
     """Run one padded batch (sequence ids from ``seq_offset``) into ``acc``; returns its number of real tokens."""
     device = _device(model)
     ids, am = pb.input_ids.to(device), pb.attention_mask.to(device)
@@ -182,7 +197,12 @@ def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, se
         return x_hat
 
     if cfg.lm_loss:
-        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=bool(cfg.splice_first_position))
+        first = bool(cfg.splice_first_position)
+        key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
+        cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
+        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=first, ce_zero=cached)
+        if zero_cache is not None and key is not None and losses.ce_zero is not None:
+            zero_cache[key] = losses.ce_zero
         m = losses.mask
         acc.update_lm(token_class[m], positions[m], ce_clean=losses.ce_clean[m], ce_spliced=losses.ce_spliced[m],
                       kl=losses.kl[m], ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip

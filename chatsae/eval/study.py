@@ -93,6 +93,8 @@ class Study:
         self.ev, self.sae_options, self.expansion_factor = ev, dict(sae_options or {}), expansion_factor
         self.report = report
         self._model: tuple[Any, Any] | None = None
+        self._zero_ablation: dict[tuple[Any, ...], Any] = {}
+        """Zero-ablated losses per evaluation batch, shared by all SAEs of the study (they do not depend on the SAE)."""
         self.hook = ""
 
     @property
@@ -237,7 +239,8 @@ class Study:
                 return old
         self.report(f"[{sae_dir.parent.name}] evaluating on {es.label}")
         model, tokenizer = self.model_and_tokenizer
-        return evaluate(sae, model, tokenizer, es.records, cfg, sae_path=str(sae_dir))
+        return evaluate(sae, model, tokenizer, es.records, cfg, sae_path=str(sae_dir),
+                        zero_ablation_cache=self._zero_ablation)  # fmt: skip
 
 
 def summarize(result: EvalResult) -> dict[str, float | None]:
