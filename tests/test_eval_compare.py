@@ -180,6 +180,10 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
             assert row["log2_mse_st"] == ev["metrics"]["special"]["log2_mse"]
             assert math.isfinite(row["log2_mse"]) and row["delta_lm_loss"] is not None  # LM loss computed
             assert row["ce_recovered_no_pos0"] == ev["metrics"]["all_no_pos0"]["ce_recovered"]
+            assert row["kl_user"] == ev["metrics"]["user"]["kl"]
+            assert row["kl_no_pos0"] == ev["metrics"]["all_no_pos0"]["kl"]
+            assert row["fvu_special"] == ev["metrics"]["special_no_pos0"]["fvu"]
+            assert row["delta_lm_loss_assistant"] == ev["metrics"]["assistant"]["delta_ce"]
     assert json.loads((out / "fast_jumprelu" / "sae" / "config.json").read_text())["train"]["sparsity_coef"] == 0.01
     btp = json.loads((out / "bt-p_standard" / "sae" / "config.json").read_text())["data"]
     assert (btp["data"], btp["method"], btp["holdout"]) == (str(root / "text.txt"), "bt-p", 0)
@@ -191,7 +195,8 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
         best = min(res, key=lambda m: res[m][arch]["log2_mse_st"])
         assert report["best"]["heldout"][arch]["log2_mse_st"] == best
     md = (out / "report.md").read_text()
-    assert md.count("\n| BT(P) | ") == 5  # the two paper tables, the caches and two fidelity rows
+    assert md.count("\n| BT(P) | ") == 7  # the two paper tables, the caches, two fidelity and two token-class rows
+    assert "### By token class" in md and "| Method | SAE | special: FVU | special: KL | special: ΔLM loss |" in md
     assert "best on MSE_st: **" in md and "![mse](mse.png)" in md
     assert report["setup"]["command"].startswith("chatsae compare --model") and report["setup"]["total_tokens"] == 1536
     for name in ("mse.png", "metrics.png"):

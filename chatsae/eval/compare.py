@@ -21,6 +21,8 @@ from ..config import to_dict
 from ..sae import ARCHITECTURES, SAEConfig
 from .study import (
     ARCH_LABELS,
+    CLASS_METRICS,
+    CLASS_SUBSETS,
     METHOD_LABELS,
     Study,
     cell,
@@ -197,6 +199,22 @@ FIDELITY = ("l0", "l0_no_pos0", "fvu", "fvu_no_pos0", "delta_lm_loss", "delta_lm
             "ce_recovered_no_pos0")  # fmt: skip
 
 
+KL = ("kl", "kl_no_pos0")
+CLASS_NOTE = ("FVU, KL to the clean model and delta LM loss on the positions of each token class: chat-template tokens "
+              "(without position 0), system prompt, user and assistant content. KL measures how far the spliced "
+              "model's predictions move; delta LM loss can be negative where the reconstruction makes the actual "
+              "next token more likely (e.g. a fixed system prompt), so read both.")  # fmt: skip
+
+
+def class_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Rows method x architecture; per token class of :data:`CLASS_SUBSETS`: FVU, KL, delta LM loss."""
+    keys = [(cls, key) for cls in CLASS_SUBSETS for key in CLASS_METRICS]
+    headers = ["Method", "SAE", *(f"{cls}: {label(key)}" for cls, key in keys)]
+    rows = [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(f"{key}_{cls}")) for cls, key in keys)]
+            for m, per_arch in results.items() for a, v in per_arch.items()]  # fmt: skip
+    return md_table(headers, rows)
+
+
 def compare_figures(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path, suffix: str,
                     title: str) -> list[Path]:  # fmt: skip
     """``mse{suffix}.png`` (log2 MSE / MSE_st, with and without position 0) and ``metrics{suffix}.png`` (L0, FVU,
@@ -245,9 +263,10 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
             "", f"## Evaluation on {es['label']}", "", "### log2 MSE and log2 MSE_st (paper layout)", "",
             paper_table(res, ("log2_mse", "log2_mse_st")), "", *best_lines(res), "", "### Without position 0", "",
             paper_table(res, ("log2_mse_no_pos0", "log2_mse_st_no_pos0")), "", "### Sparsity and fidelity", "",
-            md_table(["Method", "SAE", *(label(k) for k in FIDELITY)],
-                     [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY)]
+            md_table(["Method", "SAE", *(label(k) for k in FIDELITY + KL)],
+                     [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY + KL)]
                       for m, per_arch in res.items() for a, v in per_arch.items()]), "",
+            "### By token class", "", CLASS_NOTE, "", class_table(res), "",
             *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
         ]  # fmt: skip
     return "\n".join(lines) + "\n"

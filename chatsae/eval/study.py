@@ -36,9 +36,14 @@ SUMMARY: dict[str, tuple[str, str]] = {
     "fvu": ("all", "fvu"), "fvu_no_pos0": ("all_no_pos0", "fvu"),
     "delta_lm_loss": ("all", "delta_ce"), "delta_lm_loss_no_pos0": ("all_no_pos0", "delta_ce"),
     "ce_recovered": ("all", "ce_recovered"), "ce_recovered_no_pos0": ("all_no_pos0", "ce_recovered"),
-    "kl": ("all", "kl"), "dead_fraction": ("all", "dead_fraction"),
+    "kl": ("all", "kl"), "kl_no_pos0": ("all_no_pos0", "kl"), "dead_fraction": ("all", "dead_fraction"),
 }  # fmt: skip
-"""The numbers a study keeps per SAE and evaluation set."""
+CLASS_SUBSETS = {"special": "special_no_pos0", "system": "system", "user": "user", "assistant": "assistant"}
+"""Token classes a study reports apart (chat-template tokens without position 0, system, user, assistant content)."""
+CLASS_METRICS = {"fvu": "fvu", "kl": "kl", "delta_lm_loss": "delta_ce"}
+SUMMARY.update({f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items()
+                for key, metric in CLASS_METRICS.items()})  # fmt: skip
+"""The numbers a study keeps per SAE and evaluation set (per class: e.g. ``kl_user``, ``fvu_special``)."""
 VOLATILE_TRAIN = ("progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
 """TrainConfig fields a rerun may change (they do not change the trained SAE)."""
 
