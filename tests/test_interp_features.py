@@ -46,8 +46,11 @@ def test_features_match_direct_per_sample_computation(interp_features):
             assert c.tokens == seqs[i].input_ids[lo : lo + len(c.tokens)]
             assert c.acts == pytest.approx(a[lo : lo + len(c.tokens)].tolist(), rel=1e-4, abs=1e-6)
             assert c.acts[c.center] == pytest.approx(c.max_act, rel=1e-4)
-        for c in data.contexts(j, "random"):
-            assert float(per_sample[seqs_index(seqs, c.sample)][:, j].max()) == 0.0
+        for c in data.contexts(j, "random"):  # non-activating windows: the latent is 0 on every token shown
+            i = seqs_index(seqs, c.sample)
+            lo = c.pos - c.center
+            assert c.tokens == seqs[i].input_ids[lo : lo + len(c.tokens)] and c.max_act == 0.0
+            assert float(per_sample[i][lo : lo + len(c.tokens), j].max()) == 0.0
 
 
 def seqs_index(seqs, sample_id):

@@ -170,7 +170,10 @@ class Steering:
         if ref is None:
             raise RuntimeError("Steering: the model was called without input_ids or inputs_embeds")
         B, T = ref.shape[:2]
-        cache, mask = kwargs.get("past_key_values"), kwargs.get("attention_mask")
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            cache = kwargs.get("cache")  # the name of the argument in transformers >= 5
+        mask = kwargs.get("attention_mask")  # transformers >= 5 passes None when nothing is padded
         past_len = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
         if isinstance(mask, Tensor) and mask.ndim == 2:
             real = mask[:, -T:].bool()
