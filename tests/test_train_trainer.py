@@ -129,3 +129,11 @@ def test_source_width_mismatch(tmp_path: Path) -> None:
     sae = create_sae(SAEConfig(architecture="topk", d_in=D_IN + 1, d_sae=D_SAE, k=4))
     with pytest.raises(ValueError, match="d_in"):
         Trainer(sae, TrainConfig(total_tokens=BATCH, batch_size=BATCH, device="cpu"), synthetic(), tmp_path)
+
+
+@pytest.mark.parametrize(("arch", "beta1", "expected"), [("jumprelu", None, 0.0), ("topk", None, 0.9),
+                                                          ("standard", None, 0.9), ("jumprelu", 0.9, 0.9)])  # fmt: skip
+def test_adam_beta1_defaults_per_architecture(tmp_path: Path, arch: str, beta1: float | None, expected: float) -> None:
+    trainer = make_trainer(tmp_path, synthetic(), arch=arch, steps=2, beta1=beta1, checkpoint_every=0)
+    assert trainer.optimizer.param_groups[0]["betas"][0] == expected
+    assert trainer.fit().summary["beta1"] == expected

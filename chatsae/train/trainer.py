@@ -25,7 +25,7 @@ from ..activations.source import ActivationBatch, ActivationSource
 from ..progress import Progress
 from ..sae import SAE, save_sae
 from ..utils import atomic_dir
-from .config import DEFAULT_SPARSITY_COEF, TrainConfig
+from .config import DEFAULT_BETA1, DEFAULT_SPARSITY_COEF, TrainConfig
 from .init import geometric_median, input_scale
 from .schedule import lr_at, sparsity_coef_at, steps_from
 
@@ -88,8 +88,9 @@ class Trainer:
         coef = cfg.sparsity_coef
         self.sparsity_coef = DEFAULT_SPARSITY_COEF[sae.cfg.architecture] if coef is None else coef
         self.lr_end = cfg.lr / 10 if cfg.lr_end is None else cfg.lr_end
+        self.beta1 = DEFAULT_BETA1.get(sae.cfg.architecture, 0.9) if cfg.beta1 is None else cfg.beta1
         self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps
+            self.sae.parameters(), lr=cfg.lr, betas=(self.beta1, cfg.beta2), eps=cfg.adam_eps
         )
         d_sae = sae.cfg.d_sae
         self.step = 0
@@ -252,8 +253,8 @@ class Trainer:
     def _summary(self, window: list[StepMetrics], tok_s: float) -> dict[str, Any]:
         means = self._mean(window) if window else {}
         return {
-            "steps": self.step, "tokens": self.tokens, "input_scale": self.scale,
-            "tokens_per_s": tok_s, **{f"train_{k}": v for k, v in means.items()},
+            "steps": self.step, "tokens": self.tokens, "input_scale": self.scale, "sparsity_coef": self.sparsity_coef,
+            "beta1": self.beta1, "tokens_per_s": tok_s, **{f"train_{k}": v for k, v in means.items()},
         }  # fmt: skip
 
     def log10_firing_frequency(self) -> Tensor:
