@@ -199,9 +199,9 @@ def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, se
     if cfg.lm_loss:
         first = bool(cfg.splice_first_position)
         key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
-        cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
+        cached = zero_cache.get(key) if key is not None else None
         losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=first, ce_zero=cached)
-        if zero_cache is not None and key is not None and losses.ce_zero is not None:
+        if key is not None and losses.ce_zero is not None:
             zero_cache[key] = losses.ce_zero
         m = losses.mask
         acc.update_lm(token_class[m], positions[m], ce_clean=losses.ce_clean[m], ce_spliced=losses.ce_spliced[m],

@@ -31,7 +31,9 @@ from .collector import BatchView, CollectorSpec, FeatureCollector
 from .statelog import StateLog, diff_state
 from .store import LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: non-activating contexts are quiet windows (1: quiet whole samples). Part of the fingerprint, so results of
+another version are neither reused nor resumed."""
 
 
 @dataclass
@@ -159,7 +161,8 @@ def _fingerprint(cfg: FeaturesConfig, sae: SAE, hook: str, plan: list[list[int]]
     """Hash of everything that determines the results: settings, SAE weights, data order."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "resume", "overwrite", "device",
                                                               "checkpoint_every")}  # fmt: skip
-    h = hashlib.sha256(json.dumps([keep, hook, sae.cfg.to_dict(), plan], sort_keys=True, default=str).encode())
+    spec = [FORMAT_VERSION, keep, hook, sae.cfg.to_dict(), plan]
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, p in sorted(sae.state_dict().items()):
         h.update(name.encode() + p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:32]

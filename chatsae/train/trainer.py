@@ -88,7 +88,7 @@ class Trainer:
         coef = cfg.sparsity_coef
         self.sparsity_coef = DEFAULT_SPARSITY_COEF[sae.cfg.architecture] if coef is None else coef
         self.lr_end = cfg.lr / 10 if cfg.lr_end is None else cfg.lr_end
-        self.beta1 = DEFAULT_BETA1.get(sae.cfg.architecture, 0.9) if cfg.beta1 is None else cfg.beta1
+        self.beta1 = DEFAULT_BETA1[sae.cfg.architecture] if cfg.beta1 is None else cfg.beta1
         self.optimizer = torch.optim.Adam(
             self.sae.parameters(), lr=cfg.lr, betas=(self.beta1, cfg.beta2), eps=cfg.adam_eps
         )
