@@ -14,13 +14,29 @@ import json
 import textwrap
 import types
 import typing
-from functools import cache
+from collections.abc import Sequence
+from functools import cache, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+COMMAND_LINE = "command line"
+
+
+class ConfigError(ValueError):
+    """A bad option value. With ``option`` the message is ``--option TEXT`` (the option as typed on the command
+    line); :func:`build` rewrites it as ``FILE: section.option TEXT`` when the value came from a config file."""
+
+    def __init__(self, text: str, option: str | None = None) -> None:
+        self.text, self.option = text, option
+        super().__init__(f"{flag(option)}{text}" if option else text)
 
 
 @cache
@@ -31,7 +47,9 @@ def field_docs(cls: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    node = tree.body[0]
+    assert isinstance(node, ast.ClassDef)  # the source of a class
+    body = node.body
     for prev, node in zip(body, body[1:], strict=False):
         if (
             isinstance(prev, ast.AnnAssign)
@@ -53,25 +71,56 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _parse_int(text: str) -> int:
+    """``"4096"``, ``"4_096"``, ``"1e6"`` -> int; ``"1.5"`` is an error (never truncated)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
 def _parse_value(tp: Any, text: str) -> Any:
+    """One command-line string -> a value of type ``tp`` (``argparse.ArgumentTypeError`` with a clear text)."""
     base, optional = _base_type(tp)
     if optional and text.lower() in ("none", "null"):
         return None
-    if base is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-    if base is int:
-        return int(float(text)) if text.replace("_", "").replace("e", "").replace(".", "").isdigit() else int(text)
-    if base is float:
-        return float(text)
-    if typing.get_origin(base) in (list, tuple):
-        (item,) = typing.get_args(base)[:1]
-        return [_parse_value(item, t) for t in text.split(",") if t]
-    if typing.get_origin(base) is dict or base is dict:
-        return json.loads(text)
+    try:
+        if base is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true/false, got {text!r}")
+        if base is int:
+            return _parse_int(text)
+        if base is float:
+            return _parse_float(text)
+        if typing.get_origin(base) in (list, tuple):
+            (item,) = typing.get_args(base)[:1]
+            return [_parse_value(item, t) for t in text.split(",") if t]
+        if typing.get_origin(base) is dict or base is dict:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object, got {text!r}")
+            return value
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({e.msg}), got {text!r}") from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
@@ -96,7 +145,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str | 
         group.add_argument(
             *flags,
             dest=f.name,
-            type=lambda s, tp=tp: _parse_value(tp, s),
+            type=partial(_parse_value, tp),
             default=argparse.SUPPRESS,
             metavar=metavar,
             help=help_text,
@@ -109,32 +158,206 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot parse config ({e})") from e
+        raise ValueError(f"{path}: cannot parse config ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
     return data
 
 
-def build(cls: type[T], *layers: dict[str, Any], section: str | None = None, source: str = "config") -> T:
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check a value read from a config file against the field type ``tp``; convert where it is unambiguous.
+
+    Numbers given as strings (YAML 1.1 reads ``7e-5`` as a string) become numbers; an integer field rejects
+    ``1.5`` rather than truncating it. ``where`` names the key in the error (``"cfg.yaml: train.lr"``).
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) != 1:
+            return value
+        tp, origin = args[0], typing.get_origin(args[0])
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where} must be true or false, got {_kind(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return _parse_int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {_kind(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _parse_float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {_kind(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {_kind(value)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {_kind(value)}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if (origin is dict or tp is dict) and not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {_kind(value)}")
+    return value
+
+
+def check_sections(data: dict[str, Any], sections: dict[str, type], source: str,
+                   other_sections: set[str] | frozenset[str] = frozenset()) -> None:  # fmt: skip
+    """A config file's top-level keys must be sections (``sections``, or another command's ``other_sections``) or
+    fields of one of ``sections``' classes (flat files); anything else is an error naming the key."""
+    fields_ = {f.name for cls in sections.values() for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must be a mapping of options, got {_kind(value)}")
+        elif key not in fields_ and key not in other_sections:
+            raise ConfigError(f"{source}: unknown section or option {key!r}; valid sections: {', '.join(sections)}")
+
+
+def build(cls: type[T], *layers: dict[str, Any], section: str | None = None,
+          source: str | Sequence[str] = "config") -> T:  # fmt: skip
     """Instantiate ``cls`` from dicts applied in order (later wins). A dict may be flat or hold ``section``.
 
-    Unknown keys in a section are an error naming the key; flat dicts only contribute the keys ``cls`` has.
+    Unknown keys in a section are an error naming the key; flat dicts only contribute the keys ``cls`` has. Values
+    are checked against the field types (:func:`coerce`); ``__post_init__`` validates ranges. ``source`` names the
+    layers in error messages (one name, or one per layer; ``"command line"`` for parsed flags).
     """
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    sources = [source] * len(layers) if isinstance(source, str) else list(source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
-    for layer in layers:
+    origin: dict[str, str] = {}  # key -> where its value came from ("FILE: section.key")
+    for layer, src in zip(layers, sources, strict=True):
         if section and isinstance(layer.get(section), dict):
             unknown = set(layer[section]) - names
             if unknown:
-                raise ValueError(f"{source}: unknown key(s) {sorted(unknown)} in section {section!r}")
-            values.update(layer[section])
-        values.update({k: v for k, v in layer.items() if k in names})
+                raise ConfigError(f"{src}: unknown key(s) {sorted(unknown)} in section {section!r}; "
+                                  f"valid keys: {', '.join(sorted(names))}")  # fmt: skip
+            for k, v in layer[section].items():
+                origin[k] = f"{src}: {section}.{k}"
+                values[k] = coerce(hints[k], v, origin[k])
+        for k, v in layer.items():
+            if k in names:
+                origin[k] = f"{src}: {k}"
+                values[k] = coerce(hints[k], v, origin[k])
     try:
         return cls(**values)
+    except ConfigError as e:
+        where = origin.get(e.option or "")
+        if where is None or where.startswith(f"{COMMAND_LINE}:"):
+            raise
+        raise ConfigError(f"{where}{e.text}") from None  # the bad value came from a config file: name it
     except TypeError as e:
-        raise ValueError(f"{source}: {e}") from e
+        raise ValueError(f"{sources[-1]}: {e}") from e
+
+
+# ---------------------------------------------------------------- validation helpers for __post_init__
+
+
+def flag(name: str) -> str:
+    """``"batch_size"`` -> ``"--batch-size"``."""
+    return "--" + name.replace("_", "-")
+
+
+def check(cond: bool, option: str, msg: str) -> None:
+    """Raise ``ConfigError("--option msg")`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(f" {msg}", option)
+
+
+def _number(obj: Any, name: str) -> float | None:
+    value = getattr(obj, name)
+    if value is None:
+        return None
+    check(isinstance(value, (int, float)) and not isinstance(value, bool), name, f"must be a number, got {value!r}")
+    check(value == value, name, "must be a number, got nan")
+    return value
+
+
+def _interval(text: str) -> tuple[float, float, bool, bool]:
+    """``"[0,1)"`` -> (0, 1, closed low, open high)."""
+    low, high = text[1:-1].split(",")
+    return float(low), float(high), text[0] == "[", text[-1] == "]"
+
+
+def validate(obj: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+             ranges: dict[str, str] | None = None, choices: dict[str, tuple[str, ...]] | None = None,
+             dtypes: tuple[str, ...] = (), devices: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """Declarative checks of a config dataclass's fields (None values are skipped: they mean "default").
+
+    ``positive`` / ``non_negative``: numbers > 0 / >= 0 (integer fields are also checked to be integers);
+    ``ranges``: ``{"beta1": "[0,1)"}``; ``choices``: ``{"lr_decay": ("cosine", ...)}``; ``dtypes``: float dtype names
+    (normalised in place to the canonical name, e.g. ``bf16`` -> ``bfloat16``); ``devices``: device names that must
+    exist on this machine (``cuda`` without CUDA is an error).
+    """
+    hints = typing.get_type_hints(type(obj))
+    for name in (*positive, *non_negative):
+        value = _number(obj, name)
+        if value is None:
+            continue
+        is_int = _base_type(hints.get(name))[0] is int
+        if is_int:
+            check(isinstance(value, int), name, f"must be an integer, got {value!r}")
+        if name in positive:
+            check(value > 0, name, f"must be a positive {'integer' if is_int else 'number'}, got {value}")
+        else:
+            check(value >= 0, name, f"must be >= 0, got {value}")
+    for name, text in (ranges or {}).items():
+        value = _number(obj, name)
+        if value is None:
+            continue
+        low, high, closed_low, closed_high = _interval(text)
+        ok = (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
+        check(ok, name, f"must be in {text[0]}{low:g}, {high:g}{text[-1]}, got {value}")
+    for name, allowed in (choices or {}).items():
+        value = getattr(obj, name)
+        check(value in allowed, name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    for name in dtypes:
+        from .utils import parse_dtype
+
+        value = getattr(obj, name)
+        try:
+            dtype = parse_dtype(value)
+        except ValueError as e:
+            raise ConfigError(f": {e}", name) from None
+        setattr(obj, name, str(dtype).removeprefix("torch."))
+    for name in devices:
+        from .devices import resolve_device
+
+        try:
+            resolve_device(getattr(obj, name), option=name)
+        except ValueError as e:
+            raise ConfigError(str(e).removeprefix(flag(name)), name) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

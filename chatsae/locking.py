@@ -49,13 +49,19 @@ def claim_dir(path: str | Path, kind: str, overwrite: bool = False, option: str 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{path}: {option} is a file, not a directory")
-    if path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path) and not overwrite:
+    if path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path):
+        refuse_foreign(path, option, overwrite)
+    mark_dir(path, kind)
+    return path
+
+
+def refuse_foreign(path: str | Path, option: str, overwrite: bool) -> None:
+    """The error for a non-empty directory without the marker (nothing if ``overwrite``)."""
+    if not overwrite:
         raise OutputDirError(
             f"{path}: {option} is a non-empty directory that chatsae did not write (no {MARKER} marker); "
             "choose another directory, or pass --overwrite to write into it (files chatsae does not write are kept)"
         )
-    mark_dir(path, kind)
-    return path
 
 
 def _pid_alive(pid: int) -> bool:

@@ -81,4 +81,4 @@ def test_eval_options_and_errors(saved, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "record 1" in err
     assert main(["eval", str(sae_dir), "--method", "nonsense"]) == 1  # rejected by EvalConfig
-    assert "method: 'nonsense' is not one of fast, bt-f, bt-p" in capsys.readouterr().err
+    assert "--method must be one of fast, bt-f, bt-p; got 'nonsense'" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def dashboard(interp_features, tmp_path_factory):
 def test_dashboard_files_and_data(dashboard):
     data, index, named = dashboard
     site = index.parent
-    assert {p.name for p in site.iterdir()} == {"index.html", "feature.html", "data"}
+    assert {p.name for p in site.iterdir()} == {"index.html", "feature.html", "data", ".chatsae"}
     payload = read_js(site / "data" / "index.js", "window.CHATSAE = ")
     rows = {r["id"]: r for r in payload["features"]}
     assert len(rows) == data.d_sae and payload["meta"]["fast_top_range"] == pytest.approx(2 / 3)

@@ -259,7 +259,7 @@ def test_registry_and_config_errors() -> None:
         SAEConfig(architecture="relu2")
     with pytest.raises(ValueError, match="k"):
         SAEConfig(architecture="topk", d_in=4, d_sae=8, k=9)
-    with pytest.raises(ValueError, match="jumprelu_threshold_param"):
+    with pytest.raises(ValueError, match="--jumprelu-threshold-param must be one of direct, log"):
         SAEConfig(jumprelu_threshold_param="sqrt")
     for arch in ARCHITECTURES:
         sae = create_sae(SAEConfig(architecture=arch, d_in=8, d_sae=24, k=3))

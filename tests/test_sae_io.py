@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from chatsae.sae import SAEConfig, create_sae, load_sae, save_sae
-from chatsae.sae.io import CFG_FILE, SPARSITY_FILE, WEIGHTS_FILE, load_sparsity, read_cfg
+from chatsae.sae.io import CFG_FILE, CHECKSUMS_FILE, SPARSITY_FILE, WEIGHTS_FILE, load_sparsity, read_cfg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -108,6 +108,7 @@ def test_saelens_log_threshold_and_topk_decoder_rescale(random_sae, tmp_path: Pa
     tensors = load_file(str(path / WEIGHTS_FILE))
     tensors["log_threshold"] = tensors.pop("threshold").log()
     save_file(tensors, str(path / WEIGHTS_FILE))
+    (path / CHECKSUMS_FILE).unlink()  # as SAELens writes it: no checksums
     torch.testing.assert_close(load_sae(path).threshold, sae.threshold.detach())
     # TopK with rescale_acts_by_decoder_norm and non-unit decoder rows: z_i * ||d_i|| selects, f_i / ||d_i|| decodes
     sae, path = saved(random_sae, tmp_path, "topk")
@@ -115,6 +116,7 @@ def test_saelens_log_threshold_and_topk_decoder_rescale(random_sae, tmp_path: Pa
     tensors = load_file(str(path / WEIGHTS_FILE))
     tensors["W_dec"] = tensors["W_dec"] * norms[:, None]
     save_file(tensors, str(path / WEIGHTS_FILE))
+    (path / CHECKSUMS_FILE).unlink()
     raw = json.loads((path / CFG_FILE).read_text())
     raw.pop("chatsae")
     write_cfg(path, {**raw, "rescale_acts_by_decoder_norm": True})
@@ -216,6 +218,7 @@ def test_threshold_sign(random_sae, tmp_path: Path, param: str, value: float, ok
     tensors = load_file(str(path / WEIGHTS_FILE))
     tensors["threshold"][3] = value
     save_file(tensors, str(path / WEIGHTS_FILE))
+    (path / CHECKSUMS_FILE).unlink()  # an edited file no longer matches its checksum
     if ok:
         assert load_sae(path).threshold[3].item() == value
     else:

@@ -6,11 +6,13 @@ import argparse
 import importlib
 import sys
 
+from .common import OneLineParser, error_message
+
 COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="chatsae",
         description="Train, evaluate, interpret and steer sparse autoencoders on chat-model activations.",
     )
@@ -34,21 +36,26 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status: 0 ok, 1 error (one line on stderr), 130 interrupted.
+
+    Every exception becomes one line ``chatsae CMD: error: MESSAGE`` naming the file or option at fault;
+    ``--debug`` re-raises it with its traceback.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help, --version and usage errors (one line) exit here: SystemExit 0 / 2
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"chatsae {args.command}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; completed checkpoints are kept (use --resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one clear line; --debug shows the traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"chatsae {args.command}: error: {error_message(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from ..sae import load_sae
 
     sae_dir = Path(args.sae_dir)
+    cfg = configs_from_args(args)["eval"]  # options are checked before anything is loaded
     sae = load_sae(sae_dir)
-    cfg = resolve_config(configs_from_args(args)["eval"], sae.cfg.metadata, data_from_metadata=True)
+    cfg = resolve_config(cfg, sae.cfg.metadata, data_from_metadata=True)
     if cfg.data is None:
         raise ValueError("--data is required: the SAE's metadata names no eval_data")
     if cfg.hook is None:

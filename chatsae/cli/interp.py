@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import validate
 from .common import add_command, configs_from_args
 
 
@@ -30,6 +31,11 @@ class DashboardConfig:
     """Quantile contexts shown per latent."""
     show_random: int = 5
     """Non-activating contexts shown per latent."""
+    overwrite: bool = False
+    """Write into an existing --out directory chatsae did not write (same-named files replaced, others kept)."""
+
+    def __post_init__(self) -> None:
+        validate(self, positive=("chunk_size",), non_negative=("show_quantile", "show_random"))
 
 
 @dataclass
@@ -46,6 +52,9 @@ class ServeConfig:
     """Device."""
     serve_dtype: str = "float32"
     """dtype."""
+
+    def __post_init__(self) -> None:
+        validate(self, ranges={"port": "[0,65535]"}, dtypes=("serve_dtype",), devices=("serve_device",))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -172,7 +181,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     fdir = features_dir(args.path, cfg.features)
     out = Path(cfg.out) if cfg.out else _base_dir(args.path) / "dashboard"
     index = build_dashboard(fdir, out, title=cfg.title, chunk_size=cfg.chunk_size, n_quantile=cfg.show_quantile,
-                            n_random=cfg.show_random, autointerp=cfg.autointerp)  # fmt: skip
+                            n_random=cfg.show_random, autointerp=cfg.autointerp, overwrite=cfg.overwrite)  # fmt: skip
     print(f"wrote {out}; open {index.resolve().as_uri()}")
     return 0
 

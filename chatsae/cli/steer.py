@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check, validate
 from .common import add_command, configs_from_args
 
 
@@ -20,6 +21,9 @@ class ModelOptions:
     """Model dtype: float32, bfloat16 or float16."""
     device: str = "cpu"
     """Device: cpu, cuda, cuda:N or auto."""
+
+    def __post_init__(self) -> None:
+        validate(self, dtypes=("dtype",), devices=("device",))
 
 
 @dataclass
@@ -44,8 +48,7 @@ class SpecialTokensOptions:
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("--data is required (a chat dataset)")
-        if self.n_samples <= 0 or self.top_k <= 0:
-            raise ValueError("--n-samples and --top-k must be positive")
+        validate(self, positive=("n_samples", "top_k", "max_tokens", "max_length"), non_negative=("dedup_n",))
 
 
 @dataclass
@@ -88,8 +91,8 @@ class SteerOptions:
             raise ValueError(f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.mode != "ablate" and not self.alphas:
             raise ValueError("--alphas needs at least one value")
-        if self.max_new_tokens <= 0 or self.batch_size <= 0:
-            raise ValueError("--max-new-tokens and --batch-size must be positive")
+        validate(self, positive=("max_new_tokens", "batch_size", "n_prompts"))
+        check(all(i >= 0 for i in self.latent), "latent", f"must be latent ids >= 0, got {self.latent}")
 
 
 class _Extend(argparse.Action):

@@ -69,14 +69,14 @@ def tokenizer_info(tokenizer, chat: bool) -> TokenizerInfo:
     return TokenizerInfo(frozenset(special), tokenizer.bos_token_id, tokenizer.eos_token_id)
 
 
-def _render_str(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def _render_str(tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as e:  # jinja raises its own errors (e.g. roles must alternate)
         raise ChatTemplateError(f"the chat template cannot render this conversation: {e}") from e
 
 
-def _content_spans(messages: list[dict], rendered: str, skeleton: str) -> list[tuple[int, int, int]]:
+def _content_spans(messages: Sequence[Mapping], rendered: str, skeleton: str) -> list[tuple[int, int, int]]:
     """``(start, end, message index)`` of each message's content in ``rendered``, found via the ``skeleton``.
 
     ``skeleton`` is the rendering with every content replaced by a sentinel; where the template copies contents
@@ -164,7 +164,9 @@ def _classify(
         if end > t:
             cls[t:end] = _template_text_classes([text[a:b] for a, b in offsets[t:end]], roles)
         t = end + 1
-    return cls, owner  # type: ignore[return-value]
+    classes = [c for c in cls if c is not None]
+    assert len(classes) == n  # every token got a class
+    return classes, owner
 
 
 def render_with_key(

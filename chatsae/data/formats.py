@@ -29,6 +29,8 @@ ROLE_ALIASES = {
 }
 FORMATS = ("messages", "sharegpt", "alpaca", "qa", "text")
 _FMT_ALIASES = {"chat": "messages", "openai": "messages", "conversation": "messages", "gsm8k": "qa", "txt": "text"}
+FORMAT_NAMES = ("auto", *FORMATS, *_FMT_ALIASES)
+"""Every accepted ``fmt`` / ``--data-format`` value."""
 QA_PAIRS = (("question", "answer"), ("prompt", "response"), ("prompt", "completion"))
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "txt"}
 _TEXT_SPLITS = ("line", "blank_line", "whole")
@@ -45,7 +47,7 @@ class DataFormatError(ValueError):
 class Record(NamedTuple):
     """One sample: ``messages`` (list of ``{"role", "content"}``) for chat formats, ``text`` for plain text."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index (shadowing it is intended)
     messages: list[dict] | None
     text: str | None
 
@@ -95,9 +97,29 @@ def _turns(rec: dict, key: str) -> list[dict]:
         role = _str_field(turn, rk, f"{where}.{rk}")
         if role.strip().lower() not in ROLE_ALIASES:
             raise _Bad(f"{where}.{rk}", f"has unknown role {role!r} (known: {', '.join(ROLE_ALIASES)})")
-        content = _str_field(turn, ck, f"{where}.{ck}")
+        content = _content(turn, ck, f"{where}.{ck}")
         out.append({"role": ROLE_ALIASES[role.strip().lower()], "content": content})
     return out
+
+
+def _content(turn: dict, key: str, path: str) -> str:
+    """A turn's text: a string, or OpenAI-style content parts ``[{"type": "text", "text": ...}, ...]`` whose text
+    parts are joined with newlines (as OpenAI-compatible servers do); a non-text part (image, audio) is an error."""
+    if key not in turn:
+        raise _Bad(path, "is missing")
+    val = turn[key]
+    if not isinstance(val, list):
+        return _str_field(turn, key, path)
+    texts = []
+    for k, part in enumerate(val):
+        if not isinstance(part, dict):
+            raise _Bad(path, f"must be a string, got list with a {type(part).__name__} at [{k}] (content parts are "
+                             '{"type": "text", "text": ...} objects)')  # fmt: skip
+        if part.get("type", "text") != "text":
+            raise _Bad(f"{path}[{k}]", f"is a non-text content part (type {part.get('type')!r}); only text parts "
+                                       "can be read")  # fmt: skip
+        texts.append(_str_field(part, "text", f"{path}[{k}].text"))
+    return "\n".join(texts)
 
 
 def _system(rec: dict) -> list[dict]:
@@ -173,7 +195,7 @@ RawItem = tuple[int, int | None, Any]
 
 def _jsonl(path: Path) -> Iterator[RawItem]:
     n = 0
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -186,7 +208,7 @@ def _jsonl(path: Path) -> Iterator[RawItem]:
 
 
 def _json(path: Path) -> Iterator[RawItem]:
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         text = fh.read()
     try:
         data = json.loads(text)
@@ -220,7 +242,7 @@ def _parquet(path: Path) -> Iterator[RawItem]:
 
 def _txt(path: Path, text_split: str) -> Iterator[RawItem]:
     n = 0
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         if text_split == "whole":
             if fh.read(1) != "":
                 fh.seek(0)
@@ -246,8 +268,9 @@ def _hf(name: str, split: str, config: str | None) -> Iterator[RawItem]:
         import datasets
     except ImportError:
         raise ImportError(
-            f"{name!r} is not a local file, and loading Hugging Face datasets needs the datasets package: "
-            "pip install datasets (or pip install 'chatsae[datasets]')"
+            f"{name}: no such file; reading it as a Hugging Face dataset name needs the datasets package: "
+            "pip install 'chatsae[datasets]' (or pip install datasets)",
+            name="datasets",
         ) from None
     ds = datasets.load_dataset(name, config, split=split, streaming=True)
     for i, rec in enumerate(ds):
@@ -284,7 +307,7 @@ def _utf8_guard(name: str, stream: Iterator[RawItem]) -> Iterator[RawItem]:
 
 
 def _has_content(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         return any(line.strip() for line in fh)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -51,7 +51,12 @@ __all__ = [
 
 
 def _slice(seq: TokenSequence, start: int, stop: int) -> TokenSequence:
-    return TokenSequence(*(field[start:stop] for field in seq))
+    return TokenSequence._make(field[start:stop] for field in seq)
+
+
+def _columns(seq: TokenSequence) -> tuple[list[Any], ...]:
+    """The sequence's four lists, to grow or trim them all alike."""
+    return seq
 
 
 # ---------------------------------------------------------------- FAST and block training
@@ -62,8 +67,13 @@ class SequenceStats:
     """Counts filled while a sequence generator runs."""
 
     n_samples: int = 0
+    """Records read (the ones passed in; records skipped by ``--skip-bad`` never get here)."""
     n_duplicates: int = 0
+    """Samples dropped by the n-gram dedup."""
+    n_empty: int = 0
+    """Samples dropped because they hold no content token at all (only chat-template tokens, or empty text)."""
     n_truncated: int = 0
+    """FAST: samples cut at ``max_length`` (kept, shortened)."""
     n_sequences: int = 0
     n_tokens: int = 0
     """Tokens in the sequences yielded."""
@@ -95,13 +105,20 @@ def _samples(records, tokenizer, chat: bool, method: str, dedup_n, stats: Sequen
             )
         stats.n_samples += 1
         if chat:
+            assert rec.messages is not None  # checked above
             try:
                 seq, key = render_with_key(rec.messages, tokenizer, info, rec.index, check=stats.n_samples <= n_check)
             except ChatTemplateError as e:
                 raise ChatTemplateError(f"record {rec.index}: {e}") from e
         else:
+            assert rec.text is not None  # checked above
             seq = text_sequence(rec.text, tokenizer, info, rec.index)
             key = [t for t, c in zip(seq.input_ids, seq.token_class, strict=True) if c == TEXT]
+        if not key and (not chat or not any(m["content"].strip() for m in rec.messages or [])):
+            stats.n_empty += 1  # no content at all (a template may still add its default system prompt)
+            continue
+        if not key:  # no user/assistant content (e.g. system-only): the system text is the content
+            key = [t for t, c in zip(seq.input_ids, seq.token_class, strict=True) if c != TEMPLATE]
         if dedup is not None and dedup.is_duplicate(key):
             stats.n_duplicates += 1
             continue
@@ -153,16 +170,16 @@ def block_sequences(
     stats = stats if stats is not None else SequenceStats()
     buf = TokenSequence([], [], [], [])
     for seq, info in _samples(records, tokenizer, chat, "BT(F)" if chat else "BT(P)", dedup_n, stats):
-        for field, part in zip(buf, seq, strict=True):
+        for field, part in zip(_columns(buf), seq, strict=True):
             field.extend(part)
         if chat and info.eos_id is not None and not _ends_with(seq, info.eos_id):
-            for field, value in zip(buf, (info.eos_id, True, TEMPLATE, seq.sample_ids[-1]), strict=True):
+            for field, value in zip(_columns(buf), (info.eos_id, True, TEMPLATE, seq.sample_ids[-1]), strict=True):
                 field.append(value)
         while len(buf.input_ids) >= context_size:
             stats.n_sequences += 1
             stats.n_tokens += context_size
             yield _slice(buf, 0, context_size)
-            for field in buf:
+            for field in _columns(buf):
                 del field[:context_size]
     if buf.input_ids and not drop_last:
         stats.n_sequences += 1

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import validate
+
 METHODS = ("fast", "bt-f", "bt-p")
 
 
@@ -46,6 +48,9 @@ class EvalConfig:
     """Sequences per forward pass at most."""
     lm_loss: bool = True
     """Run the clean, spliced and zero-ablated forward passes for delta LM loss, KL and CE recovered."""
+    restart: bool = True
+    """Run the spliced and zero-ablated passes from the hook layer on, from the clean pass's hidden state (the
+    blocks below the hook are identical); False = full forward passes. Same results either way."""
     splice_first_position: bool | None = None
     """Splice (and zero-ablate) position 0 too. None = not when the SAE was trained without position 0 (metadata
     exclude_first_position), else yes. Reconstruction metrics always cover position 0 (see the *_no_pos0 subsets)."""
@@ -61,16 +66,14 @@ class EvalConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.method is not None and self.method not in METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
-        for name in ("max_samples", "max_tokens", "max_length", "context_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name}: must be positive or None, got {value}")
-        if self.batch_tokens <= 0 or self.max_batch_size <= 0:
-            raise ValueError("batch_tokens and max_batch_size must be positive")
-        if self.holdout is not None and self.holdout < 0:
-            raise ValueError(f"holdout: must be >= 0, got {self.holdout}")
+        from ..data.formats import FORMAT_NAMES
+
+        validate(self, positive=("max_samples", "max_tokens", "max_length", "context_size", "batch_tokens",
+                                 "max_batch_size"),
+                 non_negative=("holdout", "holdout_seed"), ranges={"dense_threshold": "[0,1]"},
+                 choices={"data_format": FORMAT_NAMES}, dtypes=("dtype",), devices=("device",))  # fmt: skip
+        if self.method is not None:
+            validate(self, choices={"method": METHODS})
 
 
 def _same_file(a: Any, b: Any) -> bool:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..config import check, validate
+from ..redact import redact
 from ..utils import atomic_file
 from .judges import Answer, Judge, ask, run_concurrent
 from .prompts import (
@@ -76,11 +78,18 @@ class AutointerpConfig:
     out: str | None = None
     """Results file. None = FEATURES_DIR/autointerp.json."""
 
+    def __post_init__(self) -> None:
+        validate(self, positive=("n_latents", "n_examples", "n_test", "test_batch", "attempts", "max_tokens"),
+                 non_negative=("temperature", "retry_temperature"))  # fmt: skip
+        check(all(isinstance(i, int) and i >= 0 for i in self.latents or []), "latents",
+              f"must be latent ids >= 0, got {self.latents}")  # fmt: skip
+        self.protocols()
+
     def protocols(self) -> list[str]:
         names = list(PROTOCOLS) if self.protocol.strip() == "all" else [p.strip() for p in self.protocol.split(",")]
         bad = [p for p in names if p not in PROTOCOLS]
         if bad or not names:
-            raise ValueError(f"AutointerpConfig.protocol: unknown protocol(s) {bad}; use {', '.join(PROTOCOLS)} or all")
+            raise ValueError(f"--protocol: unknown protocol(s) {bad}; use {', '.join(PROTOCOLS)} or all")
         return names
 
 
@@ -287,6 +296,7 @@ def run_autointerp(data: FeatureData, judge: Judge, cfg: AutointerpConfig, concu
     runs.append({"judge": judge.name, "protocols": protocols, "latents": ids, "config": asdict(cfg)})
     doc = {"latents": dict(sorted(latents.items(), key=lambda kv: int(kv[0]))), "runs": runs}
     doc["summary"] = summarize({str(i): latents[str(i)] for i in ids})
+    text = json.dumps(doc, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))
     with atomic_file(path, "w") as fh:
-        json.dump(doc, fh, indent=1, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x))  # type: ignore[arg-type]
+        fh.write(redact(text))  # no API key in the file, even if a judge echoed one
     return doc

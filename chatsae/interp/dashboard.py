@@ -69,8 +69,10 @@ def _escape(s: str) -> str:
 
 
 def build_dashboard(data: FeatureData | str | Path, out: str | Path, title: str | None = None, chunk_size: int = 64,
-                    n_quantile: int = 10, n_random: int = 5, autointerp: str | Path | None = None) -> Path:  # fmt: skip
-    """Write the dashboard of ``data`` (a FeatureData or a features directory) to ``out`` (replaced atomically).
+                    n_quantile: int = 10, n_random: int = 5, autointerp: str | Path | None = None,
+                    overwrite: bool = False) -> Path:  # fmt: skip
+    """Write the dashboard of ``data`` (a FeatureData or a features directory) to ``out`` (replaced atomically; a
+    non-empty ``out`` that chatsae did not write is refused unless ``overwrite``, and its other files are kept).
 
     ``n_quantile`` / ``n_random``: quantile-reservoir and non-activating contexts shown per latent (top contexts
     are all shown). ``autointerp``: results file (default FEATURES_DIR/autointerp.json, used if present).
@@ -86,7 +88,8 @@ def build_dashboard(data: FeatureData | str | Path, out: str | Path, title: str 
     auto, auto_summary = _read_autointerp(Path(autointerp) if autointerp else data.root / AUTOINTERP_FILE)
     freq, max_act, mean_act, special = data.frequency, data.max_act, data.mean_act, data.special_share
     sample_freq = data.sample_frequency
-    rows, chunks = [], {}
+    rows: list[dict[str, Any]] = []
+    chunks: dict[int, dict[str, dict[str, Any]]] = {}  # {chunk number: {latent id: details}}
     for j in range(data.d_sae):
         top = data.contexts(j, "top")
         promoted, _ = data.logits(j)
@@ -118,7 +121,7 @@ def build_dashboard(data: FeatureData | str | Path, out: str | Path, title: str 
         "chunk_size": chunk_size, "fast_top_range": auto_summary,
     }  # fmt: skip
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="dashboard", option="--out") as tmp:
         tmp.chmod(0o755)  # a site: readable like an ordinary directory
         _js(tmp / "data" / "index.js", "window.CHATSAE = " + json.dumps({"meta": index_meta, "features": rows}) + ";\n")
         _js(tmp / "data" / "vocab.js", "window.CHATSAE_VOCAB = " + json.dumps(data.token_strings) + ";\n")

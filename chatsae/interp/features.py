@@ -23,7 +23,9 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from ..models import capture, check_hook
+from ..config import validate
+from ..devices import resolve_device
+from ..models import capture, check_hook, check_sae_width
 from ..progress import Progress
 from ..sae import SAE
 from ..utils import atomic_file
@@ -96,12 +98,12 @@ class FeaturesConfig:
                              window_before=self.window_before, window_after=self.window_after)  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("n_samples", "top_k", "max_tokens", "batch_size", "checkpoint_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"FeaturesConfig.{name}: must be positive, got {getattr(self, name)}")
-        for name in ("n_quantile", "n_random", "window_before", "window_after", "skip_samples", "n_logits"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"FeaturesConfig.{name}: must be >= 0, got {getattr(self, name)}")
+        from ..data.formats import FORMAT_NAMES
+
+        validate(self, positive=("n_samples", "top_k", "max_tokens", "batch_size", "checkpoint_every", "max_length"),
+                 non_negative=("n_quantile", "n_random", "window_before", "window_after", "skip_samples", "n_logits",
+                               "dedup_n"),
+                 choices={"data_format": FORMAT_NAMES}, dtypes=("dtype",), devices=("device",))  # fmt: skip
 
 
 # ---- logit lens ---------------------------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ def logit_lens(model: nn.Module, W_dec: Tensor, n: int, chunk: int = 256) -> dic
 
     Returns ``top_ids``/``top_values``/``bottom_ids``/``bottom_values`` ``[d_sae, n]`` (ids int64).
     """
-    W_U = model.get_output_embeddings().weight.detach()  # [V, d]
+    # a transformers method: torch types nn.Module.__getattr__ as Tensor | Module, hence the ignore
+    W_U = model.get_output_embeddings().weight.detach()  # type: ignore[operator]  # [V, d]
     out: dict[str, list[Tensor]] = {"top_ids": [], "top_values": [], "bottom_ids": [], "bottom_values": []}
     n = min(n, W_U.shape[0])
     for start in range(0, W_dec.shape[0], chunk):
@@ -170,7 +173,7 @@ def _fingerprint(cfg: FeaturesConfig, sae: SAE, hook: str, plan: list[list[int]]
 
 def _write_json(path: Path, obj: Any) -> None:
     with atomic_file(path, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)  # type: ignore[arg-type]
+        json.dump(obj, fh, indent=1, default=str)
 
 
 def _token_strings(tokenizer: Any, ids: Iterable[int]) -> dict[str, str]:
@@ -186,7 +189,8 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
 
     out = Path(out)
     hook = str(check_hook(model, hook or cfg.hook or sae.cfg.metadata.get("hook_name", "")))
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_sae_width(sae.cfg.d_in, model, hook)
+    device = resolve_device(cfg.device)
     seqs = list(itertools.islice(iter(sequences), cfg.skip_samples, cfg.skip_samples + cfg.n_samples))
     if not seqs:
         raise ValueError(f"no samples to stream (after skipping {cfg.skip_samples}); check --data")
@@ -204,8 +208,8 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
             return FeatureData(out)
     start_step, state = 0, None
     if meta is not None and cfg.resume and not cfg.overwrite and log.exists():
-        state, progress = log.load(device)
-        start_step = int(progress.get("step", 0))
+        state, saved = log.load(device)
+        start_step = int(saved.get("step", 0))
     else:
         if meta is not None:
             shutil.rmtree(out)  # our own directory (it has meta.json): start over
@@ -261,7 +265,7 @@ def _finish(out: Path, meta: dict[str, Any], collector: FeatureCollector, model:
     """Logit lens, token strings and the final metadata (written last: ``complete`` marks a finished run)."""
     lens = logit_lens(model, sae.W_dec.detach(), cfg.n_logits)
     with atomic_file(out / LOGITS_FILE) as fh:
-        fh.write(save({k: v.contiguous() for k, v in lens.items()}))  # type: ignore[attr-defined]
+        fh.write(save({k: v.contiguous() for k, v in lens.items()}))
     s = collector.state
     ids: list[int] = []
     for key in ("top_tokens", "qnt_tokens", "neg_tokens", "tmpl_ids"):

@@ -21,7 +21,9 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 
+from ..config import ConfigError, validate
 from ..progress import Progress
+from ..redact import redact, register_secret
 from ..utils import atomic_file
 from .prompts import Messages, ParseError
 
@@ -65,6 +67,12 @@ class JudgeConfig:
     judge_dtype: str = "float32"
     """Local judge: dtype."""
 
+    def __post_init__(self) -> None:
+        if self.judge not in ("local", "openai"):
+            raise ConfigError(f": unknown judge {self.judge!r}; use local or openai", "judge")
+        validate(self, positive=("concurrency", "requests_per_minute", "timeout"), non_negative=("http_retries",),
+                 dtypes=("judge_dtype",), devices=("judge_device",))  # fmt: skip
+
 
 class RateLimiter:
     """At most ``per_minute`` acquisitions per minute, evenly spaced; thread-safe. None = no limit."""
@@ -99,6 +107,7 @@ class OpenAIJudge:
                 raise ValueError(f"no API key: set the environment variable {api_key_env} (or pass --base-url for "
                                  "a local endpoint)")  # fmt: skip
             key = "not-needed"
+        register_secret(key)
         self.model = model
         self.name = f"openai:{base_url or 'api.openai.com'}:{model}"
         self.prefills = False  # the OpenAI API answers a trailing assistant message with a new message
@@ -211,9 +220,9 @@ class CachedJudge:
             except (json.JSONDecodeError, KeyError, OSError):
                 pass  # a damaged entry is recomputed
         answer = self.judge.complete(messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        entry = {"judge": self.name, "messages": messages, "temperature": temperature, "seed": seed, "answer": answer}
         with atomic_file(path, "w") as fh:
-            json.dump({"judge": self.name, "messages": messages, "temperature": temperature, "seed": seed,
-                       "answer": answer}, fh)  # type: ignore[arg-type]  # fmt: skip
+            fh.write(redact(json.dumps(entry)))
         with self._lock:
             self.misses += 1
         return answer
@@ -247,7 +256,7 @@ def ask(judge: Judge, messages: Messages, parse: Callable[[str], T], attempts: i
             text = start + judge.complete(request, temperature=temperature if i == 0 else retry_temperature,
                                           max_tokens=max_tokens, seed=None if i == 0 else i)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - a failed request is recorded, the run goes on
-            raw.append(f"error: {type(e).__name__}: {e}")
+            raw.append(redact(f"error: {type(e).__name__}: {e}"))  # endpoints may echo the API key
             continue
         answered = True
         raw.append(text)
@@ -295,4 +304,4 @@ def make_judge(cfg: JudgeConfig, default_cache: str | Path | None = None) -> Jud
 
 
 __all__ = ["Answer", "CachedJudge", "Judge", "JudgeConfig", "LocalJudge", "OpenAIJudge", "ParseError", "RateLimiter",
-           "ask", "make_judge", "run_concurrent"]  # fmt: skip
+           "ask", "make_judge", "redact", "run_concurrent"]  # fmt: skip

@@ -24,7 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_dir
+from ..config import validate
+from ..locking import claim_dir
+from ..utils import atomic_dir, check_inside, safe_name
 from .store import AUTOINTERP_FILE, Context, FeatureData
 
 
@@ -46,16 +48,22 @@ class NeuronpediaConfig:
     """Latents per batch-N.jsonl.gz file."""
     n_quantile: int = 10
     """Quantile contexts exported per latent (besides all top contexts)."""
+    overwrite: bool = False
+    """Write into an existing --out directory chatsae did not write (same-named files replaced, others kept)."""
+
+    def __post_init__(self) -> None:
+        validate(self, positive=("batch_size",), non_negative=("n_quantile",))
 
 
 def _ids(data: FeatureData, cfg: NeuronpediaConfig) -> tuple[str, str, str, int]:
     """(model_id, source_set, source_id, layer)."""
     sae_meta = (data.meta.get("sae") or {}).get("metadata") or {}
     model_id = cfg.model_id or Path(str(sae_meta.get("model_name") or "model")).name.replace(".gguf", "")
+    safe_name(model_id, "--model-id" if cfg.model_id else "--model-id (default: the SAE's model name)")
     hook = str(data.meta.get("hook_name") or "resid_post.0")
     kind, _, layer = hook.partition(".")
     short = {"resid_pre": "res", "resid_post": "res", "mlp_out": "mlp", "attn_out": "att"}.get(kind, kind)
-    source_set = cfg.source_set or f"chatsae-{short}-{data.d_sae}"
+    source_set = safe_name(cfg.source_set or f"chatsae-{short}-{data.d_sae}", "--source-set")
     return model_id, source_set, f"{int(layer or 0)}-{source_set}", int(layer or 0)
 
 
@@ -92,8 +100,9 @@ def export_neuronpedia(data: FeatureData | str | Path, cfg: NeuronpediaConfig, o
     hook_name = f"blocks.{layer}.hook_{str(data.meta.get('hook_name', 'resid_post.0')).partition('.')[0]}"
     freq = data.frequency
     features, activations, explanations = [], [], []
-    target = Path(out) / model_id / source_id
-    with atomic_dir(target) as tmp:
+    claim_dir(out, "neuronpedia", overwrite=cfg.overwrite, option="--out")
+    target = check_inside(out, Path(out) / model_id / source_id, "--model-id / --source-set")
+    with atomic_dir(target, overwrite=cfg.overwrite, kind="neuronpedia", option="export directory") as tmp:
         tmp.chmod(0o755)
         for j in range(data.d_sae):
             common = {"index": str(j), "layer": source_id, "modelId": model_id, **creator}

@@ -31,6 +31,7 @@ class JudgeServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str)  # a TCP server's address: (host, port), host from getsockname()
         return f"http://{host}:{port}/v1"
 
     def start(self) -> JudgeServer:

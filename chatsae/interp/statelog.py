@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -67,10 +69,10 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def _write(path: Path, tensors: dict[str, Tensor], meta: dict[str, object]) -> None:
+def _write(path: Path, tensors: dict[str, Tensor], meta: Mapping[str, Any]) -> None:
     blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {k: str(v) for k, v in meta.items()})
     with atomic_file(path) as fh:
-        fh.write(blob)  # type: ignore[attr-defined]
+        fh.write(blob)
 
 
 class StateLog:
@@ -90,17 +92,17 @@ class StateLog:
         found = [(int(m.group(1)), p) for p in self.log_dir.iterdir() if (m := _STEP_FILE.match(p.name))]
         return sorted(found)
 
-    def checkpoint(self, state: dict[str, Tensor], progress: dict[str, object]) -> None:
+    def checkpoint(self, state: dict[str, Tensor], progress: Mapping[str, Any]) -> None:
         """Write ``state`` as the new base (``progress`` must hold ``step``), then drop the diffs it contains."""
-        step = int(progress["step"])  # type: ignore[arg-type]
+        step = int(progress["step"])
         _write(self.base, state, progress)
         for s, path in self._step_files():
             if s <= step:
                 path.unlink(missing_ok=True)
 
-    def append(self, diff: dict[str, Tensor], progress: dict[str, object]) -> None:
+    def append(self, diff: dict[str, Tensor], progress: Mapping[str, Any]) -> None:
         """Record the diff of step ``progress["step"]``."""
-        step = int(progress["step"])  # type: ignore[arg-type]
+        step = int(progress["step"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         _write(self.log_dir / f"step_{step:08d}.safetensors", diff, progress)
 

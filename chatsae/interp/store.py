@@ -46,7 +46,7 @@ class TemplateStat(NamedTuple):
     """How one latent behaves on one chat-template token id."""
 
     token_id: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count (shadowing it is intended)
     """Occurrences of the token among the counted tokens."""
     fire_rate: float
     """Share of those occurrences where the latent fired."""

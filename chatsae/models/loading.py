@@ -23,6 +23,7 @@ import transformers
 from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..devices import resolve_device
 from ..utils import parse_dtype
 from .hooks import d_model, n_layers
 
@@ -128,13 +129,6 @@ def load_tokenizer(
     return tokenizer
 
 
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else as ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(
     name: str | Path = EMBEDDED,
     dtype: str | torch.dtype = "float32",
@@ -163,7 +157,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except _local_errors(source) as err:
         raise _load_error(str(name), source, "weights", err) from err
-    model = model.to(target)
+    model = model.to(target)  # type: ignore[arg-type]  # transformers types its wrapped .to() as unbound
     model.eval()
     model.requires_grad_(False)
     gen = getattr(model, "generation_config", None)

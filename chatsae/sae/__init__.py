@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import SAE, LossOutput, SAEConfig
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
@@ -13,9 +15,14 @@ ARCHITECTURES: dict[str, type[SAE]] = {
 }
 
 
-def create_sae(cfg: SAEConfig) -> SAE:
-    """Build a freshly initialised SAE of ``cfg.architecture``."""
-    return ARCHITECTURES[cfg.architecture](cfg)
+def create_sae(cfg: SAEConfig, seed: int | None = None) -> SAE:
+    """Build a freshly initialised SAE of ``cfg.architecture``; with ``seed`` its initial weights depend only on the
+    seed (drawn from a forked RNG: the global torch RNG is left as it was), else on the global torch RNG."""
+    if seed is None:
+        return ARCHITECTURES[cfg.architecture](cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHITECTURES[cfg.architecture](cfg)
 
 
 from .io import load_sae, save_sae  # noqa: E402

@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..utils import atomic_dir
+from ..utils import atomic_dir, file_digest, safe_name, safetensors_shapes
 from .base import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
+CHECKSUMS_FILE = "checksums.json"
+"""blake2b of the weight files, written by :func:`save_sae` and verified by :func:`load_sae` when present."""
 SAELENS_FORMAT_VERSION = "6.0.0"
 _CHATSAE_HOOK = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)$")
 # metadata keys that SAELens configs before 6.0 kept at the top level
@@ -71,23 +73,45 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
 
 
 def save_sae(
-    sae: SAE, path: str | Path, sparsity: torch.Tensor | None = None, extra: dict[str, Any] | None = None
+    sae: SAE, path: str | Path, sparsity: torch.Tensor | None = None, extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``sae`` to directory ``path`` (replaced atomically).
+    """Write ``sae`` to directory ``path`` (replaced atomically; see :func:`chatsae.utils.atomic_dir`: a non-empty
+    directory chatsae did not write is refused unless ``overwrite``, and files chatsae did not write are kept).
 
     ``sparsity`` ``[d_sae]`` is the log10 firing frequency of each latent; ``extra`` maps file names to JSON-able
-    objects written beside the weights (e.g. the training config).
+    objects written beside the weights (e.g. the training config). ``checksums.json`` holds the weight files' digests.
     """
     path = Path(path)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, overwrite=overwrite, kind="sae", option="SAE directory") as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in sae.saelens_state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(saelens_cfg(sae), indent=2))
         if sparsity is not None:
             save_file({"sparsity": sparsity.detach().cpu().float().contiguous()}, str(tmp / SPARSITY_FILE))
         for name, obj in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, default=str))
+            (tmp / safe_name(name, "extra file name")).write_text(json.dumps(obj, indent=2, default=str))
+        digests = {f.name: file_digest(f) for f in (tmp / WEIGHTS_FILE, tmp / SPARSITY_FILE) if f.is_file()}
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps({"algorithm": "blake2b-128", "files": digests}, indent=2))
     return path
+
+
+def verify_checksums(path: str | Path) -> None:
+    """Compare the files listed in ``checksums.json`` with their digests (no file: nothing to check, e.g. SAELens)."""
+    path = Path(path)
+    f = path / CHECKSUMS_FILE
+    if not f.is_file():
+        return
+    try:
+        files = json.loads(f.read_text())["files"]
+        items = [(str(name), str(digest)) for name, digest in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{f}: corrupt checksum file ({e})") from e
+    for name, digest in items:
+        target = path / safe_name(name, f"{f} entry")
+        if target.is_file() and file_digest(target) != digest:
+            raise ValueError(f"{target}: contents changed since chatsae wrote it (checksum mismatch with {f.name}); "
+                             "the file is corrupt or was edited")  # fmt: skip
 
 
 def read_raw_cfg(path: str | Path) -> dict[str, Any]:
@@ -150,18 +174,34 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights file missing")
+    _check_sizes(cfg, safetensors_shapes(weights), weights)  # before anything is allocated from cfg.json's numbers
     sae = create_sae(cfg)
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{weights}: not a readable safetensors file ({e})") from e
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{weights}: tensor {name!r} has {bad} non-finite values (NaN/inf); the SAE is unusable")
     try:
         if cfg.architecture == "topk" and read_raw_cfg(path).get("rescale_acts_by_decoder_norm"):
             state = _fold_decoder_norm(state)
         sae.load_saelens_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as e:
         raise ValueError(f"{weights}: does not match cfg.json ({e})") from e
+    verify_checksums(path)  # last: a structural error above says more than "the bytes changed"
     return sae.to(device)
+
+
+def _check_sizes(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], weights: Path) -> None:
+    """cfg.json's ``d_in``/``d_sae`` must be the shapes of ``W_enc`` ``[d_in, d_sae]`` and ``W_dec`` in the file."""
+    for name, want in (("W_enc", (cfg.d_in, cfg.d_sae)), ("W_dec", (cfg.d_sae, cfg.d_in))):
+        if name not in shapes:
+            raise ValueError(f"{weights}: no tensor {name!r} (tensors: {', '.join(sorted(shapes)) or 'none'})")
+        if shapes[name] != want:
+            raise ValueError(f"{weights}: {name} has shape {list(shapes[name])}, but {CFG_FILE} says d_in = "
+                             f"{cfg.d_in}, d_sae = {cfg.d_sae} (expected {list(want)})")  # fmt: skip
 
 
 def _fold_decoder_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

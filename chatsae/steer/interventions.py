@@ -20,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..sae import SAE
 
 MODES = ("add", "clamp", "ablate")
 POSITIONS = ("all", "special", "prompt")
@@ -102,7 +105,7 @@ def template_probe_ids(tokenizer: Any) -> set[int]:
     return {int(i) for i in probe if int(i) not in content_ids}
 
 
-def resolve_hook(sae: nn.Module, hook: Any) -> Any:
+def resolve_hook(sae: SAE, hook: Any) -> Any:
     from ..models import HookPoint
 
     if hook is None:
@@ -125,7 +128,7 @@ class Steering:
     def __init__(
         self,
         model: nn.Module,
-        sae: nn.Module,
+        sae: SAE,
         edits: LatentEdit | Sequence[LatentEdit],
         *,
         hook: Any = None,
@@ -174,7 +177,7 @@ class Steering:
         if cache is None:
             cache = kwargs.get("cache")  # the name of the argument in transformers >= 5
         mask = kwargs.get("attention_mask")  # transformers >= 5 passes None when nothing is padded
-        past_len = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        past_len = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         if isinstance(mask, Tensor) and mask.ndim == 2:
             real = mask[:, -T:].bool()
             if cache is None:
@@ -293,7 +296,7 @@ class Steering:
 
 
 def steer(
-    model: nn.Module, sae: nn.Module, latents: int | Iterable[int], value: float = 0.0, mode: str = "add", **kw: Any
+    model: nn.Module, sae: SAE, latents: int | Iterable[int], value: float = 0.0, mode: str = "add", **kw: Any
 ) -> Steering:
     """Shorthand: ``with steer(model, sae, k, 50.0): model.generate(...)`` (keywords as :class:`Steering`)."""
     return Steering(model, sae, make_edits(latents, mode, value), **kw)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +95,7 @@ def summarize(measures: Sequence[AnswerMeasures], ns: Sequence[int] = (1, 2, 3))
 
 def measure_answers(
     model: nn.Module,
-    tokenizer: object,
+    tokenizer: Any,
     prompts: Sequence[Sequence[int]],
     answers: Sequence[Sequence[int]],
     eos_ids: set[int],
@@ -109,7 +109,7 @@ def measure_answers(
         P, A = prompts[s : s + batch_size], answers[s : s + batch_size]
         for a, (nll, n) in zip(A, answer_nll(model, P, A, pad), strict=True):
             body = strip_eos(a, eos_ids)
-            text = tokenizer.decode(body, skip_special_tokens=True)  # type: ignore[attr-defined]
+            text = tokenizer.decode(body, skip_special_tokens=True)
             out.append(AnswerMeasures(len(body), {k: repetition_rate(body, k) for k in ns}, non_ascii_share(text),
                                       nll, n))  # fmt: skip
     return out

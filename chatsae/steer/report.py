@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from ..utils import atomic_file
 from .interventions import LatentEdit, Steering, make_edits, resolve_hook
 from .measures import AnswerMeasures, measure_answers, pad_ids, summarize
+
+if TYPE_CHECKING:
+    from ..sae import SAE
 
 
 @dataclass
@@ -112,7 +115,8 @@ def generate(
     **gen_kwargs: Any,
 ) -> list[list[int]]:
     """Greedy answers (token ids, cut after the first EOS, which is kept) to tokenised prompts, in batches of
-    left-padded prompts, under ``steering`` if given (entered once per batch)."""
+    left-padded prompts, under ``steering`` if given (entered once per batch). ``model``: a transformers causal LM
+    (its ``generate`` is unknown to torch's typing of ``nn.Module`` attributes, hence the ignores)."""
     device = next(model.parameters()).device
     eos = eos_ids_of(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
@@ -124,10 +128,10 @@ def generate(
     for s in range(0, len(prompt_ids), batch_size):
         ids, mask = pad_ids(prompt_ids[s : s + batch_size], pad)
         if steering is None:
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)  # type: ignore[operator]
         else:
             with steering:
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)  # type: ignore[operator]
         for row in out[:, ids.shape[1] :].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             answers.append(row[:cut])
@@ -157,7 +161,7 @@ def hook_norm(
 def run_steering(
     model: nn.Module,
     tokenizer: Any,
-    sae: nn.Module,
+    sae: SAE,
     prompts: list[list[dict]],
     latents: Sequence[int],
     values: Sequence[float] = (0, 15, 25, 50, 100, 150, 200),

@@ -18,13 +18,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..utils import atomic_file
 from .interventions import resolve_hook, tokenizer_special_ids
+
+if TYPE_CHECKING:
+    from ..sae import SAE
 
 
 def _visible(text: str) -> str:
@@ -108,7 +111,10 @@ class SpecialTokenAccumulator:
         other[:, 0] = False
         self.other_fire += (f[other] > 0).sum(0).to("cpu", torch.float64)
         self.n_other += int(other.sum())
-        rows, cols, group_of, keys = [], [], [], []  # one group per (sample, key)
+        rows: list[int] = []  # one group per (sample, key)
+        cols: list[int] = []
+        group_of: list[int] = []
+        keys: list[str] = []
         ids_all, flags_all = input_ids.tolist(), template.tolist()
         for b, (ids, flags) in enumerate(zip(ids_all, flags_all, strict=True)):
             self.n_samples += 1
@@ -158,7 +164,7 @@ class SpecialTokenAccumulator:
 def special_token_table(
     model: nn.Module,
     tokenizer: Any,
-    sae: nn.Module,
+    sae: SAE,
     records: Iterable[Any],
     n_samples: int = 1000,
     top_k: int = 10,

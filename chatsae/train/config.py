@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import ConfigError, check, validate
+
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
 DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.1, "gated": 0.14, "topk": 0.0}
 DEFAULT_BETA1 = {"jumprelu": 0.0, "standard": 0.9, "gated": 0.9, "topk": 0.9}
@@ -70,18 +72,41 @@ class TrainConfig:
     """auto | cpu | cuda | cuda:N | mps."""
     autocast: str = "none"
     """Mixed precision for the SAE forward on CUDA: none | bf16 | fp16 (parameters stay float32)."""
+    tf32: bool = True
+    """CUDA: allow TF32 matmuls (faster on Ampere and later; --no-tf32 for full float32). No effect on CPU."""
+    compile: bool = False
+    """torch.compile the SAE's loss (CUDA: faster steps after a warm-up compile)."""
+    prefetch: int = 2
+    """CUDA: batches read ahead in a background thread into pinned host memory (0 disables). No effect on CPU."""
+    tracking: str = "none"
+    """Also send the metrics log to: none | tensorboard | wandb | tensorboard,wandb (rank 0; optional extras
+    chatsae[tensorboard] / chatsae[wandb]; TensorBoard files in OUT_DIR/tensorboard; WANDB_MODE=offline keeps W&B
+    local)."""
+    wandb_project: str = "chatsae"
+    """W&B project of --tracking wandb."""
     progress: bool = True
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.total_tokens < self.batch_size:
-            raise ValueError(f"total_tokens ({self.total_tokens}) must be >= batch_size ({self.batch_size})")
-        if self.lr_decay not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_decay: {self.lr_decay!r} is not cosine, linear or constant")
-        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise ValueError(f"b_dec_init: {self.b_dec_init!r} is not geometric_median, mean or zeros")
-        if self.autocast not in ("none", "bf16", "fp16"):
-            raise ValueError(f"autocast: {self.autocast!r} is not none, bf16 or fp16")
+        validate(
+            self,
+            positive=("total_tokens", "batch_size", "lr", "init_sample_tokens", "dead_window_tokens", "log_every",
+                      "keep_checkpoints"),
+            non_negative=("lr_end", "lr_warmup_steps", "lr_warmup_start_factor", "adam_eps", "sparsity_coef",
+                          "sparsity_warmup_steps", "grad_clip_norm", "checkpoint_every", "seed", "prefetch"),
+            ranges={"beta1": "[0,1)", "beta2": "[0,1)"},
+            choices={"lr_decay": ("cosine", "linear", "constant"), "b_dec_init": ("geometric_median", "mean", "zeros"),
+                     "autocast": ("none", "bf16", "fp16")},
+            devices=("device",),
+        )  # fmt: skip
+        from .tracking import check_installed, parse_backends
+
+        try:
+            check_installed(parse_backends(self.tracking))  # before a harvest: a missing package fails at once
+        except ValueError as e:
+            raise ConfigError(str(e).removeprefix("--tracking"), "tracking") from None
+        check(self.total_tokens >= self.batch_size, "total_tokens",
+              f"({self.total_tokens}) must be >= --batch-size ({self.batch_size})")  # fmt: skip
 
     @property
     def total_steps(self) -> int:

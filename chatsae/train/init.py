@@ -1,4 +1,10 @@
-"""Data-dependent initialisation: the input scale for E||x||^2 = 1 and the geometric median for b_dec."""
+"""Data-dependent initialisation (the input scale for E||x||^2 = 1, the geometric median for b_dec) and the input
+checks that keep garbage out of training: non-finite vectors stop the run, absurd outliers are dropped and counted.
+
+An *absurd* vector has a norm above :data:`OUTLIER_FACTOR` x the median norm of the initialisation sample (the
+attention sink at position 0, ~141x the median norm, is far below it). The input scale is the root mean squared norm
+of the vectors that are not absurd: on ordinary data (no such vector) exactly ``sqrt(mean ||x||^2)`` as before.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,55 @@ import math
 import torch
 from torch import Tensor
 
+OUTLIER_FACTOR = 1e3
+"""A vector whose norm exceeds this many times the median norm of the initialisation sample is absurd (dropped)."""
+MAX_OUTLIER_SHARE = 1e-3
+"""The run stops when more than this share of the vectors (at least ``init_sample_tokens`` counted) are absurd."""
+MAX_FVU = 2.0
+"""A final FVU (train or held-out) above this is a failed run: the SAE reconstructs worse than the mean does."""
+
+
+class BadInputError(ValueError):
+    """The activations hold NaN/Inf, or too many absurd outliers; the message names where (file and row)."""
+
+
+def outlier_limit(sq_norms: Tensor) -> float:
+    """The squared-norm limit ``(OUTLIER_FACTOR x median norm)^2`` of ``[n]`` squared norms (inf if the median is 0,
+    e.g. mostly-zero data: then nothing counts as absurd)."""
+    med = sq_norms.double().median().item()
+    return OUTLIER_FACTOR**2 * med if med > 0 else math.inf
+
+
+def inlier_mask(x: Tensor) -> tuple[Tensor, float]:
+    """``([n] bool: the row is not absurd, squared-norm limit)`` of the sample ``x`` ``[n, d_in]``; a non-finite row
+    is a ValueError (the trainer names its file and row before calling this)."""
+    sq = x.double().pow(2).sum(dim=-1)
+    n_bad = int((~torch.isfinite(sq)).sum())
+    if n_bad:
+        raise ValueError(f"cannot normalise: the sample holds {n_bad} non-finite (NaN/Inf) vector(s)")
+    limit = outlier_limit(sq)
+    return sq < limit, limit
+
 
 def input_scale(x: Tensor) -> float:
-    """The constant C with ``E||x / C||^2 = 1`` on the sample ``x`` ``[n, d_in]``: ``C = sqrt(mean ||x||^2)``."""
-    c = math.sqrt(x.double().pow(2).sum(dim=-1).mean().item())
+    """The constant C with ``E||x / C||^2 = 1`` over the rows of ``x`` ``[n, d_in]`` that are not absurd:
+    ``C = sqrt(mean ||x||^2)`` (all rows on ordinary data)."""
+    keep, _ = inlier_mask(x)
+    c = math.sqrt(x.double().pow(2).sum(dim=-1)[keep].mean().item())
     if not math.isfinite(c) or c <= 0:
         raise ValueError(f"cannot normalise: mean squared norm of the sample is {c**2}")
     return c
+
+
+def bad_rows(x: Tensor, limit: float) -> tuple[Tensor, Tensor] | None:
+    """Check a batch ``x`` ``[B, d_in]`` against the squared-norm ``limit`` (same units): None when every row is
+    fine (one norm reduction; on a CPU batch no device sync), else ``([B] non-finite, [B] finite but absurd)`` bool
+    masks. A finite vector whose float32 norm overflows counts as absurd."""
+    bad = ~(torch.linalg.vector_norm(x.float(), dim=-1) < math.sqrt(limit))  # NaN and inf compare False
+    if not bool(bad.any()):
+        return None
+    nonfinite = ~torch.isfinite(x).all(dim=-1)
+    return nonfinite, bad & ~nonfinite
 
 
 @torch.no_grad()

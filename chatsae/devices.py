@@ -1,0 +1,48 @@
+"""The one home of device-name resolution: ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` -> ``torch.device``.
+
+Config ``__post_init__`` methods call :func:`resolve_device` so that ``--device cuda`` on a machine without CUDA is
+rejected when the options are parsed, before a model is loaded or a harvest starts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str | torch.device = "auto", option: str = "device") -> torch.device:
+    """``"auto"`` -> cuda if available, else mps if available, else cpu; other names are checked to exist here.
+
+    ``option`` names the setting in error messages (``--device``, ``--model-device``, ...).
+    """
+    if isinstance(name, torch.device):
+        return name
+    text = str(name).strip().lower()
+    flag = f"--{option.replace('_', '-')}"
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag}: unknown device {str(name)!r}; use {DEVICE_CHOICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"{'CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); "
+                             "use --" + option.replace("_", "-") + " cpu or auto")  # fmt: skip
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"{flag} {name}: MPS is not available on this machine; use {flag} cpu or auto")
+        return device
+    raise ValueError(f"{flag}: unsupported device {str(name)!r}; use {DEVICE_CHOICES}")
