@@ -17,9 +17,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 D_IN, D_SAE, BATCH = 16, 48, 64
 
 
-def make_trainer(out: Path, source, arch: str = "jumprelu", steps: int = 24, seed: int = 0, **kw) -> Trainer:
-    torch.manual_seed(seed)
-    sae = create_sae(SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=4))
+def make_trainer(out: Path, source, arch: str = "jumprelu", steps: int = 24, seed: int = 0,
+                 init_seed: int | None = None, **kw) -> Trainer:  # fmt: skip
+    """``init_seed`` (default ``seed``) seeds the SAE's initial weights only."""
+    sae_cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=4)
+    sae = create_sae(sae_cfg, seed=seed if init_seed is None else init_seed)
     settings = dict(
         total_tokens=steps * BATCH, batch_size=BATCH, lr=3e-3, lr_warmup_steps=3, sparsity_warmup_steps=5,
         init_sample_tokens=4 * BATCH, log_every=3, checkpoint_every=8, keep_checkpoints=2, dead_window_tokens=6 * BATCH,
@@ -74,7 +76,7 @@ def test_resume_is_exact(tmp_path: Path, source: str, stop: int) -> None:
     assert res.sae_dir is None and res.summary["stopped_at_step"] == stop
     assert not (tmp_path / "resumed" / "sae").exists()
     # a brand-new trainer, SAE (different init) and source: everything must come from the checkpoint
-    second = make_trainer(tmp_path / "resumed", SOURCES[source](), seed=1)
+    second = make_trainer(tmp_path / "resumed", SOURCES[source](), init_seed=1)
     assert not torch.equal(second.sae.W_enc, full.sae.W_enc)
     second.fit(resume=True)
 

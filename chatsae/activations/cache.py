@@ -8,6 +8,8 @@ Layout of a cache directory::
 
 A shard is written to temporary files and renamed into place, then the manifest is rewritten atomically; a crash
 loses at most the shard being written, and ``harvest(..., resume=True)`` continues after the last complete shard.
+The manifest keeps a blake2b digest of every shard file, checked the first time a process opens the shard; shard
+names must be plain file names inside the cache directory. The directory carries chatsae's marker (``.chatsae``).
 Reading (:class:`CacheSource`) streams row indices through the mixing buffer and gathers vectors from the
 memory-mapped shards, so memory does not grow with the cache size.
 """
@@ -15,7 +17,8 @@ memory-mapped shards, so memory does not grow with the cache size.
 from __future__ import annotations
 
 import json
-import os
+import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..utils import atomic_file
+from ..locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
+from ..utils import atomic_file, check_inside, file_digest, safe_name
 from .buffer import MixingBuffer
 from .source import ActivationBatch
 
@@ -61,7 +65,7 @@ class Manifest:
         info, data, opts = self.info, self.info.get("data") or {}, self.info.get("options") or {}
         seq_keys = ("max_length",) if self.method == "fast" else ("context_size",)
         return {"data": data.get("data"), "format": data.get("format"), "records": data.get("records"),
-                **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
+                "data_hash": data.get("data_hash"), **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
                 **{k: opts.get(k) for k in CONTENT_OPTIONS}}  # fmt: skip
 
     def differences(self, other: Manifest) -> list[str]:
@@ -70,85 +74,151 @@ class Manifest:
         out = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in IDENTITY_KEYS
                if getattr(self, k) != getattr(other, k)]  # fmt: skip
         mine, theirs = self.content(), other.content()
-        return out + [f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine
+        hints = {"data_hash": " (the data file's content changed)"}
+        return out + [f"{k}: {mine[k]!r} -> {theirs[k]!r}{hints.get(k, '')}" for k in mine
                       if mine[k] is not None and theirs[k] is not None and mine[k] != theirs[k]]  # fmt: skip
 
+    def shortfall(self, asked: int | None) -> str | None:
+        """Why this complete cache has fewer vectors than ``asked`` (None = all the data), or None if it has enough.
+
+        Uses ``info["max_tokens"]`` (the budget its harvest stopped at) and ``info["exhausted"]`` (the data ran out);
+        an older manifest without them is not judged (None)."""
+        if self.info.get("exhausted") is not False or (asked is not None and self.n_tokens >= asked):
+            return None
+        return (f"the cache holds {self.n_tokens:,} vectors, harvested with a budget of "
+                f"{self.info.get('max_tokens') or 0:,} before the data ran out; this run asks for "
+                f"{'all the data' if asked is None else f'{asked:,}'}")  # fmt: skip
+
+    def repeat_note(self, asked: int | None) -> str | None:
+        """A plain warning when the data itself gives fewer vectors than ``asked`` (they are repeated), else None."""
+        if asked is None or self.n_tokens >= asked or self.info.get("exhausted") is False:
+            return None
+        why = "" if self.info.get("exhausted") else (" (an older cache that does not record whether its harvest used"
+                                                     " all the data; if not, harvest again into a new directory)")
+        return (f"warning: cache holds {self.n_tokens:,} vectors, run asks for {asked:,}: they are repeated "
+                f"{asked / max(self.n_tokens, 1):.1f} times{why}")  # fmt: skip
+
     @classmethod
-    def read(cls, directory: str | Path) -> Manifest:
-        path = Path(directory) / MANIFEST
+    def read(cls, directory: str | Path, name: str = MANIFEST) -> Manifest:
+        path = Path(directory) / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: not an activation cache (no {MANIFEST})")
+            raise FileNotFoundError(f"{path}: not an activation cache (no {name})")
         try:
             raw = json.loads(path.read_text())
-            return cls(**raw)
+            manifest = cls(**raw)
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{path}: corrupt manifest ({e})") from e
+        for i, s in enumerate(manifest.shards):
+            if not (isinstance(s, dict) and isinstance(s.get("n"), int) and s["n"] >= 0
+                    and all(isinstance(s.get(k), str) for k in ("acts", "meta"))):  # fmt: skip
+                raise ValueError(f"{path}: corrupt manifest (shard {i}: {str(s)[:120]})")
+            for k in ("acts", "meta"):
+                safe_name(s[k], f"{path}: shard {i} {k} file")  # a plain file name inside the cache directory
+        return manifest
 
-    def write(self, directory: str | Path) -> None:
-        with atomic_file(Path(directory) / MANIFEST, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)  # type: ignore[arg-type]
+    def write(self, directory: str | Path, name: str = MANIFEST) -> None:
+        with atomic_file(Path(directory) / name, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+
+
+def check_cache_dir(directory: str | Path) -> None:
+    """Refuse a non-empty directory that is neither a chatsae cache (manifest) nor marked as chatsae's."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise OutputDirError(f"{directory}: the activation cache directory is a file")
+    if directory.is_dir() and not ({p.name for p in directory.iterdir()} <= {LOCK} or is_chatsae_dir(directory)
+                                   or (directory / MANIFEST).is_file()):  # fmt: skip
+        raise OutputDirError(f"{directory}: a non-empty directory that is not a chatsae activation cache (no "
+                             f"{MANIFEST}, no {MARKER} marker); choose another --out-dir / --cache-dir")  # fmt: skip
 
 
 class CacheWriter:
-    """Append shards to a cache directory (creating it, or continuing an incomplete one)."""
+    """Append shards to a cache directory (creating it, or continuing an incomplete one). Callers that may run
+    concurrently hold a :class:`chatsae.locking.DirLock` on the directory (``harvest_to_cache`` does)."""
 
-    def __init__(self, directory: str | Path, manifest: Manifest) -> None:
+    def __init__(self, directory: str | Path, manifest: Manifest, name: str = MANIFEST, prefix: str = "shard_") -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name, self.prefix = name, prefix
+        """Manifest file and shard-name prefix (each rank of a multi-process harvest has its own)."""
+        check_cache_dir(self.dir)
+        mark_dir(self.dir, "cache")
         self.manifest = manifest
         self._remove_orphans()
 
     @classmethod
-    def open(cls, directory: str | Path, manifest: Manifest, resume: bool) -> CacheWriter:
-        """Start a new cache, or with ``resume`` continue an existing incomplete one with the same model/hook/method."""
+    def open(cls, directory: str | Path, manifest: Manifest, resume: bool, name: str = MANIFEST,
+             prefix: str = "shard_") -> CacheWriter:  # fmt: skip
+        """Start a new cache, reuse a complete one of the same harvest, or with ``resume`` continue an interrupted one.
+
+        A complete cache whose harvest stopped at a smaller budget (``info["max_tokens"]``) than ``manifest`` asks
+        for, before the data ran out, is extended (a note on stderr): the windows already written are the ones a
+        fresh harvest with the bigger budget would write first. Any difference of model, hook, method, dtype, data
+        (path, record count, content hash) or token options is a ValueError listing them, ``--resume`` or not."""
         directory = Path(directory)
-        if (directory / MANIFEST).is_file():
-            old = Manifest.read(directory)
-            diffs = old.differences(manifest)
-            if not diffs and old.complete:
-                return cls(directory, old)  # a finished harvest of the same model, hook, data and options: reuse it
-            if not resume:
-                raise FileExistsError(f"{directory}: an unfinished or different cache exists; use --resume to "
-                                      "continue it, or another --out-dir / --cache-dir")  # fmt: skip
-            if diffs:
-                raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
-                                 f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
-            manifest = old
-        return cls(directory, manifest)
+        check_cache_dir(directory)
+        if not (directory / name).is_file():
+            return cls(directory, manifest, name, prefix)
+        old = Manifest.read(directory, name)
+        diffs = old.differences(manifest)
+        if diffs:
+            raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
+                             f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
+        if old.complete:
+            short = old.shortfall(manifest.info["max_tokens"]) if "max_tokens" in manifest.info else None
+            if short:
+                print(f"{directory}: {short}: extending the cache", file=sys.stderr)
+                old.complete = False
+                old.info["max_tokens"] = manifest.info["max_tokens"]
+            return cls(directory, old, name, prefix)  # a finished harvest of the same model, hook, data, options
+        if not resume:
+            raise ValueError(f"{directory}: an interrupted harvest is here ({old.n_tokens:,} vectors in "
+                             f"{len(old.shards)} shards, not finished); add --resume to continue it, or choose "
+                             "another --out-dir / --cache-dir")  # fmt: skip
+        return cls(directory, old, name, prefix)
 
     def _remove_orphans(self) -> None:
         known = {s["acts"] for s in self.manifest.shards} | {s["meta"] for s in self.manifest.shards}
-        for p in self.dir.glob("shard_*"):
+        for p in self.dir.glob(f"{self.prefix}*"):
             if p.name not in known:
                 p.unlink()
 
     def write_shard(self, acts: Tensor, meta: dict[str, Tensor], windows_done: int) -> None:
         """Write one shard (``acts`` ``[n, d_in]``, ``meta`` ``{key: [n]}``) and record progress atomically."""
         i = len(self.manifest.shards)
-        acts_name, meta_name = f"shard_{i:05d}.acts.npy", f"shard_{i:05d}.meta.npz"
-        np_dtype = np.float16 if self.manifest.dtype == "float16" else np.float32
+        acts_name, meta_name = f"{self.prefix}{i:05d}.acts.npy", f"{self.prefix}{i:05d}.meta.npz"
+        np_dtype: type[np.generic] = np.float16 if self.manifest.dtype == "float16" else np.float32
+        if self.manifest.dtype == "bfloat16":  # numpy has no bfloat16: its bits are stored as int16
+            acts, np_dtype = acts.detach().to(torch.bfloat16).view(torch.int16), np.int16
         with atomic_file(self.dir / acts_name) as fh:
             np.save(fh, acts.detach().float().cpu().numpy().astype(np_dtype))
         with atomic_file(self.dir / meta_name) as fh:
-            np.savez(fh, **{k: v.cpu().numpy() for k, v in meta.items()})
+            np.savez(fh, **{k: v.cpu().numpy() for k, v in meta.items()})  # type: ignore[arg-type]  # numpy stub: **kwds typed as allow_pickle
         n = int(acts.shape[0])
-        self.manifest.shards.append({"acts": acts_name, "meta": meta_name, "n": n})
+        self.manifest.shards.append({"acts": acts_name, "meta": meta_name, "n": n,
+                                     "acts_blake2b": file_digest(self.dir / acts_name),
+                                     "meta_blake2b": file_digest(self.dir / meta_name)})  # fmt: skip
         self.manifest.n_tokens += n
         self.manifest.windows_done = windows_done
-        self.manifest.write(self.dir)
+        self.manifest.write(self.dir, self.name)
 
     def finish(self, **info: Any) -> Manifest:
         self.manifest.complete = True
         self.manifest.info.update(info)
-        self.manifest.write(self.dir)
+        self.manifest.write(self.dir, self.name)
         return self.manifest
+
+
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+"""Shard files (path, size, mtime, digest) this process has verified: each is hashed once, not once per reader."""
 
 
 class ActivationCache:
     """Read access to a complete cache: memory-mapped shards and row gathering by global index."""
 
-    def __init__(self, directory: str | Path, allow_incomplete: bool = False) -> None:
+    def __init__(self, directory: str | Path, allow_incomplete: bool = False, verify: bool = True) -> None:
         self.dir = Path(directory)
+        self.verify = verify
+        """Check each shard file against its digest in the manifest the first time this process opens it."""
         self.manifest = Manifest.read(self.dir)
         if not self.manifest.complete and not allow_incomplete:
             raise ValueError(f"{self.dir}: the harvest did not finish; run `chatsae harvest --resume` first")
@@ -169,15 +239,33 @@ class ActivationCache:
     def _shard(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if i not in self._acts:
             s = self.manifest.shards[i]
+            for k in ("acts", "meta"):
+                self._verify(self.dir / s[k], s.get(f"{k}_blake2b"))
+            f = self.dir / s["acts"]
             try:
-                self._acts[i] = np.load(self.dir / s["acts"], mmap_mode="r")
-                with np.load(self.dir / s["meta"]) as z:
+                self._acts[i] = np.load(f, mmap_mode="r")
+                f = self.dir / s["meta"]
+                with np.load(f) as z:
                     self._meta[i] = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{self.dir / s['acts']}: unreadable shard ({e})") from e
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                self._acts.pop(i, None)
+                raise ValueError(f"{f}: unreadable shard ({e})") from e
             if self._acts[i].shape != (s["n"], self.d_in):
                 raise ValueError(f"{self.dir / s['acts']}: shape {self._acts[i].shape}, manifest says {s['n']} rows")
         return self._acts[i], self._meta[i]
+
+    def _verify(self, path: Path, digest: str | None) -> None:
+        check_inside(self.dir, path, f"{self.dir / MANIFEST} shard")
+        if not self.verify or digest is None or not path.is_file():
+            return  # an older manifest without digests; a missing file is reported by the reader
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, digest)
+        if key in _VERIFIED:
+            return
+        if file_digest(path) != digest:
+            raise ValueError(f"{path}: checksum mismatch with {MANIFEST} (the shard's bytes changed since it was "
+                             "written: a corrupt or edited file); harvest again into a new directory")  # fmt: skip
+        _VERIFIED.add(key)
 
     def gather(self, index: Tensor) -> ActivationBatch:
         """Rows at global indices ``index`` ``[B]`` (any order) as an :class:`ActivationBatch`."""
@@ -190,12 +278,20 @@ class ActivationCache:
             local = idx[sel] - self.starts[s]
             order = np.argsort(local)
             a, m = self._shard(int(s))
-            acts[sel[order]] = a[local[order]]
+            rows = a[local[order]]
+            if self.manifest.dtype == "bfloat16":
+                rows = torch.from_numpy(np.ascontiguousarray(rows)).view(torch.bfloat16).float().numpy()
+            acts[sel[order]] = rows
             for k, v in m.items():
                 meta.setdefault(k, np.empty(len(idx), dtype=v.dtype))[sel] = v[local]
         extra = {k: torch.from_numpy(meta[k]) for k in ("token_ids", "special_mask", "positions", "sample_ids")
                  if k in meta}  # fmt: skip
-        return ActivationBatch(torch.from_numpy(acts), **extra)
+        return ActivationBatch(torch.from_numpy(acts), **extra, rows=index)
+
+    def describe_row(self, row: int) -> str:
+        """Where global row ``row`` is (``SHARD_FILE, row N`` within the shard)."""
+        s = int(np.searchsorted(self.starts, row, side="right") - 1)
+        return f"{self.dir / self.manifest.shards[s]['acts']}, row {row - int(self.starts[s])}"
 
     def read_all(self, key: str) -> Tensor:
         """Concatenate one metadata column over all shards ``[N]`` (small: one value per token)."""
@@ -205,16 +301,20 @@ class ActivationCache:
 class CacheSource:
     """Training batches from a cache: shard order shuffled per epoch, rows mixed in a buffer; endless and resumable.
 
-    With ``world_size > 1`` each rank reads a disjoint share of the shards (round robin).
+    With ``world_size > 1`` this reader takes a disjoint share of the shards (round robin; at least one shard each).
+    The environment's ``RANK``/``WORLD_SIZE`` are not consulted: data-parallel training reads the same global stream
+    on every rank and slices each batch (chatsae.train.distributed).
     """
 
     def __init__(self, directory: str | Path, batch_size: int, buffer_tokens: int = 65_536, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None) -> None:  # fmt: skip
+                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
         self.cache = ActivationCache(directory)
         self.d_in = self.cache.d_in
         self.batch_size, self.seed = batch_size, seed
-        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        self.rank, self.world_size = rank, world_size
+        if not 0 <= rank < world_size <= len(self.cache.sizes):
+            raise ValueError(f"{self.cache.dir}: cannot split {len(self.cache.sizes)} shard(s) over {world_size} "
+                             f"readers (rank {rank}); each reader needs at least one shard")  # fmt: skip
         self.buffer = MixingBuffer(max(buffer_tokens, 2 * batch_size), batch_size, seed=seed)
         self.epoch, self.shard_pos = 0, 0
         self.chunk_rows = 4096
@@ -222,7 +322,7 @@ class CacheSource:
     def _my_shards(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.cache.sizes), generator=g).tolist()
-        return order[self.rank :: self.world_size] or order[:1]
+        return order[self.rank :: self.world_size]
 
     def _chunks(self) -> Iterator[dict[str, Tensor]]:
         """Row indices of the shards in this epoch's order, in chunks; advances epochs forever."""
@@ -238,6 +338,9 @@ class CacheSource:
     def __iter__(self) -> Iterator[ActivationBatch]:
         for rows in self.buffer.batches(self._chunks()):
             yield self.cache.gather(rows["index"])
+
+    def describe_row(self, row: int) -> str:
+        return self.cache.describe_row(row)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "buffer": self.buffer.state_dict()}

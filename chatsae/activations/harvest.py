@@ -7,8 +7,11 @@ default (``exclude_first_position``); special tokens are kept (FAST) unless ``ex
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config import validate
 from ..data import TokenSequence, bucket_batches, pad_batch
-from ..models import HookPoint, capture
+from ..locking import DirLock
+from ..models import HookPoint, capture_many
 from ..progress import Progress
-from .cache import CacheWriter, Manifest
+from .cache import CacheWriter, Manifest, check_cache_dir
 
 
 @dataclass
@@ -40,6 +45,9 @@ class HarvestOptions:
     """Tokens per cache shard (and per resumable harvest window)."""
     max_tokens: int | None = None
     """Stop harvesting after this many vectors (train: default --total-tokens; harvest: all the data)."""
+
+    def __post_init__(self) -> None:
+        validate(self, positive=("batch_tokens", "max_batch_size", "shard_tokens", "max_tokens"))
 
 
 class HarvestStats:
@@ -69,13 +77,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def activations_for_batch(
-    model: torch.nn.Module, hook: HookPoint, seqs: list[TokenSequence], pad_id: int, opts: HarvestOptions,
-    bos_id: int | None = None, stats: HarvestStats | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
-    """Run one padded batch up to ``hook``; return kept vectors ``[n, d]`` and their metadata ``{key: [n]}``."""
+    model: torch.nn.Module, hook: HookPoint | list[HookPoint], seqs: list[TokenSequence], pad_id: int,
+    opts: HarvestOptions, bos_id: int | None = None, stats: HarvestStats | None = None,
+) -> tuple[Any, dict[str, Tensor]]:  # fmt: skip
+    """Run one padded batch up to ``hook``; return kept vectors ``[n, d]`` and their metadata ``{key: [n]}``.
+
+    With a list of hooks (one forward pass, stopping after the last), the vectors are a ``{hook: [n, d]}`` dict; the
+    same tokens are kept at every hook."""
+    hooks = hook if isinstance(hook, list) else [hook]
     b = pad_batch(seqs, pad_id)
     device = model_device(model)
-    acts = capture(model, hook, b.input_ids.to(device), b.attention_mask.to(device))
+    acts = capture_many(model, hooks, b.input_ids.to(device), b.attention_mask.to(device))
     keep = b.attention_mask.bool()
     if opts.exclude_first_position:
         keep &= b.positions != 0
@@ -92,7 +104,8 @@ def activations_for_batch(
         "token_ids": b.input_ids[keep], "special_mask": b.special_mask[keep], "token_class": b.token_class[keep],
         "positions": b.positions[keep], "sample_ids": b.sample_ids[keep],
     }  # fmt: skip
-    return acts[keep.to(acts.device)].float().cpu(), meta
+    kept = {h: a[keep.to(a.device)].float().cpu() for h, a in acts.items()}
+    return (kept if isinstance(hook, list) else kept[hook]), meta
 
 
 def _windows(sequences: Iterable[TokenSequence], window_tokens: int) -> Iterator[list[TokenSequence]]:
@@ -106,6 +119,29 @@ def _windows(sequences: Iterable[TokenSequence], window_tokens: int) -> Iterator
             window, n = [], 0
     if window:
         yield window
+
+
+def window_activations(
+    model: torch.nn.Module, tokenizer: Any, hooks: list[HookPoint], window: list[TokenSequence],
+    opts: HarvestOptions, stats: HarvestStats, on_batch: Any = None,
+) -> tuple[dict[HookPoint, Tensor], dict[str, Tensor]] | None:  # fmt: skip
+    """The kept vectors ``{hook: [n, d]}`` and metadata ``{key: [n]}`` of one data window (length-bucketed model
+    batches, one forward pass per batch for all hooks); None if the window keeps no token. ``on_batch(n_kept)`` is
+    called after each model batch (progress)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    parts: dict[HookPoint, list[Tensor]] = {h: [] for h in hooks}
+    metas = []
+    for batch in bucket_batches(window, max_tokens=opts.batch_tokens, max_batch_size=opts.max_batch_size,
+                                bucket_window=len(window)):  # fmt: skip
+        acts, meta = activations_for_batch(model, list(hooks), batch, pad_id, opts, tokenizer.bos_token_id, stats)
+        for h in hooks:
+            parts[h].append(acts[h])
+        metas.append(meta)
+        if on_batch is not None:
+            on_batch(int(meta["token_ids"].shape[0]))
+    if not metas:
+        return None
+    return {h: torch.cat(v) for h, v in parts.items()}, {k: torch.cat([mm[k] for mm in metas]) for k in metas[0]}
 
 
 def harvest_to_cache(
@@ -123,36 +159,117 @@ def harvest_to_cache(
     """Harvest ``sequences`` into the cache at ``directory`` until the data ends or ``max_tokens`` vectors are kept.
 
     With ``resume``, windows already written are skipped (the sequence stream is deterministic) and harvesting goes on.
+    The cache directory is locked while this runs (a second writer gets a clear error); the manifest records the
+    budget asked (``info["max_tokens"]``) and whether the data ran out (``info["exhausted"]``), so that a complete
+    cache is reused only for a budget it covers (see :meth:`CacheWriter.open`); when the data itself gives fewer
+    vectors than ``max_tokens``, a warning with the counts goes to stderr. Before writing, the size the cache will
+    need is printed and the harvest is refused when the disk lacks the space (:func:`check_disk_space`).
     """
-    writer = CacheWriter.open(directory, manifest, resume=resume)
-    m = writer.manifest
+    manifests, stats = harvest_to_caches(model, tokenizer, {hook: (directory, manifest)}, sequences, opts,
+                                         max_tokens, resume, progress)  # fmt: skip
+    return manifests[hook], stats
+
+
+def harvest_to_caches(
+    model: torch.nn.Module, tokenizer: Any, caches: Mapping[HookPoint, tuple[str | Path, Manifest]],
+    sequences: Iterable[TokenSequence], opts: HarvestOptions, max_tokens: int | None = None, resume: bool = False,
+    progress: bool = True,
+) -> tuple[dict[HookPoint, Manifest], HarvestStats]:  # fmt: skip
+    """:func:`harvest_to_cache` for several hooks from one forward pass per batch: one cache directory per hook.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank harvests its token-balanced part of ``sequences`` into its own
+    shards of each cache, ``ceil(max_tokens / W)`` vectors at most (:func:`chatsae.train.distributed.harvest_ranks`)."""
+    from ..train import distributed
+
+    if distributed.world_size() > 1:
+
+        def run(writers: dict[HookPoint, CacheWriter], budget: int | None) -> Any:
+            if not all(w.manifest.complete for w in writers.values()):
+                check_disk_space(list(writers.values()), budget)
+            return _harvest_locked(model, tokenizer, distributed.shard_sequences(sequences), writers, opts, budget,
+                                   progress and distributed.rank() == 0)  # fmt: skip
+
+        ms, stats = distributed.harvest_ranks(caches, max_tokens, resume, run)
+        return ms, stats or HarvestStats()
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for h, (directory, manifest) in caches.items():
+            check_cache_dir(directory)
+            distributed.check_harvest_world(Path(directory), max_tokens)
+            manifest.info["max_tokens"] = max_tokens
+            stack.enter_context(DirLock(directory, "a harvest"))
+            writers[h] = CacheWriter.open(directory, manifest, resume)
+        if not all(w.manifest.complete for w in writers.values()):
+            check_disk_space(list(writers.values()), max_tokens)
+        ms, stats = _harvest_locked(model, tokenizer, sequences, writers, opts, max_tokens, progress)
+    for h, m in ms.items():
+        note = m.repeat_note(max_tokens)
+        if note:
+            print(f"{caches[h][0]}: {note}", file=sys.stderr)
+    return ms, stats
+
+
+META_BYTES = 33
+"""Bytes per vector of a cache's metadata columns (token id, special flag, token class, position, sample id)."""
+
+
+def check_disk_space(writers: list[CacheWriter], max_tokens: int | None) -> None:
+    """Print the disk space the harvest will add (``max_tokens`` vectors per cache, less what is written) and raise
+    OSError when the file system of the cache directories has less free space; nothing is known (nor checked) when
+    ``max_tokens`` is None (all the data)."""
+    if max_tokens is None:
+        return
+    need = 0
+    for w in writers:
+        m = w.manifest
+        per_vector = m.d_in * (2 if m.dtype in ("float16", "bfloat16") else 4) + META_BYTES
+        need += max(max_tokens - m.n_tokens, 0) * per_vector
+    directory = writers[0].dir
+    free = shutil.disk_usage(directory).free
+    where = ", ".join(str(w.dir) for w in writers)
+    print(f"activation cache: about {need / 2**30:.2f} GiB to write in {where} ({free / 2**30:.1f} GiB free)",
+          file=sys.stderr)  # fmt: skip
+    if need > free:
+        raise OSError(f"{directory}: not enough disk space for the activation cache: it needs about "
+                      f"{need / 2**30:.2f} GiB ({max_tokens:,} vectors), {free / 2**30:.2f} GiB are free; free space, "
+                      "choose another --cache-dir, lower --total-tokens, or stream without a cache (--cache none)")
+
+
+def _harvest_locked(model: torch.nn.Module, tokenizer: Any, sequences: Iterable[TokenSequence],
+                    writers: dict[HookPoint, CacheWriter], opts: HarvestOptions, max_tokens: int | None,
+                    progress: bool) -> tuple[dict[HookPoint, Manifest], HarvestStats]:  # fmt: skip
     stats = HarvestStats()
-    if m.complete:
-        return m, stats
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    bos_id = tokenizer.bos_token_id
+    todo = {h: w for h, w in writers.items() if not w.manifest.complete}
+    if not todo:
+        return {h: w.manifest for h, w in writers.items()}, stats
+    start = min(w.manifest.windows_done for w in todo.values())
+    n_tokens = min(w.manifest.n_tokens for w in todo.values())
     total = max_tokens or 0
     t0 = time.perf_counter()
+    exhausted = True
     with Progress(total, "harvest", enabled=progress and total > 0, unit="tokens") as bar:
-        bar.advance(m.n_tokens)
+        bar.advance(n_tokens)
+
+        def on_batch(n: int) -> None:
+            stats.seconds = time.perf_counter() - t0
+            bar.advance(n, **{"tok/s": f"{stats.tokens_real / max(stats.seconds, 1e-9):,.0f}",
+                              "pad": f"{100 * stats.padding_fraction:.1f}%"})  # fmt: skip
+
         for w, window in enumerate(_windows(sequences, opts.shard_tokens)):
-            if w < m.windows_done:
+            if w < start:
                 continue
-            if max_tokens is not None and m.n_tokens >= max_tokens:
+            if max_tokens is not None and n_tokens >= max_tokens:
+                exhausted = False
                 break
-            parts, metas = [], []
-            for batch in bucket_batches(window, max_tokens=opts.batch_tokens, max_batch_size=opts.max_batch_size,
-                                        bucket_window=len(window)):  # fmt: skip
-                acts, meta = activations_for_batch(model, hook, batch, pad_id, opts, bos_id, stats)
-                parts.append(acts)
-                metas.append(meta)
-                stats.seconds = time.perf_counter() - t0
-                bar.advance(acts.shape[0], **{"tok/s": f"{stats.tokens_real / max(stats.seconds, 1e-9):,.0f}",
-                                              "pad": f"{100 * stats.padding_fraction:.1f}%"})  # fmt: skip
-            if not parts:
+            got = window_activations(model, tokenizer, list(todo), window, opts, stats, on_batch)
+            if got is None:
                 continue
-            meta_cat = {k: torch.cat([mm[k] for mm in metas]) for k in metas[0]}
-            writer.write_shard(torch.cat(parts), meta_cat, windows_done=w + 1)
+            acts, meta = got
+            for h, writer in todo.items():
+                if w >= writer.manifest.windows_done:  # after a crash between two caches' writes
+                    writer.write_shard(acts[h], meta, windows_done=w + 1)
+            n_tokens = min(wr.manifest.n_tokens for wr in todo.values())
     stats.seconds = time.perf_counter() - t0
-    m = writer.finish(harvest=stats.as_dict())
-    return m, stats
+    for writer in todo.values():
+        writer.finish(harvest=stats.as_dict(), exhausted=exhausted)
+    return {h: w.manifest for h, w in writers.items()}, stats

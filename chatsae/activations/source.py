@@ -28,6 +28,8 @@ class ActivationBatch(NamedTuple):
     """``[batch]`` int64 position of the token in its sequence."""
     sample_ids: Tensor | None = None
     """``[batch]`` int64 id of the sample (FAST) or block (BT) the token belongs to."""
+    rows: Tensor | None = None
+    """``[batch]`` int64 row of each vector in its source (for ``source.describe_row``: where a bad vector is)."""
 
 
 @runtime_checkable
@@ -73,6 +75,8 @@ class TensorSource:
         self.shuffle = shuffle
         self.epoch = 0
         self.index = 0  # batches emitted in this epoch
+        self.path: Path | None = None
+        """The file the activations were read from (named in error messages), if any."""
 
     @classmethod
     def from_file(cls, path: str | Path, batch_size: int, seed: int = 0) -> TensorSource:
@@ -102,9 +106,11 @@ class TensorSource:
                 f"{path}: unknown activation file type {path.suffix!r} (.safetensors, .pt or .npy)"
             )
         try:
-            return cls(acts, batch_size, seed=seed, meta=meta)
+            source = cls(acts, batch_size, seed=seed, meta=meta)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
+        source.path = path
+        return source
 
     def _order(self) -> Tensor:
         n = self.acts.shape[0]
@@ -131,7 +137,11 @@ class TensorSource:
         else:
             acts = self.acts[idx].float()
         meta = {k: v[idx] for k, v in self.meta.items()}
-        return ActivationBatch(acts, **meta)
+        return ActivationBatch(acts, **meta, rows=idx)
+
+    def describe_row(self, row: int) -> str:
+        """Where row ``row`` of the activations is (``FILE, row N``)."""
+        return f"{self.path or 'activation tensor'}, row {row}"
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "index": self.index}

@@ -20,6 +20,7 @@ from ..activations.pipeline import DataConfig, read_split
 from ..config import to_dict
 from ..data.formats import Record, read_records, split_records
 from ..sae import SAEConfig
+from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
 from ..utils import atomic_file
 from .config import EvalConfig
@@ -31,6 +32,8 @@ SUMMARY: dict[str, tuple[str, str]] = {
     # summary key: (subset, metric) of EvalResult.metrics
     "log2_mse": ("all", "log2_mse"), "log2_mse_st": ("special", "log2_mse"),
     "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"), "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
+    "log2_mse_st_strict": ("special_strict", "log2_mse"),
+    "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
     "mse": ("all", "mse"), "mse_no_pos0": ("all_no_pos0", "mse"),
     "l0": ("all", "l0"), "l0_no_pos0": ("all_no_pos0", "l0"),
     "fvu": ("all", "fvu"), "fvu_no_pos0": ("all_no_pos0", "fvu"),
@@ -44,7 +47,7 @@ CLASS_METRICS = {"fvu": "fvu", "kl": "kl", "delta_lm_loss": "delta_ce"}
 SUMMARY.update({f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items()
                 for key, metric in CLASS_METRICS.items()})  # fmt: skip
 """The numbers a study keeps per SAE and evaluation set (per class: e.g. ``kl_user``, ``fvu_special``)."""
-VOLATILE_TRAIN = ("progress", "device", "log_every", "checkpoint_every", "keep_checkpoints")
+VOLATILE_TRAIN = VOLATILE["train"]
 """TrainConfig fields a rerun may change (they do not change the trained SAE)."""
 
 
@@ -105,12 +108,13 @@ class Study:
     @property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         if self._model is None:
+            from ..activations.pipeline import resolved_model_dtype
             from ..models import load_model
 
             d = self.data
             self.report(f"loading model {d.model} ...")
-            self._model = load_model(d.model, dtype=d.model_dtype, device=d.model_device, gguf_file=d.gguf_file,
-                                     trust_remote_code=d.trust_remote_code)  # fmt: skip
+            self._model = load_model(d.model, dtype=resolved_model_dtype(d), device=d.model_device,
+                                     gguf_file=d.gguf_file, trust_remote_code=d.trust_remote_code)  # fmt: skip
         return self._model
 
     def check_plan(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +137,7 @@ class Study:
                                  "use another --out-dir, or remove it to start over")  # fmt: skip
         else:
             with atomic_file(path, "w") as fh:
-                json.dump(plan, fh, indent=2)  # type: ignore[arg-type]
+                json.dump(plan, fh, indent=2)
         return plan
 
     # ---- data --------------------------------------------------------------------------------------------------
@@ -185,9 +189,8 @@ class Study:
               meta: dict[str, Any] | None = None, data: DataConfig | None = None) -> Path:  # fmt: skip
         """Train one SAE on the cache (harvested with ``data``, default ``self.data``) into ``out_dir/run``: skipped
         if ``run/sae`` exists, resumed from its last checkpoint if interrupted; returns the SAE directory."""
-        from ..activations.cache import CacheSource
-        from ..sae import create_sae
-        from ..train import Trainer
+        from ..activations.cache import ActivationCache
+        from ..train.run import RunConfig, RunSpec, train_run
 
         out = self.out_dir / run
         wanted = {"architecture": arch, "sparsity_coef": coef, "k": k}
@@ -198,18 +201,19 @@ class Study:
             self.report(f"[{run}] trained SAE found, skipping training")
             return out / "sae"
         tc = self.train_cfg if coef is None else dataclasses.replace(self.train_cfg, sparsity_coef=coef)
-        source = CacheSource(cache_dir, tc.batch_size, buffer_tokens=self.data.buffer_tokens, seed=tc.seed)
+        d_in = ActivationCache(cache_dir).d_in
         opts = {key: v for key, v in self.sae_options.items() if key not in ("architecture", "d_in")}
         opts.update({"k": k} if k is not None else {})
-        d_sae = opts.pop("d_sae", None) or self.expansion_factor * source.d_in
-        meta = {**opts.pop("metadata", {}), **(meta or {})}
-        sae = create_sae(SAEConfig(architecture=arch, d_in=source.d_in, d_sae=d_sae, metadata=meta, **opts))
+        d_sae = opts.pop("d_sae", None) or self.expansion_factor * d_in
+        sae_cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **opts)
         resume = any((out / "checkpoints").glob("step_*/state.pt"))
         self.report(f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
                     + (" (resuming)" if resume else "") + f" -> {out}")  # fmt: skip
-        run_config = {"train": to_dict(tc), "sae": to_dict(sae.cfg), "data": to_dict(data or self.data),
-                      "harvest": to_dict(self.harvest_opts), "study": wanted}  # fmt: skip
-        result = Trainer(sae, tc, source, out, run_config=run_config).fit(resume=resume)
+        run_cfg = RunConfig(out_dir=str(out), activations=str(cache_dir), expansion_factor=self.expansion_factor,
+                            resume=resume, evaluate=False)  # fmt: skip
+        result = train_run(RunSpec(run=run_cfg, sae=sae_cfg, train=tc, data=data or self.data,
+                                   harvest=self.harvest_opts, d_sae=d_sae, metadata=meta or {},
+                                   extra_config={"study": wanted}, report=self.report))  # fmt: skip
         assert result.sae_dir is not None
         return result.sae_dir
 
@@ -239,7 +243,7 @@ class Study:
                 "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}
         if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
             old = read_result(path)
-            if all(old.setup.get(k) == v for k, v in want.items()):
+            if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
                 self.report(f"[{sae_dir.parent.name}] reusing {path.name}")
                 return old
         self.report(f"[{sae_dir.parent.name}] evaluating on {es.label}")
@@ -257,6 +261,7 @@ def summarize(result: EvalResult) -> dict[str, float | None]:
 # ---- report helpers ----------------------------------------------------------------------------------------------
 LABELS = {
     "log2_mse": ("log2 MSE", "log2 of activation units²"), "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
+    "log2_mse_st_strict": ("log2 MSE_st strict", "log2 of activation units²"),
     "mse": ("MSE", "activation units²"), "l0": ("L0", "active latents per token"),
     "fvu": ("FVU", "fraction of variance unexplained"), "delta_lm_loss": ("ΔLM loss", "nats per token"),
     "ce_recovered": ("CE recovered", "fraction"), "kl": ("KL", "nats per token"),
@@ -302,7 +307,7 @@ def write_texts(files: dict[Path, str]) -> list[Path]:
     """Write each text file atomically; returns the paths."""
     for path, text in files.items():
         with atomic_file(path, "w") as fh:
-            fh.write(text)  # type: ignore[attr-defined]
+            fh.write(text)
     return list(files)
 
 

@@ -2,6 +2,10 @@
 
 from .config import TrainConfig
 from .init import geometric_median, input_scale
+from .run import RunConfig, RunResult, RunSpec, train_run
 from .trainer import StepMetrics, Trainer, TrainResult
 
-__all__ = ["StepMetrics", "TrainConfig", "TrainResult", "Trainer", "geometric_median", "input_scale"]
+__all__ = [
+    "RunConfig", "RunResult", "RunSpec", "StepMetrics", "TrainConfig", "TrainResult", "Trainer", "geometric_median",
+    "input_scale", "train_run",
+]  # fmt: skip

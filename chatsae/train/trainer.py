@@ -1,17 +1,19 @@
 """The SAE trainer: Adam, schedules, decoder-norm constraint, dead-latent tracking, JSONL log, atomic checkpoints
 and exact resume.
 
-Rank-aware: only rank 0 (env ``RANK``) writes logs, checkpoints and the final SAE; data sharding by rank belongs to
-the activation source.
+Data-parallel under torchrun (:mod:`chatsae.train.distributed`): every rank reads the same global stream and steps
+on its slice of each batch, gradients and step statistics are reduced over the ranks, rank 0 alone writes logs,
+checkpoints (holding every rank's data-stream state) and the final SAE. In one process all of that is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
-import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +24,33 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..activations.source import ActivationBatch, ActivationSource
+from ..config import to_dict
+from ..devices import resolve_device
+from ..locking import DirLock, claim_dir
 from ..progress import Progress
 from ..sae import SAE, save_sae
-from ..utils import atomic_dir
+from ..utils import atomic_dir, file_digest
+from . import distributed
+from .checkpoints import CHECKSUMS, CheckpointError, check_fresh_run, config_diffs, verify_checkpoint
 from .config import DEFAULT_BETA1, DEFAULT_SPARSITY_COEF, TrainConfig
-from .init import geometric_median, input_scale
+from .init import (
+    MAX_FVU,
+    MAX_OUTLIER_SHARE,
+    OUTLIER_FACTOR,
+    BadInputError,
+    bad_rows,
+    geometric_median,
+    inlier_mask,
+    input_scale,
+)
 from .schedule import lr_at, sparsity_coef_at, steps_from
 
 FIRE_THRESHOLD = 1e-8
 
 
 class StepMetrics(NamedTuple):
-    """Metrics of one optimizer step (normalised units when normalisation is on)."""
+    """Metrics of one optimizer step (normalised units when normalisation is on). :meth:`Trainer.train_step` returns
+    them as one ``[7]`` float32 tensor on the training device, in this field order (no host sync per step)."""
 
     loss: float
     mse: float
@@ -49,12 +66,6 @@ class TrainResult(NamedTuple):
     """Where the final (scale-folded) SAE was written; None on ranks other than 0."""
     summary: dict[str, Any]
     """Final metrics (averaged over the last log window) and run facts."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Trainer:
@@ -75,12 +86,21 @@ class Trainer:
         if source.d_in != sae.cfg.d_in:
             raise ValueError(f"activation width {source.d_in} does not match the SAE's d_in {sae.cfg.d_in}")
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        distributed.setup()  # under torchrun: the process group from the environment (once)
+        distributed.check_batch_size(cfg.batch_size)
+        self.device = resolve_device(distributed.device_name(cfg.device))  # cuda:LOCAL_RANK under torchrun
         self.sae = sae.to(self.device)
         self.source = source
+        self.rank_sharded = bool(getattr(source, "rank_sharded", False))
+        """Under torchrun the source yields this rank's own rows (else every rank slices the same global batch)."""
+        if self.device.type == "cuda" and cfg.prefetch:  # read ahead into pinned memory: overlaps the SAE step
+            from ..activations.streaming import Prefetcher
+
+            self.source = Prefetcher(source, cfg.prefetch, pin=True)
         self.out_dir = Path(out_dir)
-        self.run_config = run_config or {}
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.run_config = run_config or {"train": to_dict(cfg), "sae": sae.cfg.to_dict()}
+        """Settings saved beside the SAE (config.json) and in each checkpoint; a resume must match them."""
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
         self.total_steps = cfg.total_steps
         self.lr_warmup = steps_from(cfg.lr_warmup_steps, self.total_steps)
@@ -89,17 +109,28 @@ class Trainer:
         self.sparsity_coef = DEFAULT_SPARSITY_COEF[sae.cfg.architecture] if coef is None else coef
         self.lr_end = cfg.lr / 10 if cfg.lr_end is None else cfg.lr_end
         self.beta1 = DEFAULT_BETA1[sae.cfg.architecture] if cfg.beta1 is None else cfg.beta1
-        self.optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=(self.beta1, cfg.beta2), eps=cfg.adam_eps
-        )
+        cuda = self.device.type == "cuda"
+        if cuda:  # TF32 matmuls (on by default; --no-tf32 turns them off)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(self.beta1, cfg.beta2),
+                                          eps=cfg.adam_eps, fused=True if cuda else None)  # fmt: skip
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cuda and cfg.autocast == "fp16")
+        self.loss_fn = torch.compile(self.sae.loss) if cfg.compile else self.sae.loss
         d_sae = sae.cfg.d_sae
         self.step = 0
         self.tokens = 0
         self.scale = 1.0
+        self.input_limit = math.inf
+        """Squared norm of a raw activation vector above which it is absurd (dropped); set by :meth:`initialise`."""
+        self.outliers_dropped = 0
+        self.summary_extra: dict[str, Any] = {}
+        """Run facts merged into the summary (e.g. the data counts of :func:`chatsae.train.run.train_run`)."""
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=self.device)
         self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=self.device)
-        self.window: list[StepMetrics] = []  # metrics of the steps since the last log line
-        self.last_window: list[StepMetrics] = []
+        self._dead = torch.zeros(d_sae, dtype=torch.bool, device=self.device)  # dead_mask(), updated once per step
+        self.tracker: Any = None  # a tracking.Tracker while fit() runs with --tracking (rank 0)
+        self.window: list[Tensor] = []  # [7] device metrics of the steps since the last log line
+        self.last_window: list[Tensor] = []
 
     # ---- paths -----------------------------------------------------------------------------------------------
     @property
@@ -110,11 +141,50 @@ class Trainer:
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
         if not self.checkpoint_dir.is_dir():
-            return None
-        ckpts = sorted(p for p in self.checkpoint_dir.glob("step_*") if (p / "state.pt").is_file())
+            return []
+        return sorted(p for p in self.checkpoint_dir.glob("step_*") if (p / "state.pt").is_file())
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else None
+
+    def resume_from_checkpoint(self) -> Path | None:
+        """Load the latest intact checkpoint (a damaged one is skipped with a warning, falling back to the one before);
+        None if there is none. Refuses (ValueError naming each option) a checkpoint of a run with other settings."""
+        ckpts = self.checkpoints()
+        errors = []
+        for path in reversed(ckpts):
+            try:
+                verify_checkpoint(path)
+                self.check_run_config(path)
+                self.load_checkpoint(path)
+                return path
+            except CheckpointError as e:
+                errors.append(str(e))
+                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+        if ckpts:
+            raise CheckpointError(f"{self.checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(errors)})")
+        return None
+
+    def check_run_config(self, path: Path) -> None:
+        """ValueError if checkpoint ``path`` was written by a run with other settings (each differing option named)."""
+        file = path / "run_config.json"
+        if not file.is_file():
+            return  # written before run configs were stored
+        try:
+            old = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{file}: unreadable ({e})") from e
+        diffs = config_diffs(old, self._run_config_json())
+        if diffs:
+            raise ValueError(f"{path}: --resume of a run with other settings ({'; '.join(diffs)}); resume with the "
+                             "same settings, or start afresh with --overwrite or another --out-dir")  # fmt: skip
+
+    def _run_config_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.run_config, default=str))
 
     # ---- initialisation --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -122,24 +192,78 @@ class Trainer:
         """Estimate the input scale and b_dec from the first ``init_sample_tokens`` of the stream, then rewind."""
         torch.manual_seed(self.cfg.seed)
         start = copy.deepcopy(self.source.state_dict())
-        chunks, n = [], 0
+        chunks, batches, n = [], [], 0
         for batch in self.source:
+            found = bad_rows(batch.acts, math.inf)
+            if found is not None and found[0].any():
+                self._raise_nonfinite(batch, found[0], "the initialisation sample")
             chunks.append(batch.acts.float())
+            batches.append(batch)
             n += batch.acts.shape[0]
             if n >= self.cfg.init_sample_tokens:
                 break
         self.source.load_state_dict(start)
         sample = torch.cat(chunks)[: self.cfg.init_sample_tokens]
+        keep, self.input_limit = inlier_mask(sample)
+        n_out = int((~keep).sum())
+        if n_out > MAX_OUTLIER_SHARE * len(sample):
+            i = int((~keep).nonzero()[0])
+            for b in batches:  # the batch holding sample row i
+                if i < b.acts.shape[0]:
+                    break
+                i -= b.acts.shape[0]
+            raise BadInputError(f"{self._where(b, i)}: {n_out} of the {len(sample):,} vectors of the initialisation "
+                                f"sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
+                                f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken")  # fmt: skip
         self.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
-        sample = sample / self.scale
+        sample = sample[keep] / self.scale
         if self.cfg.b_dec_init == "geometric_median":
             self.sae.b_dec.copy_(geometric_median(sample).to(self.device))
         elif self.cfg.b_dec_init == "mean":
             self.sae.b_dec.copy_(sample.mean(dim=0).to(self.device))
 
+    # ---- input checks ----------------------------------------------------------------------------------------
+    def _where(self, batch: ActivationBatch, i: int) -> str:
+        """Where row ``i`` of ``batch`` came from (file and row when the source can say)."""
+        describe = getattr(self.source, "describe_row", None)
+        if batch.rows is not None and describe is not None:
+            return describe(int(batch.rows[i]))
+        return f"row {i} of the batch of step {self.step + 1}"
+
+    def _raise_nonfinite(self, batch: ActivationBatch, nonfinite: Tensor, what: str) -> None:
+        raise BadInputError(f"{self._where(batch, int(nonfinite.nonzero()[0]))}: the input activations hold NaN/Inf "
+                            f"({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training on "
+                            "them: check the model dtype (fp16 overflow?) and the harvested data")  # fmt: skip
+
+    def screen(self, batch: ActivationBatch) -> Tensor:
+        """The raw vectors of ``batch`` to train on, checked before any step with one norm reduction: NaN/Inf stops
+        the run (:class:`BadInputError` naming file and row); absurd vectors (norm > ``OUTLIER_FACTOR`` x the median)
+        are dropped, counted and reported, and the run stops when they exceed ``MAX_OUTLIER_SHARE`` of the data."""
+        found = bad_rows(batch.acts, self.input_limit)
+        if found is None:
+            return batch.acts
+        nonfinite, absurd = found
+        if nonfinite.any():
+            self._raise_nonfinite(batch, nonfinite, f"step {self.step + 1}")
+        n = int(absurd.sum())
+        self.outliers_dropped += n
+        where = self._where(batch, int(absurd.nonzero()[0]))
+        seen = self.tokens + self.outliers_dropped
+        what = f"absurd activation vector(s) (norm > {OUTLIER_FACTOR:g}x the median norm), first at {where}"
+        if self.outliers_dropped > MAX_OUTLIER_SHARE * max(seen, self.cfg.init_sample_tokens):
+            raise BadInputError(f"{where}: {self.outliers_dropped} of {seen:,} vectors are {what} — more than "
+                                f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken")  # fmt: skip
+        print(f"WARNING: dropped {n} {what} at step {self.step + 1} ({self.outliers_dropped} dropped so far)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return batch.acts[~absurd]
+
     # ---- one step --------------------------------------------------------------------------------------------
-    def train_step(self, batch: ActivationBatch) -> StepMetrics:
-        x = batch.acts.to(self.device, torch.float32, non_blocking=True) / self.scale
+    def train_step(self, batch: ActivationBatch) -> Tensor:
+        """One optimizer step; returns the step's :class:`StepMetrics` as a ``[7]`` tensor on the device (read
+        by the host only once per ``log_every`` steps)."""
+        if not self.rank_sharded:  # a global batch: this rank's slice
+            batch = distributed.rank_batch(batch)
+        x = self.screen(batch).to(self.device, non_blocking=True).float() / self.scale
         lr = lr_at(
             self.step, self.total_steps, self.cfg.lr, self.lr_end, self.lr_warmup,
             self.cfg.lr_warmup_start_factor, self.cfg.lr_decay,
@@ -147,45 +271,51 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         coef = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
-        dead = self.dead_mask()
         with self._autocast():
-            out = self.sae.loss(x, coef, dead)
+            out = self.loss_fn(x, coef, self._dead)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        self.scaler.scale(out.loss).backward()
+        distributed.average_gradients(self.sae.parameters(), x.shape[0])  # before unscale_: one inf check for all
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16 autocast on CUDA
         self.sae.remove_parallel_decoder_grad()
         if self.cfg.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.sae.normalize_decoder()
         if hasattr(self.sae, "clamp_threshold"):
-            self.sae.clamp_threshold()
+            self.sae.clamp_threshold()  # type: ignore[operator]  # JumpReLU only (hasattr checked)
 
         with torch.no_grad():
             f = out.feature_acts.float()
             fired = f > FIRE_THRESHOLD
-            self.fire_counts += fired.sum(dim=0)
-            any_fired = fired.any(dim=0)
-            self.since_fired += x.shape[0]
-            self.since_fired[any_fired] = 0
+            means = torch.stack([p.detach().float() for p in (out.loss, out.mse, out.sparsity, out.aux)])
+            counts, n, fvu, l0, means = distributed.global_batch(x, out.x_hat.float(), fired, means)  # all ranks' rows
+            self.fire_counts += counts
+            self.since_fired += n
+            self.since_fired.masked_fill_(counts > 0, 0)
             self.step += 1
-            self.tokens += x.shape[0]
-            resid = (x - out.x_hat.float()).pow(2).sum()
-            total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-            return StepMetrics(
-                loss=out.loss.item(),
-                mse=out.mse.item(),
-                fvu=(resid / total).item(),
-                l0=fired.sum(dim=-1).float().mean().item(),
-                sparsity=out.sparsity.item(),
-                aux=out.aux.item(),
-                dead_frac=self.dead_mask().float().mean().item(),
-            )
+            self.tokens += n
+            self._dead = self.dead_mask()
+            loss, mse, sparsity, aux = means
+            parts = (loss, mse, fvu, l0, sparsity, aux, self._dead.float().mean())
+            return torch.stack([p.detach().float() for p in parts])
 
     def dead_mask(self) -> Tensor:
         """``[d_sae]`` bool: not fired in the last ``min(dead_window_tokens, tokens seen)`` tokens."""
         if self.tokens == 0:
             return torch.zeros_like(self.since_fired, dtype=torch.bool)
         return self.since_fired >= min(self.cfg.dead_window_tokens, self.tokens)
+
+    def window_rows(self, window: list[Tensor]) -> list[list[float]]:
+        """The window's step metrics on the host (one sync); RuntimeError naming the step of a non-finite value."""
+        rows = torch.stack(window).tolist() if window else []
+        for i, r in enumerate(rows):
+            if not all(math.isfinite(v) for v in r):
+                step = self.step - len(rows) + i + 1
+                raise RuntimeError(f"non-finite loss/metrics at step {step}: {StepMetrics(*r)}; lower --lr or check "
+                                   "inputs")  # fmt: skip
+        return rows
 
     def _autocast(self) -> Any:
         if self.cfg.autocast == "none" or self.device.type != "cuda":
@@ -194,16 +324,46 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ---- the loop --------------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
-        """Train to ``total_tokens``. ``resume`` continues from the latest checkpoint in ``out_dir`` (bit-for-bit);
-        ``stop_after_steps`` stops early without saving the final SAE (used to test interruption)."""
-        ckpt = self.latest_checkpoint() if resume else None
-        if ckpt is not None:
-            self.load_checkpoint(ckpt)
-        else:
+    def fit(self, resume: bool = False, stop_after_steps: int | None = None, overwrite: bool = False) -> TrainResult:
+        """Train to ``total_tokens``. ``resume`` continues from the latest intact checkpoint in ``out_dir``
+        (bit-for-bit; the run config must match); ``stop_after_steps`` stops early without saving the final SAE
+        (used to test interruption). ``out_dir`` is claimed and locked for the run; a fresh run over an earlier one is
+        refused unless ``overwrite``."""
+
+        def claim() -> DirLock:
+            claim_dir(self.out_dir, "run", overwrite=overwrite)
+            return DirLock(self.out_dir, "chatsae training")
+
+        with distributed.main_lock(claim), self._tracking():  # rank 0 claims and locks for all ranks
+            return self._fit(resume, stop_after_steps, overwrite)
+
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[None]:
+        """``self.tracker`` (TensorBoard / W&B, ``--tracking``) on rank 0 for the block; closed after it."""
+        from .tracking import Tracker, parse_backends
+
+        backends = parse_backends(self.cfg.tracking) if self.is_main else []
+        self.tracker = Tracker(backends, self.out_dir, self._run_config_json(), self.cfg.wandb_project) \
+            if backends else None  # fmt: skip
+        try:
+            yield
+        finally:
+            if self.tracker is not None:
+                self.tracker.close()
+                self.tracker = None
+
+    def _fit(self, resume: bool, stop_after_steps: int | None, overwrite: bool) -> TrainResult:
+        ckpt = self.resume_from_checkpoint() if resume else None
+        if len(set(distributed.all_gather_objects(str(ckpt)))) > 1:
+            raise RuntimeError(f"{self.checkpoint_dir}: the ranks resumed from different checkpoints (a file system "
+                               "not shared by all nodes?)")  # fmt: skip
+        if ckpt is None:
+            distributed.from_rank0(lambda: check_fresh_run(self.out_dir, overwrite))
             if resume and self.is_main:
                 print(f"no checkpoint in {self.checkpoint_dir}; starting from scratch")
             self.initialise()
+            distributed.broadcast_module(self.sae)  # every rank starts from rank 0's weights and scale
+            self.scale, self.input_limit = distributed.broadcast_object((self.scale, self.input_limit))
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
@@ -212,23 +372,25 @@ class Trainer:
         with Progress(self.total_steps, "train", enabled=self.cfg.progress and self.is_main) as bar:
             bar.advance(self.step)
             while self.step < self.total_steps:
-                m = self.train_step(next(stream))
-                if not all(math.isfinite(v) for v in m):
-                    raise RuntimeError(f"non-finite loss/metrics at step {self.step}: {m}; lower --lr or check inputs")
-                self.window.append(m)
+                self.window.append(self.train_step(next(stream)))
                 self.last_window = self.window
-                tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
-                bar.advance(1, **self._bar_fields(m, tok_s))
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    self._log(self.window, tok_s)
+                    rows = self.window_rows(self.window)  # the one host sync of the window
+                    tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+                    self._log(rows, tok_s)
+                    bar.advance(1, **self._bar_fields(StepMetrics(*rows[-1]), tok_s))
                     self.window = []
+                else:
+                    bar.advance(1)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     return TrainResult(None, {"stopped_at_step": self.step})
         tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
-        summary = self._summary(self.window or self.last_window, tok_s)
+        summary = self._summary(self.window_rows(self.window or self.last_window), tok_s)
         sae_dir = self.save_final(summary) if self.is_main else None
+        if self.tracker is not None:
+            self.tracker.summary(summary)
         return TrainResult(sae_dir, summary)
 
     @staticmethod
@@ -238,23 +400,27 @@ class Trainer:
             "fvu": f"{m.fvu:.3f}", "L0": f"{m.l0:.1f}", "dead": f"{100 * m.dead_frac:.1f}%",
         }  # fmt: skip
 
-    def _mean(self, window: list[StepMetrics]) -> dict[str, float]:
-        return {k: sum(getattr(m, k) for m in window) / len(window) for k in StepMetrics._fields}
+    def _mean(self, rows: list[list[float]]) -> dict[str, float]:
+        return {k: sum(r[i] for r in rows) / len(rows) for i, k in enumerate(StepMetrics._fields)}
 
-    def _log(self, window: list[StepMetrics], tok_s: float) -> None:
+    def _log(self, rows: list[list[float]], tok_s: float) -> None:
         if not self.is_main:
             return
-        row = {"step": self.step, "tokens": self.tokens, **self._mean(window), "tokens_per_s": tok_s}
+        row = {"step": self.step, "tokens": self.tokens, **self._mean(rows), "tokens_per_s": tok_s}
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["sparsity_coef"] = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(row, self.step)
 
-    def _summary(self, window: list[StepMetrics], tok_s: float) -> dict[str, Any]:
-        means = self._mean(window) if window else {}
+    def _summary(self, rows: list[list[float]], tok_s: float) -> dict[str, Any]:
+        means = self._mean(rows) if rows else {}
         return {
             "steps": self.step, "tokens": self.tokens, "input_scale": self.scale, "sparsity_coef": self.sparsity_coef,
             "beta1": self.beta1, "tokens_per_s": tok_s, **{f"train_{k}": v for k, v in means.items()},
+            "outlier_rows_dropped": self.outliers_dropped, **self.summary_extra,
+            "status": "failed_quality" if means.get("fvu", 0.0) > MAX_FVU else "ok",
         }  # fmt: skip
 
     def log10_firing_frequency(self) -> Tensor:
@@ -278,7 +444,13 @@ class Trainer:
         return save_sae(sae, self.out_dir / "sae", sparsity=self.log10_firing_frequency(), extra=extra)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: data-stream position, RNG, dropped-outlier count."""
+        return {"source": self.source.state_dict(), "torch_rng": torch.get_rng_state(),
+                "outliers_dropped": self.outliers_dropped}  # fmt: skip
+
     def save_checkpoint(self) -> Path | None:
+        ranks = distributed.all_gather_objects(self._rank_state()) if self.world > 1 else None
         if not self.is_main:
             return None
         path = self.checkpoint_dir / f"step_{self.step:010d}"
@@ -287,34 +459,58 @@ class Trainer:
                       str(tmp / "sae.safetensors"))  # fmt: skip
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             state = {
-                "step": self.step, "tokens": self.tokens, "scale": self.scale,
+                "step": self.step, "tokens": self.tokens, "scale": self.scale, "input_limit": self.input_limit,
+                "outliers_dropped": self.outliers_dropped,
                 "since_fired": self.since_fired.cpu(), "fire_counts": self.fire_counts.cpu(),
                 "torch_rng": torch.get_rng_state(), "source": self.source.state_dict(),
-                "window": [list(m) for m in self.window],
+                "window": self.window_rows(self.window), "world_size": self.world,
             }  # fmt: skip
+            if ranks is not None:
+                state["ranks"] = ranks
+            if self.scaler.is_enabled():
+                state["grad_scaler"] = self.scaler.state_dict()
             torch.save(state, tmp / "state.pt")
             (tmp / "sae_config.json").write_text(json.dumps(self.sae.cfg.to_dict(), indent=2))
+            (tmp / "run_config.json").write_text(json.dumps(self._run_config_json(), indent=2))
+            sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
         for old in sorted(self.checkpoint_dir.glob("step_*"))[: -max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
+        file = path / "sae.safetensors"
         try:
-            self.sae.load_state_dict(load_file(str(path / "sae.safetensors"), device=str(self.device)))
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-            state = torch.load(path / "state.pt", weights_only=True)
-        except (OSError, RuntimeError, KeyError) as e:
-            raise RuntimeError(f"{path}: cannot resume from this checkpoint ({e})") from e
+            self.sae.load_state_dict(load_file(str(file), device=str(self.device)))
+            file = path / "optimizer.pt"
+            self.optimizer.load_state_dict(torch.load(file, weights_only=True))
+            file = path / "state.pt"
+            state = torch.load(file, weights_only=True)
+            if not isinstance(state, dict) or not {"step", "tokens", "scale", "source"} <= set(state):
+                raise KeyError("step, tokens, scale or source missing")
+        except Exception as e:  # noqa: BLE001 -- any unreadable file: one clear line naming it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"{file}: cannot resume from this checkpoint ({type(e).__name__}: {first})") from e
+        theirs = int(state.get("world_size", 1))
+        if theirs != self.world:
+            raise ValueError(f"{path}: checkpoint of a run on {theirs} process(es), this run has {self.world}: resume "
+                             f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
+                             "afresh with --overwrite or another --out-dir")  # fmt: skip
+        mine = state["ranks"][self.rank] if self.world > 1 else state
         self.step, self.tokens, self.scale = int(state["step"]), int(state["tokens"]), float(state["scale"])
+        self.input_limit = float(state.get("input_limit", math.inf))  # older checkpoints: NaN/Inf checked only
+        self.outliers_dropped = int(mine.get("outliers_dropped", 0))
         self.since_fired = state["since_fired"].to(self.device)
         self.fire_counts = state["fire_counts"].to(self.device)
-        torch.set_rng_state(state["torch_rng"])
-        self.window = [StepMetrics(*m) for m in state.get("window", [])]
-        self.source.load_state_dict(state["source"])
+        torch.set_rng_state(mine["torch_rng"])
+        self.window = [torch.tensor(m, dtype=torch.float32, device=self.device) for m in state.get("window", [])]
+        self._dead = self.dead_mask()
+        if "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.source.load_state_dict(mine["source"])
         if self.is_main and self.metrics_path.is_file():  # drop log lines written after the checkpoint
             rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
             kept = [r for r in rows if json.loads(r)["step"] <= self.step]
             self.metrics_path.write_text("".join(r + "\n" for r in kept))
         if self.is_main:
             print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")
-

@@ -1,0 +1,96 @@
+"""Several SAEs from one harvest (--hooks): one forward pass per model batch for every hook, and each SAE equal to
+the single-hook run on the same data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_harvest_pipeline import _records
+
+from chatsae.activations.harvest import HarvestOptions
+from chatsae.activations.pipeline import DataConfig
+from chatsae.sae import SAEConfig, load_sae
+from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
+from chatsae.train.multi import train_runs
+from chatsae.train.run import default_out_dir
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+TC = dict(total_tokens=5 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=0, progress=False,
+          device="cpu", seed=7)  # fmt: skip
+
+
+def _spec(tmp_path: Path, tiny_llama, out: str, **data_kw) -> RunSpec:
+    data = tmp_path / "chat.jsonl"
+    if not data.is_file():
+        data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
+    return RunSpec(run=RunConfig(out_dir=str(tmp_path / out), eval_max_samples=2),
+                   sae=SAEConfig(architecture="jumprelu"), train=TrainConfig(**TC),
+                   data=DataConfig(model="tiny", data=str(data), holdout=3, buffer_tokens=256, **data_kw),
+                   harvest=HarvestOptions(shard_tokens=300), d_sae=96, model_and_tokenizer=tiny_llama,
+                   report=lambda m: None)  # fmt: skip
+
+
+def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    from chatsae.activations import harvest as harvest_mod
+
+    passes: list[list[str]] = []  # the hooks of each harvest forward pass
+    capture_many = harvest_mod.capture_many
+
+    def spy(model, hooks, *args, **kw):
+        passes.append([str(h) for h in hooks])
+        return capture_many(model, hooks, *args, **kw)
+
+    monkeypatch.setattr(harvest_mod, "capture_many", spy)
+    results = train_runs(_spec(tmp_path, tiny_llama, "multi", hooks="resid_post.1,resid_post.2"))
+    multi_passes, passes[:] = list(passes), []
+    single = [train_run(_spec(tmp_path, tiny_llama, f"single{i}", hook=h))
+              for i, h in enumerate(["resid_post.1", "resid_post.2"])]  # fmt: skip
+    assert multi_passes and all(p == ["resid_post.1", "resid_post.2"] for p in multi_passes)
+    assert len(passes) == 2 * len(multi_passes)  # two single runs: twice the forward passes
+    assert [r.out_dir for r in results] == [tmp_path / "multi" / "resid_post.1", tmp_path / "multi" / "resid_post.2"]
+    for res, ref in zip(results, single, strict=True):
+        assert (res.out_dir / "eval.json").is_file() and (res.out_dir / "metrics.jsonl").is_file() and res.rows
+        a, b = load_sae(res.sae_dir), load_sae(ref.sae_dir)
+        assert a.cfg.metadata["hook_name"] == b.cfg.metadata["hook_name"] == str(res.context["hook"])
+        for name, t in b.state_dict().items():
+            torch.testing.assert_close(a.state_dict()[name], t, rtol=1e-6, atol=1e-7, msg=name)
+        assert res.summary["train_fvu"] == pytest.approx(ref.summary["train_fvu"], rel=1e-6)
+    caches = sorted(p.name for p in (tmp_path / "multi" / "activations").iterdir() if p.is_dir())
+    assert caches == ["resid_post.1", "resid_post.2"]  # one cache per hook under the run's folder
+
+
+def test_hooks_option_names_and_errors(tiny_llama, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, tiny_llama, "x", hooks="resid_post.1, resid_post.2")
+    spec.run.out_dir = None
+    assert default_out_dir(spec) == Path("runs/tiny_resid_post.1+resid_post.2_fast_jumprelu")
+    with pytest.raises(ValueError, match="several hooks are harvested into the disk cache"):
+        train_runs(_spec(tmp_path, tiny_llama, "y", hooks="resid_post.1,resid_post.2", cache="none"))
+    with pytest.raises(ValueError, match="hooks"):
+        DataConfig(hooks="resid_post.1,bogus.3")
+
+
+def test_cli_hooks_harvest_and_train(tiny_llama, tmp_path: Path, capsys) -> None:
+    from chatsae.activations.cache import Manifest
+    from chatsae.cli import main
+
+    model, tok = tiny_llama
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
+    common = ["--model", str(tmp_path / "model"), "--data", str(data), "--hooks", "resid_post.2,resid_post.0",
+              "--holdout", "3"]  # fmt: skip
+    assert main(["harvest", *common, "--out-dir", str(tmp_path / "h"), "--max-tokens", "500"]) == 0
+    a, b = (Manifest.read(tmp_path / "h" / "activations" / h) for h in ("resid_post.2", "resid_post.0"))
+    assert (a.hook, b.hook) == ("resid_post.2", "resid_post.0") and a.n_tokens == b.n_tokens >= 500
+    capsys.readouterr()
+    assert main(["train", *common, "--out-dir", str(tmp_path / "t"), "--width", "96", "--total-tokens", "512",
+                 "--batch-size", "128", "--init-sample-tokens", "256", "--no-progress", "--eval-max-samples", "2",
+                 "--buffer-tokens", "256"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("chatsae train: result") == 2
+    for h in ("resid_post.2", "resid_post.0"):
+        assert load_sae(tmp_path / "t" / h / "sae").cfg.metadata["hook_name"] == h
