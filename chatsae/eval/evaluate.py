@@ -2,14 +2,21 @@
 
 Per batch of sequences (built the way the SAE's method says, length-bucketed, right-padded):
 
-1. spliced forward: at the hook, ``fn(act)`` records the clean activation ``x`` and returns the reconstruction
-   ``x̂ = sae(x)`` (position 0 kept clean unless ``splice_first_position``); this gives the spliced logits and,
-   since everything upstream of the hook is unchanged, the clean activations for the reconstruction metrics;
-2. clean forward (no hook): clean logits, for CE clean and KL(clean ‖ spliced);
-3. zero-ablation forward: the activation replaced by zeros at the same positions, for CE recovered. It does not
-   depend on the SAE: with a ``zero_ablation_cache`` (a dict the caller keeps, as ``chatsae compare`` / ``sweep``
-   do) its per-token CE is stored under the batch's content and hook, and other SAEs evaluated on the same
-   sequences through the same model skip this pass.
+1. clean forward (no edit): clean logits, for CE clean and KL(clean ‖ spliced), and the residual stream where
+   the edited passes diverge (:func:`chatsae.models.resume.clean_forward`);
+2. spliced forward, restarted at the hook layer from that state (the blocks below the hook are not run again): at
+   the hook, ``fn(act)`` records the clean activation ``x`` and returns the reconstruction ``x̂ = sae(x)``
+   (position 0 kept clean unless ``splice_first_position``); this gives the spliced logits and the activations for
+   the reconstruction metrics;
+3. zero-ablation forward, restarted the same way: the activation replaced by zeros at the same positions, for CE
+   recovered. It does not depend on the SAE: with a ``zero_ablation_cache`` (a dict the caller keeps, as
+   ``chatsae compare`` / ``sweep`` do) its per-token CE is stored under the batch's content and hook, and other
+   SAEs evaluated on the same sequences through the same model skip this pass.
+
+With ``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_resume` rejects) passes 2 and 3 run
+the whole model; the results are the same. Cost on the embedded model at ``resid_post.15``, in full forward passes
+per batch: 2.7 (3.4 without restarting; a restarted pass, the 14 blocks above the hook plus the LM head, is 0.6,
+the losses 0.3), 1.95 with the zero-ablation cached (``benchmarks/eval_cost.py``).
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.
@@ -35,7 +42,8 @@ from ..data.sequences import (
     fast_sequences,
     pad_batch,
 )
-from ..models import HookPoint, capture, check_hook, d_model, edit
+from ..models import HookPoint, capture, check_hook, check_sae_width, edit
+from ..models.resume import can_resume, clean_forward, resumed_logits
 from ..progress import Progress
 from ..sae import SAE
 from . import metrics as M
@@ -67,7 +75,7 @@ def build_sequences(records: Iterable[Record], tokenizer: Any, cfg: EvalConfig) 
         if cfg.max_tokens is not None and total + len(seq.input_ids) > cfg.max_tokens:
             room = cfg.max_tokens - total
             if room > 0:
-                out.append(TokenSequence(*(f[:room] for f in seq)))
+                out.append(TokenSequence._make(f[:room] for f in seq))
             break
         out.append(seq)
         total += len(seq.input_ids)
@@ -102,27 +110,39 @@ def _keep_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 @torch.inference_mode()
 def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                   fn: Callable[[Tensor], Tensor], zero_ablation: bool = True,
-                   splice_first_position: bool = True, ce_zero: Tensor | None = None) -> LMLosses:  # fmt: skip
+                   fn: Callable[[Tensor], Tensor], zero_ablation: bool = True, splice_first_position: bool = True,
+                   ce_zero: Tensor | None = None, restart: bool | None = None) -> LMLosses:  # fmt: skip
     """Clean vs. spliced (activation at ``hook`` replaced by ``fn(act)``) vs. zero-ablated next-token losses.
 
     ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
     activation in both the spliced and the zero-ablated pass. ``ce_zero`` ``[B, T]``: the zero-ablated losses of
-    these inputs computed before (the pass is then skipped).
+    these inputs computed before (the pass is then skipped). ``restart``: run the edited passes from the hook layer
+    on, from the clean pass's state (None = where :func:`~chatsae.models.resume.can_resume`); same results.
     """
+    point = check_hook(model, hook)
     splice = fn if splice_first_position else _keep_first(fn)
     labels, mask = M.next_token_labels(input_ids, attention_mask)
-    with edit(model, hook, splice):
-        spliced = _logits(model, input_ids, attention_mask)
-    clean = _logits(model, input_ids, attention_mask)
-    ce_clean, ce_spliced, kl = M.paired_losses(clean, spliced, labels, mask)
-    del spliced, clean
+    if restart is None:
+        restart = can_resume(model)
+    if restart:
+        clean, ckpt = clean_forward(model, point, input_ids, attention_mask)
+
+        def edited(f: Callable[[Tensor], Tensor]) -> Tensor:
+            return resumed_logits(model, ckpt, input_ids, attention_mask, f)
+    else:
+        clean = _logits(model, input_ids, attention_mask)
+
+        def edited(f: Callable[[Tensor], Tensor]) -> Tensor:
+            with edit(model, point, f):
+                return _logits(model, input_ids, attention_mask)
+
+    ce_clean, ce_spliced, kl = M.paired_losses(clean, edited(splice), labels, mask)
+    del clean
     if not zero_ablation:
         return LMLosses(ce_clean, ce_spliced, kl, None, mask)
     if ce_zero is None:
         zero = torch.zeros_like if splice_first_position else _keep_first(torch.zeros_like)
-        with edit(model, hook, zero):
-            ce_zero = M.token_cross_entropy(_logits(model, input_ids, attention_mask), labels, mask)
+        ce_zero = M.token_cross_entropy(edited(zero), labels, mask)
     return LMLosses(ce_clean, ce_spliced, kl, ce_zero, mask)
 
 
@@ -144,9 +164,7 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     if not cfg.hook:
         raise ValueError("no hook point: the SAE's metadata has no hook_name; pass --hook (e.g. resid_post.15)")
     hook = check_hook(model, cfg.hook)
-    if sae.cfg.d_in != d_model(model):
-        raise ValueError(f"the SAE takes d_in={sae.cfg.d_in} but the model's activations at '{hook}' have width "
-                         f"{d_model(model)}: wrong --model or --hook for this SAE?")  # fmt: skip
+    check_sae_width(sae.cfg.d_in, model, hook)
     sae = sae.to(_device(model)).eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     t0 = time.perf_counter()
@@ -154,7 +172,7 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     if not seqs:
         raise ValueError(f"{cfg.data or 'records'}: no sequences to evaluate (empty data or held-out split)")
     batches = list(bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size))
-    acc = SubsetAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
+    acc = SubsetAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold, special_ids=special_ids(tokenizer))
     n_seq = n_tok = 0
     with Progress(len(batches), "eval", enabled=cfg.progress, unit="batches") as bar:
         for batch in batches:
@@ -166,6 +184,7 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
         setup=_setup(cfg, model, n_seq, n_tok, time.perf_counter() - t0),
         metrics=acc.result(),
         latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
+        per_sequence=acc.per_sequence(),
     )
     if cfg.output:
         write_result(result, cfg.output)
@@ -199,18 +218,27 @@ def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, se
     if cfg.lm_loss:
         first = bool(cfg.splice_first_position)
         key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
-        cached = zero_cache.get(key) if key is not None else None
-        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=first, ce_zero=cached)
-        if key is not None and losses.ce_zero is not None:
+        cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
+        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=first, ce_zero=cached,
+                                restart=cfg.restart and can_resume(model))  # fmt: skip
+        if zero_cache is not None and key is not None and losses.ce_zero is not None:
             zero_cache[key] = losses.ce_zero
         m = losses.mask
-        acc.update_lm(token_class[m], positions[m], ce_clean=losses.ce_clean[m], ce_spliced=losses.ce_spliced[m],
-                      kl=losses.kl[m], ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
+        acc.update_lm(token_class[m], positions[m], seq_ids[m], ids[m], ce_clean=losses.ce_clean[m],
+                      ce_spliced=losses.ce_spliced[m], kl=losses.kl[m],
+                      ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
     else:
         with torch.inference_mode():
             run_sae(capture(model, hook, ids, am))
-    acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid])
+    acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid], ids[valid])
     return int(valid.sum())
+
+
+def special_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's special token ids (the strict MSE_st set), as the chat renderer collects them."""
+    from ..data.chat_template import tokenizer_info
+
+    return sorted(tokenizer_info(tokenizer, chat=False).special_ids)
 
 
 def _sae_info(sae: SAE, path: str | None) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def d_model(model: nn.Module) -> int:
         value = getattr(cfg, key, None)
         if isinstance(value, int):
             return value
-    return int(model.get_input_embeddings().embedding_dim)
+    return int(model.get_input_embeddings().embedding_dim)  # type: ignore[operator]  # torch types attributes as Tensor | Module
 
 
 def _child(block: nn.Module, names: Iterable[str], what: str) -> nn.Module:
@@ -171,6 +171,13 @@ def check_hook(model: nn.Module, hook: str | HookPoint) -> HookPoint:
     if point.layer >= n:
         raise ValueError(f"hook point '{point}' is out of range: {type(model).__name__} has {n} layers (0..{n - 1})")
     return point
+
+
+def check_sae_width(d_in: int, model: nn.Module, hook: str | HookPoint) -> None:
+    """Error unless an SAE of input width ``d_in`` fits the activations of ``model`` at ``hook`` (width d_model)."""
+    if d_in != d_model(model):
+        raise ValueError(f"the SAE takes d_in={d_in} but the model's activations at '{hook}' have width "
+                         f"{d_model(model)}: wrong --model or --hook for this SAE?")  # fmt: skip
 
 
 def hook_module(model: nn.Module, hook: str | HookPoint) -> nn.Module:

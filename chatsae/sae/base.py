@@ -15,6 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..config import check, validate
+
 
 @dataclass
 class SAEConfig:
@@ -49,22 +51,20 @@ class SAEConfig:
     """Free-form provenance: model name, hook name, method, context size, ... (saved in cfg.json)."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in _ARCH_DEFAULTS:
-            raise ValueError(
-                f"SAEConfig.architecture: unknown architecture {self.architecture!r}; "
-                f"choose one of {sorted(_ARCH_DEFAULTS)}"
-            )
+        check(self.architecture in _ARCH_DEFAULTS, "architecture",
+              f"must be one of {', '.join(sorted(_ARCH_DEFAULTS))}; got {self.architecture!r}")  # fmt: skip
         defaults = _ARCH_DEFAULTS[self.architecture]
         if self.apply_b_dec_to_input is None:
             self.apply_b_dec_to_input = defaults[0]
         if self.decoder_unit_norm is None:
             self.decoder_unit_norm = defaults[1]
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"SAEConfig: d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"SAEConfig.k: must be in 1..d_sae={self.d_sae}, got {self.k}")
-        if self.jumprelu_threshold_param not in ("direct", "log"):
-            raise ValueError("SAEConfig.jumprelu_threshold_param: must be 'direct' or 'log'")
+        validate(self, positive=("d_in", "d_sae", "k", "jumprelu_bandwidth", "aux_k"),
+                 non_negative=("jumprelu_init_threshold", "aux_coef"),
+                 choices={"jumprelu_threshold_param": ("direct", "log")}, dtypes=("dtype",))  # fmt: skip
+        if self.architecture == "topk":
+            check(self.k <= self.d_sae, "k", f"must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.jumprelu_threshold_param == "log":
+            check(self.jumprelu_init_threshold > 0, "jumprelu_init_threshold", "must be > 0 with log thresholds")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +124,7 @@ class SAE(nn.Module, ABC):
         with torch.no_grad():
             bound = math.sqrt(6.0 / self.cfg.d_in)  # He-uniform, fan_in = d_in
             self.W_dec.uniform_(-bound, bound)
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
             self.W_enc.copy_(self.W_dec.T)
             for name, p in self.named_parameters():
                 if name.startswith("b_"):
@@ -178,7 +178,7 @@ class SAE(nn.Module, ABC):
     def normalize_decoder(self) -> None:
         """Rescale decoder rows to unit norm (no-op unless ``decoder_unit_norm``)."""
         if self.cfg.decoder_unit_norm:
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     # ---- normalisation folding -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -12,6 +12,9 @@ straight-through pseudo-derivatives with a rectangle kernel ``K(u) = 1{|u| < 1/2
 The threshold is trained directly by default (``jumprelu_threshold_param="direct"``, as current SAELens does, since
 Adam barely moves log theta at these learning rates); ``"log"`` trains ``t = log theta`` instead. Either way the
 saved tensor is ``threshold`` (theta).
+
+:meth:`JumpReLUSAE.loss` runs the fused (sparse or dense) kernel of :mod:`.sparse_kernel` where it applies; the
+autograd Functions below are the reference it is tested against (``sae.kernel = "reference"`` forces them).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import sparse_kernel
 from .base import SAE, LossOutput, SAEConfig
 
 
@@ -72,6 +76,8 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
 class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     scale_params = ("b_enc", "b_dec")  # theta is folded separately (it may be stored as log theta)
+    kernel: str = "auto"
+    """Training-loss kernel: auto | sparse | dense | reference (see sparse_kernel; CHATSAE_SAE_KERNEL overrides)."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -93,6 +99,14 @@ class JumpReLUSAE(SAE):
         return JumpReLUFunction.apply(z, self.threshold, self.cfg.jumprelu_bandwidth), z
 
     def loss(self, x: Tensor, sparsity_coef: float, dead_mask: Tensor | None = None) -> LossOutput:
+        kernel = sparse_kernel.kernel_setting(self.kernel)
+        theta = self.threshold
+        params = (self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec)
+        if kernel != "reference" and (kernel != "auto" or sparse_kernel.fused_allowed(x, *params)):
+            mse, l0, f, x_hat = sparse_kernel.JumpReLULoss.apply(
+                x, *params, self.cfg.jumprelu_bandwidth, bool(self.cfg.apply_b_dec_to_input), kernel
+            )
+            return LossOutput(mse + sparsity_coef * l0, mse, l0, mse.new_zeros(()), f, x_hat)
         f, z = self.encode_with_pre(x)
         x_hat = self.decode(f)
         mse = self.squared_error(x, x_hat)

@@ -1,0 +1,98 @@
+"""Cost of evaluating one SAE, in clean forward passes of the same model over the same records.
+
+    .venv/bin/python benchmarks/eval_cost.py [--records 50] [--hook resid_post.15] [--repeats 2] [--no-restart]
+                                             [--threads N] [--cpu-time] [--also-full]
+
+Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
+sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
+logits over all batches; ``evaluate()`` of a randomly initialised JumpReLU SAE (8x width) with the LM-loss passes;
+the same with the zero-ablation losses cached (what ``chatsae compare``/``sweep`` do from the 2nd SAE on); with
+``--also-full`` also without restarting at the hook. The last line reads "clean forward Xs, evaluate Ys, ratio Z
+forward passes" (Y without the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+
+from chatsae.activations.pipeline import default_data_path
+from chatsae.data.formats import read_records
+from chatsae.data.sequences import bucket_batches, pad_batch
+from chatsae.eval import EvalConfig, evaluate
+from chatsae.eval.evaluate import build_sequences
+from chatsae.models import d_model, load_model
+from chatsae.sae import SAEConfig, create_sae
+
+
+def best_times(repeats: int, fns: dict[str, Callable[[], object]], cpu: bool) -> dict[str, float]:
+    """Each ``fn``'s shortest time over ``repeats`` rounds (one call of each per round, interleaved, so that load
+    from other processes hits all of them alike), in seconds: wall time, or with ``cpu`` this process's CPU time."""
+    clock = time.process_time if cpu else time.perf_counter
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            best[name] = min(best[name], clock() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=50)
+    ap.add_argument("--hook", default="resid_post.15")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-restart", action="store_true", help="full forward passes for the edited passes")
+    ap.add_argument("--splice-first-position", action="store_true", help="also splice position 0")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--also-full", action="store_true", help="also time evaluate() without restart")
+    ap.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds instead of wall seconds")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model("embedded")
+    model.eval()
+    records = list(read_records(default_data_path(), limit=args.records))
+    cfg = EvalConfig(method="fast", hook=args.hook, max_samples=None, progress=False, restart=not args.no_restart,
+                     splice_first_position=args.splice_first_position)  # fmt: skip
+    seqs = build_sequences(records, tok, cfg)
+    buckets = bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size)
+    batches = [pad_batch(b, tok.pad_token_id) for b in buckets]
+    n_tok = sum(len(s.input_ids) for s in seqs)
+
+    @torch.inference_mode()
+    def clean() -> None:
+        for pb in batches:
+            model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, use_cache=False).logits.sum()
+
+    torch.manual_seed(0)
+    d = d_model(model)
+    sae = create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}))
+    cache: dict = {}
+    evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache)  # fills the cache
+    full = dataclasses.replace(cfg, restart=False)
+    runs = {
+        "clean": clean,
+        "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
+        "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
+    }
+    if args.also_full and cfg.restart:
+        runs["full"] = lambda: evaluate(sae, model, tok, records, full)
+    t = best_times(args.repeats, runs, args.cpu_time)
+    print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
+          f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds")
+    if "full" in t:
+        print(f"evaluate without restart {t['full']:.2f}s, ratio {t['full'] / t['clean']:.2f} forward passes")
+    print(f"evaluate with the zero-ablation cached {t['cached']:.2f}s, ratio {t['cached'] / t['clean']:.2f} "
+          "forward passes")
+    print(f"clean forward {t['clean']:.2f}s, evaluate {t['evaluate']:.2f}s, ratio {t['evaluate'] / t['clean']:.2f} "
+          "forward passes")
+
+if __name__ == "__main__":
+    main()
