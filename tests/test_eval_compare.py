@@ -121,6 +121,15 @@ def test_plotting_helpers_write_pngs(tmp_path):
         img = imread(path)
         assert img.shape[0] > 200 and img.shape[1] > 200 and img[..., :3].std() > 0.05  # not a blank canvas
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no leftovers
+    # error bars (intervals) change the picture; missing / non-finite bounds are simply not drawn
+    plain = bar_chart(bars[:1], tmp_path / "p.png", "bars")
+    err = {"BT(P)": {"Standard": (1.5, 2.6)}, "FAST": {"Standard": None, "JumpReLU": (1.0, 1.3)}}
+    barred = bar_chart([bars[0]._replace(errors=err)], tmp_path / "e.png", "bars")
+    assert (imread(plain).shape != imread(barred).shape) or (imread(plain) != imread(barred)).any()
+    line_err = lines[0]._replace(errors={"TopK": [(8, 12, 0.25, 0.35), None, None], "Gated": [None]})
+    dots = line_chart([lines[0]], tmp_path / "d.png", "lines")
+    whiskers = line_chart([line_err], tmp_path / "w.png", "lines")
+    assert (imread(dots) != imread(whiskers)).any()
 
 
 # ---- end to end on the tiny model ----------------------------------------------------------------------------------
@@ -195,7 +204,14 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
         best = min(res, key=lambda m: res[m][arch]["log2_mse_st"])
         assert report["best"]["heldout"][arch]["log2_mse_st"] == best
     md = (out / "report.md").read_text()
-    assert md.count("\n| BT(P) | ") == 7  # the two paper tables, the caches, two fidelity and two token-class rows
+    # the two paper tables, the caches, two rows each of fidelity, token classes and intervals
+    assert md.count("\n| BT(P) | ") == 9
+    assert "### Verdicts (paired differences, A − B)" in md and "FAST vs BT(F)" in md or "FAST lower" in md
+    iv = res["fast"]["jumprelu"]["intervals"]["log2_mse_st"]
+    assert iv["seeds"] is None and iv["n_seeds"] == 1  # one seed: no interval over seeds
+    assert iv["sequences"][0] < res["fast"]["jumprelu"]["log2_mse_st"] < iv["sequences"][1]
+    pairs = {(v["arch"], v["a"], v["b"]) for v in report["verdicts"]["heldout"]}
+    assert ("jumprelu", "fast", "bt-f") in pairs and ("standard", "bt-f", "bt-p") in pairs and len(pairs) == 6
     assert "### By token class" in md and "| Method | SAE | special: FVU | special: KL | special: ΔLM loss |" in md
     assert "best on MSE_st: **" in md and "![mse](mse.png)" in md
     assert report["setup"]["command"].startswith("chatsae compare --model") and report["setup"]["total_tokens"] == 1536
@@ -231,6 +247,10 @@ def test_sweep_writes_frontier(study_files, capsys):
         ("jumprelu", "lambda=0.001"), ("jumprelu", "lambda=0.05"), ("topk", "k=8"), ("topk", "k=64"),
         ("gated", "lambda=0.3")]  # fmt: skip
     assert all(r["eval_set"] == "heldout" and r["delta_lm_loss"] == "" for r in rows)  # --no-lm-loss
+    for r in rows:  # error bars of the frontier: the bootstrap over the held-out sequences (one seed)
+        assert float(r["l0_no_pos0_low"]) <= float(r["l0_no_pos0"]) <= float(r["l0_no_pos0_high"])
+        assert float(r["fvu_no_pos0_low"]) < float(r["fvu_no_pos0"]) < float(r["fvu_no_pos0_high"])
+        assert r["delta_lm_loss_low"] == "" and r["seeds"] == "1"
     for r in rows:
         ev = json.loads((out / r["sae"].split("/")[-2] / "eval_heldout.json").read_text())
         assert float(r["l0_no_pos0"]) == pytest.approx(ev["metrics"]["all_no_pos0"]["l0"])
@@ -293,3 +313,38 @@ def test_plan_guards_a_study_once_it_produced_something(tmp_path):
     study(8192).check_plan({"x": 1})  # the same settings: fine
     with pytest.raises(ValueError, match=r"plan.json: .*sae: \{'d_sae': 64\} -> \{'d_sae': 128\}.*x: 1 -> 2"):
         study(8192, width=128).check_plan({"x": 2})
+
+
+@pytest.mark.slow
+def test_compare_with_seeds_gives_intervals_and_verdicts(study_files, capsys):
+    root, out = study_files, study_files / "compare_seeds"
+    args = ["compare", "--model", str(root / "model"), "--instruct-data", str(root / "chat.jsonl"), "--methods",
+            "bt-f,fast", "--archs", "jumprelu", "--context-size", "64", "--out-dir", str(out), "--seeds", "2",
+            "--seed", "5", *COMMON]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Verdicts (95% intervals" in printed and "FAST" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["setup"]["seeds"] == [5, 6]
+    for method in ("bt-f", "fast"):  # seed 0 keeps the plain run name, seed 1 is named with its seed
+        seeds = [json.loads((out / run / "sae" / "config.json").read_text())["train"]["seed"]
+                 for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")]  # fmt: skip
+        assert seeds == [5, 6]
+        evs = [json.loads((out / run / "eval_heldout.json").read_text())
+               for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")]  # fmt: skip
+        row = report["results"]["heldout"][method]["jumprelu"]
+        values = [ev["metrics"]["special"]["log2_mse"] for ev in evs]
+        assert values[0] != values[1]  # different seeds, different SAEs
+        assert row["seeds"] == 2 and row["log2_mse_st"] == pytest.approx(sum(values) / 2)
+        iv = row["intervals"]["log2_mse_st"]
+        half = 12.7062 * abs(values[0] - values[1]) / 2  # t(0.975, 1) * s / sqrt(2), s = |a - b| / sqrt(2)
+        assert iv["seeds"] == pytest.approx([row["log2_mse_st"] - half, row["log2_mse_st"] + half], rel=1e-4)
+        assert iv["sequences"][0] < row["log2_mse_st"] < iv["sequences"][1]
+    verdicts = [v for v in report["verdicts"]["heldout"] if v["metric"] == "log2_mse_st"]
+    assert len(verdicts) == 1 and (verdicts[0]["a"], verdicts[0]["b"]) == ("fast", "bt-f")
+    v = verdicts[0]
+    assert v["seeds"] is not None and v["sequences"] is not None
+    both = (v["seeds"], v["sequences"])
+    excluded = all(b[1] < 0 for b in both) or all(b[0] > 0 for b in both)
+    assert v["verdict"].endswith("no difference at this budget") != excluded
+    assert "seeds [" in (out / "report.md").read_text()

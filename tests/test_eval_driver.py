@@ -21,9 +21,9 @@ RECON_KEYS = {"tokens", "sequences", "mse", "log2_mse", "mse_token", "fvu", "exp
 SPARSITY_KEYS = {"l0", "l0_std", "l0_p10", "l0_p50", "l0_p90", "l0_max", "dead_latents", "dense_latents",
                  "dead_fraction", "dense_fraction"}  # fmt: skip
 LM_KEYS = {"lm_tokens", "ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_recovered"}
-TOP_KEYS = {"schema_version", "headline", "sae", "setup", "metrics", "latents"}
-HEADLINE_KEYS = {"mse", "mse_st", "log2_mse", "log2_mse_st",
-                 "log2_mse_no_pos0", "log2_mse_st_no_pos0", "fvu", "fvu_no_pos0",
+TOP_KEYS = {"schema_version", "headline", "sae", "setup", "metrics", "latents", "per_sequence"}
+HEADLINE_KEYS = {"mse", "mse_st", "mse_st_strict", "log2_mse", "log2_mse_st", "log2_mse_st_strict",
+                 "log2_mse_no_pos0", "log2_mse_st_no_pos0", "log2_mse_st_strict_no_pos0", "fvu", "fvu_no_pos0",
                  "cosine_similarity", "l0", "dead_fraction", "dense_fraction", "delta_ce", "kl",
                  "ce_recovered"}  # fmt: skip
 SETUP_KEYS = {"model", "hook", "method", "data", "holdout", "holdout_seed", "max_samples", "max_tokens", "max_length",

@@ -18,12 +18,21 @@ COMPARE_HELP = (
     "(one chat sample per sequence) SAEs at the same token budget for each architecture, evaluate all of them the "
     "same way (FAST-style) on held-out chat records, and write report.md (log2 MSE / MSE_st table in the paper's "
     "layout, L0, FVU, delta LM loss, CE recovered, with and without position 0), report.json and PNG charts. "
-    "Caches and trained SAEs are reused: rerun the same command to resume."
+    "With --seeds N every SAE is trained with N seeds; reports give means with 95 per cent intervals (over seeds, "
+    "and a bootstrap over evaluation sequences) and state a verdict only when the interval of the paired difference "
+    "excludes 0. Caches and trained SAEs are reused: rerun the same command to resume."
 )
 SWEEP_HELP = (
     "Sparsity-fidelity frontiers: harvest once, train each architecture at several sparsity settings (lambda grids, "
     "TopK k grid), evaluate all on the same held-out records, and write frontier.csv, frontier.png (delta LM loss and "
-    "FVU vs L0) and report.md saying whether JumpReLU's frontier is ahead. Rerun the same command to resume."
+    "FVU vs L0, with 95 per cent error bars) and report.md saying whether JumpReLU's frontier is ahead; --seeds N "
+    "trains every setting with N seeds. Rerun the same command to resume."
+)
+PROXIES_HELP = (
+    "Judge-free interpretability proxies from `chatsae features` outputs: token-explanation AUC (a latent explained by "
+    "the tokens it fires on in its top contexts, scored on held-out contexts), the share of template-selective "
+    "latents and the firing-frequency spectrum; with several SAEs, 95 per cent bootstrap intervals over latents and "
+    "verdicts (docs/metrics.md, 'Interpretability proxies')."
 )
 # option dest -> what to use instead, for the options of the shared config groups that these commands set themselves
 COMPARE_FIXED = {"data": "--instruct-data / --pretrain-data", "method": "--methods", "cache_dir": "--out-dir",
@@ -55,6 +64,11 @@ def register(sub: Any) -> None:
         for action in p._actions:  # options the command sets itself: hidden from --help, rejected if given
             if action.dest in fixed:
                 action.help = argparse.SUPPRESS
+    p = add_command(sub, "proxies", PROXIES_HELP, _proxies)
+    p.add_argument("features", nargs="+", help="features directories (`chatsae features` output), one per SAE")
+    p.add_argument("--labels", default=None, help="comma-separated names of the SAEs (default: the directories)")
+    p.add_argument("--n-tokens", type=int, default=5, help="tokens in each latent's explanation (default 5)")
+    p.add_argument("--out", default=None, help="write every proxy and comparison to this JSON file")
 
 
 def _check_fixed(args: argparse.Namespace, fixed: dict[str, str]) -> dict[str, Any]:
@@ -103,7 +117,7 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ..eval.compare import best_lines, paper_table, run_compare
+    from ..eval.compare import best_lines, paper_table, run_compare, verdict_lines
 
     cc, study = _study(args, COMPARE_FIXED, "compare")
     result = run_compare(cc, study, command=command_line(args))
@@ -111,7 +125,34 @@ def _compare(args: argparse.Namespace) -> int:
         res = result.report["results"][name]
         print(f"\n{es['label']}\n\n{paper_table(res, ('log2_mse', 'log2_mse_st'))}\n")
         print("\n".join(best_lines(res)))
+        print("\nVerdicts (95% intervals of paired differences; a verdict only when they exclude 0):")
+        print("\n".join(verdict_lines(result.report["verdicts"][name])))
     print("\nwrote " + ", ".join(str(p) for p in result.files))
+    return 0
+
+
+def _proxies(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..eval.result import _json_safe
+    from ..interp.proxies import compare_proxies, proxies, proxy_lines
+    from ..interp.store import FeatureData
+
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else [Path(f).name for f in args.features]
+    if len(labels) != len(args.features) or len(set(labels)) != len(labels):
+        raise ValueError(f"--labels: give {len(args.features)} distinct names, one per features directory")
+    named = {lab: proxies(FeatureData(f), n_tokens=args.n_tokens) for lab, f in zip(labels, args.features, strict=True)}
+    for lab, p in named.items():
+        auc = "-" if p["explanation_auc"] is None else f"{p['explanation_auc']:.3f}"
+        print(f"{lab}: {p['live']}/{p['d_sae']} live latents, token-explanation AUC {auc} over {p['scored_latents']}, "
+              f"template-selective {p['template_selective']} ({100 * p['template_selective_share']:.1f}%), dead "
+              f"{100 * p['dead_fraction']:.1f}%, dense {100 * p['dense_fraction']:.1f}%")  # fmt: skip
+    comparison = compare_proxies(named)
+    print("\n".join(proxy_lines(comparison)))
+    if args.out:
+        Path(args.out).write_text(json.dumps(_json_safe({"proxies": named, "comparison": comparison}), indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 

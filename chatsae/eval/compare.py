@@ -11,7 +11,8 @@ Layout of ``OUT_DIR``: ``cache/<method>/`` activation caches, ``<method>_<arch>/
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,11 +20,14 @@ from typing import Any, NamedTuple
 from ..activations.pipeline import DataConfig
 from ..config import to_dict
 from ..sae import ARCHITECTURES, SAEConfig
+from . import stats
+from .result import EvalResult, dumps
 from .study import (
     ARCH_LABELS,
     CLASS_METRICS,
     CLASS_SUBSETS,
     METHOD_LABELS,
+    SUMMARY,
     Study,
     cell,
     check_names,
@@ -60,6 +64,103 @@ class CompareConfig:
     the architecture default)."""
     expansion_factor: int = 8
     """d_sae = expansion_factor x d_in when --width/--d-sae is not given (FAST: 8 or 16)."""
+    seeds: int = 1
+    """Training seeds per SAE (the data split and evaluation records fixed): seed i trains with --seed + i, its run
+    named <method>_<arch>_seed<seed> (seed 0 keeps <method>_<arch>); reports show the mean with 95% intervals."""
+
+
+# ---- seeds and intervals -------------------------------------------------------------------------------------------
+INTERVAL_KEYS = {k: v for k, v in SUMMARY.items() if v[1] in stats.SEQUENCE_METRICS}
+"""Summary keys whose per-sequence form gives a bootstrap interval (all but the dead fraction)."""
+VERDICT_METRICS = {"log2_mse_st": "MSE_st", "log2_mse_st_strict": "MSE_st (strict)", "log2_mse": "MSE",
+                   "log2_mse_st_no_pos0": "MSE_st without position 0", "log2_mse_no_pos0": "MSE without position 0",
+                   "delta_lm_loss": "delta LM loss"}  # fmt: skip
+"""Metrics (lower is better) the report gives a paired verdict for."""
+METHOD_ORDER = ("fast", "bt-f", "bt-p")
+"""Verdict pairs name the earlier method first (FAST vs BT(F), FAST vs BT(P), BT(F) vs BT(P))."""
+
+
+def seed_list(n: int, base: int) -> list[int]:
+    """``n`` training seeds from ``base`` (``--seeds``), with a clear error for ``n < 1``."""
+    if n < 1:
+        raise ValueError(f"--seeds: {n}; give at least 1")
+    return [base + i for i in range(n)]
+
+
+def seed_run(name: str, i: int, seed: int) -> str:
+    """Run directory of seed index ``i``: seed 0 keeps ``name`` (existing studies resume), others ``name_seed<s>``."""
+    return name if i == 0 else f"{name}_seed{seed}"
+
+
+@contextmanager
+def seeded(study: Study, seed: int) -> Iterator[Study]:
+    """Train with ``seed`` inside the block (the study's TrainConfig is restored after)."""
+    tc = study.train_cfg
+    study.train_cfg = dataclasses.replace(tc, seed=seed)
+    try:
+        yield study
+    finally:
+        study.train_cfg = tc
+
+
+def seed_row(evals: list[EvalResult]) -> dict[str, Any]:
+    """One SAE configuration over its seeds: every :data:`SUMMARY` value as the mean over seeds, ``seeds``, and
+    ``intervals[key]`` = ``{mean, n_seeds, seeds: [low, high] | None, sequences: [low, high] | None}``."""
+    rows = [summarize(r) for r in evals]
+    mean = {}
+    for key in SUMMARY:
+        vals = [v for r in rows if isinstance(v := r.get(key), (int, float)) and v == v]
+        mean[key] = None if len(vals) < len(rows) else rows[0][key] if len(rows) == 1 else sum(vals) / len(vals)
+    return {**mean, "seeds": len(evals), "intervals": stats.seed_summary(evals, INTERVAL_KEYS)}
+
+
+def interval_text(row: dict[str, Any], key: str) -> str:
+    """``"0.647 [0.60, 0.69]; seeds [0.61, 0.68]"``: the mean, the bootstrap over sequences, the t over seeds."""
+    iv = (row.get("intervals") or {}).get(key) or {}
+    parts = [cell(row.get(key))]
+    if iv.get("sequences"):
+        parts.append("[" + ", ".join(cell(v) for v in iv["sequences"]) + "]")
+    if iv.get("seeds"):
+        parts.append("; seeds [" + ", ".join(cell(v) for v in iv["seeds"]) + "]")
+    return " ".join(parts).replace(" ;", ";")
+
+
+def error_bounds(row: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The widest of the row's intervals for ``key`` (sequences, seeds), for error bars; None if it has none."""
+    iv = (row.get("intervals") or {}).get(key) or {}
+    bounds = [b for b in (iv.get("sequences"), iv.get("seeds")) if b]
+    return (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else None
+
+
+def method_verdicts(evals: dict[str, dict[str, list[EvalResult]]], metrics: dict[str, str] = VERDICT_METRICS,
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+    """Paired verdicts ``evals[method][arch] -> results per seed``: for each architecture, each pair of methods and
+    metric, the difference A − B with its intervals and the verdict (:func:`chatsae.eval.stats.paired_verdict`)."""
+    methods = sorted(evals, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    archs = list(dict.fromkeys(a for per in evals.values() for a in per))
+    out = []
+    for arch in archs:
+        for i, a in enumerate(methods):
+            for b in methods[i + 1 :]:
+                if arch not in evals[a] or arch not in evals[b]:
+                    continue
+                for key, name in metrics.items():
+                    subset, metric = SUMMARY[key]
+                    v = stats.paired_verdict(evals[a][arch], evals[b][arch], subset, metric,
+                                             (METHOD_LABELS.get(a, a), METHOD_LABELS.get(b, b), name))  # fmt: skip
+                    out.append({"arch": arch, "a": a, "b": b, "metric": key, **v})
+    return out
+
+
+def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    """One line per verdict: the sentence, then the difference (log2 for MSEs) with its 95% intervals."""
+    out = []
+    for v in verdicts:
+        iv = "; ".join(f"{what} [{cell(b[0])}, {cell(b[1])}]" for what, b in
+                       (("over sequences", v["sequences"]), ("over seeds", v["seeds"])) if b) or "no interval"
+        out.append(f"- {ARCH_LABELS.get(v['arch'], v['arch'])}: {v['verdict']} (difference {label(v['metric'])} "
+                   f"{cell(v['difference'])}; 95% interval {iv}).")  # fmt: skip
+    return out
 
 
 # ---- the comparison ------------------------------------------------------------------------------------------------
@@ -125,8 +226,10 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
         raise ValueError("--pretrain-data is required for BT(P) (plain text), or leave bt-p out of --methods")
     study.data = dataclasses.replace(study.data, data=cc.instruct_data)
     study.check_plan({"compare": {k: v for k, v in to_dict(cc).items() if k.startswith(("instruct", "pretrain"))}})
+    seeds = seed_list(cc.seeds, study.train_cfg.seed)
     sets = study.eval_sets()
     results: dict[str, dict[str, dict[str, Any]]] = {es.name: {m: {} for m in methods} for es in sets}
+    evals: dict[str, dict[str, dict[str, list[EvalResult]]]] = {es.name: {m: {} for m in methods} for es in sets}
     caches: dict[str, Any] = {}
     tc = study.train_cfg
     d_in = d_sae = 0
@@ -137,15 +240,21 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
                           "passes": tc.total_tokens / max(manifest.n_tokens, 1)}  # fmt: skip
         meta = study.sae_metadata(dcfg, manifest, sets[0].path if sets[0].name == "heldout" else None)
         for arch in archs:
-            sae_dir = study.train(cache_dir, f"{method}_{arch}", arch, coefs.get(arch), None, meta, dcfg)
+            sae_dirs = []
+            for i, seed in enumerate(seeds):
+                with seeded(study, seed):
+                    run = seed_run(f"{method}_{arch}", i, seed)
+                    sae_dirs.append(study.train(cache_dir, run, arch, coefs.get(arch), None, meta, dcfg))
             for es in sets:
-                res = study.evaluate(sae_dir, es, method="fast")
-                row = {**summarize(res), "sae": str(sae_dir), "tokens": res.setup["tokens"]}
+                per_seed = [study.evaluate(sae_dir, es, method="fast") for sae_dir in sae_dirs]
+                evals[es.name][method][arch] = per_seed
+                row = {**seed_row(per_seed), "sae": str(sae_dirs[0]), "tokens": per_seed[0].setup["tokens"]}
                 results[es.name][method][arch] = row
-                d_in, d_sae = res.sae["d_in"], res.sae["d_sae"]
+                d_in, d_sae = per_seed[0].sae["d_in"], per_seed[0].sae["d_sae"]
     setup = {
         "model": study.data.model, "hook": study.hook, "d_in": d_in, "d_sae": d_sae,
-        "total_tokens": tc.total_tokens, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed,
+        "total_tokens": tc.total_tokens, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "seeds": seeds,
+        "intervals": {"level": stats.LEVEL, "n_boot": stats.N_BOOT, "bootstrap_seed": stats.SEED},
         "methods": methods, "archs": archs,
         "sparsity_coefs": {a: coefs.get(a, tc.sparsity_coef if tc.sparsity_coef is not None
                                         else DEFAULT_SPARSITY_COEF[a]) for a in archs if a != "topk"},
@@ -158,9 +267,10 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
     }  # fmt: skip
     best = {name: {arch: {metric: best_methods(per_method, metric)[arch] for metric in BEST_METRICS}
                    for arch in archs} for name, per_method in results.items()}  # fmt: skip
-    report = {"kind": "chatsae.compare", "schema_version": 1, "setup": setup, "caches": caches,
+    verdicts = {name: method_verdicts(per_method) for name, per_method in evals.items()}
+    report = {"kind": "chatsae.compare", "schema_version": 2, "setup": setup, "caches": caches,
               "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
-              "results": results, "best": best}  # fmt: skip
+              "results": results, "best": best, "verdicts": verdicts}  # fmt: skip
     return CompareResult(report, write_compare_report(report, study.out_dir))
 
 
@@ -206,6 +316,17 @@ CLASS_NOTE = ("FVU, KL to the clean model and delta LM loss on the positions of 
               "next token more likely (e.g. a fixed system prompt), so read both.")  # fmt: skip
 
 
+INTERVAL_SHOW = ("log2_mse", "log2_mse_st", "log2_mse_st_strict", "log2_mse_no_pos0", "log2_mse_st_no_pos0",
+                 "l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered")  # fmt: skip
+
+
+def interval_table(results: dict[str, dict[str, dict[str, Any]]], keys: tuple[str, ...] = INTERVAL_SHOW) -> str:
+    """Rows method x architecture; per metric the mean with its intervals (:func:`interval_text`)."""
+    rows = [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(interval_text(v, k) for k in keys)]
+            for m, per_arch in results.items() for a, v in per_arch.items()]  # fmt: skip
+    return md_table(["Method", "SAE", *(label(k) for k in keys)], rows)
+
+
 def class_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Rows method x architecture; per token class of :data:`CLASS_SUBSETS`: FVU, KL, delta LM loss."""
     keys = [(cls, key) for cls in CLASS_SUBSETS for key in CLASS_METRICS]
@@ -224,9 +345,11 @@ def compare_figures(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path
     def panel(k: str) -> BarPanel:
         values = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): v.get(k) for a, v in per_arch.items()}
                   for m, per_arch in results.items()}  # fmt: skip
+        errors = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): error_bounds(v, k) for a, v in per_arch.items()}
+                  for m, per_arch in results.items()}  # fmt: skip
         log2 = k.startswith("log2")
         return BarPanel(label(k) + (" (lower is better)" if log2 else ""), f"{label(k).split(' (')[0]} ({unit(k)})",
-                        values, from_zero=not log2)  # fmt: skip
+                        values, from_zero=not log2, errors=errors)  # fmt: skip
 
     def panels(keys: tuple[str, ...]) -> list[BarPanel]:
         return [panel(k) for k in keys]
@@ -254,8 +377,16 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
                   for m, c in report["caches"].items()]), "",
         "Every SAE is evaluated the same way, as the FAST paper does: each record rendered with the chat template and "
         "fed on its own. MSE is FAST Eq. 7 (averaged per sequence first) in raw activation units; MSE_st is the same "
-        "on chat-template tokens; tables show log2 (lower is better). Position 0 (the attention sink) is kept clean "
-        "in the spliced forward pass; 'no pos 0' columns leave it out of the metric (docs/metrics.md).",
+        "on the template set (the tokenizer's special tokens, role names and the template's newlines), MSE_st "
+        "strict on the tokenizer's special tokens only; tables show log2 (lower is better). Position 0 (the "
+        "attention sink) is kept clean in the spliced forward pass; 'no pos 0' columns leave it out of the metric "
+        "(docs/metrics.md).",
+        "",
+        f"Intervals are {100 * s['intervals']['level']:g}%: `[low, high]` is a percentile bootstrap over the "
+        f"evaluation sequences ({s['intervals']['n_boot']} resamples; every SAE is evaluated on the same sequences, "
+        f"so differences are paired per sequence), `seeds [low, high]` a t-interval over the {len(s['seeds'])} "
+        "training seeds (shown with 2 or more). A verdict is stated only when every interval of the paired "
+        "difference excludes 0.",
     ]  # fmt: skip
     for name, es in report["eval_sets"].items():
         res = report["results"][name]
@@ -267,7 +398,9 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
                      [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY + KL)]
                       for m, per_arch in res.items() for a, v in per_arch.items()]), "",
             "### By token class", "", CLASS_NOTE, "", class_table(res), "",
-            *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
+            "### Intervals (mean over seeds, 95%)", "", interval_table(res), "",
+            "### Verdicts (paired differences, A − B)", "", *verdict_lines(report.get("verdicts", {}).get(name, [])),
+            "", *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -281,5 +414,5 @@ def write_compare_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         figures[name] = [p.name for p in paths]
         files += paths
     report = {**report, "figures": figures}
-    return files + write_texts({out_dir / "report.json": json.dumps(report, indent=2) + "\n",
+    return files + write_texts({out_dir / "report.json": dumps(report) + "\n",
                                 out_dir / "report.md": compare_markdown(report, figures)})  # fmt: skip

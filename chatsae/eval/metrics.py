@@ -18,25 +18,39 @@ from torch import Tensor
 TEXT, TEMPLATE, SYSTEM, USER, ASSISTANT = 0, 1, 2, 3, 4
 
 SUBSETS: tuple[str, ...] = (
-    "all", "all_no_pos0", "special", "special_no_pos0", "system", "user", "assistant", "text",
+    "all", "all_no_pos0", "special", "special_no_pos0", "special_strict", "special_strict_no_pos0", "system", "user",
+    "assistant", "text",
 )  # fmt: skip
-"""Token subsets every metric is reported on. ``special`` = chat-template tokens (TEMPLATE; the FAST paper's MSE_st
-positions). ``*_no_pos0`` leave out position 0 (the attention sink); the per-role subsets (system, user, assistant,
-text) always leave it out."""
+"""Token subsets every metric is reported on. ``special`` = the *template set*: chat-template tokens (TEMPLATE:
+the tokenizer's special tokens, role names and the template's newlines; the FAST paper's MSE_st positions, and the
+set the headline MSE_st uses). ``special_strict`` = the *strict set*: the tokenizer's special tokens only
+(``<|im_start|>``, ``<|im_end|>``, ...; empty unless the caller gives token ids and the special ids).
+``*_no_pos0`` leave out position 0 (the attention sink); the per-role subsets (system, user, assistant, text) always
+leave it out."""
 
 DENSE_THRESHOLD = 0.1
 """A latent is dense if it fires on more than this fraction of tokens (JumpReLU paper)."""
 
 
-def subset_masks(token_class: Tensor, positions: Tensor) -> dict[str, Tensor]:
-    """``[N]`` token classes and positions in their sequence -> ``{subset: [N] bool}`` for every name in SUBSETS."""
+def strict_special(token_ids: Tensor, special_ids: Tensor) -> Tensor:
+    """``[N]`` token ids -> ``[N]`` bool: the token is one of the tokenizer's special tokens (``special_ids``)."""
+    return torch.isin(token_ids, special_ids.to(token_ids.device))
+
+
+def subset_masks(token_class: Tensor, positions: Tensor, strict: Tensor | None = None) -> dict[str, Tensor]:
+    """``[N]`` token classes and positions in their sequence -> ``{subset: [N] bool}`` for every name in SUBSETS.
+
+    ``strict`` ``[N]`` bool marks the tokenizer's special tokens (:func:`strict_special`); None: no token is."""
     not0 = positions != 0
     special = token_class == TEMPLATE
+    strict = special & strict if strict is not None else torch.zeros_like(not0)
     return {
         "all": torch.ones_like(not0),
         "all_no_pos0": not0,
         "special": special,
         "special_no_pos0": special & not0,
+        "special_strict": strict,
+        "special_strict_no_pos0": strict & not0,
         "system": (token_class == SYSTEM) & not0,
         "user": (token_class == USER) & not0,
         "assistant": (token_class == ASSISTANT) & not0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from ..utils import atomic_file
 
@@ -23,6 +23,8 @@ class BarPanel(NamedTuple):
     ylabel: str
     values: dict[str, dict[str, float | None]]
     from_zero: bool = True
+    errors: dict[str, dict[str, tuple[float, float] | None]] | None = None
+    """``errors[group][series] = (low, high)``: an interval drawn as an error bar on that bar."""
 
 
 class LinePanel(NamedTuple):
@@ -33,9 +35,13 @@ class LinePanel(NamedTuple):
     ylabel: str
     lines: dict[str, list[tuple[float | None, float | None]]]
     log_x: bool = False
+    errors: dict[str, list[tuple[Any, Any, Any, Any] | None]] | None = None
+    """``errors[name][i] = (x_low, x_high, y_low, y_high)`` of point i of ``lines[name]`` (None or non-finite
+    bounds: no bar), drawn as error bars."""
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: object) -> TypeGuard[float]:
+    """``v`` is a finite int or float (not None, NaN or infinite)."""
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -67,6 +73,7 @@ def _baseline(panel: BarPanel) -> float:
     if panel.from_zero:
         return 0.0
     ys = [y for per in panel.values.values() for y in per.values() if _finite(y)]
+    ys += [b for per in (panel.errors or {}).values() for iv in per.values() if iv for b in iv if _finite(b)]
     if not ys:
         return 0.0
     low, high = min(ys), max(ys)
@@ -86,12 +93,18 @@ def bar_chart(panels: Sequence[BarPanel], path: str | Path, title: str, series_l
         colours = {name: f"C{j}" for j, name in enumerate(series)}
         for j, name in enumerate(series):
             xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-            keep = [(x, y) for x, g in zip(xs, groups, strict=True) if _finite(y := panel.values[g].get(name))]
+            keep = [(x, y, g) for x, g in zip(xs, groups, strict=True) if _finite(y := panel.values[g].get(name))]
             if not keep:
                 continue
-            bars = ax.bar([x for x, _ in keep], [y - base for _, y in keep], bottom=base, width=width, label=name,
-                          color=colours[name])  # fmt: skip
-            ax.bar_label(bars, labels=[f"{y:.4g}" for _, y in keep], fontsize=7, padding=1)
+            bars = ax.bar([x for x, _, _ in keep], [y - base for _, y, _ in keep], bottom=base, width=width,
+                          label=name, color=colours[name])  # fmt: skip
+            ivs = [((panel.errors or {}).get(g) or {}).get(name) for _, _, g in keep]
+            if any(ivs):
+                err = [[max(y - iv[0], 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)],
+                       [max(iv[1] - y, 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)]]
+                ax.errorbar([x for x, _, _ in keep], [y for _, y, _ in keep], yerr=err, fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=2)  # fmt: skip
+            ax.bar_label(bars, labels=[f"{y:.4g}" for _, y, _ in keep], fontsize=7, padding=1)
             legend.setdefault(name, bars)
         ax.set_xticks(range(len(groups)), groups)
         ax.set_title(panel.title)
@@ -112,11 +125,21 @@ def line_chart(panels: Sequence[LinePanel], path: str | Path, title: str, legend
     for ax, panel in zip(axes, panels, strict=True):
         drawn = False
         for name, points in panel.lines.items():
-            pts = sorted((x, y) for x, y in points if _finite(x) and _finite(y) and (x > 0 or not panel.log_x))
+            errs = (panel.errors or {}).get(name) or [None] * len(points)
+            pts = sorted((x, y, e or (None,) * 4) for (x, y), e in zip(points, errs, strict=True)
+                         if _finite(x) and _finite(y) and (x > 0 or not panel.log_x))  # fmt: skip
             if not pts:
                 continue
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)[0]
             drawn = True
+            if any(_finite(b) for p in pts for b in p[2]):
+                def bar(v: float, lo: Any, hi: Any) -> list[float]:
+                    return [max(v - lo, 0) if _finite(lo) else 0, max(hi - v, 0) if _finite(hi) else 0]
+
+                xe = list(zip(*(bar(x, e[0], e[1]) for x, _, e in pts), strict=True))
+                ye = list(zip(*(bar(y, e[2], e[3]) for _, y, e in pts), strict=True))
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=xe, yerr=ye, fmt="none",
+                            ecolor=line.get_color(), elinewidth=0.8, capsize=2, alpha=0.7)  # fmt: skip
         if panel.log_x and drawn:
             from matplotlib.ticker import LogFormatter
 

@@ -19,7 +19,8 @@ TABLE_ROWS: dict[str, str] = {
 }  # fmt: skip
 """Metrics shown in the table (key -> row label), in order; the JSON file has them all."""
 
-SUBSET_LABELS = {"all_no_pos0": "no pos0", "special_no_pos0": "special no pos0"}
+SUBSET_LABELS = {"all_no_pos0": "no pos0", "special_no_pos0": "special no pos0", "special_strict": "strict",
+                 "special_strict_no_pos0": "strict no pos0"}
 
 
 def fmt(value: Any) -> str:
@@ -56,13 +57,37 @@ def summary_lines(result: EvalResult) -> list[str]:
     bins = " ".join(f"[{edges[i]:g},{edges[i + 1]:g}):{c}" for i, c in enumerate(counts) if c)
     return [
         f"log2 MSE {fmt(h['log2_mse'])}  log2 MSE_st {fmt(h['log2_mse_st'])}  (without position 0: "
-        f"{fmt(h['log2_mse_no_pos0'])} / {fmt(h['log2_mse_st_no_pos0'])})",
+        f"{fmt(h['log2_mse_no_pos0'])} / {fmt(h['log2_mse_st_no_pos0'])}); MSE_st = template set, strict set "
+        f"(special tokens only): {fmt(h['log2_mse_st_strict'])} (without position 0 "
+        f"{fmt(h['log2_mse_st_strict_no_pos0'])})",
         f"FVU {fmt(h['fvu'])} (without position 0 {fmt(h['fvu_no_pos0'])})  L0 {fmt(h['l0'])}  "
         f"delta CE {fmt(h['delta_ce'])}  KL {fmt(h['kl'])}  CE recovered {fmt(h['ce_recovered'])}",
         f"latents {lat.get('d_sae')}: dead {lat.get('dead')}, dense (> {result.setup.get('dense_threshold')}) "
         f"{lat.get('dense')}",
         f"log10 firing frequency histogram: {bins or '-'}",
     ]
+
+
+EXAMPLE_CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+"""The conversation of the example tokenisation in docs/metrics.md ("MSE_st: strict and template sets")."""
+
+
+def token_sets_example(tokenizer: Any, messages: list[dict[str, str]] = EXAMPLE_CHAT) -> str:
+    """A Markdown table of ``messages`` rendered with the tokenizer's chat template: each token, its class and
+    whether it is in the strict / template special set (position 0 marked), as docs/metrics.md shows it."""
+    from ..data.chat_template import render_chat, tokenizer_info
+    from .metrics import TEMPLATE
+
+    seq = render_chat(messages, tokenizer)
+    strict = tokenizer_info(tokenizer, chat=True).special_ids
+    names = {0: "text", 1: "template", 2: "system", 3: "user", 4: "assistant"}
+    rows = []
+    for pos, (tid, cls) in enumerate(zip(seq.input_ids, seq.token_class, strict=True)):
+        piece = tokenizer.decode([tid]).replace("\n", "\\n").replace("|", "\\|")
+        rows.append(f"| {pos} | `{piece}` | {names.get(cls, cls)} | {'x' if tid in strict else ''} | "
+                    f"{'x' if cls == TEMPLATE else ''} |")  # fmt: skip
+    head = ["| position | token | class | strict set | template set |", "|---:|---|---|:---:|:---:|"]
+    return "\n".join(head + rows)
 
 
 def print_report(result: EvalResult, console: Console | None = None) -> None:

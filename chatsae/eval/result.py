@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,19 @@ from torch import Tensor
 
 from ..utils import atomic_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``per_sequence`` sums and the strict special subsets (``special_strict*``) added."""
 HEADLINE = {
     # headline key: (subset, metric)
     "mse": ("all", "mse"),
     "mse_st": ("special", "mse"),
+    "mse_st_strict": ("special_strict", "mse"),
     "log2_mse": ("all", "log2_mse"),
     "log2_mse_st": ("special", "log2_mse"),
+    "log2_mse_st_strict": ("special_strict", "log2_mse"),
     "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"),
     "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
+    "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
     "fvu": ("all", "fvu"),
     "fvu_no_pos0": ("all_no_pos0", "fvu"),
     "cosine_similarity": ("all", "cosine_similarity"),
@@ -30,7 +35,28 @@ HEADLINE = {
     "kl": ("all", "kl"),
     "ce_recovered": ("all", "ce_recovered"),
 }
-"""The few numbers a comparison table shows, each taken from ``metrics[subset][metric]``."""
+"""The few numbers a comparison table shows, each taken from ``metrics[subset][metric]``. ``mse_st`` is the template
+set (``special``); ``mse_st_strict`` the tokenizer's special tokens only (docs/metrics.md, "MSE_st")."""
+
+TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
+    # (label, subset, metric): first the tokens the SAE trains on (no position 0), then with position 0; a row
+    # without a subset is a section header whose text is in SECTION_NOTES
+    ("held-out eval, position 0 excluded", "", ""),
+    ("eval L0", "all_no_pos0", "l0"), ("eval fvu", "all_no_pos0", "fvu"), ("eval mse", "all_no_pos0", "mse"),
+    ("eval log2 mse", "all_no_pos0", "log2_mse"), ("eval log2 mse_st", "special_no_pos0", "log2_mse"),
+    ("eval log2 mse_st strict", "special_strict_no_pos0", "log2_mse"),
+    ("eval cosine", "all_no_pos0", "cosine_similarity"), ("eval delta CE", "all", "delta_ce"), ("eval KL", "all", "kl"),
+    ("eval CE recovered", "all", "ce_recovered"), ("eval dead fraction", "all", "dead_fraction"),
+    ("with position 0 (attention sink)", "", ""),
+    ("eval mse (pos 0 incl.)", "all", "mse"), ("eval fvu (pos 0 incl.)", "all", "fvu"),
+    ("eval log2 mse (pos 0 incl.)", "all", "log2_mse"), ("eval log2 mse_st (pos 0 incl.)", "special", "log2_mse"),
+)  # fmt: skip
+"""The rows of ``chatsae train``'s final table."""
+SECTION_NOTES = {
+    "held-out eval, position 0 excluded": "the tokens the SAE was trained on (LM-loss rows: the splice as trained)",
+    "with position 0 (attention sink)": "position 0 is the attention sink (squared norm ~20,000x other tokens), which "
+    "the SAE is not trained on; one such token per sequence dominates MSE and FVU when included",
+}
 
 
 @dataclass
@@ -45,18 +71,30 @@ class EvalResult:
     """``{subset: {metric: value}}`` for every subset of ``chatsae.eval.metrics.SUBSETS``."""
     latents: dict[str, Any] = field(default_factory=dict)
     """d_sae, dead/dense counts and fractions on all tokens, log10 firing-frequency histogram."""
+    per_sequence: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """``{subset: {name: [S] sums}}`` per evaluated sequence (``SubsetAccumulator.per_sequence``), for bootstrap
+    intervals (:mod:`chatsae.eval.stats`); rounded to 7 significant digits (so a result read back from its file
+    gives the same intervals), subsets without tokens left out; empty in files written before schema 2."""
+
+    def __post_init__(self) -> None:
+        self.per_sequence = {k: _round(v) for k, v in self.per_sequence.items() if any(v.get("n") or [])}
 
     @property
     def headline(self) -> dict[str, Any]:
         return {k: self.metrics.get(s, {}).get(m) for k, (s, m) in HEADLINE.items()}
 
     def table_rows(self) -> dict[str, str]:
-        """The headline numbers formatted for a two-column summary table (label -> text)."""
-        return {f"eval {k}": "-" if v is None else f"{v:.4g}" for k, v in _json_safe(self.headline).items()}
+        """:data:`TABLE_ROWS` formatted for a two-column summary table (label -> text): the metrics on the tokens
+        the SAE was trained for (no position 0) first, then a labelled block with position 0 included."""
+        rows = {}
+        for name, subset, metric in TABLE_ROWS:
+            v = _json_safe(self.metrics.get(subset, {}).get(metric)) if subset else None
+            rows[name] = SECTION_NOTES[name] if not subset else "-" if v is None else f"{v:.4g}"
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         out = {"schema_version": SCHEMA_VERSION, "headline": self.headline, "sae": self.sae, "setup": self.setup,
-               "metrics": self.metrics, "latents": self.latents}  # fmt: skip
+               "metrics": self.metrics, "latents": self.latents, "per_sequence": self.per_sequence}  # fmt: skip
         return _json_safe(out)
 
     @classmethod
@@ -64,7 +102,7 @@ class EvalResult:
         missing = [k for k in ("sae", "setup", "metrics") if k not in d]
         if missing:
             raise ValueError(f"not a chatsae eval result: missing key(s) {missing}")
-        return cls(d["sae"], d["setup"], d["metrics"], d.get("latents", {}))
+        return cls(d["sae"], d["setup"], d["metrics"], d.get("latents", {}), d.get("per_sequence", {}))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -82,12 +120,31 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+_NUMBER_LIST = re.compile(r"\[\s+((?:-?[0-9.eE+-]+|null)(?:,\s+(?:-?[0-9.eE+-]+|null))*)\s+\]")
+
+
+def dumps(obj: Any) -> str:
+    """Indented JSON with every list of numbers on one line (per-sequence sums stay compact)."""
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
+                            json.dumps(obj, indent=2))  # fmt: skip
+
+
+def _round(obj: Any, digits: int = 7) -> Any:
+    """Floats to ``digits`` significant digits, whole numbers to ints (per-sequence sums: float32 precision)."""
+    if isinstance(obj, dict):
+        return {k: _round(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v, digits) for v in obj]
+    if isinstance(obj, float) and obj == obj and abs(obj) != float("inf"):
+        return int(obj) if obj.is_integer() else float(f"{obj:.{digits}g}")
+    return obj
+
+
 def write_result(result: EvalResult, path: str | Path) -> Path:
-    """Write ``result.to_dict()`` as indented JSON to ``path`` (atomically)."""
+    """Write ``result.to_dict()`` as indented JSON to ``path`` (atomically), lists of numbers on one line each."""
     path = Path(path)
     with atomic_file(path, "w") as fh:
-        json.dump(result.to_dict(), fh, indent=2)  # type: ignore[arg-type]
-        fh.write("\n")  # type: ignore[attr-defined]
+        fh.write(dumps(result.to_dict()) + "\n")
     return path
 
 

@@ -10,7 +10,9 @@ Each accumulator keeps O(H + d_sae + number of sequences) state, in float64 on t
 - :class:`LMLossAccumulator`: sums of per-token CE clean / spliced / zero-ablated and KL.
 - :class:`SubsetAccumulator`: all three for every token subset of :data:`~chatsae.eval.metrics.SUBSETS`.
 
-Their results equal the one-shot functions of :mod:`chatsae.eval.metrics` on the concatenated batches.
+Their results equal the one-shot functions of :mod:`chatsae.eval.metrics` on the concatenated batches. Each also
+keeps per-sequence sums (:class:`SequenceSums`; ``per_sequence()``), from which :mod:`chatsae.eval.stats`
+bootstraps intervals over sequences.
 """
 
 from __future__ import annotations
@@ -29,6 +31,35 @@ def _float(t: Tensor | float) -> float:
     return float(t.item() if isinstance(t, Tensor) else t)
 
 
+class SequenceSums:
+    """Named per-sequence sums, ``add(seq_ids [n], name=[n] values, ...)``; arrays grow with the largest id seen."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.size = 0
+
+    def add(self, seq_ids: Tensor, **values: Tensor) -> None:
+        if seq_ids.numel() == 0:
+            return
+        ids = seq_ids.long()
+        need = int(ids.max()) + 1
+        if need > self.size:
+            grow = max(need, 2 * self.size)
+            for k, v in self.sums.items():
+                self.sums[k] = torch.cat([v, v.new_zeros(grow - self.size)])
+            self.size = grow
+        for k, v in values.items():
+            if k not in self.sums:
+                self.sums[k] = torch.zeros(self.size, dtype=torch.float64, device=ids.device)
+            self.sums[k] = self.sums[k].to(ids.device).index_add_(0, ids, v.to(ids.device).double())
+
+    def get(self, name: str, n_seq: int | None = None) -> Tensor:
+        """``[n_seq]`` sums of ``name`` (default: up to the largest id seen), on the CPU; zeros if never added."""
+        n = self.size if n_seq is None else n_seq
+        v = self.sums.get(name, torch.zeros(0, dtype=torch.float64)).cpu()
+        return torch.cat([v, v.new_zeros(max(n - v.shape[0], 0))])[:n]
+
+
 class ReconstructionAccumulator:
     """Reconstruction metrics of one token subset: ``update(x, x_hat, seq_ids)`` with ``[n, H]``, ``[n, H]``, ``[n]``.
 
@@ -41,9 +72,11 @@ class ReconstructionAccumulator:
         self.sse: Tensor | None = None  # Σ ||x − x̂||²
         self.mean: Tensor | None = None  # [H] running token mean
         self.m2: Tensor | None = None  # Σ ||x − mean||² (all dims)
-        self.cos = self.rel = self.sq_norm = None  # sums over tokens
-        self.seq_sse = torch.zeros(0, dtype=torch.float64)
-        self.seq_n = torch.zeros(0, dtype=torch.float64)
+        self.cos: Tensor | None = None  # sums over tokens
+        self.rel: Tensor | None = None
+        self.sq_norm: Tensor | None = None
+        self.centre: Tensor | None = None  # [H] the first batch's mean: per-sequence squares are taken about it
+        self.seq = SequenceSums()  # n, sse, sq_c = Σ ||x − centre||² per sequence
 
     def update(self, x: Tensor, x_hat: Tensor, seq_ids: Tensor) -> None:
         if x.shape[0] == 0:
@@ -54,7 +87,9 @@ class ReconstructionAccumulator:
             zero = torch.zeros((), dtype=torch.float64, device=dev)
             self.sse, self.m2, self.cos, self.rel, self.sq_norm = (zero.clone() for _ in range(5))
             self.mean = torch.zeros(self.d, dtype=torch.float64, device=dev)
-            self.seq_sse, self.seq_n = self.seq_sse.to(dev), self.seq_n.to(dev)
+            self.centre = x.double().mean(dim=0)
+        assert self.sse is not None and self.m2 is not None and self.centre is not None
+        assert self.cos is not None and self.rel is not None and self.sq_norm is not None
         err = M.squared_error(x, x_hat)
         self.sse += err.sum()
         self.cos += M.cosine_similarity(x, x_hat).sum()
@@ -70,15 +105,18 @@ class ReconstructionAccumulator:
         self.m2 += m2_b + delta.pow(2).sum() * (self.n * n_b / n)
         self.mean += delta * (n_b / n)
         self.n = n
-        # per-sequence sums for Eq. 7
-        ids = seq_ids.to(self.seq_sse.device).long()
-        need = int(ids.max()) + 1
-        if need > self.seq_sse.shape[0]:
-            grow = max(need, 2 * self.seq_sse.shape[0]) - self.seq_sse.shape[0]
-            pad = torch.zeros(grow, dtype=torch.float64, device=self.seq_sse.device)
-            self.seq_sse, self.seq_n = torch.cat([self.seq_sse, pad]), torch.cat([self.seq_n, pad])
-        self.seq_sse.index_add_(0, ids, err)
-        self.seq_n.index_add_(0, ids, torch.ones_like(err))
+        # per-sequence sums: Eq. 7 and the bootstrap
+        sq_c = (xd - self.centre).pow(2).sum(dim=-1)
+        self.seq.add(seq_ids.to(x.device), n=torch.ones_like(err), sse=err, sq_c=sq_c)
+
+    def per_sequence(self, n_seq: int | None = None) -> dict[str, Tensor]:
+        """``[n_seq]`` per-sequence ``n`` (tokens), ``sse`` (Σ ||x − x̂||²) and ``m2``: ``Σ ||x − centre||² −
+        n·||mean − centre||²`` with ``centre`` the first batch's mean, whose sum over sequences is exactly the
+        squared deviation about the mean (the FVU denominator) and which attributes it to sequences."""
+        out = {k: self.seq.get(k, n_seq) for k in ("n", "sse")}
+        shift = 0.0 if self.mean is None or self.centre is None else float((self.mean - self.centre).pow(2).sum())
+        out["m2"] = self.seq.get("sq_c", n_seq) - out["n"] * shift
+        return out
 
     def result(self) -> Result:
         """tokens, sequences, mse (Eq. 7), log2_mse, mse_token (flat), fvu, explained_variance, cosine_similarity,
@@ -88,8 +126,11 @@ class ReconstructionAccumulator:
             keys = ("mse", "log2_mse", "mse_token", "fvu", "explained_variance", "cosine_similarity",
                     "relative_norm", "mean_sq_norm")  # fmt: skip
             return {"tokens": 0, "sequences": 0, **dict.fromkeys(keys, nan)}
-        present = self.seq_n > 0
-        mse = _float((self.seq_sse[present] / self.seq_n[present]).mean() / self.d)
+        assert self.sse is not None and self.m2 is not None  # set by the first non-empty update
+        assert self.cos is not None and self.rel is not None and self.sq_norm is not None
+        seq_n, seq_sse = self.seq.get("n"), self.seq.get("sse")
+        present = seq_n > 0
+        mse = _float((seq_sse[present] / seq_n[present]).mean() / self.d)
         sse, m2 = _float(self.sse), _float(self.m2)
         fvu = sse / m2 if m2 > 0 else nan
         return {
@@ -114,16 +155,21 @@ class SparsityAccumulator:
         self.n = 0
         self.fire_counts = torch.zeros(d_sae, dtype=torch.int64)
         self.l0_counts = torch.zeros(d_sae + 1, dtype=torch.int64)  # l0_counts[j] = tokens with L0 == j
+        self.seq = SequenceSums()  # l0 = Σ L0 per sequence (when sequence ids are given)
 
-    def update(self, f: Tensor) -> None:
+    def update(self, f: Tensor, seq_ids: Tensor | None = None) -> None:
+        """``f`` ``[n, d_sae]``; ``seq_ids`` ``[n]`` (optional) for the per-sequence L0 sums."""
         if f.shape[0] == 0:
             return
         if self.fire_counts.device != f.device:
             self.fire_counts, self.l0_counts = self.fire_counts.to(f.device), self.l0_counts.to(f.device)
         on = M.fired(f)
         self.fire_counts += on.sum(dim=0)
-        self.l0_counts += torch.bincount(on.sum(dim=-1), minlength=self.d_sae + 1)
+        l0 = on.sum(dim=-1)
+        self.l0_counts += torch.bincount(l0, minlength=self.d_sae + 1)
         self.n += f.shape[0]
+        if seq_ids is not None:
+            self.seq.add(seq_ids.to(f.device), l0=l0)
 
     def frequency(self) -> Tensor:
         """``[d_sae]`` fraction of this subset's tokens each latent fired on."""
@@ -170,8 +216,9 @@ class LMLossAccumulator:
     def __init__(self) -> None:
         self.n = 0
         self.sums: dict[str, Tensor] = {}
+        self.seq = SequenceSums()  # lm_n and each loss summed per sequence (when sequence ids are given)
 
-    def update(self, **losses: Tensor | None) -> None:
+    def update(self, seq_ids: Tensor | None = None, **losses: Tensor | None) -> None:
         given = {k: v for k, v in losses.items() if v is not None}
         if set(given) - set(LM_KEYS):
             raise ValueError(f"unknown loss names {sorted(set(given) - set(LM_KEYS))}; expected {LM_KEYS}")
@@ -181,6 +228,9 @@ class LMLossAccumulator:
         for k, v in given.items():
             self.sums[k] = self.sums.get(k, 0) + v.double().sum()
         self.n += n
+        if seq_ids is not None:
+            ref = next(iter(given.values()))
+            self.seq.add(seq_ids.to(ref.device), lm_n=torch.ones_like(ref), **given)
 
     def result(self) -> Result:
         """lm_tokens, ce_clean, ce_spliced, delta_ce, kl, ce_zero, ce_recovered (None when not computed)."""
@@ -195,31 +245,60 @@ class LMLossAccumulator:
 class SubsetAccumulator:
     """Every metric on every token subset. ``update`` takes flat token tensors (padding removed)."""
 
-    def __init__(self, d_sae: int, subsets: tuple[str, ...] = M.SUBSETS,
-                 dense_threshold: float = M.DENSE_THRESHOLD) -> None:  # fmt: skip
+    def __init__(self, d_sae: int, subsets: tuple[str, ...] = M.SUBSETS, dense_threshold: float = M.DENSE_THRESHOLD,
+                 special_ids: Any = None) -> None:  # fmt: skip
+        """``special_ids``: the tokenizer's special token ids (the strict special set; see ``update``'s
+        ``token_ids``)."""
         self.subsets = subsets
         self.recon = {s: ReconstructionAccumulator() for s in subsets}
         self.sparsity = {s: SparsityAccumulator(d_sae, dense_threshold) for s in subsets}
         self.lm = {s: LMLossAccumulator() for s in subsets}
+        self.special_ids = None if special_ids is None else torch.as_tensor(sorted(special_ids), dtype=torch.long)
+        self.n_seq = 0
 
-    def update(self, x: Tensor, x_hat: Tensor, f: Tensor, token_class: Tensor, positions: Tensor,
-               seq_ids: Tensor) -> None:  # fmt: skip
-        """``x, x_hat [n, H]``, ``f [n, d_sae]``, ``token_class, positions, seq_ids [n]``."""
-        for name, m in M.subset_masks(token_class, positions).items():
-            if name in self.recon:
-                self.recon[name].update(x[m], x_hat[m], seq_ids[m])
-                self.sparsity[name].update(f[m])
+    def _masks(self, token_class: Tensor, positions: Tensor, token_ids: Tensor | None) -> dict[str, Tensor]:
+        strict = None
+        if token_ids is not None and self.special_ids is not None:
+            strict = M.strict_special(token_ids, self.special_ids)
+        return {k: m for k, m in M.subset_masks(token_class, positions, strict).items() if k in self.recon}
 
-    def update_lm(self, token_class: Tensor, positions: Tensor, **losses: Tensor | None) -> None:
+    def update(self, x: Tensor, x_hat: Tensor, f: Tensor, token_class: Tensor, positions: Tensor, seq_ids: Tensor,
+               token_ids: Tensor | None = None) -> None:  # fmt: skip
+        """``x, x_hat [n, H]``, ``f [n, d_sae]``, ``token_class, positions, seq_ids [n]``; ``token_ids [n]`` for the
+        strict special subsets (empty without them)."""
+        if seq_ids.numel():
+            self.n_seq = max(self.n_seq, int(seq_ids.max()) + 1)
+        for name, m in self._masks(token_class, positions, token_ids).items():
+            self.recon[name].update(x[m], x_hat[m], seq_ids[m])
+            self.sparsity[name].update(f[m], seq_ids[m])
+
+    def update_lm(self, token_class: Tensor, positions: Tensor, seq_ids: Tensor | None = None,
+                  token_ids: Tensor | None = None, **losses: Tensor | None) -> None:  # fmt: skip
         """Per-position losses ``[n]`` (``ce_clean``, ``ce_spliced``, ``kl``, optional ``ce_zero``); a loss belongs
-        to the subsets of the position whose logits are scored (its label is the next token)."""
-        for name, m in M.subset_masks(token_class, positions).items():
-            if name in self.lm:
-                self.lm[name].update(**{k: None if v is None else v[m] for k, v in losses.items()})
+        to the subsets of the position whose logits are scored (its label is the next token). ``seq_ids`` ``[n]``
+        for the per-sequence sums, ``token_ids`` ``[n]`` (of the scored positions) for the strict subsets."""
+        for name, m in self._masks(token_class, positions, token_ids).items():
+            ids = None if seq_ids is None else seq_ids[m]
+            self.lm[name].update(ids, **{k: None if v is None else v[m] for k, v in losses.items()})
 
     def result(self) -> dict[str, Result]:
         """``{subset: {metric: value}}`` merging the three accumulators' results."""
         return {s: {**self.recon[s].result(), **self.sparsity[s].result(), **self.lm[s].result()} for s in self.subsets}
+
+    def per_sequence(self) -> dict[str, dict[str, list[float]]]:
+        """``{subset: {name: [S] list}}`` per-sequence sums over the S sequences seen (ids 0..S-1): ``n``, ``sse``,
+        ``m2`` (reconstruction), ``l0``, and with LM losses ``lm_n``, ``ce_clean``, ``ce_spliced``, ``kl``,
+        ``ce_zero``; the input of :func:`chatsae.eval.stats.sequence_terms`."""
+        out = {}
+        for s in self.subsets:
+            sums = self.recon[s].per_sequence(self.n_seq)
+            sums["l0"] = self.sparsity[s].seq.get("l0", self.n_seq)
+            lm = self.lm[s].seq
+            for k in ("lm_n", *LM_KEYS):
+                if k in lm.sums:
+                    sums[k] = lm.get(k, self.n_seq)
+            out[s] = {k: v.tolist() for k, v in sums.items()}
+        return out
 
     def firing_frequency(self, subset: str = "all") -> Tensor:
         """``[d_sae]`` firing frequency of each latent on ``subset``."""

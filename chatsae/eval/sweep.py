@@ -22,7 +22,9 @@ import numpy as np
 
 from ..config import to_dict
 from ..sae import ARCHITECTURES
-from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, summarize, unit, write_texts
+from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
+from .result import dumps
+from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, unit, write_texts
 
 DEFAULT_GRIDS = {
     "jumprelu": "0.0003,0.0008,0.002,0.005,0.012",
@@ -38,9 +40,13 @@ X_KEY = "l0_no_pos0"
 Y_KEYS = ("delta_lm_loss", "fvu_no_pos0")
 """The frontier: L0 (position 0 excluded, as in training) against delta LM loss (position 0 kept clean in the
 splice) and FVU without position 0 (the attention sink's ~20,000x norm would dominate it)."""
-COLUMNS = ("eval_set", "arch", "setting", "sparsity_coef", "k", "l0", "l0_no_pos0", "fvu", "fvu_no_pos0", "mse",
-           "mse_no_pos0", "log2_mse", "log2_mse_st", "delta_lm_loss", "delta_lm_loss_no_pos0", "kl", "ce_recovered",
-           "ce_recovered_no_pos0", "dead_fraction", "sae")  # fmt: skip
+BOUNDED = (X_KEY, *Y_KEYS)
+"""Frontier columns with 95% bounds in the CSV (``_low`` / ``_high``: the widest of the bootstrap over sequences
+and the t-interval over seeds)."""
+COLUMNS = ("eval_set", "arch", "setting", "sparsity_coef", "k", "seeds", "l0", "l0_no_pos0", "fvu", "fvu_no_pos0",
+           "mse", "mse_no_pos0", "log2_mse", "log2_mse_st", "log2_mse_st_strict", "delta_lm_loss",
+           "delta_lm_loss_no_pos0", "kl", "ce_recovered", "ce_recovered_no_pos0", "dead_fraction",
+           *(f"{k}_{b}" for k in BOUNDED for b in ("low", "high")), "sae")  # fmt: skip
 
 
 @dataclass
@@ -61,6 +67,9 @@ class SweepConfig:
     """TopK k values (the L0 of a TopK SAE is k)."""
     expansion_factor: int = 8
     """d_sae = expansion_factor x d_in when --width/--d-sae is not given."""
+    seeds: int = 1
+    """Training seeds per setting (the cache and evaluation records fixed): seed i trains with --seed + i, its run
+    named <arch>_<setting>_seed<seed> (seed 0 keeps the plain name); points are means with 95% error bars."""
 
 
 class Setting(NamedTuple):
@@ -137,6 +146,7 @@ def frontier_gap(ref: list[tuple[Any, Any]], other: list[tuple[Any, Any]], n_poi
 def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[str, Any], list[Path]]:
     """Harvest once, train and evaluate every setting, write the outputs; returns (report.json content, files)."""
     points = settings(sc)
+    seeds = seed_list(sc.seeds, study.train_cfg.seed)
     study.check_plan({"sweep": "frontier"})
     sets = study.eval_sets()
     cache_dir, manifest = study.harvest(study.data, "sweep")
@@ -144,18 +154,24 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
     rows: dict[str, list[dict[str, Any]]] = {es.name: [] for es in sets}
     for i, s in enumerate(points, 1):
         study.report(f"[sweep {i}/{len(points)}] {ARCH_LABELS.get(s.arch, s.arch)} {s.label}")
-        sae_dir = study.train(cache_dir, s.run, s.arch, s.coef, s.k, meta)
+        sae_dirs = []
+        for j, seed in enumerate(seeds):
+            with seeded(study, seed):
+                sae_dirs.append(study.train(cache_dir, seed_run(s.run, j, seed), s.arch, s.coef, s.k, meta))
         for es in sets:
-            res = study.evaluate(sae_dir, es)
+            row = seed_row([study.evaluate(sae_dir, es) for sae_dir in sae_dirs])
+            bounds = {f"{k}_{b}": v for k in BOUNDED for b, v in zip(("low", "high"), error_bounds(row, k) or
+                                                                     (None, None), strict=True)}  # fmt: skip
             rows[es.name].append({"eval_set": es.name, "arch": s.arch, "setting": s.label, "sparsity_coef": s.coef,
-                                  "k": s.k, **summarize(res), "sae": str(sae_dir)})  # fmt: skip
+                                  "k": s.k, **row, **bounds, "sae": str(sae_dirs[0])})  # fmt: skip
     gaps = {name: frontier_gaps(r) for name, r in rows.items()}
     tc = study.train_cfg
     report = {
         "kind": "chatsae.sweep", "schema_version": 1,
         "setup": {"model": study.data.model, "hook": study.hook, "method": study.data.method,
                   "data": study.data.data_path, "holdout": study.data.holdout, "total_tokens": tc.total_tokens,
-                  "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "cache_vectors": manifest.n_tokens,
+                  "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "seeds": seeds,
+                  "cache_vectors": manifest.n_tokens,
                   "d_sae": _d_sae(Path(rows[sets[0].name][0]["sae"])),
                   "settings": [s._asdict() for s in points], "eval": to_dict(study.ev), "command": command,
                   "date": now()},
@@ -196,13 +212,19 @@ def frontier_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def frontier_figure(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Two panels, delta LM loss and FVU against L0 (log x), one line per architecture."""
+    """Two panels, delta LM loss and FVU against L0 (log x), one line per architecture, with 95% error bars."""
     from .plots import LinePanel, line_chart
 
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     x_label = "L0 (active latents per token, position 0 excluded)"
+
+    def errors(arch: str, y: str) -> list[tuple[Any, Any, Any, Any] | None]:
+        return [(r.get(f"{X_KEY}_low"), r.get(f"{X_KEY}_high"), r.get(f"{y}_low"), r.get(f"{y}_high"))
+                for r in rows if r["arch"] == arch]  # fmt: skip
+
     panels = [LinePanel(f"{label(y)} vs L0", x_label, f"{label(y)} ({unit(y)})",
-                        {ARCH_LABELS.get(a, a): _points(rows, a, y) for a in archs}, log_x=True)
+                        {ARCH_LABELS.get(a, a): _points(rows, a, y) for a in archs}, log_x=True,
+                        errors={ARCH_LABELS.get(a, a): errors(a, y) for a in archs})
               for y in Y_KEYS]  # fmt: skip
     return line_chart(panels, path, f"Sparsity-fidelity frontier, {title}", "architecture")
 
@@ -239,14 +261,21 @@ def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
         f"- date: {s['date']}", f"- command: `{s['command']}`", "",
         "The frontier plots L0 without position 0 (the SAEs are trained without it) against delta LM loss (position 0 "
         "kept clean in the splice) and FVU without position 0. JumpReLU is compared with each architecture by "
-        "interpolating its metric linearly in log L0 at 9 log-spaced L0 values of the range both cover.",
+        "interpolating its metric linearly in log L0 at 9 log-spaced L0 values of the range both cover (means over "
+        f"{len(s.get('seeds', [0]))} training seed(s)). Intervals are 95%: `[low, high]` a percentile bootstrap over "
+        "the evaluation sequences, `seeds [low, high]` a t-interval over training seeds (with 2 or more); the "
+        "error bars of the figure span the wider of the two.",
     ]  # fmt: skip
     for name, es in report["eval_sets"].items():
         rows = report["rows"][name]
         lines += ["", f"## Evaluation on {es['label']}", "", *gap_lines(report["gaps"].get(name, {})), "",
                   md_table(["SAE", "setting", *(label(k) for k in keys)],
                            [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"], *(cell(r.get(k)) for k in keys)]
-                            for r in rows]), "", f"![frontier]({figures[name]})"]  # fmt: skip
+                            for r in rows]), "", "95% intervals:", "",
+                  md_table(["SAE", "setting", *(label(k) for k in BOUNDED)],
+                           [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"],
+                             *(interval_text(r, k) for k in BOUNDED)] for r in rows]), "",
+                  f"![frontier]({figures[name]})"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -258,6 +287,6 @@ def write_sweep_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         figures[name] = frontier_figure(report["rows"][name], out_dir / f"frontier{suffix}.png", es["label"]).name
         texts[out_dir / f"frontier{suffix}.csv"] = frontier_csv(report["rows"][name])
     report = {**report, "figures": figures}
-    texts[out_dir / "report.json"] = json.dumps(report, indent=2) + "\n"
+    texts[out_dir / "report.json"] = dumps(report) + "\n"
     texts[out_dir / "report.md"] = sweep_markdown(report, figures)
     return [out_dir / f for f in figures.values()] + write_texts(texts)
