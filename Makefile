@@ -25,11 +25,13 @@ run: $(STAMP)
 	$(VENV)/bin/chatsae train
 
 test: $(STAMP)
-	$(PY) -m ruff check chatsae tests scripts
+	$(PY) -m ruff check chatsae tests scripts benchmarks
+	$(PY) -m mypy chatsae
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check chatsae tests scripts
+	$(PY) -m ruff check chatsae tests scripts benchmarks
+	$(PY) -m mypy chatsae
 
 # SAELens compatibility check in its own environment (sae-lens pins its own dependencies; chatsae goes in --no-deps)
 SAELENS_VENV ?= .venv-saelens
