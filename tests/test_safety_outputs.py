@@ -179,3 +179,4 @@ def test_manifest_shard_outside_the_cache_is_rejected(tmp_path, name):
                      {"acts": name, "meta": "m.npz", "n": 1}]).write(tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match=rf"{tmp_path / 'manifest.json'}: shard 1 acts file: .* is not a plain name"):
         Manifest.read(tmp_path)
+

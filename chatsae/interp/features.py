@@ -30,8 +30,8 @@ from ..progress import Progress
 from ..sae import SAE
 from ..utils import atomic_file
 from .collector import BatchView, CollectorSpec, FeatureCollector
-from .statelog import StateLog, diff_state
-from .store import LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData
+from .statelog import BASE_FILE, LOG_DIR, StateLog, diff_state
+from .store import AUTOINTERP_FILE, LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData
 
 FORMAT_VERSION = 2
 """2: non-activating contexts are quiet windows (1: quiet whole samples). Part of the fingerprint, so results of
@@ -211,8 +211,13 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
         state, saved = log.load(device)
         start_step = int(saved.get("step", 0))
     else:
-        if meta is not None:
-            shutil.rmtree(out)  # our own directory (it has meta.json): start over
+        if meta is not None:  # our own directory (it has meta.json): remove only the files of its features
+            for name in (META_FILE, TOKENS_FILE, LOGITS_FILE, BASE_FILE, LOG_DIR, AUTOINTERP_FILE):
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
         elif out.is_dir() and any(out.iterdir()):
             raise ValueError(f"{out}: exists, is not empty and holds no {META_FILE}; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
