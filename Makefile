@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/chatsae train
+	$(VENV)/bin/chatsae train $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check chatsae tests scripts benchmarks
