@@ -15,14 +15,7 @@ from chatsae.models import KINDS, decoder_layers, edit, mlp_module
 from chatsae.models.resume import RESUMABLE, can_resume, clean_forward, resumed, resumed_logits
 from chatsae.sae import SAEConfig, create_sae
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one intra-op thread avoids OpenMP spin-waiting on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
