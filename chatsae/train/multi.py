@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..locking import DirLock, claim_dir
 from ..models import HookPoint
-from .run import RunResult, RunSpec, default_out_dir, train_run
+from .run import RunResult, RunSpec, default_out_dir, harvest_kwargs, train_run
 
 
 def hook_list(spec: RunSpec) -> list[HookPoint]:
@@ -37,7 +37,7 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
     from ..activations.pipeline import harvest_hooks
     from . import distributed
 
-    run, tc, data = spec.run, spec.train, spec.data
+    run, data = spec.run, spec.data
     out_dir = default_out_dir(spec)
 
     def claim() -> DirLock:
@@ -47,10 +47,7 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
     with distributed.session(), distributed.main_lock(claim):  # under torchrun: rank 0 locks for all ranks
         spec.report(f"chatsae train: model {data.model}, data {data.data_path}, hooks {', '.join(map(str, hooks))} "
                     f"(one forward pass) -> {out_dir}")  # fmt: skip
-        dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir,
-                                                max_tokens=spec.harvest.max_tokens or tc.total_tokens,
-                                                resume=run.resume, progress=tc.progress,
-                                                model_and_tokenizer=spec.model_and_tokenizer)  # fmt: skip
+        dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir, **harvest_kwargs(spec))
         if stats.sequences:
             spec.report(f"harvested {stats.tokens_kept:,} vectors per hook at {len(hooks)} hooks in "
                         f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)")  # fmt: skip

@@ -147,10 +147,7 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
     spec.report(f"chatsae train: model {data.model}, data {data.data_path}, method {data.method} -> {out_dir}")
     if data.cache == "none":
         return _streaming_source(spec, out_dir)
-    cache_dir, manifest, stats, context = harvest(data, spec.harvest, out_dir,
-                                                  max_tokens=spec.harvest.max_tokens or tc.total_tokens,
-                                                  resume=run.resume, progress=tc.progress,
-                                                  model_and_tokenizer=spec.model_and_tokenizer)  # fmt: skip
+    cache_dir, manifest, stats, context = harvest(data, spec.harvest, out_dir, **harvest_kwargs(spec))
     if stats.sequences:
         spec.report(f"harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
                     f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s, padding "
@@ -197,6 +194,12 @@ def _data_dict(data: Any) -> dict[str, Any]:
     from ..activations.pipeline import resolved_model_dtype
 
     return {**to_dict(data), "model_dtype": resolved_model_dtype(data)}
+
+
+def harvest_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """Budget, resume, progress and model of a run's harvest (``pipeline.harvest`` / ``harvest_hooks`` keywords)."""
+    return {"max_tokens": spec.harvest.max_tokens or spec.train.total_tokens, "resume": spec.run.resume,
+            "progress": spec.train.progress, "model_and_tokenizer": spec.model_and_tokenizer}
 
 
 def sae_config(spec: RunSpec, d_in: int, source_meta: dict[str, Any]) -> SAEConfig:
