@@ -11,7 +11,7 @@ import torch
 from chatsae.data.formats import Record
 from chatsae.data.sequences import pad_batch
 from chatsae.eval import SUBSETS, EvalConfig, EvalResult, evaluate, read_result, spliced_losses
-from chatsae.eval.evaluate import build_sequences
+from chatsae.eval.evaluate import build_sequences, evaluate_many
 from chatsae.eval.metrics import TEMPLATE
 from chatsae.models import KINDS, capture
 from chatsae.sae import SAEConfig, create_sae
@@ -28,7 +28,7 @@ HEADLINE_KEYS = {"mse", "mse_st", "mse_st_strict", "log2_mse", "log2_mse_st", "l
                  "ce_recovered"}  # fmt: skip
 SETUP_KEYS = {"model", "hook", "method", "data", "holdout", "holdout_seed", "max_samples", "max_tokens", "max_length",
               "context_size", "sequences", "tokens", "lm_loss", "splice_first_position", "dense_threshold", "device",
-              "model_dtype", "seconds"}  # fmt: skip
+              "model_dtype", "seconds", "evaluated_together"}  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -212,3 +212,35 @@ def test_zero_ablation_pass_is_shared_between_saes(tiny_llama, sae):
         assert len(cache) > n_batches + 1
     finally:
         handle.remove()
+
+
+def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
+    """evaluate_many: one clean and one zero-ablated pass per batch for all SAEs, one spliced pass each, and the
+    same numbers as evaluating each SAE alone; SAEs needing other settings are refused."""
+    from chatsae.eval.config import resolve_config
+
+    model, tok = tiny_llama
+    records = [chat(i) for i in range(6)]
+    torch.manual_seed(2)
+    other = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1",
+                                                                           "method": "fast"}))  # fmt: skip
+    base = EvalConfig(progress=False, batch_tokens=300)
+    alone = [evaluate(s, model, tok, records, base) for s in (sae, other)]
+    cfgs = [resolve_config(EvalConfig(progress=False, batch_tokens=300, output=str(tmp_path / f"{i}.json")),
+                           s.cfg.metadata) for i, s in enumerate((sae, other))]  # fmt: skip
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        together = evaluate_many([sae, other], model, tok, records, cfgs, ["a", "b"])
+    finally:
+        handle.remove()
+    n_batches = len(forwards) // 4
+    assert n_batches >= 2 and len(forwards) == 4 * n_batches  # clean + 2 spliced + zero (not 2 x 3)
+    for a, t, name in zip(alone, together, "ab", strict=True):
+        assert json.dumps(t.metrics, sort_keys=True) == json.dumps(a.metrics, sort_keys=True)
+        assert t.per_sequence == a.per_sequence and t.sae["path"] == name and t.setup["evaluated_together"] == 2
+    written = read_result(tmp_path / "1.json")
+    assert written.sae["path"] == "b" and written.metrics["all"] == together[1].metrics["all"]
+    with pytest.raises(ValueError, match="same evaluation settings"):
+        evaluate_many([sae, other], model, tok, records, [cfgs[0], resolve_config(
+            EvalConfig(progress=False, batch_tokens=200), other.cfg.metadata)])  # fmt: skip

@@ -231,6 +231,7 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
     results: dict[str, dict[str, dict[str, Any]]] = {es.name: {m: {} for m in methods} for es in sets}
     evals: dict[str, dict[str, dict[str, list[EvalResult]]]] = {es.name: {m: {} for m in methods} for es in sets}
     caches: dict[str, Any] = {}
+    trained: dict[tuple[str, str], list[Path]] = {(m, a): [] for m in methods for a in archs}
     tc = study.train_cfg
     d_in = d_sae = 0
     for method in methods:
@@ -240,17 +241,19 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
                           "passes": tc.total_tokens / max(manifest.n_tokens, 1)}  # fmt: skip
         meta = study.sae_metadata(dcfg, manifest, sets[0].path if sets[0].name == "heldout" else None)
         for arch in archs:
-            sae_dirs = []
             for i, seed in enumerate(seeds):
                 with seeded(study, seed):
                     run = seed_run(f"{method}_{arch}", i, seed)
-                    sae_dirs.append(study.train(cache_dir, run, arch, coefs.get(arch), None, meta, dcfg))
-            for es in sets:
-                per_seed = [study.evaluate(sae_dir, es, method="fast") for sae_dir in sae_dirs]
-                evals[es.name][method][arch] = per_seed
-                row = {**seed_row(per_seed), "sae": str(sae_dirs[0]), "tokens": per_seed[0].setup["tokens"]}
-                results[es.name][method][arch] = row
-                d_in, d_sae = per_seed[0].sae["d_in"], per_seed[0].sae["d_sae"]
+                    trained[method, arch].append(study.train(cache_dir, run, arch, coefs.get(arch), None, meta, dcfg))
+    for es in sets:  # every SAE on the same records, several per clean forward pass
+        order = [(m, a) for m in methods for a in archs]
+        flat = study.evaluate_all([p for key in order for p in trained[key]], es, method="fast")
+        for j, (method, arch) in enumerate(order):
+            per_seed = flat[j * len(seeds) : (j + 1) * len(seeds)]
+            evals[es.name][method][arch] = per_seed
+            row = {**seed_row(per_seed), "sae": str(trained[method, arch][0]), "tokens": per_seed[0].setup["tokens"]}
+            results[es.name][method][arch] = row
+            d_in, d_sae = per_seed[0].sae["d_in"], per_seed[0].sae["d_sae"]
     setup = {
         "model": study.data.model, "hook": study.hook, "d_in": d_in, "d_sae": d_sae,
         "total_tokens": tc.total_tokens, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "seeds": seeds,

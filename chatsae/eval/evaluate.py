@@ -24,6 +24,7 @@ attention mask; labels are the next token of the same sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import time
@@ -119,8 +120,18 @@ def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, a
     these inputs computed before (the pass is then skipped). ``restart``: run the edited passes from the hook layer
     on, from the clean pass's state (None = where :func:`~chatsae.models.resume.can_resume`); same results.
     """
+    return spliced_losses_many(model, hook, input_ids, attention_mask, [fn], zero_ablation, splice_first_position,
+                               ce_zero, restart)[0]  # fmt: skip
+
+
+@torch.inference_mode()
+def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
+                        fns: list[Callable[[Tensor], Tensor]], zero_ablation: bool = True,
+                        splice_first_position: bool = True, ce_zero: Tensor | None = None,
+                        restart: bool | None = None) -> list[LMLosses]:  # fmt: skip
+    """:func:`spliced_losses` for several splice functions at one hook from **one** clean pass (and one
+    zero-ablated pass, shared: it does not depend on the splice); one :class:`LMLosses` per function, in order."""
     point = check_hook(model, hook)
-    splice = fn if splice_first_position else _keep_first(fn)
     labels, mask = M.next_token_labels(input_ids, attention_mask)
     if restart is None:
         restart = can_resume(model)
@@ -136,14 +147,16 @@ def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, a
             with edit(model, point, f):
                 return _logits(model, input_ids, attention_mask)
 
-    ce_clean, ce_spliced, kl = M.paired_losses(clean, edited(splice), labels, mask)
+    losses = []
+    for fn in fns:
+        splice = fn if splice_first_position else _keep_first(fn)
+        losses.append(M.paired_losses(clean, edited(splice), labels, mask))
     del clean
-    if not zero_ablation:
-        return LMLosses(ce_clean, ce_spliced, kl, None, mask)
-    if ce_zero is None:
+    if zero_ablation and ce_zero is None:
         zero = torch.zeros_like if splice_first_position else _keep_first(torch.zeros_like)
         ce_zero = M.token_cross_entropy(edited(zero), labels, mask)
-    return LMLosses(ce_clean, ce_spliced, kl, ce_zero, mask)
+    return [LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)
+            for ce_clean, ce_spliced, kl in losses]  # fmt: skip
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -161,34 +174,53 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     ``zero_ablation_cache``: a dict shared by evaluations through this same ``model`` (filled and read here).
     """
     cfg = resolve_config(cfg or EvalConfig(), sae.cfg.metadata)
+    return evaluate_many([sae], model, tokenizer, records, [cfg], [sae_path], zero_ablation_cache)[0]
+
+
+def evaluate_many(saes: list[SAE], model: nn.Module, tokenizer: Any, records: Iterable[Record],
+                  cfgs: list[EvalConfig], sae_paths: list[str | None] | None = None,
+                  zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None) -> list[EvalResult]:  # fmt: skip
+    """Evaluate several SAEs of **one hook** on the same records with one clean forward per batch: each SAE then
+    costs one restarted spliced pass (and the zero-ablated pass is shared). Same results as :func:`evaluate` on
+    each. ``cfgs[i]`` (resolved, one per SAE) differ at most in ``output``; each result is written to its own."""
+    if not saes or len(cfgs) != len(saes):
+        raise ValueError(f"evaluate_many: {len(saes)} SAEs and {len(cfgs)} configs")
+    cfg = cfgs[0]
+    shared = [{k: v for k, v in dataclasses.asdict(c).items() if k != "output"} for c in cfgs]
+    if any(s != shared[0] for s in shared[1:]):
+        raise ValueError("evaluate_many: the SAEs need the same evaluation settings (hook, data, method, ...)")
     if not cfg.hook:
         raise ValueError("no hook point: the SAE's metadata has no hook_name; pass --hook (e.g. resid_post.15)")
     hook = check_hook(model, cfg.hook)
-    check_sae_width(sae.cfg.d_in, model, hook)
-    sae = sae.to(_device(model)).eval()
+    for sae in saes:
+        check_sae_width(sae.cfg.d_in, model, hook)
+    saes = [sae.to(_device(model)).eval() for sae in saes]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     t0 = time.perf_counter()
     seqs = build_sequences(select_records(records, cfg), tokenizer, cfg)
     if not seqs:
         raise ValueError(f"{cfg.data or 'records'}: no sequences to evaluate (empty data or held-out split)")
     batches = list(bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size))
-    acc = SubsetAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold, special_ids=special_ids(tokenizer))
+    special = special_ids(tokenizer)
+    accs = [SubsetAccumulator(s.cfg.d_sae, dense_threshold=cfg.dense_threshold, special_ids=special) for s in saes]
     n_seq = n_tok = 0
     with Progress(len(batches), "eval", enabled=cfg.progress, unit="batches") as bar:
         for batch in batches:
-            n_tok += _eval_batch(sae, model, hook, pad_batch(batch, pad_id), n_seq, cfg, acc, zero_ablation_cache)
+            n_tok += _eval_batch(saes, model, hook, pad_batch(batch, pad_id), n_seq, cfg, accs, zero_ablation_cache)
             n_seq += len(batch)
             bar.advance(1, tokens=str(n_tok))
-    result = EvalResult(
-        sae=_sae_info(sae, sae_path),
-        setup=_setup(cfg, model, n_seq, n_tok, time.perf_counter() - t0),
-        metrics=acc.result(),
-        latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
-        per_sequence=acc.per_sequence(),
-    )
-    if cfg.output:
-        write_result(result, cfg.output)
-    return result
+    seconds = time.perf_counter() - t0
+    paths = sae_paths or [None] * len(saes)
+    results = []
+    for sae, acc, path, c in zip(saes, accs, paths, cfgs, strict=True):
+        setup = {**_setup(cfg, model, n_seq, n_tok, seconds), "evaluated_together": len(saes)}
+        result = EvalResult(sae=_sae_info(sae, path), setup=setup, metrics=acc.result(),
+                            latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
+                            per_sequence=acc.per_sequence())  # fmt: skip
+        if c.output:
+            write_result(result, c.output)
+        results.append(result)
+    return results
 
 
 def zero_ablation_key(hook: HookPoint, input_ids: Tensor, attention_mask: Tensor,
@@ -198,39 +230,50 @@ def zero_ablation_key(hook: HookPoint, input_ids: Tensor, attention_mask: Tensor
     return str(hook), bool(splice_first_position), tuple(input_ids.shape), digest
 
 
-def _eval_batch(sae: SAE, model: nn.Module, hook: HookPoint, pb: PaddedBatch, seq_offset: int, cfg: EvalConfig,
-                acc: SubsetAccumulator, zero_cache: dict[tuple[Any, ...], Tensor] | None = None) -> int:  # fmt: skip
-    """Run one padded batch (sequence ids from ``seq_offset``) into ``acc``; returns its number of real tokens."""
+def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBatch, seq_offset: int,
+                cfg: EvalConfig, accs: list[SubsetAccumulator],
+                zero_cache: dict[tuple[Any, ...], Tensor] | None = None) -> int:  # fmt: skip
+    """Run one padded batch (sequence ids from ``seq_offset``) into each SAE's accumulator; returns its number of
+    real tokens."""
     device = _device(model)
     ids, am = pb.input_ids.to(device), pb.attention_mask.to(device)
     valid = am.bool()
     token_class, positions = pb.token_class.to(device), pb.positions.to(device)
     seq_ids = (torch.arange(ids.shape[0], device=device) + seq_offset)[:, None].expand_as(ids)
-    store: dict[str, Tensor] = {}
+    stores: list[dict[str, Tensor]] = [{} for _ in saes]
 
-    def run_sae(act: Tensor) -> Tensor:
-        x = act.to(sae.W_dec.dtype)
-        f = sae.encode(x)
-        x_hat = sae.decode(f)
-        store.update(x=x[valid], x_hat=x_hat[valid], f=f[valid])
-        return x_hat
+    def runner(sae: SAE, store: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        def run_sae(act: Tensor) -> Tensor:
+            x = act.to(sae.W_dec.dtype)
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            store.update(x=x[valid], x_hat=x_hat[valid], f=f[valid])
+            return x_hat
 
+        return run_sae
+
+    fns = [runner(sae, store) for sae, store in zip(saes, stores, strict=True)]
     if cfg.lm_loss:
         first = bool(cfg.splice_first_position)
         key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
         cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
-        losses = spliced_losses(model, hook, ids, am, run_sae, splice_first_position=first, ce_zero=cached,
-                                restart=cfg.restart and can_resume(model))  # fmt: skip
-        if zero_cache is not None and key is not None and losses.ce_zero is not None:
-            zero_cache[key] = losses.ce_zero
-        m = losses.mask
-        acc.update_lm(token_class[m], positions[m], seq_ids[m], ids[m], ce_clean=losses.ce_clean[m],
-                      ce_spliced=losses.ce_spliced[m], kl=losses.kl[m],
-                      ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
+        all_losses = spliced_losses_many(model, hook, ids, am, fns, splice_first_position=first, ce_zero=cached,
+                                         restart=cfg.restart and can_resume(model))  # fmt: skip
+        for losses, acc in zip(all_losses, accs, strict=True):
+            if zero_cache is not None and key is not None and losses.ce_zero is not None:
+                zero_cache[key] = losses.ce_zero
+            m = losses.mask
+            acc.update_lm(token_class[m], positions[m], seq_ids[m], ids[m], ce_clean=losses.ce_clean[m],
+                          ce_spliced=losses.ce_spliced[m], kl=losses.kl[m],
+                          ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
     else:
         with torch.inference_mode():
-            run_sae(capture(model, hook, ids, am))
-    acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid], ids[valid])
+            act = capture(model, hook, ids, am)
+            for fn in fns:
+                fn(act)
+    for store, acc in zip(stores, accs, strict=True):
+        acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid],
+                   ids[valid])  # fmt: skip
     return int(valid.sum())
 
 

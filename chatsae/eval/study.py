@@ -76,7 +76,9 @@ class StudyEvalConfig:
     eval_batch_tokens: int = 2048
     """Tokens per evaluation forward pass (the logits take eval_batch_tokens x vocab floats)."""
     lm_loss: bool = True
-    """Compute delta LM loss, KL and CE recovered (three forward passes per batch)."""
+    """Compute delta LM loss, KL and CE recovered (a clean, a spliced and a zero-ablated pass per batch)."""
+    eval_together: int = 24
+    """SAEs evaluated on one clean forward pass at most (each adds one spliced pass from the hook layer on)."""
 
 
 class EvalSet(NamedTuple):
@@ -227,29 +229,50 @@ class Study:
         }  # fmt: skip
 
     def evaluate(self, sae_dir: Path, es: EvalSet, method: str | None = None) -> EvalResult:
-        """Evaluate the SAE on ``es`` (``method`` None = the SAE's own); reuses ``eval_<set>.json`` when it is newer
-        than the SAE and was made with the same settings."""
+        """Evaluate the SAE on ``es`` (``method`` None = the SAE's own); see :meth:`evaluate_all`."""
+        return self.evaluate_all([sae_dir], es, method)[0]
+
+    def evaluate_all(self, sae_dirs: list[Path], es: EvalSet, method: str | None = None) -> list[EvalResult]:
+        """Evaluate every SAE on ``es`` (``method`` None = each SAE's own), in order. An ``eval_<set>.json`` newer
+        than its SAE and made with the same settings is reused; the others are evaluated together, up to
+        ``eval_together`` SAEs per clean forward pass (:func:`~chatsae.eval.evaluate.evaluate_many`)."""
         from ..sae import load_sae
-        from .evaluate import evaluate
+        from .config import resolve_config
+        from .evaluate import evaluate_many
 
         ev, d = self.ev, self.data
-        path = sae_dir.parent / f"eval_{es.name}.json"
-        cfg = EvalConfig(model=d.model, data=es.path, method=method, max_samples=ev.eval_max_samples,
-                         max_tokens=ev.eval_max_tokens, max_length=d.max_length, context_size=d.context_size,
-                         batch_tokens=ev.eval_batch_tokens, max_batch_size=self.harvest_opts.max_batch_size,
-                         lm_loss=ev.lm_loss, output=str(path), progress=self.train_cfg.progress)  # fmt: skip
-        sae = load_sae(sae_dir)
-        want = {"data": es.path, "method": method or sae.cfg.metadata.get("method") or "fast",
-                "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}
-        if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
-            old = read_result(path)
-            if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
-                self.report(f"[{sae_dir.parent.name}] reusing {path.name}")
-                return old
-        self.report(f"[{sae_dir.parent.name}] evaluating on {es.label}")
-        model, tokenizer = self.model_and_tokenizer
-        return evaluate(sae, model, tokenizer, es.records, cfg, sae_path=str(sae_dir),
-                        zero_ablation_cache=self._zero_ablation)  # fmt: skip
+        out: dict[int, EvalResult] = {}
+        todo: dict[str, list[tuple[int, Any, EvalConfig]]] = {}  # the same settings -> evaluated together
+        for i, sae_dir in enumerate(sae_dirs):
+            path = sae_dir.parent / f"eval_{es.name}.json"
+            cfg = EvalConfig(model=d.model, data=es.path, method=method, max_samples=ev.eval_max_samples,
+                             max_tokens=ev.eval_max_tokens, max_length=d.max_length, context_size=d.context_size,
+                             batch_tokens=ev.eval_batch_tokens, max_batch_size=self.harvest_opts.max_batch_size,
+                             lm_loss=ev.lm_loss, output=str(path), progress=self.train_cfg.progress)  # fmt: skip
+            sae = load_sae(sae_dir)
+            want = {"data": es.path, "method": method or sae.cfg.metadata.get("method") or "fast",
+                    "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}
+            if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
+                old = read_result(path)
+                if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
+                    self.report(f"[{sae_dir.parent.name}] reusing {path.name}")
+                    out[i] = old
+                    continue
+            cfg = resolve_config(cfg, sae.cfg.metadata)
+            key = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "output"}, default=str)
+            todo.setdefault(key, []).append((i, sae, cfg))
+        step = max(1, ev.eval_together)
+        for group in todo.values():
+            model, tokenizer = self.model_and_tokenizer
+            for at in range(0, len(group), step):
+                part = group[at : at + step]
+                runs = ", ".join(sae_dirs[i].parent.name for i, _, _ in part)
+                self.report(f"[{runs}] evaluating on {es.label}")
+                results = evaluate_many([sae for _, sae, _ in part], model, tokenizer, es.records,
+                                        [cfg for _, _, cfg in part], [str(sae_dirs[i]) for i, _, _ in part],
+                                        zero_ablation_cache=self._zero_ablation)  # fmt: skip
+                out.update({i: r for (i, _, _), r in zip(part, results, strict=True)})
+        return [out[i] for i in range(len(sae_dirs))]
 
 
 def summarize(result: EvalResult) -> dict[str, float | None]:

@@ -152,14 +152,18 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
     cache_dir, manifest = study.harvest(study.data, "sweep")
     meta = study.sae_metadata(study.data, manifest, sets[0].path if sets[0].name == "heldout" else None)
     rows: dict[str, list[dict[str, Any]]] = {es.name: [] for es in sets}
+    trained: list[list[Path]] = []
     for i, s in enumerate(points, 1):
         study.report(f"[sweep {i}/{len(points)}] {ARCH_LABELS.get(s.arch, s.arch)} {s.label}")
         sae_dirs = []
         for j, seed in enumerate(seeds):
             with seeded(study, seed):
                 sae_dirs.append(study.train(cache_dir, seed_run(s.run, j, seed), s.arch, s.coef, s.k, meta))
-        for es in sets:
-            row = seed_row([study.evaluate(sae_dir, es) for sae_dir in sae_dirs])
+        trained.append(sae_dirs)
+    for es in sets:  # every SAE on the same records, several per clean forward pass
+        flat = study.evaluate_all([p for dirs in trained for p in dirs], es)
+        for i, (s, sae_dirs) in enumerate(zip(points, trained, strict=True)):
+            row = seed_row(flat[i * len(seeds) : (i + 1) * len(seeds)])
             bounds = {f"{k}_{b}": v for k in BOUNDED for b, v in zip(("low", "high"), error_bounds(row, k) or
                                                                      (None, None), strict=True)}  # fmt: skip
             rows[es.name].append({"eval_set": es.name, "arch": s.arch, "setting": s.label, "sparsity_coef": s.coef,
