@@ -314,3 +314,39 @@ def test_cache_of_another_world_size(tmp_path: Path) -> None:
     assert (cache / "shard_r01_00000.acts.npy").is_file()
     with pytest.raises(ValueError, match="cannot split 1 shard.* over 2 readers"):
         CacheSource(make_cache(tmp_path / "one_shard", [100]), 32, rank=1, world_size=2)
+
+
+def distributed_saes(root: Path, cache: Path) -> None:
+    """On every rank: two SAEs on one saved cache with --distribute-saes (one per rank)."""
+    from chatsae.train import RunConfig, RunSpec
+    from chatsae.train.multi import train_runs
+
+    spec = RunSpec(run=RunConfig(out_dir=str(root / "dist"), activations=str(cache), distribute_saes=True,
+                                 saes="jumprelu:name=a,topk:k=4:name=b"),
+                   train=TrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, init_sample_tokens=3 * BATCH,
+                                     checkpoint_every=0, progress=False, device="cpu", seed=0),
+                   d_sae=D_SAE, report=lambda m: None)  # fmt: skip
+    results = train_runs(spec)
+    (root / f"ranks_{dist_mod.global_rank()}.json").write_text(json.dumps([str(r.out_dir) for r in results]))
+
+
+def test_distribute_saes_places_one_sae_per_rank(tmp_path: Path) -> None:
+    """--distribute-saes: SAE i trains on rank i mod 2, alone, and equals the same SAE trained by one process."""
+    from chatsae.sae import load_sae
+    from chatsae.train import RunConfig, RunSpec, train_run
+
+    cache = make_cache(tmp_path / "cache", [300, 500])
+    spawn(distributed_saes, tmp_path, cache)
+    placed = [json.loads((tmp_path / f"ranks_{r}.json").read_text()) for r in range(2)]
+    assert placed == [[str(tmp_path / "dist" / "a")], [str(tmp_path / "dist" / "b")]]
+    for name, arch, k in (("a", "jumprelu", 32), ("b", "topk", 4)):
+        ref = train_run(RunSpec(run=RunConfig(out_dir=str(tmp_path / f"ref_{name}"), activations=str(cache)),
+                                sae=SAEConfig(architecture=arch, k=k),
+                                train=TrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH,
+                                                  init_sample_tokens=3 * BATCH, checkpoint_every=0, progress=False,
+                                                  device="cpu", seed=0),
+                                d_sae=D_SAE, report=lambda m: None))  # fmt: skip
+        got, want = load_sae(tmp_path / "dist" / name / "sae"), load_sae(ref.sae_dir)
+        assert got.cfg.architecture == arch
+        for key, t in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[key], t, rtol=0, atol=0, msg=key)

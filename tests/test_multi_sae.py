@@ -66,7 +66,7 @@ def test_hooks_option_names_and_errors(tiny_llama, tmp_path: Path) -> None:
     spec = _spec(tmp_path, tiny_llama, "x", hooks="resid_post.1, resid_post.2")
     spec.run.out_dir = None
     assert default_out_dir(spec) == Path("runs/tiny_resid_post.1+resid_post.2_fast_jumprelu")
-    with pytest.raises(ValueError, match="several hooks are harvested into the disk cache"):
+    with pytest.raises(ValueError, match="several SAEs .* are trained from the disk cache"):
         train_runs(_spec(tmp_path, tiny_llama, "y", hooks="resid_post.1,resid_post.2", cache="none"))
     with pytest.raises(ValueError, match="hooks"):
         DataConfig(hooks="resid_post.1,bogus.3")
@@ -94,3 +94,44 @@ def test_cli_hooks_harvest_and_train(tiny_llama, tmp_path: Path, capsys) -> None
     assert out.count("chatsae train: result") == 2
     for h in ("resid_post.2", "resid_post.0"):
         assert load_sae(tmp_path / "t" / h / "sae").cfg.metadata["hook_name"] == h
+
+
+def test_several_saes_on_one_hook_share_one_harvest(tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """--saes: one harvest for every entry; each SAE equals the single run with the same options."""
+    from chatsae.activations import harvest as harvest_mod
+
+    passes: list[int] = []
+    capture_many = harvest_mod.capture_many
+
+    def spy(model, hooks, *args, **kw):
+        passes.append(1)
+        return capture_many(model, hooks, *args, **kw)
+
+    monkeypatch.setattr(harvest_mod, "capture_many", spy)
+    spec = _spec(tmp_path, tiny_llama, "multi", hook="resid_post.1")
+    spec.run.saes = "jumprelu:sparsity_coef=0.01,topk:k=8:lr=0.001"
+    results = train_runs(spec)
+    n_multi, passes[:] = len(passes), []
+    assert [r.out_dir.name for r in results] == ["jumprelu_sparsity_coef0.01", "topk_k8_lr0.001"]
+    single = _spec(tmp_path, tiny_llama, "single", hook="resid_post.1")
+    single.sae, single.train = SAEConfig(architecture="topk", k=8), TrainConfig(**{**TC, "lr": 0.001})
+    ref = train_run(single)
+    assert n_multi == len(passes) > 0  # the two SAEs cost one harvest
+    got = load_sae(results[1].sae_dir)
+    assert got.cfg.architecture == "topk" and got.cfg.k == 8
+    for name, t in load_sae(ref.sae_dir).state_dict().items():
+        torch.testing.assert_close(got.state_dict()[name], t, rtol=1e-6, atol=1e-7, msg=name)
+    first = json.loads((results[0].sae_dir / "config.json").read_text())
+    assert first["train"]["sparsity_coef"] == 0.01 and (results[0].out_dir / "eval.json").is_file()
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("jumprelu:sparsity_coef", "not FIELD=VALUE"), ("nope", "architecture"), ("topk:k=abc", "k"),
+    ("topk:colour=red", "unknown field 'colour'"), ("topk:k=8,topk:k=8", "unique"),
+])  # fmt: skip
+def test_saes_option_errors(text: str, match: str) -> None:
+    from chatsae.train.multi import parse_saes
+
+    with pytest.raises(ValueError, match=match):
+        RunConfig(saes=text)
+    assert [v.name for v in parse_saes("topk:k=8, jumprelu:name=mine")] == ["topk_k8", "mine"]

@@ -45,21 +45,47 @@ RANK_MANIFEST = re.compile(r"manifest\.rank(\d+)of(\d+)\.json")
 
 
 # ---- process group ---------------------------------------------------------------------------------------------
+_ALONE: list[bool] = []
+"""Non-empty inside :func:`alone`: this process acts as a world of one."""
+
+
 def is_distributed() -> bool:
-    """A process group of more than one process is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group of more than one process is initialised (and this process is not working :func:`alone`)."""
+    return not _ALONE and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    """This process's rank (from the process group, else env ``RANK``, else 0)."""
+    """This process's rank (from the process group, else env ``RANK``, else 0); 0 inside :func:`alone`."""
+    if _ALONE:
+        return 0
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
-    """Number of processes (from the process group, else env ``WORLD_SIZE``, else 1)."""
+    """Number of processes (from the process group, else env ``WORLD_SIZE``, else 1); 1 inside :func:`alone`."""
+    return 1 if _ALONE else _launched_world()
+
+
+def _launched_world() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def global_rank() -> int:
+    """This process's rank in the launched world, even inside :func:`alone`."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """In the block this process works as a world of one (rank 0 of 1, collectives are no-ops), keeping its own
+    device (``cuda:LOCAL_RANK``): how ``--distribute-saes`` trains different SAEs on different ranks."""
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
 
 
 def local_rank() -> int:
@@ -71,7 +97,7 @@ def setup(timeout_s: float = 1800.0) -> bool:
     """Initialise the process group from the environment when ``WORLD_SIZE`` > 1 and none is up yet (gloo for CPU
     tensors, plus nccl for CUDA tensors when CUDA is available; each rank's GPU is ``cuda:LOCAL_RANK``). Returns
     whether this call initialised it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+    if _ALONE or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
         if key not in os.environ:
@@ -103,7 +129,7 @@ def session() -> Iterator[None]:
 
 def device_name(name: str) -> str:
     """``auto``/``cuda`` -> ``cuda:LOCAL_RANK`` in a multi-process run with CUDA (one GPU per rank); else ``name``."""
-    if world_size() > 1 and str(name).strip().lower() in ("auto", "cuda") and torch.cuda.is_available():
+    if _launched_world() > 1 and str(name).strip().lower() in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{local_rank() % torch.cuda.device_count()}"
     return name
 

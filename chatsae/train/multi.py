@@ -1,19 +1,86 @@
-"""Several SAEs from one harvest: ``--hooks resid_post.8,resid_post.15,resid_post.22``.
+"""Several SAEs from one harvest: ``--hooks resid_post.8,resid_post.15,resid_post.22`` and/or
+``--saes jumprelu:sparsity_coef=0.001,jumprelu:sparsity_coef=0.004,topk:k=32``.
 
 One forward pass per model batch captures every hook (stopping after the deepest) into one activation cache per hook
-(``OUT_DIR/activations/<hook>``); then one SAE per hook is trained and evaluated with :func:`~chatsae.train.train_run`
-in its own folder ``OUT_DIR/<hook>`` (SAE, config, checkpoints, metrics log, eval.json). Each SAE is exactly the one a
-single-hook run on the same data would give (same cache contents, same seed); what is shared is the model forward.
+(``OUT_DIR/activations/<hook>``); then every SAE (each hook x each ``--saes`` entry) is trained and evaluated with
+:func:`~chatsae.train.train_run` from that cache in its own folder: ``OUT_DIR/<hook>`` for several hooks,
+``OUT_DIR/<name>`` for several SAEs on one hook, ``OUT_DIR/<hook>/<name>`` for both. Each SAE is exactly the one a
+single run on the same data would give (same cache contents, same seed); what is shared is the model forward.
+
+Under torchrun the ranks harvest the shared caches together; then, by default, every SAE is trained data-parallel
+on all ranks in turn, or with ``--distribute-saes`` each rank trains its own SAEs alone (SAE ``i`` on rank
+``i mod W``; sparsify's ``distribute_modules``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
+from ..config import _parse_value
 from ..locking import DirLock, claim_dir
 from ..models import HookPoint
+from ..sae import SAEConfig
+from .config import TrainConfig
 from .run import RunResult, RunSpec, default_out_dir, harvest_kwargs, train_run
+
+
+class SAEVariant(NamedTuple):
+    """One entry of ``--saes``: folder ``name``, SAEConfig fields and TrainConfig fields it sets."""
+
+    name: str
+    sae: dict[str, Any]
+    train: dict[str, Any]
+
+
+def parse_saes(text: str | None) -> list[SAEVariant]:
+    """``'ARCH[:FIELD=VALUE...],...'`` -> variants (ValueError naming the entry and field at fault). The folder name
+    is ``name=...`` if given, else the architecture and the options (``jumprelu_sparsity_coef0.004``)."""
+    if not text or not text.strip():
+        return []
+    sae_types, train_types = typing.get_type_hints(SAEConfig), typing.get_type_hints(TrainConfig)
+    hidden = {"d_in", "metadata", "architecture"}
+    out: list[SAEVariant] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        arch, *opts = entry.split(":")
+        sae: dict[str, Any] = {"architecture": arch.strip()}
+        train: dict[str, Any] = {}
+        name = None
+        for opt in opts:
+            key, eq, value = opt.partition("=")
+            key = key.strip().replace("-", "_")
+            if not eq:
+                raise ValueError(f"--saes {entry!r}: {opt!r} is not FIELD=VALUE")
+            try:
+                if key == "name":
+                    name = value.strip()
+                elif key in sae_types and key not in hidden:
+                    sae[key] = _parse_value(sae_types[key], value.strip())
+                elif key in train_types:
+                    train[key] = _parse_value(train_types[key], value.strip())
+                else:
+                    raise ValueError(f"unknown field {key!r} (SAE or training options, e.g. k, d_sae, "
+                                     "sparsity_coef, lr, seed)")  # fmt: skip
+            except Exception as e:  # noqa: BLE001 -- argparse.ArgumentTypeError or ValueError, one message
+                raise ValueError(f"--saes {entry!r}: {e}") from None
+        try:
+            SAEConfig(**sae)  # architecture and SAE fields checked here
+            dataclasses.replace(TrainConfig(), **train)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--saes {entry!r}: {e}") from None
+        given = {k: v for k, v in {**sae, **train}.items() if k != "architecture"}
+        label = "_".join([sae["architecture"], *(f"{k}{v}" for k, v in given.items())])
+        name = name or re.sub(r"[^A-Za-z0-9_.=-]", "_", label)
+        if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or name in (v.name for v in out):
+            raise ValueError(f"--saes {entry!r}: folder name {name!r} is not a plain, unique file name")
+        out.append(SAEVariant(name, sae, train))
+    return out
 
 
 def hook_list(spec: RunSpec) -> list[HookPoint]:
@@ -23,41 +90,84 @@ def hook_list(spec: RunSpec) -> list[HookPoint]:
     return list(dict.fromkeys(HookPoint.parse(t) for t in spec.data.hooks.split(",") if t.strip()))
 
 
+def _variant_spec(spec: RunSpec, v: SAEVariant | None, out_dir: Path, **data: Any) -> RunSpec:
+    run = dataclasses.replace(spec.run, out_dir=str(out_dir), saes="", distribute_saes=False)
+    if v is None:
+        return dataclasses.replace(spec, run=run, data=dataclasses.replace(spec.data, **data))
+    opts = {k: val for k, val in v.sae.items() if k != "d_sae"}
+    old = SAEConfig(architecture=spec.sae.architecture)  # its architecture's defaults, resolved
+    for key in ("apply_b_dec_to_input", "decoder_unit_norm"):  # left at --arch's default: the entry's default
+        if key not in opts and getattr(spec.sae, key) == getattr(old, key):
+            opts[key] = None
+    return dataclasses.replace(spec, run=run, sae=dataclasses.replace(spec.sae, **opts),
+                               train=dataclasses.replace(spec.train, **v.train), d_sae=v.sae.get("d_sae", spec.d_sae),
+                               data=dataclasses.replace(spec.data, **data))  # fmt: skip
+
+
 def train_runs(spec: RunSpec) -> list[RunResult]:
-    """Run ``spec``: one :func:`train_run`, or with several ``--hooks`` one harvest and one SAE per hook (in hook
-    order), each in ``OUT_DIR/<hook>``."""
-    hooks = hook_list(spec)
-    if len(hooks) <= 1:
-        if hooks:  # a single hook given as --hooks: the ordinary run
-            spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, hook=str(hooks[0]), hooks=None))
-        return [train_run(spec)]
-    if spec.data.cache == "none":
-        raise ValueError(f"--hooks {spec.data.hooks}: several hooks are harvested into the disk cache; drop "
-                         "--cache none (or stream one hook per run)")  # fmt: skip
-    from ..activations.pipeline import harvest_hooks
+    """Run ``spec``: one :func:`train_run`, or with several ``--hooks`` / ``--saes`` one harvest and one SAE per
+    hook x entry (hooks outer), each in its own folder. Under ``--distribute-saes`` a rank returns only its own."""
     from . import distributed
 
+    hooks, variants = hook_list(spec), parse_saes(spec.run.saes)
+    if len(hooks) <= 1 and len(variants) <= 1:
+        if hooks:  # a single hook given as --hooks: the ordinary run
+            spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, hook=str(hooks[0]), hooks=None))
+        if variants:
+            spec = _variant_spec(spec, variants[0], default_out_dir(spec))
+        return [train_run(spec)]
+    if spec.data.cache == "none" and not spec.run.activations:
+        raise ValueError("several SAEs (--hooks / --saes) are trained from the disk cache of one harvest; drop "
+                         "--cache none (or stream one SAE per run)")  # fmt: skip
     run, data = spec.run, spec.data
     out_dir = default_out_dir(spec)
 
     def claim() -> DirLock:
         claim_dir(out_dir, "run", overwrite=run.overwrite)
-        return DirLock(out_dir, "chatsae train --hooks")
+        return DirLock(out_dir, "chatsae train (several SAEs)")
 
     with distributed.session(), distributed.main_lock(claim):  # under torchrun: rank 0 locks for all ranks
-        spec.report(f"chatsae train: model {data.model}, data {data.data_path}, hooks {', '.join(map(str, hooks))} "
-                    f"(one forward pass) -> {out_dir}")  # fmt: skip
-        dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir, **harvest_kwargs(spec))
-        if stats.sequences:
-            spec.report(f"harvested {stats.tokens_kept:,} vectors per hook at {len(hooks)} hooks in "
-                        f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)")  # fmt: skip
-        model = (context["model"], context["tokenizer"])
-        results = []
-        for hook in hooks:
-            sub_out = Path(out_dir) / str(hook)
-            sub = dataclasses.replace(
-                spec, run=dataclasses.replace(run, out_dir=str(sub_out)), model_and_tokenizer=model,
-                data=dataclasses.replace(data, hook=str(hook), hooks=None, cache_dir=str(dirs[hook])),
-            )  # fmt: skip
+        units: list[tuple[Path, dict[str, Any], SAEVariant | None]] = []
+        if run.activations:  # saved activations: nothing to harvest
+            units = [(out_dir / v.name, {}, v) for v in variants]
+        else:
+            label = ", ".join(map(str, hooks)) if hooks else data.hook or "the default hook"
+            spec.report(f"chatsae train: model {data.model}, data {data.data_path}, hooks {label} (one forward pass), "
+                        f"{len(variants) or 1} SAE(s) per hook -> {out_dir}")  # fmt: skip
+            from ..activations.pipeline import harvest_hooks
+
+            dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir, **harvest_kwargs(spec))
+            if stats.sequences:
+                spec.report(f"harvested {stats.tokens_kept:,} vectors per hook at {len(dirs)} hook(s) in "
+                            f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)")  # fmt: skip
+            spec = dataclasses.replace(spec, model_and_tokenizer=(context["model"], context["tokenizer"]))
+            for hook, cache in dirs.items():
+                base = out_dir / str(hook) if len(dirs) > 1 else out_dir
+                where = {"hook": str(hook), "hooks": None, "cache_dir": str(cache)}
+                units += [(base / v.name, where, v) for v in variants] or [(base, where, None)]
+        return _train_units(spec, units)
+
+
+def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
+    """Train each unit (folder, data fields, variant): all ranks on each in turn, or with ``--distribute-saes`` unit
+    ``i`` on rank ``i mod W`` alone."""
+    from . import distributed
+
+    w = distributed.world_size()
+    if not spec.run.distribute_saes or w == 1:
+        return [train_run(_variant_spec(spec, v, path, **where)) for path, where, v in units]
+    r = distributed.rank()
+    mine = units[r::w]
+    spec.report(f"--distribute-saes: {len(units)} SAEs over {w} ranks (SAE i on rank i mod {w})")
+    results = []
+    with distributed.alone():  # each rank trains, saves and evaluates its SAEs by itself
+        for path, where, v in mine:
+            sub = _variant_spec(spec, v, path, **where)
+            sub.report = _prefixed(spec.report, f"[rank {r}] [{path.name}]")
             results.append(train_run(sub))
+    distributed.barrier()  # every SAE is saved before any rank moves on
     return results
+
+
+def _prefixed(report: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda msg: report(f"{prefix} {msg}")

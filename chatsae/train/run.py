@@ -45,10 +45,22 @@ class RunConfig:
     """--activations synthetic: number of true features (0 = 2 x d_in)."""
     synthetic_active: float = 4.0
     """--activations synthetic: mean number of active features per vector."""
+    saes: str = ""
+    """Several SAEs from the same activations in one command, comma-separated, each ARCH[:FIELD=VALUE...] with SAE or
+    training options, e.g. 'jumprelu:sparsity_coef=0.001,jumprelu:sparsity_coef=0.004,topk:k=32'; each trains in
+    OUT_DIR/<name> (OUT_DIR/<hook>/<name> with --hooks), name = the architecture and options, or name=...; other
+    options apply to every entry, and options left at --arch's defaults take the entry architecture's."""
+    distribute_saes: bool = False
+    """Under torchrun with several SAEs (--hooks / --saes): after the shared harvest each rank trains its own SAEs
+    alone (SAE i on rank i mod the number of ranks), instead of every SAE data-parallel on all ranks in turn."""
 
     def __post_init__(self) -> None:
         validate(self, positive=("expansion_factor", "eval_max_samples", "synthetic_active"),
                  non_negative=("synthetic_features",))  # fmt: skip
+        if self.saes:
+            from .multi import parse_saes
+
+            parse_saes(self.saes)  # a bad entry is an error before anything runs
 
 
 def _stderr(msg: str) -> None:
