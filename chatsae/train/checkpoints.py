@@ -1,15 +1,25 @@
-"""Safety of training runs: which run-config fields may change on resume, the comparison naming each difference,
-the refusal of a fresh run over an earlier one, and checkpoint checksums."""
+"""Checkpoints of training runs and their safety: writing, loading and resuming the :class:`Trainer`'s checkpoints
+(atomic, checksummed, every rank's data-stream state), which run-config fields may change on resume, the comparison
+naming each difference, and the refusal of a fresh run over an earlier one."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from ..locking import OutputDirError
-from ..utils import file_digest
+from ..utils import atomic_dir, file_digest
+from . import distributed
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 VOLATILE: dict[str, tuple[str, ...]] = {
     "train": ("progress", "device", "log_every", "checkpoint_every", "keep_checkpoints", "compile", "prefetch",
@@ -89,3 +99,125 @@ def verify_checkpoint(path: Path) -> None:
             raise CheckpointError(f"{path / name}: missing from the checkpoint")
         if file_digest(path / name) != digest:
             raise CheckpointError(f"{path / name}: damaged (its bytes changed since it was written; checksum differs)")
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The complete checkpoints (``step_*`` holding ``state.pt``) in ``checkpoint_dir``, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoint_dir.glob("step_*") if (p / "state.pt").is_file())
+
+
+def check_run_config(path: Path, run_config: dict[str, Any]) -> None:
+    """ValueError if checkpoint ``path`` was written by a run with other settings than ``run_config`` (JSON form;
+    each differing option named); :class:`CheckpointError` if its run config is unreadable."""
+    file = path / "run_config.json"
+    if not file.is_file():
+        return  # written before run configs were stored
+    try:
+        old = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from e
+    diffs = config_diffs(old, run_config)
+    if diffs:
+        raise ValueError(f"{path}: --resume of a run with other settings ({'; '.join(diffs)}); resume with the "
+                         "same settings, or start afresh with --overwrite or another --out-dir")  # fmt: skip
+
+
+def resume_latest(trainer: Trainer) -> Path | None:
+    """Load the latest intact checkpoint of ``trainer`` (a damaged one is skipped with a warning, falling back to the
+    one before); None if there is none. Refuses (ValueError naming each option) a checkpoint of other settings."""
+    ckpts = trainer.checkpoints()
+    errors = []
+    for path in reversed(ckpts):
+        try:
+            verify_checkpoint(path)
+            trainer.check_run_config(path)
+            trainer.load_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            errors.append(str(e))
+            print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
+    if ckpts:
+        raise CheckpointError(f"{trainer.checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(errors)})")
+    return None
+
+
+def rank_state(trainer: Trainer) -> dict[str, Any]:
+    """What differs between ranks: data-stream position, RNG, dropped-outlier count."""
+    return {"source": trainer.source.state_dict(), "torch_rng": torch.get_rng_state(),
+            "outliers_dropped": trainer.outliers_dropped}  # fmt: skip
+
+
+def save_checkpoint(trainer: Trainer) -> Path | None:
+    """Write ``checkpoint_dir/step_N/`` atomically (SAE, optimizer, state of every rank, configs, checksums) and
+    remove all but the last ``keep_checkpoints``; the path, or None on ranks other than 0 (which only send theirs)."""
+    ranks = distributed.all_gather_objects(rank_state(trainer)) if trainer.world > 1 else None
+    if not trainer.is_main:
+        return None
+    path = trainer.checkpoint_dir / f"step_{trainer.step:010d}"
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()},
+                  str(tmp / "sae.safetensors"))  # fmt: skip
+        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {
+            "step": trainer.step, "tokens": trainer.tokens, "scale": trainer.scale,
+            "input_limit": trainer.input_limit, "outliers_dropped": trainer.outliers_dropped,
+            "since_fired": trainer.since_fired.cpu(), "fire_counts": trainer.fire_counts.cpu(),
+            "torch_rng": torch.get_rng_state(), "source": trainer.source.state_dict(),
+            "window": trainer.window_rows(trainer.window), "world_size": trainer.world,
+        }  # fmt: skip
+        if ranks is not None:
+            state["ranks"] = ranks
+        if trainer.scaler.is_enabled():
+            state["grad_scaler"] = trainer.scaler.state_dict()
+        torch.save(state, tmp / "state.pt")
+        (tmp / "sae_config.json").write_text(json.dumps(trainer.sae.cfg.to_dict(), indent=2))
+        (tmp / "run_config.json").write_text(json.dumps(trainer._run_config_json(), indent=2))
+        sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+    for old in sorted(trainer.checkpoint_dir.glob("step_*"))[: -max(trainer.cfg.keep_checkpoints, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(trainer: Trainer, path: Path) -> None:
+    """Restore ``trainer`` (weights, optimizer, counters, RNG, this rank's data-stream position) from checkpoint
+    ``path`` and drop the metrics-log lines written after it. :class:`CheckpointError` naming an unreadable file;
+    ValueError for a checkpoint of a run on another number of processes."""
+    file = path / "sae.safetensors"
+    try:
+        trainer.sae.load_state_dict(load_file(str(file), device=str(trainer.device)))
+        file = path / "optimizer.pt"
+        trainer.optimizer.load_state_dict(torch.load(file, weights_only=True))
+        file = path / "state.pt"
+        state = torch.load(file, weights_only=True)
+        if not isinstance(state, dict) or not {"step", "tokens", "scale", "source"} <= set(state):
+            raise KeyError("step, tokens, scale or source missing")
+    except Exception as e:  # noqa: BLE001 -- any unreadable file: one clear line naming it
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{file}: cannot resume from this checkpoint ({type(e).__name__}: {first})") from e
+    theirs, world = int(state.get("world_size", 1)), trainer.world
+    if theirs != world:
+        raise ValueError(f"{path}: checkpoint of a run on {theirs} process(es), this run has {world}: resume "
+                         f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
+                         "afresh with --overwrite or another --out-dir")  # fmt: skip
+    mine = state["ranks"][trainer.rank] if world > 1 else state
+    trainer.step, trainer.tokens, trainer.scale = int(state["step"]), int(state["tokens"]), float(state["scale"])
+    trainer.input_limit = float(state.get("input_limit", math.inf))  # older checkpoints: NaN/Inf checked only
+    trainer.outliers_dropped = int(mine.get("outliers_dropped", 0))
+    trainer.since_fired = state["since_fired"].to(trainer.device)
+    trainer.fire_counts = state["fire_counts"].to(trainer.device)
+    torch.set_rng_state(mine["torch_rng"])
+    trainer.window = [torch.tensor(m, dtype=torch.float32, device=trainer.device) for m in state.get("window", [])]
+    trainer._dead = trainer.dead_mask()
+    if "grad_scaler" in state:
+        trainer.scaler.load_state_dict(state["grad_scaler"])
+    trainer.source.load_state_dict(mine["source"])
+    metrics = trainer.metrics_path
+    if trainer.is_main and metrics.is_file():  # drop log lines written after the checkpoint
+        rows = [r for r in metrics.read_text().splitlines() if r.strip()]
+        kept = [r for r in rows if json.loads(r)["step"] <= trainer.step]
+        metrics.write_text("".join(r + "\n" for r in kept))
+    if trainer.is_main:
+        print(f"resumed from {path} at step {trainer.step} ({trainer.tokens:,} tokens)")

@@ -9,9 +9,15 @@ of the vectors that are not absurd: on ordinary data (no such vector) exactly ``
 from __future__ import annotations
 
 import math
+import sys
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..activations.source import ActivationBatch
+    from .trainer import Trainer
 
 OUTLIER_FACTOR = 1e3
 """A vector whose norm exceeds this many times the median norm of the initialisation sample is absurd (dropped)."""
@@ -62,6 +68,45 @@ def bad_rows(x: Tensor, limit: float) -> tuple[Tensor, Tensor] | None:
         return None
     nonfinite = ~torch.isfinite(x).all(dim=-1)
     return nonfinite, bad & ~nonfinite
+
+
+def row_origin(trainer: Trainer, batch: ActivationBatch, i: int) -> str:
+    """Where row ``i`` of ``batch`` came from (file and row when the trainer's source can say)."""
+    describe = getattr(trainer.source, "describe_row", None)
+    if batch.rows is not None and describe is not None:
+        return describe(int(batch.rows[i]))
+    return f"row {i} of the batch of step {trainer.step + 1}"
+
+
+def raise_nonfinite(trainer: Trainer, batch: ActivationBatch, nonfinite: Tensor, what: str) -> NoReturn:
+    """:class:`BadInputError` naming the first row of ``batch`` set in the ``[B]`` mask ``nonfinite``."""
+    raise BadInputError(f"{row_origin(trainer, batch, int(nonfinite.nonzero()[0]))}: the input activations hold "
+                        f"NaN/Inf ({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training "
+                        "on them: check the model dtype (fp16 overflow?) and the harvested data")  # fmt: skip
+
+
+def screen_batch(trainer: Trainer, batch: ActivationBatch) -> Tensor:
+    """The raw vectors of ``batch`` (``[B', d_in]``) to train on, checked before any step with one norm reduction:
+    NaN/Inf stops the run (:class:`BadInputError` naming file and row); absurd vectors (norm > ``OUTLIER_FACTOR`` x
+    the median) are dropped, counted in ``trainer.outliers_dropped`` and reported, and the run stops when they exceed
+    ``MAX_OUTLIER_SHARE`` of the data."""
+    found = bad_rows(batch.acts, trainer.input_limit)
+    if found is None:
+        return batch.acts
+    nonfinite, absurd = found
+    if nonfinite.any():
+        raise_nonfinite(trainer, batch, nonfinite, f"step {trainer.step + 1}")
+    n = int(absurd.sum())
+    trainer.outliers_dropped += n
+    where = row_origin(trainer, batch, int(absurd.nonzero()[0]))
+    seen = trainer.tokens + trainer.outliers_dropped
+    what = f"absurd activation vector(s) (norm > {OUTLIER_FACTOR:g}x the median norm), first at {where}"
+    if trainer.outliers_dropped > MAX_OUTLIER_SHARE * max(seen, trainer.cfg.init_sample_tokens):
+        raise BadInputError(f"{where}: {trainer.outliers_dropped} of {seen:,} vectors are {what} — more than "
+                            f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken")  # fmt: skip
+    print(f"WARNING: dropped {n} {what} at step {trainer.step + 1} ({trainer.outliers_dropped} dropped so far)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return batch.acts[~absurd]
 
 
 @torch.no_grad()

@@ -12,15 +12,12 @@ import contextlib
 import copy
 import json
 import math
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..activations.source import ActivationBatch, ActivationSource
@@ -29,9 +26,9 @@ from ..devices import resolve_device
 from ..locking import DirLock, claim_dir
 from ..progress import Progress
 from ..sae import SAE, save_sae
-from ..utils import atomic_dir, file_digest
+from . import checkpoints as checkpoint_io
 from . import distributed
-from .checkpoints import CHECKSUMS, CheckpointError, check_fresh_run, config_diffs, verify_checkpoint
+from .checkpoints import check_fresh_run
 from .config import DEFAULT_BETA1, DEFAULT_SPARSITY_COEF, TrainConfig
 from .init import (
     MAX_FVU,
@@ -42,6 +39,9 @@ from .init import (
     geometric_median,
     inlier_mask,
     input_scale,
+    raise_nonfinite,
+    row_origin,
+    screen_batch,
 )
 from .schedule import lr_at, sparsity_coef_at, steps_from
 
@@ -143,9 +143,7 @@ class Trainer:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
-        if not self.checkpoint_dir.is_dir():
-            return []
-        return sorted(p for p in self.checkpoint_dir.glob("step_*") if (p / "state.pt").is_file())
+        return checkpoint_io.list_checkpoints(self.checkpoint_dir)
 
     def latest_checkpoint(self) -> Path | None:
         ckpts = self.checkpoints()
@@ -154,34 +152,11 @@ class Trainer:
     def resume_from_checkpoint(self) -> Path | None:
         """Load the latest intact checkpoint (a damaged one is skipped with a warning, falling back to the one before);
         None if there is none. Refuses (ValueError naming each option) a checkpoint of a run with other settings."""
-        ckpts = self.checkpoints()
-        errors = []
-        for path in reversed(ckpts):
-            try:
-                verify_checkpoint(path)
-                self.check_run_config(path)
-                self.load_checkpoint(path)
-                return path
-            except CheckpointError as e:
-                errors.append(str(e))
-                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
-        if ckpts:
-            raise CheckpointError(f"{self.checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(errors)})")
-        return None
+        return checkpoint_io.resume_latest(self)
 
     def check_run_config(self, path: Path) -> None:
         """ValueError if checkpoint ``path`` was written by a run with other settings (each differing option named)."""
-        file = path / "run_config.json"
-        if not file.is_file():
-            return  # written before run configs were stored
-        try:
-            old = json.loads(file.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{file}: unreadable ({e})") from e
-        diffs = config_diffs(old, self._run_config_json())
-        if diffs:
-            raise ValueError(f"{path}: --resume of a run with other settings ({'; '.join(diffs)}); resume with the "
-                             "same settings, or start afresh with --overwrite or another --out-dir")  # fmt: skip
+        checkpoint_io.check_run_config(path, self._run_config_json())
 
     def _run_config_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.run_config, default=str))
@@ -196,7 +171,7 @@ class Trainer:
         for batch in self.source:
             found = bad_rows(batch.acts, math.inf)
             if found is not None and found[0].any():
-                self._raise_nonfinite(batch, found[0], "the initialisation sample")
+                raise_nonfinite(self, batch, found[0], "the initialisation sample")
             chunks.append(batch.acts.float())
             batches.append(batch)
             n += batch.acts.shape[0]
@@ -212,8 +187,8 @@ class Trainer:
                 if i < b.acts.shape[0]:
                     break
                 i -= b.acts.shape[0]
-            raise BadInputError(f"{self._where(b, i)}: {n_out} of the {len(sample):,} vectors of the initialisation "
-                                f"sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
+            raise BadInputError(f"{row_origin(self, b, i)}: {n_out} of the {len(sample):,} vectors of the "
+                                f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
                                 f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken")  # fmt: skip
         self.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
         sample = sample[keep] / self.scale
@@ -223,39 +198,10 @@ class Trainer:
             self.sae.b_dec.copy_(sample.mean(dim=0).to(self.device))
 
     # ---- input checks ----------------------------------------------------------------------------------------
-    def _where(self, batch: ActivationBatch, i: int) -> str:
-        """Where row ``i`` of ``batch`` came from (file and row when the source can say)."""
-        describe = getattr(self.source, "describe_row", None)
-        if batch.rows is not None and describe is not None:
-            return describe(int(batch.rows[i]))
-        return f"row {i} of the batch of step {self.step + 1}"
-
-    def _raise_nonfinite(self, batch: ActivationBatch, nonfinite: Tensor, what: str) -> None:
-        raise BadInputError(f"{self._where(batch, int(nonfinite.nonzero()[0]))}: the input activations hold NaN/Inf "
-                            f"({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training on "
-                            "them: check the model dtype (fp16 overflow?) and the harvested data")  # fmt: skip
-
     def screen(self, batch: ActivationBatch) -> Tensor:
-        """The raw vectors of ``batch`` to train on, checked before any step with one norm reduction: NaN/Inf stops
-        the run (:class:`BadInputError` naming file and row); absurd vectors (norm > ``OUTLIER_FACTOR`` x the median)
-        are dropped, counted and reported, and the run stops when they exceed ``MAX_OUTLIER_SHARE`` of the data."""
-        found = bad_rows(batch.acts, self.input_limit)
-        if found is None:
-            return batch.acts
-        nonfinite, absurd = found
-        if nonfinite.any():
-            self._raise_nonfinite(batch, nonfinite, f"step {self.step + 1}")
-        n = int(absurd.sum())
-        self.outliers_dropped += n
-        where = self._where(batch, int(absurd.nonzero()[0]))
-        seen = self.tokens + self.outliers_dropped
-        what = f"absurd activation vector(s) (norm > {OUTLIER_FACTOR:g}x the median norm), first at {where}"
-        if self.outliers_dropped > MAX_OUTLIER_SHARE * max(seen, self.cfg.init_sample_tokens):
-            raise BadInputError(f"{where}: {self.outliers_dropped} of {seen:,} vectors are {what} — more than "
-                                f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken")  # fmt: skip
-        print(f"WARNING: dropped {n} {what} at step {self.step + 1} ({self.outliers_dropped} dropped so far)",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return batch.acts[~absurd]
+        """The raw vectors of ``batch`` to train on: absurd ones dropped, NaN/Inf a :class:`BadInputError`
+        (:func:`chatsae.train.init.screen_batch`)."""
+        return screen_batch(self, batch)
 
     # ---- one step --------------------------------------------------------------------------------------------
     def train_step(self, batch: ActivationBatch) -> Tensor:
@@ -443,74 +389,11 @@ class Trainer:
         extra = {"config.json": self.run_config, "training_summary.json": summary}
         return save_sae(sae, self.out_dir / "sae", sparsity=self.log10_firing_frequency(), extra=extra)
 
-    # ---- checkpoints -----------------------------------------------------------------------------------------
-    def _rank_state(self) -> dict[str, Any]:
-        """What differs between ranks: data-stream position, RNG, dropped-outlier count."""
-        return {"source": self.source.state_dict(), "torch_rng": torch.get_rng_state(),
-                "outliers_dropped": self.outliers_dropped}  # fmt: skip
-
+    # ---- checkpoints (:mod:`chatsae.train.checkpoints`) -----------------------------------------------------
     def save_checkpoint(self) -> Path | None:
-        ranks = distributed.all_gather_objects(self._rank_state()) if self.world > 1 else None
-        if not self.is_main:
-            return None
-        path = self.checkpoint_dir / f"step_{self.step:010d}"
-        with atomic_dir(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.sae.state_dict().items()},
-                      str(tmp / "sae.safetensors"))  # fmt: skip
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {
-                "step": self.step, "tokens": self.tokens, "scale": self.scale, "input_limit": self.input_limit,
-                "outliers_dropped": self.outliers_dropped,
-                "since_fired": self.since_fired.cpu(), "fire_counts": self.fire_counts.cpu(),
-                "torch_rng": torch.get_rng_state(), "source": self.source.state_dict(),
-                "window": self.window_rows(self.window), "world_size": self.world,
-            }  # fmt: skip
-            if ranks is not None:
-                state["ranks"] = ranks
-            if self.scaler.is_enabled():
-                state["grad_scaler"] = self.scaler.state_dict()
-            torch.save(state, tmp / "state.pt")
-            (tmp / "sae_config.json").write_text(json.dumps(self.sae.cfg.to_dict(), indent=2))
-            (tmp / "run_config.json").write_text(json.dumps(self._run_config_json(), indent=2))
-            sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
-        for old in sorted(self.checkpoint_dir.glob("step_*"))[: -max(self.cfg.keep_checkpoints, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+        """Write ``checkpoints/step_N/`` (rank 0; returns its path, None on other ranks) and prune old ones."""
+        return checkpoint_io.save_checkpoint(self)
 
     def load_checkpoint(self, path: Path) -> None:
-        file = path / "sae.safetensors"
-        try:
-            self.sae.load_state_dict(load_file(str(file), device=str(self.device)))
-            file = path / "optimizer.pt"
-            self.optimizer.load_state_dict(torch.load(file, weights_only=True))
-            file = path / "state.pt"
-            state = torch.load(file, weights_only=True)
-            if not isinstance(state, dict) or not {"step", "tokens", "scale", "source"} <= set(state):
-                raise KeyError("step, tokens, scale or source missing")
-        except Exception as e:  # noqa: BLE001 -- any unreadable file: one clear line naming it
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CheckpointError(f"{file}: cannot resume from this checkpoint ({type(e).__name__}: {first})") from e
-        theirs = int(state.get("world_size", 1))
-        if theirs != self.world:
-            raise ValueError(f"{path}: checkpoint of a run on {theirs} process(es), this run has {self.world}: resume "
-                             f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
-                             "afresh with --overwrite or another --out-dir")  # fmt: skip
-        mine = state["ranks"][self.rank] if self.world > 1 else state
-        self.step, self.tokens, self.scale = int(state["step"]), int(state["tokens"]), float(state["scale"])
-        self.input_limit = float(state.get("input_limit", math.inf))  # older checkpoints: NaN/Inf checked only
-        self.outliers_dropped = int(mine.get("outliers_dropped", 0))
-        self.since_fired = state["since_fired"].to(self.device)
-        self.fire_counts = state["fire_counts"].to(self.device)
-        torch.set_rng_state(mine["torch_rng"])
-        self.window = [torch.tensor(m, dtype=torch.float32, device=self.device) for m in state.get("window", [])]
-        self._dead = self.dead_mask()
-        if "grad_scaler" in state:
-            self.scaler.load_state_dict(state["grad_scaler"])
-        self.source.load_state_dict(mine["source"])
-        if self.is_main and self.metrics_path.is_file():  # drop log lines written after the checkpoint
-            rows = [r for r in self.metrics_path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r)["step"] <= self.step]
-            self.metrics_path.write_text("".join(r + "\n" for r in kept))
-        if self.is_main:
-            print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")
+        """Restore the run's state from checkpoint ``path`` (:class:`CheckpointError` naming an unreadable file)."""
+        checkpoint_io.load_checkpoint(self, path)
