@@ -1,13 +1,14 @@
 """Cost of evaluating one SAE, in clean forward passes of the same model over the same records.
 
     .venv/bin/python benchmarks/eval_cost.py [--records 50] [--hook resid_post.15] [--repeats 2] [--no-restart]
-                                             [--threads N] [--cpu-time] [--also-full]
+                                             [--threads N] [--cpu-time] [--also-full] [--together N]
 
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
 sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
 logits over all batches; ``evaluate()`` of a randomly initialised JumpReLU SAE (8x width) with the LM-loss passes;
-the same with the zero-ablation losses cached (what ``chatsae compare``/``sweep`` do from the 2nd SAE on); with
-``--also-full`` also without restarting at the hook. The last line reads "clean forward Xs, evaluate Ys, ratio Z
+the same with the zero-ablation losses cached; ``evaluate_many`` of ``--together`` SAEs on one clean pass (what
+``chatsae compare``/``sweep`` do), per SAE; with ``--also-full`` also without restarting at the hook. The last line
+reads "clean forward Xs, evaluate Ys, ratio Z
 forward passes" (Y without the cache).
 """
 
@@ -24,7 +25,8 @@ from chatsae.activations.pipeline import default_data_path
 from chatsae.data.formats import read_records
 from chatsae.data.sequences import bucket_batches, pad_batch
 from chatsae.eval import EvalConfig, evaluate
-from chatsae.eval.evaluate import build_sequences
+from chatsae.eval.config import resolve_config
+from chatsae.eval.evaluate import build_sequences, evaluate_many
 from chatsae.models import d_model, load_model
 from chatsae.sae import SAEConfig, create_sae
 
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--also-full", action="store_true", help="also time evaluate() without restart")
     ap.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds instead of wall seconds")
+    ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many)")
     args = ap.parse_args()
 
     if args.threads:
@@ -74,6 +77,9 @@ def main() -> None:
     torch.manual_seed(0)
     d = d_model(model)
     sae = create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}))
+    group = [sae] + [create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}),
+                                seed=i + 1) for i in range(args.together - 1)]  # fmt: skip
+    resolved = resolve_config(cfg, sae.cfg.metadata)
     cache: dict = {}
     evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache)  # fills the cache
     full = dataclasses.replace(cfg, restart=False)
@@ -81,6 +87,7 @@ def main() -> None:
         "clean": clean,
         "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
         "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
+        "together": lambda: evaluate_many(group, model, tok, records, [resolved] * len(group)),
     }
     if args.also_full and cfg.restart:
         runs["full"] = lambda: evaluate(sae, model, tok, records, full)
@@ -89,10 +96,13 @@ def main() -> None:
           f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds")
     if "full" in t:
         print(f"evaluate without restart {t['full']:.2f}s, ratio {t['full'] / t['clean']:.2f} forward passes")
+    print(f"evaluate_many of {len(group)} SAEs {t['together']:.2f}s, per SAE {t['together'] / len(group):.2f}s, ratio "
+          f"{t['together'] / len(group) / t['clean']:.2f} forward passes per SAE")
     print(f"evaluate with the zero-ablation cached {t['cached']:.2f}s, ratio {t['cached'] / t['clean']:.2f} "
           "forward passes")
     print(f"clean forward {t['clean']:.2f}s, evaluate {t['evaluate']:.2f}s, ratio {t['evaluate'] / t['clean']:.2f} "
           "forward passes")
+
 
 if __name__ == "__main__":
     main()

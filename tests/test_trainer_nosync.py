@@ -21,12 +21,13 @@ from chatsae.train.schedule import lr_at, sparsity_coef_at
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _trainer(tmp_path: Path, arch: str, name: str, acts: torch.Tensor | None = None) -> Trainer:
+def _trainer(tmp_path: Path, arch: str, name: str, acts: torch.Tensor | None = None, d_sae: int = 24, k: int = 3,
+             **train: object) -> Trainer:  # fmt: skip
     cfg = TrainConfig(total_tokens=23 * 32, batch_size=32, log_every=5, checkpoint_every=0, init_sample_tokens=64,
-                      dead_window_tokens=96, progress=False, device="cpu", seed=3)  # fmt: skip
+                      dead_window_tokens=96, progress=False, device="cpu", seed=3, **train)  # type: ignore[arg-type]
     if acts is None:
         acts = torch.randn(400, 8, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
-    sae = create_sae(SAEConfig(architecture=arch, d_in=8, d_sae=24, k=3), seed=3)
+    sae = create_sae(SAEConfig(architecture=arch, d_in=8, d_sae=d_sae, k=k), seed=3)
     return Trainer(sae, cfg, TensorSource(acts, 32, seed=3), tmp_path / name)
 
 
@@ -58,7 +59,7 @@ def _old_step(t: Trainer, batch) -> StepMetrics:
         total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
         return StepMetrics(out.loss.item(), out.mse.item(), (resid / total).item(),
                            fired.sum(dim=-1).float().mean().item(), out.sparsity.item(), out.aux.item(),
-                           t.dead_mask().float().mean().item())  # fmt: skip
+                           t.silent_mask().float().mean().item())  # fmt: skip
 
 
 def _old_rows(t: Trainer) -> list[dict[str, float]]:
@@ -110,3 +111,20 @@ def test_train_step_returns_device_metrics_without_reading_them() -> None:
     m = t.train_step(next(iter(t.source)))
     assert isinstance(m, torch.Tensor) and m.shape == (len(StepMetrics._fields),) and m.device == t.device
     assert all(math.isfinite(v) for v in m.tolist())
+
+
+@pytest.mark.parametrize("cap", [False, True])
+def test_auxk_dead_window_follows_the_references_unless_capped(tmp_path: Path, cap: bool) -> None:
+    """SAELens/sparsify: no latent is dead before a full dead window has passed, so AuxK is 0 until then; with
+    dead_window_cap the window is capped at the tokens seen (AuxK from the 2nd step). The logged dead share counts
+    silent latents either way."""
+    t = _trainer(tmp_path, "topk", f"cap{cap}", d_sae=96, k=1, dead_window_cap=cap)  # some latents stay silent
+    t.initialise()
+    stream = iter(t.source)
+    rows = [StepMetrics(*t.train_step(next(stream)).tolist()) for _ in range(5)]  # 160 tokens; window 96
+    silent = t.since_fired >= min(96, t.tokens)
+    assert silent.any() and rows[-1].dead_frac == pytest.approx(silent.float().mean().item())
+    # before a full window (96 tokens = 3 steps) has passed: AuxK only with the cap
+    early = [r.aux for r in rows[:3]]
+    assert (all(a > 0 for a in early[1:]) if cap else all(a == 0 for a in early)), early
+    assert torch.equal(t.dead_mask(), silent)  # after a full window both rules agree

@@ -28,7 +28,9 @@ VOLATILE: dict[str, tuple[str, ...]] = {
     "data": ("model_device", "skip_bad", "cache_dir"),
 }
 """Run-config fields (per section) a resumed run or a study rerun may change: they do not change the trained SAE."""
-ADDED: dict[str, dict[str, Any]] = {"data": {"cache": "disk", "hooks": None}, "train": {"tf32": True}}
+ADDED: dict[str, dict[str, Any]] = {"data": {"cache": "disk", "hooks": None},
+                                    "train": {"tf32": True, "dead_window_cap": True},
+                                    "run": {"saes": "", "distribute_saes": False}}  # fmt: skip
 """Run-config fields added after runs were written, with the value those runs behaved as (a resume compares it)."""
 CHECKSUMS = "checksums.json"
 """File of each checkpoint holding the digest (:func:`chatsae.utils.file_digest`) of its other files."""

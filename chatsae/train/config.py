@@ -58,8 +58,12 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"
     """geometric_median (FAST) | mean | zeros (Gemma Scope)."""
     dead_window_tokens: int = 4_096_000
-    """A latent is dead if it has not fired (> 1e-8) in this many tokens (FAST: 1000 steps x 4096); capped at the
-    tokens seen so far."""
+    """A latent is dead (for TopK's AuxK loss) if it has not fired (> 1e-8) in this many tokens (FAST: 1000 steps x
+    4096); as in SAELens and sparsify, nothing is dead before a full window has passed. The logged dead share counts
+    latents silent in min(this, tokens seen so far)."""
+    dead_window_cap: bool = False
+    """AuxK treats latents silent in all the tokens seen so far as dead before a full window has passed (chatsae's
+    behaviour before 2026-12-01; AuxK is then active from the 2nd step)."""
     log_every: int = 10
     """Steps between lines of the JSONL metrics log."""
     checkpoint_every: int = 200

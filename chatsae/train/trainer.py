@@ -244,11 +244,22 @@ class Trainer:
             self.tokens += n
             self._dead = self.dead_mask()
             loss, mse, sparsity, aux = means
-            parts = (loss, mse, fvu, l0, sparsity, aux, self._dead.float().mean())
+            parts = (loss, mse, fvu, l0, sparsity, aux, self.silent_mask().float().mean())
             return torch.stack([p.detach().float() for p in parts])
 
     def dead_mask(self) -> Tensor:
-        """``[d_sae]`` bool: not fired in the last ``min(dead_window_tokens, tokens seen)`` tokens."""
+        """``[d_sae]`` bool, AuxK's dead latents: not fired in the last ``dead_window_tokens`` tokens (none before a
+        full window has passed), or with ``dead_window_cap`` in ``min(dead_window_tokens, tokens seen)``."""
+        window = self.cfg.dead_window_tokens
+        if self.cfg.dead_window_cap:
+            if self.tokens == 0:
+                return torch.zeros_like(self.since_fired, dtype=torch.bool)
+            window = min(window, self.tokens)
+        return self.since_fired >= window
+
+    def silent_mask(self) -> Tensor:
+        """``[d_sae]`` bool: not fired in the last ``min(dead_window_tokens, tokens seen)`` tokens (the logged dead
+        share; all False before the first step)."""
         if self.tokens == 0:
             return torch.zeros_like(self.since_fired, dtype=torch.bool)
         return self.since_fired >= min(self.cfg.dead_window_tokens, self.tokens)
