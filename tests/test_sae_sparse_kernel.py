@@ -173,3 +173,18 @@ def test_no_grad_forward_matches_reference() -> None:
         sae.kernel = "reference"
         b = sae.loss(x, 0.7)
     assert abs(float(a.loss - b.loss)) <= TOL * abs(float(b.loss))
+
+
+@pytest.mark.parametrize(("arch", "kernel", "n_dead"), [("jumprelu", "sparse", 0), ("jumprelu", "dense", 0),
+                                                        ("topk", "sparse", 0), ("topk", "sparse", 80)])  # fmt: skip
+def test_fire_counts_equal_the_count_from_feature_acts(arch: str, kernel: str, n_dead: int) -> None:
+    """The fused kernels hand the trainer each latent's firing count: the count of f > 1e-8 per column of the
+    returned feature_acts (the reference code returns None and the trainer counts)."""
+    sae, x = make_sae(arch, trained=True)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[:n_dead] = True
+    out, _ = loss_and_grads(sae, kernel, x, dead)
+    assert out.fire_counts is not None
+    torch.testing.assert_close(out.fire_counts, (out.feature_acts > 1e-8).sum(0).float(), rtol=0, atol=0)
+    assert out.fire_counts.sum() > 0
+    assert loss_and_grads(sae, "reference", x, dead)[0].fire_counts is None

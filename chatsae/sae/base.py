@@ -84,6 +84,10 @@ _ARCH_DEFAULTS: dict[str, tuple[bool, bool]] = {
 }
 
 
+FIRE_THRESHOLD = 1e-8
+"""A latent fires on a token when its activation exceeds this (firing counts, dead latents)."""
+
+
 class LossOutput(NamedTuple):
     """What :meth:`SAE.loss` returns. Scalars are batch means; ``feature_acts`` is ``[batch, d_sae]``."""
 
@@ -97,6 +101,9 @@ class LossOutput(NamedTuple):
     """Auxiliary loss already multiplied by its coefficient (AuxK for TopK, frozen-decoder loss for Gated)."""
     feature_acts: Tensor
     x_hat: Tensor
+    fire_counts: Tensor | None = None
+    """``[d_sae]`` float: rows of the batch on which each latent fired (> :data:`FIRE_THRESHOLD`), when the loss
+    has them on the way (the fused kernels); None: count them from ``feature_acts``."""
 
 
 class SAE(nn.Module, ABC):

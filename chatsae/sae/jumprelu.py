@@ -103,10 +103,10 @@ class JumpReLUSAE(SAE):
         theta = self.threshold
         params = (self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec)
         if kernel != "reference" and (kernel != "auto" or sparse_kernel.fused_allowed(x, *params)):
-            mse, l0, f, x_hat = sparse_kernel.JumpReLULoss.apply(
+            mse, l0, f, x_hat, counts = sparse_kernel.JumpReLULoss.apply(
                 x, *params, self.cfg.jumprelu_bandwidth, bool(self.cfg.apply_b_dec_to_input), kernel
             )
-            return LossOutput(mse + sparsity_coef * l0, mse, l0, mse.new_zeros(()), f, x_hat)
+            return LossOutput(mse + sparsity_coef * l0, mse, l0, mse.new_zeros(()), f, x_hat, counts)
         f, z = self.encode_with_pre(x)
         x_hat = self.decode(f)
         mse = self.squared_error(x, x_hat)

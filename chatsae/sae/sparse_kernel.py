@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import FIRE_THRESHOLD
+
 KERNELS = ("auto", "sparse", "dense", "reference")
 SPARSE_MAX_DENSITY = 0.03
 """JumpReLU: ``auto`` takes the sparse path when (active + near-threshold latents) / d_sae is below this (CPU)."""
@@ -128,7 +130,7 @@ def _window_entries(z: Tensor, theta: Tensor, eps: float, candidates: Tensor) ->
 
 
 class JumpReLULoss(torch.autograd.Function):
-    """``(mse, l0, f, x_hat)`` of a JumpReLU SAE; f and x_hat carry no gradient (use mse and l0).
+    """``(mse, l0, f, x_hat, fire_counts)`` of a JumpReLU SAE; f, x_hat and the counts carry no gradient.
 
     Gradients equal those of jumprelu.JumpReLUFunction + StepFunction (rectangle pseudo-derivatives for theta).
     """
@@ -137,7 +139,7 @@ class JumpReLULoss(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, W_dec: Tensor, b_dec: Tensor,
         eps: float, apply_b_dec: bool, kernel: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         B = x.shape[0]
         xin = x - b_dec if apply_b_dec else x
         z = torch.addmm(b_enc, xin, W_enc)  # [B, d_sae]
@@ -160,6 +162,7 @@ class JumpReLULoss(torch.autograd.Function):
             f = z.zero_()  # z is ours and already paged in: f reuses its memory
             f.view(-1).index_copy_(0, flat, vals)
             n_active = int(active.sum())
+            counts = torch.bincount(cols, weights=(vals > FIRE_THRESHOLD).to(z.dtype), minlength=z.shape[1])
             resid = x_hat - x
             ctx.save_for_backward(xin, W_enc, theta, W_dec, resid, crow, rows, cols, vals, active, inside)
         else:
@@ -168,17 +171,20 @@ class JumpReLULoss(torch.autograd.Function):
             f = z.masked_fill_(off, 0.0)  # z is ours: f reuses its memory
             x_hat = torch.addmm(b_dec, f, W_dec)
             n_active = off.numel() - int(off.sum())
+            counts = (f > FIRE_THRESHOLD).to(f.dtype).sum(0)
             resid = x_hat - x
             ctx.save_for_backward(xin, W_enc, theta, W_dec, resid, off, f, rw, cw)
         ctx.path, ctx.eps, ctx.apply_b_dec = path, eps, apply_b_dec
         mse = resid.pow(2).sum() / B
         l0 = x.new_tensor(n_active / B)
-        ctx.mark_non_differentiable(f, x_hat)
-        return mse, l0, f, x_hat
+        ctx.mark_non_differentiable(f, x_hat, counts)
+        return mse, l0, f, x_hat, counts
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_mse: Tensor, grad_l0: Tensor, _gf: Any, _gx: Any) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_mse: Tensor, grad_l0: Tensor, _gf: Any, _gx: Any, _gc: Any
+    ) -> tuple[Tensor | None, ...]:
         eps = ctx.eps
         xin, W_enc, theta, W_dec, resid = ctx.saved_tensors[:5]
         B, d_sae = xin.shape[0], W_dec.shape[0]
@@ -213,7 +219,8 @@ class JumpReLULoss(torch.autograd.Function):
 
 
 class TopKLoss(torch.autograd.Function):
-    """``(mse, aux, f, x_hat, l0)`` of a TopK SAE with the AuxK loss over ``dead_idx`` (int64, may be empty).
+    """``(mse, aux, f, x_hat, l0, fire_counts)`` of a TopK SAE with the AuxK loss over ``dead_idx`` (int64, may be
+    empty).
 
     ``aux_scale`` = aux_coef * min(n_dead / k_aux, 1); ``k_dead`` = min(k_aux, n_dead). Matches topk.TopKSAE.loss.
     """
@@ -222,7 +229,7 @@ class TopKLoss(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
         k: int, dead_idx: Tensor, k_dead: int, aux_scale: float, apply_b_dec: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         B = x.shape[0]
         xin = x - b_dec if apply_b_dec else x
         z = torch.addmm(b_enc, xin, W_enc)  # [B, d_sae]
@@ -246,13 +253,14 @@ class TopKLoss(torch.autograd.Function):
         ctx.save_for_backward(xin, W_enc, W_dec, resid, rows, cols, fvals, gate)
         ctx.aux_part, ctx.k, ctx.k_dead, ctx.aux_scale, ctx.apply_b_dec = aux_part, k, k_dead, aux_scale, apply_b_dec
         l0 = x.new_tensor(float(gate.sum()) / B)
-        ctx.mark_non_differentiable(f, x_hat, l0)
-        return mse, aux, f, x_hat, l0
+        counts = torch.bincount(cols, weights=(fvals > FIRE_THRESHOLD).to(z.dtype), minlength=z.shape[1])
+        ctx.mark_non_differentiable(f, x_hat, l0, counts)
+        return mse, aux, f, x_hat, l0, counts
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(
-        ctx: Any, grad_mse: Tensor, grad_aux: Tensor, _gf: Any, _gx: Any, _gl: Any
+        ctx: Any, grad_mse: Tensor, grad_aux: Tensor, _gf: Any, _gx: Any, _gl: Any, _gc: Any
     ) -> tuple[Tensor | None, ...]:
         xin, W_enc, W_dec, resid, rows, cols, fvals, gate = ctx.saved_tensors
         B, d_sae = xin.shape[0], W_dec.shape[0]

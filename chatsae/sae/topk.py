@@ -48,10 +48,10 @@ class TopKSAE(SAE):
             if k_dead and dead_mask is not None:
                 dead_idx = dead_mask.nonzero().squeeze(1)
             scale = self.cfg.aux_coef * min(n_dead / k_aux, 1.0)
-            mse, aux, f, x_hat, l0 = sparse_kernel.TopKLoss.apply(
+            mse, aux, f, x_hat, l0, counts = sparse_kernel.TopKLoss.apply(
                 x, *params, self.cfg.k, dead_idx, k_dead, scale, bool(self.cfg.apply_b_dec_to_input)
             )
-            return LossOutput(mse + aux, mse, l0, aux, f, x_hat)
+            return LossOutput(mse + aux, mse, l0, aux, f, x_hat, counts)
         f, z = self.encode_with_pre(x)
         x_hat = self.decode(f)
         mse = self.squared_error(x, x_hat)

@@ -256,17 +256,19 @@ def average_gradients(params: Iterable[torch.nn.Parameter], rows: int) -> None:
 @torch.no_grad()
 def global_batch(x: Tensor, x_hat: Tensor, fired: Tensor, means: Tensor) -> tuple[Tensor, int, Tensor, Tensor, Tensor]:
     """Step statistics over the global batch, each rank holding its rows: ``x``, ``x_hat`` ``[b, d_in]``, ``fired``
-    ``[b, d_sae]`` bool and ``means`` ``[k]`` (batch means of the loss terms). Returns per-latent firing counts
-    ``[d_sae]``, the number of rows, the fraction of variance unexplained, the mean L0 and ``means`` averaged over
-    all rows (0-d/``[k]`` tensors on the device; no host sync in one process)."""
-    counts = fired.sum(dim=0)
+    ``[d_sae]`` (float: this rank's rows on which each latent fired) and ``means`` ``[k]`` (batch means of the loss
+    terms). Returns per-latent firing counts ``[d_sae]`` (int64), the number of rows, the fraction of variance
+    unexplained, the mean L0 and ``means`` averaged over all rows (0-d/``[k]`` tensors on the device; no host sync
+    in one process)."""
+    fired_per_latent = fired.float()  # exact: integers below 2**24 in float32
+    counts = fired_per_latent.long()
     if not is_distributed():
         resid = (x - x_hat).pow(2).sum()
         total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-        return counts, x.shape[0], resid / total, fired.sum(dim=-1).float().mean(), means
+        return counts, x.shape[0], resid / total, fired_per_latent.sum() / x.shape[0], means
     b, d, m, k = x.shape[0], x.shape[1], counts.shape[0], means.shape[0]
     parts = [x.double().sum(dim=0), counts.double(), means.double() * b, (x - x_hat).double().pow(2).sum()[None],
-             fired.sum().double()[None], torch.tensor([float(b)], dtype=torch.float64, device=x.device)]  # fmt: skip
+             counts.sum().double()[None], torch.tensor([float(b)], dtype=torch.float64, device=x.device)]  # fmt: skip
     flat = all_reduce_sum(torch.cat(parts))
     n = flat[-1]
     mean = (flat[:d] / n).to(x.dtype)
