@@ -14,9 +14,10 @@ Per batch of sequences (built the way the SAE's method says, length-bucketed, ri
    SAEs evaluated on the same sequences through the same model skip this pass.
 
 With ``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_resume` rejects) passes 2 and 3 run
-the whole model; the results are the same. Cost on the embedded model at ``resid_post.15``, in full forward passes
-per batch: 2.7 (3.4 without restarting; a restarted pass, the 14 blocks above the hook plus the LM head, is 0.6,
-the losses 0.3), 1.95 with the zero-ablation cached (``benchmarks/eval_cost.py``).
+the whole model; the results are the same. :func:`evaluate_many` evaluates several SAEs of one hook with one clean
+and one zero-ablated pass per batch. Cost on the embedded model at ``resid_post.15``, in full forward passes per
+batch (idle machine): 2.27 for one SAE, 1.69 with the zero-ablation cached, 1.13 per SAE with 4 SAEs together
+(``benchmarks/eval_cost.py``; docs/metrics.md).
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.
