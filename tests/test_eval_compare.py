@@ -348,3 +348,16 @@ def test_compare_with_seeds_gives_intervals_and_verdicts(study_files, capsys):
     excluded = all(b[1] < 0 for b in both) or all(b[0] > 0 for b in both)
     assert v["verdict"].endswith("no difference at this budget") != excluded
     assert "seeds [" in (out / "report.md").read_text()
+
+
+def test_high_frequency_shares_from_the_firing_histogram() -> None:
+    """Shares of latents firing on >= 10% / >= 1% of tokens, against a direct count of known frequencies."""
+    from chatsae.eval import metrics as M
+    from chatsae.eval.study import high_frequency_shares
+
+    freq = torch.tensor([0.5, 0.2, 0.1, 0.05, 0.011, 0.0099, 1e-4, 0.0, 0.0, 0.3])
+    latents = {"d_sae": 10, "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES),
+                                                 "counts": M.firing_histogram(freq)}}  # fmt: skip
+    got = high_frequency_shares(latents)
+    assert got == {"freq_gt_10pct": pytest.approx(4 / 10), "freq_gt_1pct": pytest.approx(6 / 10)}
+    assert high_frequency_shares({}) == {"freq_gt_10pct": None, "freq_gt_1pct": None}

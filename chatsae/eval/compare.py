@@ -28,6 +28,7 @@ from .study import (
     CLASS_SUBSETS,
     METHOD_LABELS,
     SUMMARY,
+    SUMMARY_KEYS,
     Study,
     cell,
     check_names,
@@ -108,7 +109,7 @@ def seed_row(evals: list[EvalResult]) -> dict[str, Any]:
     ``intervals[key]`` = ``{mean, n_seeds, seeds: [low, high] | None, sequences: [low, high] | None}``."""
     rows = [summarize(r) for r in evals]
     mean = {}
-    for key in SUMMARY:
+    for key in SUMMARY_KEYS:
         vals = [v for r in rows if isinstance(v := r.get(key), (int, float)) and v == v]
         mean[key] = None if len(vals) < len(rows) else rows[0][key] if len(rows) == 1 else sum(vals) / len(vals)
     return {**mean, "seeds": len(evals), "intervals": stats.seed_summary(evals, INTERVAL_KEYS)}

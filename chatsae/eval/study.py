@@ -47,6 +47,11 @@ CLASS_METRICS = {"fvu": "fvu", "kl": "kl", "delta_lm_loss": "delta_ce"}
 SUMMARY.update({f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items()
                 for key, metric in CLASS_METRICS.items()})  # fmt: skip
 """The numbers a study keeps per SAE and evaluation set (per class: e.g. ``kl_user``, ``fvu_special``)."""
+HIGH_FREQ = {"freq_gt_10pct": -1.0, "freq_gt_1pct": -2.0}
+"""High-frequency latents (JumpReLU paper): the share of latents firing on at least 10% / 1% of all evaluated tokens
+(key -> log10 of the frequency), read from the eval's firing histogram (its bin edges include -1 and -2)."""
+SUMMARY_KEYS = (*SUMMARY, *HIGH_FREQ)
+"""Every number a study keeps per SAE and evaluation set."""
 VOLATILE_TRAIN = VOLATILE["train"]
 """TrainConfig fields a rerun may change (they do not change the trained SAE)."""
 
@@ -278,7 +283,18 @@ class Study:
 def summarize(result: EvalResult) -> dict[str, float | None]:
     """The :data:`SUMMARY` numbers of one evaluation (None where a metric does not exist)."""
     d = result.to_dict()["metrics"]
-    return {key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()}
+    return {**{key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()},
+            **high_frequency_shares(result.latents)}  # fmt: skip
+
+
+def high_frequency_shares(latents: dict[str, Any]) -> dict[str, float | None]:
+    """:data:`HIGH_FREQ` shares from an eval's ``latents`` block (None without a firing histogram)."""
+    hist, d_sae = latents.get("firing_histogram") or {}, latents.get("d_sae")
+    edges, counts = hist.get("log10_bin_edges"), hist.get("counts")
+    if not edges or not counts or not d_sae:
+        return dict.fromkeys(HIGH_FREQ)
+    lower = edges[: len(counts)]  # each bin's lower edge
+    return {key: sum(c for e, c in zip(lower, counts, strict=True) if e >= at) / d_sae for key, at in HIGH_FREQ.items()}
 
 
 # ---- report helpers ----------------------------------------------------------------------------------------------
@@ -289,6 +305,8 @@ LABELS = {
     "fvu": ("FVU", "fraction of variance unexplained"), "delta_lm_loss": ("ΔLM loss", "nats per token"),
     "ce_recovered": ("CE recovered", "fraction"), "kl": ("KL", "nats per token"),
     "dead_fraction": ("dead latents", "fraction"),
+    "freq_gt_10pct": ("latents on >= 10% of tokens", "fraction"),
+    "freq_gt_1pct": ("latents on >= 1% of tokens", "fraction"),
 }  # fmt: skip
 """Summary key (without ``_no_pos0``) -> (label, unit)."""
 

@@ -45,7 +45,8 @@ BOUNDED = (X_KEY, *Y_KEYS)
 and the t-interval over seeds)."""
 COLUMNS = ("eval_set", "arch", "setting", "sparsity_coef", "k", "seeds", "l0", "l0_no_pos0", "fvu", "fvu_no_pos0",
            "mse", "mse_no_pos0", "log2_mse", "log2_mse_st", "log2_mse_st_strict", "delta_lm_loss",
-           "delta_lm_loss_no_pos0", "kl", "ce_recovered", "ce_recovered_no_pos0", "dead_fraction",
+           "delta_lm_loss_no_pos0", "kl", "ce_recovered", "ce_recovered_no_pos0", "dead_fraction", "freq_gt_10pct",
+           "freq_gt_1pct",
            *(f"{k}_{b}" for k in BOUNDED for b in ("low", "high")), "sae")  # fmt: skip
 
 
@@ -256,7 +257,8 @@ def gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
     s = report["setup"]
-    keys = ("l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered", "log2_mse", "log2_mse_st", "dead_fraction")
+    keys = ("l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered", "log2_mse", "log2_mse_st", "dead_fraction",
+            "freq_gt_10pct", "freq_gt_1pct")
     lines = [
         "# Sparsity-fidelity sweep", "",
         f"- model: `{s['model']}`, hook `{s['hook']}`, width {s['d_sae']}, method {s['method']}",
