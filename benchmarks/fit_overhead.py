@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sae_step_common import prepare  # noqa: E402
+from sae_step_common import bare_step, prepare  # noqa: E402
 
 from chatsae.activations import TensorSource  # noqa: E402
 from chatsae.sae import SAE, SAEConfig, create_sae  # noqa: E402
@@ -51,14 +51,7 @@ def bare(sae: SAE, acts: torch.Tensor, batch: int, steps: int) -> float:
     nb = acts.shape[0] // batch
     t = time.perf_counter()
     for i in range(steps):
-        out = sae.loss(acts[(i % nb) * batch : (i % nb + 1) * batch], COEF, dead)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.remove_parallel_decoder_grad()
-        opt.step()
-        sae.normalize_decoder()
-        if hasattr(sae, "clamp_threshold"):
-            sae.clamp_threshold()
+        out = bare_step(sae, opt, acts[(i % nb) * batch : (i % nb + 1) * batch], COEF, dead)
     out.loss.detach().item()  # one sync at the end, as fit's last log line
     return steps * batch / (time.perf_counter() - t)
 

@@ -15,6 +15,7 @@ import resource
 import time
 
 import torch
+from sae_step_common import bare_step
 
 from chatsae.sae import SAEConfig, create_sae
 
@@ -47,16 +48,7 @@ def main() -> None:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def step(i: int) -> torch.Tensor:
-        xb = X[(i % nb) * a.batch : (i % nb + 1) * a.batch]
-        out = sae.loss(xb, 1.0, dead)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.remove_parallel_decoder_grad()
-        opt.step()
-        sae.normalize_decoder()
-        if hasattr(sae, "clamp_threshold"):
-            sae.clamp_threshold()
-        return out.sparsity.detach()
+        return bare_step(sae, opt, X[(i % nb) * a.batch : (i % nb + 1) * a.batch], 1.0, dead).sparsity.detach()
 
     for i in range(int(os.environ.get("WARMUP", "1"))):
         step(i)

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,3 +105,17 @@ def summary(name: str, values: list[float]) -> str:
 def ratio(ours: list[float], peer: list[float]) -> float:
     """Median of the per-round ratios (rounds alternate the programs, so each ratio sees the same load)."""
     return statistics.median(o / p for o, p in zip(ours, peer, strict=True))
+
+
+def bare_step(sae: Any, opt: torch.optim.Optimizer, xb: torch.Tensor, coef: float, dead: torch.Tensor) -> Any:
+    """chatsae's training step without the Trainer: loss, backward, parallel-gradient removal, Adam, decoder norm,
+    threshold clamp (JumpReLU). Returns the LossOutput."""
+    out = sae.loss(xb, coef, dead)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    sae.remove_parallel_decoder_grad()
+    opt.step()
+    sae.normalize_decoder()
+    if hasattr(sae, "clamp_threshold"):
+        sae.clamp_threshold()
+    return out
