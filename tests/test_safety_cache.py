@@ -66,6 +66,28 @@ def test_a_second_writer_gets_the_lock_error(tiny_llama, tmp_path):
     assert man.complete and not (cache / LOCK).exists() and (cache / MARKER).is_file()
 
 
+def test_a_finished_cache_is_read_while_another_process_holds_its_lock(tiny_llama, tmp_path):
+    """Nothing writes a finished cache, so reusing one needs no lock: several processes (--distribute-saes ranks)
+    start from it at once; an unfinished one still needs the lock."""
+    cache = tmp_path / "c"
+    seqs = list(fast_sequences(_records(), tiny_llama[1], dedup_n=None))
+    first, _ = _harvest(tiny_llama, cache, iter(seqs), max_tokens=200)  # stops before the data runs out
+    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], 'a rank').acquire(); "
+            "print('ready', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(cache), locking.__file__], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        again, stats = _harvest(tiny_llama, cache, iter(seqs), max_tokens=200)
+        assert again.complete and again.n_tokens == first.n_tokens and stats.sequences == 0
+        with pytest.raises(OutputDirError, match="in use by a rank"):  # extending it is a write: the lock is needed
+            _harvest(tiny_llama, cache, iter(seqs), max_tokens=first.n_tokens * 3)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_rerun_of_an_interrupted_harvest_without_resume_says_what_to_do(tiny_llama, tmp_path):
     seqs = list(fast_sequences(_records(), tiny_llama[1], dedup_n=None))
 

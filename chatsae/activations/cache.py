@@ -132,6 +132,26 @@ def check_cache_dir(directory: str | Path) -> None:
                              f"{MANIFEST}, no {MARKER} marker); choose another --out-dir / --cache-dir")  # fmt: skip
 
 
+def check_same_harvest(directory: Path, old: Manifest, manifest: Manifest) -> None:
+    """ValueError listing every difference between the cache's manifest and the harvest asked for."""
+    diffs = old.differences(manifest)
+    if diffs:
+        raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
+                         f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
+
+
+def finished_cache(directory: str | Path, manifest: Manifest, max_tokens: int | None) -> Manifest | None:
+    """The finished cache of the same harvest at ``directory`` holding the budget (or all the data), else None. It is
+    read without the writer's lock (nothing writes a finished cache), so several processes can start from it at once
+    (``--distribute-saes``). A cache of other settings is the ValueError of :meth:`CacheWriter.open`."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return None
+    old = Manifest.read(directory)
+    check_same_harvest(directory, old, manifest)
+    return old if old.complete and old.shortfall(max_tokens) is None else None
+
+
 class CacheWriter:
     """Append shards to a cache directory (creating it, or continuing an incomplete one). Callers that may run
     concurrently hold a :class:`chatsae.locking.DirLock` on the directory (``harvest_to_cache`` does)."""
@@ -159,10 +179,7 @@ class CacheWriter:
         if not (directory / name).is_file():
             return cls(directory, manifest, name, prefix)
         old = Manifest.read(directory, name)
-        diffs = old.differences(manifest)
-        if diffs:
-            raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
-                             f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
+        check_same_harvest(directory, old, manifest)
         if old.complete:
             short = old.shortfall(manifest.info["max_tokens"]) if "max_tokens" in manifest.info else None
             if short:

@@ -24,7 +24,7 @@ from ..data import TokenSequence, bucket_batches, pad_batch
 from ..locking import DirLock
 from ..models import HookPoint, capture_many
 from ..progress import Progress
-from .cache import CacheWriter, Manifest, check_cache_dir
+from .cache import CacheWriter, Manifest, check_cache_dir, finished_cache
 
 
 @dataclass
@@ -191,17 +191,22 @@ def harvest_to_caches(
 
         ms, stats = distributed.harvest_ranks(caches, max_tokens, resume, run)
         return ms, stats or HarvestStats()
-    with contextlib.ExitStack() as stack:
-        writers = {}
-        for h, (directory, manifest) in caches.items():
-            check_cache_dir(directory)
-            distributed.check_harvest_world(Path(directory), max_tokens)
-            manifest.info["max_tokens"] = max_tokens
-            stack.enter_context(DirLock(directory, "a harvest"))
-            writers[h] = CacheWriter.open(directory, manifest, resume)
-        if not all(w.manifest.complete for w in writers.values()):
-            check_disk_space(list(writers.values()), max_tokens)
-        ms, stats = _harvest_locked(model, tokenizer, sequences, writers, opts, max_tokens, progress)
+    for directory, manifest in caches.values():
+        check_cache_dir(directory)
+        distributed.check_harvest_world(Path(directory), max_tokens)
+        manifest.info["max_tokens"] = max_tokens
+    done = {h: finished_cache(d, m, max_tokens) for h, (d, m) in caches.items()}
+    if all(m is not None for m in done.values()):  # every cache is finished: read them, no lock needed
+        ms, stats = {h: m for h, m in done.items() if m is not None}, HarvestStats()
+    else:
+        with contextlib.ExitStack() as stack:
+            writers = {}
+            for h, (directory, manifest) in caches.items():
+                stack.enter_context(DirLock(directory, "a harvest"))
+                writers[h] = CacheWriter.open(directory, manifest, resume)
+            if not all(w.manifest.complete for w in writers.values()):
+                check_disk_space(list(writers.values()), max_tokens)
+            ms, stats = _harvest_locked(model, tokenizer, sequences, writers, opts, max_tokens, progress)
     for h, m in ms.items():
         note = m.repeat_note(max_tokens)
         if note:
