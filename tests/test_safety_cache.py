@@ -3,6 +3,7 @@ reuse only for the same data content and a covered token budget, and foreign dir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,23 +46,29 @@ def _pipeline(tiny_llama, data, out, max_tokens=None, resume=False):
     return harvest(cfg, OPTS, out, max_tokens=max_tokens, resume=resume, progress=False, model_and_tokenizer=tiny_llama)
 
 
-def test_a_second_writer_gets_the_lock_error(tiny_llama, tmp_path):
-    cache = tmp_path / "c"
-    # another process holds the cache's lock (locking.py loaded on its own: no torch import, fast)
+@contextlib.contextmanager
+def lock_held_elsewhere(directory, what):
+    """Another process holds ``directory``'s lock for the block (locking.py loaded on its own: no torch import)."""
     code = ("import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], 'a harvest').acquire(); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], sys.argv[3]).acquire(); "
             "print('ready', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(cache), locking.__file__], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(directory), locking.__file__, what],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "ready"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_a_second_writer_gets_the_lock_error(tiny_llama, tmp_path):
+    cache = tmp_path / "c"
+    with lock_held_elsewhere(cache, "a harvest") as holder:
         seqs = list(fast_sequences(_records(), tiny_llama[1], dedup_n=None))
         with pytest.raises(OutputDirError, match=rf"{cache}: in use by a harvest \(pid {holder.pid} "):
             _harvest(tiny_llama, cache, iter(seqs))
         assert not (cache / MANIFEST).exists() and not list(cache.glob("shard_*"))
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     man, _ = _harvest(tiny_llama, cache, iter(seqs))  # the holder is gone: its lock went with it
     assert man.complete and not (cache / LOCK).exists() and (cache / MARKER).is_file()
 
@@ -72,20 +79,11 @@ def test_a_finished_cache_is_read_while_another_process_holds_its_lock(tiny_llam
     cache = tmp_path / "c"
     seqs = list(fast_sequences(_records(), tiny_llama[1], dedup_n=None))
     first, _ = _harvest(tiny_llama, cache, iter(seqs), max_tokens=200)  # stops before the data runs out
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], 'a rank').acquire(); "
-            "print('ready', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(cache), locking.__file__], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with lock_held_elsewhere(cache, "a rank"):
         again, stats = _harvest(tiny_llama, cache, iter(seqs), max_tokens=200)
         assert again.complete and again.n_tokens == first.n_tokens and stats.sequences == 0
         with pytest.raises(OutputDirError, match="in use by a rank"):  # extending it is a write: the lock is needed
             _harvest(tiny_llama, cache, iter(seqs), max_tokens=first.n_tokens * 3)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
 
 
 def test_rerun_of_an_interrupted_harvest_without_resume_says_what_to_do(tiny_llama, tmp_path):
