@@ -1,5 +1,6 @@
 """One CSV row per trained SAE and evaluation set of a study directory (``chatsae compare`` / ``sweep``): the run,
-its settings and the headline metrics of its ``eval_<set>.json`` (the per-seed values behind the reports' means).
+its settings, the headline metrics of its ``eval_<set>.json`` and its training throughput (the per-seed
+values behind the reports' means).
 
     python docs/results/per_sae.py runs/compare_seeds > docs/results/compare/seeds/per_sae.csv
 """
@@ -21,7 +22,8 @@ KEYS = ("l0_no_pos0", "fvu_no_pos0", "log2_mse_no_pos0", "log2_mse_st_no_pos0", 
 def main() -> None:
     root = Path(sys.argv[1])
     out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow(["run", "architecture", "seed", "sparsity_coef", "k", "eval_set", "sequences", "tokens", *KEYS])
+    out.writerow(["run", "architecture", "seed", "sparsity_coef", "k", "eval_set", "sequences", "tokens", *KEYS,
+                  "train_tokens_per_s", "dead_window_cap"])  # fmt: skip
     for path in sorted(root.glob("*/eval_*.json")):
         res = read_result(path)
         config = json.loads((path.parent / "sae" / "config.json").read_text())
@@ -30,6 +32,8 @@ def main() -> None:
                study.get("k"), path.stem.removeprefix("eval_"), res.setup["sequences"], res.setup["tokens"]]
         values = summarize(res)
         row += [values.get(k) for k in KEYS]
+        summary = json.loads((path.parent / "sae" / "training_summary.json").read_text())
+        row += [summary.get("tokens_per_s"), config["train"].get("dead_window_cap")]
         out.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
 
