@@ -23,7 +23,7 @@ def main() -> None:
     root = Path(sys.argv[1])
     out = csv.writer(sys.stdout, lineterminator="\n")
     out.writerow(["run", "architecture", "seed", "sparsity_coef", "k", "eval_set", "sequences", "tokens", *KEYS,
-                  "train_tokens_per_s", "dead_window_cap"])  # fmt: skip
+                  "train_tokens_per_s", "dead_window_cap", "eval_seconds"])  # fmt: skip
     for path in sorted(root.glob("*/eval_*.json")):
         res = read_result(path)
         config = json.loads((path.parent / "sae" / "config.json").read_text())
@@ -33,7 +33,7 @@ def main() -> None:
         values = summarize(res)
         row += [values.get(k) for k in KEYS]
         summary = json.loads((path.parent / "sae" / "training_summary.json").read_text())
-        row += [summary.get("tokens_per_s"), config["train"].get("dead_window_cap")]
+        row += [summary.get("tokens_per_s"), config["train"].get("dead_window_cap"), res.setup.get("seconds")]
         out.writerow(["" if v is None else f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
 
