@@ -34,6 +34,14 @@ def _harvest(tiny_llama, tmp_path, name, seqs, opts=None, resume=False, max_toke
                             max_tokens=max_tokens, resume=resume, progress=False)  # fmt: skip
 
 
+def interrupted(seqs, at):
+    """Yield ``seqs`` and raise KeyboardInterrupt before the ``at``-th one (a harvest killed mid-way)."""
+    for i, s in enumerate(seqs):
+        if i == at:
+            raise KeyboardInterrupt
+        yield s
+
+
 def test_fast_harvest_excludes_padding_and_matches_single_sample_runs(tiny_llama, tmp_path):
     model, tok = tiny_llama
     seqs = list(fast_sequences(_records(), tok, dedup_n=None))
@@ -61,14 +69,8 @@ def test_interrupted_harvest_resumes_to_the_same_cache(tiny_llama, tmp_path):
     seqs = list(fast_sequences(_records(), tok, dedup_n=None))
     _harvest(tiny_llama, tmp_path, "full", iter(seqs))
 
-    def crashing():
-        for i, s in enumerate(seqs):
-            if i == 15:
-                raise KeyboardInterrupt
-            yield s
-
     with pytest.raises(KeyboardInterrupt):
-        _harvest(tiny_llama, tmp_path, "part", crashing())
+        _harvest(tiny_llama, tmp_path, "part", interrupted(seqs, at=15))
     partial = Manifest.read(tmp_path / "part")
     assert not partial.complete and partial.windows_done >= 1
     _harvest(tiny_llama, tmp_path, "part", iter(seqs), resume=True)

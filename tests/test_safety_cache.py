@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from test_harvest_pipeline import interrupted
 
 from chatsae import locking
 from chatsae.activations.cache import MANIFEST, ActivationCache, Manifest
@@ -89,14 +90,8 @@ def test_a_finished_cache_is_read_while_another_process_holds_its_lock(tiny_llam
 def test_rerun_of_an_interrupted_harvest_without_resume_says_what_to_do(tiny_llama, tmp_path):
     seqs = list(fast_sequences(_records(), tiny_llama[1], dedup_n=None))
 
-    def crashing():
-        for i, s in enumerate(seqs):
-            if i == 15:
-                raise KeyboardInterrupt
-            yield s
-
     with pytest.raises(KeyboardInterrupt):
-        _harvest(tiny_llama, tmp_path / "c", crashing())
+        _harvest(tiny_llama, tmp_path / "c", interrupted(seqs, at=15))
     n = Manifest.read(tmp_path / "c").n_tokens
     with pytest.raises(ValueError, match=rf"{tmp_path / 'c'}: an interrupted harvest is here \({n:,} vectors in .* "
                                          "add --resume to continue it, or choose another --out-dir / --cache-dir"):
