@@ -321,3 +321,26 @@ def test_autointerp_never_writes_the_api_key(interp_features, tmp_path):
     raws = [raw for lat in doc["latents"].values() for raw in lat["fast"]["raw"]]
     assert raws and all(r.startswith("error: RuntimeError: Error code: 401") for r in raws)
     assert key not in written and key not in json.dumps(doc) and MASK in written
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep", "eval", "features"])
+def test_single_process_commands_refuse_torchrun(command, monkeypatch, capsys, tmp_path):
+    """Under torchrun every rank would run the whole study and write the same files: refused, one line."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = {"compare": ["--out-dir", str(tmp_path)], "sweep": ["--out-dir", str(tmp_path)],
+            "eval": [str(tmp_path)], "features": [str(tmp_path)]}[command]  # fmt: skip
+    rc = main([command, *argv])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert err.startswith(f"chatsae {command}: error: `chatsae {command}` runs in one process")
+    assert "--distribute-saes" in err and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_train_is_not_refused_under_torchrun_env(monkeypatch):
+    from chatsae.cli import _check_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _check_world("train")
+    _check_world("harvest")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    _check_world("compare")

@@ -9,6 +9,8 @@ import sys
 from .common import OneLineParser, error_message
 
 COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare")
+DISTRIBUTED_COMMANDS = ("train", "harvest")
+"""Commands that run under torchrun (several processes); the others are single-process."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_world(args.command)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; completed checkpoints are kept (use --resume)", file=sys.stderr)
@@ -56,6 +59,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"chatsae {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 1
+
+
+def _check_world(command: str) -> None:
+    """Refuse a single-process command started by torchrun with several processes: every rank would run the whole
+    command and write the same files."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and command not in DISTRIBUTED_COMMANDS:
+        several = "`torchrun ... -m chatsae train --saes A,B,... [--hooks ...] --distribute-saes`"
+        raise ValueError(f"`chatsae {command}` runs in one process, and torchrun started {world} "
+                         f"(WORLD_SIZE={world}); only {' and '.join(DISTRIBUTED_COMMANDS)} are distributed. Run it "
+                         f"without torchrun; to train several SAEs on several GPUs use {several} "
+                         "(docs/scaling.md)")  # fmt: skip
 
 
 if __name__ == "__main__":
