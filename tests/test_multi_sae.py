@@ -62,12 +62,14 @@ def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, t
     assert caches == ["resid_post.1", "resid_post.2"]  # one cache per hook under the run's folder
 
 
-def test_hooks_option_names_and_errors(tiny_llama, tmp_path: Path) -> None:
+def test_hooks_option_names_and_errors(tiny_llama, tmp_path: Path, monkeypatch) -> None:
     spec = _spec(tmp_path, tiny_llama, "x", hooks="resid_post.1, resid_post.2")
     spec.run.out_dir = None
     assert default_out_dir(spec) == Path("runs/tiny_resid_post.1+resid_post.2_fast_jumprelu")
-    with pytest.raises(ValueError, match="several SAEs .* are trained from the disk cache"):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # several streamed SAEs: one process only
+    with pytest.raises(ValueError, match="several SAEs with --cache none train in one process"):
         train_runs(_spec(tmp_path, tiny_llama, "y", hooks="resid_post.1,resid_post.2", cache="none"))
+    monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(ValueError, match="hooks"):
         DataConfig(hooks="resid_post.1,bogus.3")
 
@@ -135,3 +137,38 @@ def test_saes_option_errors(text: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RunConfig(saes=text)
     assert [v.name for v in parse_saes("topk:k=8, jumprelu:name=mine")] == ["topk_k8", "mine"]
+
+
+def test_streamed_together_each_sae_equals_its_own_streaming_run(tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    """--cache none with two hooks x two --saes entries: four SAEs trained in threads from one streamed harvest (each
+    data window run through the model once for both hooks), each equal to a single --cache none run of its own."""
+    from chatsae.activations import streaming
+
+    runs: list[int] = []  # window passes of the model, per harvest
+    window_activations = streaming.window_activations
+
+    def spy(model, tokenizer, hooks, *args, **kw):
+        runs.append(len(hooks))
+        return window_activations(model, tokenizer, hooks, *args, **kw)
+
+    monkeypatch.setattr(streaming, "window_activations", spy)
+    hooks, saes = "resid_post.1,resid_post.2", "jumprelu:name=a,topk:k=8:seed=3:name=b"
+    spec = _spec(tmp_path, tiny_llama, "multi", hooks=hooks, cache="none")
+    spec.run.saes = saes
+    results = train_runs(spec)
+    together, runs[:] = list(runs), []
+    assert [r.out_dir.relative_to(tmp_path / "multi").as_posix() for r in results] == [
+        "resid_post.1/a", "resid_post.1/b", "resid_post.2/a", "resid_post.2/b"]
+    assert not (tmp_path / "multi" / "activations").exists()  # nothing cached on disk
+    for res in results:
+        hook, name = res.out_dir.parent.name, res.out_dir.name
+        one = _spec(tmp_path, tiny_llama, f"single_{hook}_{name}", hook=hook, cache="none")
+        one.run.saes = saes.split(",")[name == "b"]
+        ref = train_runs(one)[0]
+        assert (res.out_dir / "eval.json").is_file() and res.rows["eval fvu"] == ref.rows["eval fvu"]
+        a, b = load_sae(res.sae_dir), load_sae(ref.sae_dir)
+        assert a.cfg.architecture == b.cfg.architecture == ("jumprelu" if name == "a" else "topk")
+        for key, t in b.state_dict().items():
+            torch.testing.assert_close(a.state_dict()[key], t, rtol=1e-6, atol=1e-7, msg=f"{hook}/{name}: {key}")
+    assert together and all(n == 2 for n in together) and all(n == 1 for n in runs)
+    assert len(together) < len(runs) / 2  # the four single runs harvested more than twice as many windows

@@ -201,3 +201,133 @@ class Prefetcher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.source.load_state_dict(state)
         self._state = None
+
+
+_END = object()
+""":meth:`SharedStream.window`: past the last window of the data."""
+
+
+class SharedStream:
+    """One streamed harvest feeding several SAEs (``--cache none`` with several ``--hooks`` / ``--saes``).
+
+    Each data window is run through the model once, capturing every hook, and kept while any reader may still need it;
+    :meth:`source` gives each SAE a :class:`StreamingSource` that reads its hook's rows from here instead of running the
+    model. A reader sees exactly the windows, in the same order, that a streaming run of its own would harvest, so each
+    SAE is the one a single ``--cache none`` run with the same options gives. A reader may run at most ``lead``
+    windows ahead of the slowest one (it waits): memory is about ``lead + 1`` windows of every hook, plus each
+    reader's mixing buffer. A reader that restarts behind the others (the trainer's initialisation sample is read
+    twice) gets windows no longer kept harvested again: the same activations, at the cost of a forward pass.
+    One process only (several SAEs under torchrun use the disk cache).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, hooks: list[HookPoint],
+                 sequences: Callable[[], Iterable[TokenSequence]], opts: HarvestOptions, lead: int = 2,
+                 ) -> None:  # fmt: skip
+        self.model, self.tokenizer, self.hooks, self.sequences, self.opts = model, tokenizer, hooks, sequences, opts
+        self.lead = max(lead, 1)
+        self.stats = HarvestStats()
+        self.windows_run = 0
+        """Model passes over a data window (for all hooks at once)."""
+        self._kept: dict[int, dict[HookPoint, dict[str, Tensor]] | None] = {}
+        self._n_windows: int | None = None
+        self._walk: tuple[int, Iterator[tuple[int, list[TokenSequence]]]] | None = None
+        self._at: dict[int, int] = {}  # reader id -> global index (epoch x n_windows + window) it asked for last
+        self._cond = threading.Condition()
+        self._model_lock = threading.Lock()
+
+    def source(self, hook: HookPoint, d_in: int, batch_size: int, buffer_tokens: int = 65_536, seed: int = 0,
+               queue_windows: int = 1) -> StreamingSource:  # fmt: skip
+        """A streaming source of ``hook``'s vectors (its own mixing buffer and seed) reading from this stream."""
+        if hook not in self.hooks:
+            raise ValueError(f"hook {hook} is not streamed here (hooks: {', '.join(map(str, self.hooks))})")
+        return _SharedReader(self, hook, d_in, batch_size, buffer_tokens, seed, queue_windows)
+
+    def window(self, reader: int, epoch: int, w: int, check: Callable[[int], None]
+               ) -> dict[HookPoint, dict[str, Tensor]] | None | object:  # fmt: skip
+        """Window ``w`` of the data (every hook's rows; None if it keeps no token) for ``reader`` in ``epoch``, or
+        ``_END`` past the last window. Waits while ``reader`` would be more than ``lead`` windows ahead of the
+        slowest reader; ``check(0)`` is called while waiting (it raises to stop)."""
+        with self._cond:
+            g = w if self._n_windows is None else epoch * self._n_windows + w
+            self._at[reader] = g
+            self._cond.notify_all()
+            while g - min(self._at.values()) > self.lead:
+                self._cond.wait(0.1)
+                check(0)
+            if w in self._kept:
+                return self._kept[w]
+        with self._model_lock:  # one model pass at a time; another reader may have run this window meanwhile
+            with self._cond:
+                if w in self._kept:
+                    return self._kept[w]
+            window = self._window_at(w)
+            if window is None:
+                return _END
+            got = window_activations(self.model, self.tokenizer, self.hooks, window, self.opts, self.stats)
+            self.windows_run += 1
+            rows = None if got is None else {
+                h: {"acts": got[0][h], **{k: got[1][k] for k in BATCH_KEYS}} for h in self.hooks}  # fmt: skip
+            with self._cond:
+                self._kept[w] = rows
+                self._forget()
+            return rows
+
+    def _window_at(self, w: int) -> list[TokenSequence] | None:
+        """The token sequences of window ``w`` (walking the data forward; from the start again to go back)."""
+        if self._n_windows is not None and w >= self._n_windows:
+            return None
+        if self._walk is None or self._walk[0] > w:
+            self._walk = (0, enumerate(_windows(self.sequences(), self.opts.shard_tokens)))
+        for i, window in self._walk[1]:
+            self._walk = (i + 1, self._walk[1])
+            if i == w:
+                return window
+        self._n_windows = self._walk[0]
+        self._walk = None
+        return None
+
+    def _forget(self) -> None:
+        """Drop kept windows that no reader will ask for again soon (all but the ``lead + 1`` from the slowest)."""
+        if not self._at:
+            return
+        lo = min(self._at.values())
+        n = self._n_windows
+        wanted = {(lo + i) % n if n else lo + i for i in range(self.lead + 1)}
+        for w in [w for w in self._kept if w not in wanted]:
+            del self._kept[w]
+
+    def _leave(self, reader: int) -> None:
+        with self._cond:
+            self._at.pop(reader, None)
+            self._cond.notify_all()
+
+
+class _SharedReader(StreamingSource):
+    """A :class:`StreamingSource` whose windows come from a :class:`SharedStream` (no model pass of its own)."""
+
+    def __init__(self, shared: SharedStream, hook: HookPoint, d_in: int, batch_size: int, buffer_tokens: int,
+                 seed: int, queue_windows: int) -> None:  # fmt: skip
+        super().__init__(shared.model, shared.tokenizer, hook, shared.sequences, shared.opts, d_in, batch_size,
+                         buffer_tokens=buffer_tokens, seed=seed, queue_windows=queue_windows, rank=0,
+                         world_size=1)  # fmt: skip
+        self.shared = shared
+        self.stats = shared.stats
+
+    def _windows(self, epoch: int, start: int, on_batch: Callable[[int], None],
+                 ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:  # fmt: skip
+        reader = id(object())
+        try:
+            while True:
+                n, w = 0, start
+                while (rows := self.shared.window(reader, epoch, w, on_batch)) is not _END:
+                    on_batch(0)
+                    if rows is not None:
+                        mine = rows[self.hook]  # type: ignore[index]
+                        n += mine["acts"].shape[0]
+                        yield epoch, w, mine
+                    w += 1
+                if n == 0 and start == 0:
+                    raise ValueError("the data gives no activation vectors to stream (every token excluded?)")
+                epoch, start = epoch + 1, 0
+        finally:
+            self.shared._leave(reader)

@@ -10,12 +10,17 @@ single run on the same data would give (same cache contents, same seed); what is
 Under torchrun the ranks harvest the shared caches together; then, by default, every SAE is trained data-parallel
 on all ranks in turn, or with ``--distribute-saes`` each rank trains its own SAEs alone (SAE ``i`` on rank
 ``i mod W``; sparsify's ``distribute_modules``).
+
+With ``--cache none`` (one process) there is no cache: the SAEs train together, each in its own thread, from one
+streamed harvest (:class:`~chatsae.activations.streaming.SharedStream`); each is again the SAE a single streaming run
+with the same options gives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +31,7 @@ from ..locking import DirLock, claim_dir
 from ..models import HookPoint
 from ..sae import SAEConfig
 from .config import TrainConfig
-from .run import RunResult, RunSpec, default_out_dir, harvest_kwargs, train_run
+from .run import RunResult, RunSpec, default_out_dir, evaluate_run, harvest_kwargs, train_run
 
 
 class SAEVariant(NamedTuple):
@@ -116,11 +121,12 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
         if variants:
             spec = _variant_spec(spec, variants[0], default_out_dir(spec))
         return [train_run(spec)]
-    if spec.data.cache == "none" and not spec.run.activations:
-        raise ValueError("several SAEs (--hooks / --saes) are trained from the disk cache of one harvest; drop "
-                         "--cache none (or stream one SAE per run)")  # fmt: skip
     run, data = spec.run, spec.data
     out_dir = default_out_dir(spec)
+    streamed = data.cache == "none" and not run.activations
+    if streamed and distributed.world_size() > 1:
+        raise ValueError("several SAEs with --cache none train in one process; under torchrun they share the disk "
+                         "cache of one harvest (drop --cache none)")  # fmt: skip
 
     def claim() -> DirLock:
         claim_dir(out_dir, "run", overwrite=run.overwrite)
@@ -128,6 +134,8 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
 
     with distributed.session(), distributed.main_lock(claim):  # under torchrun: rank 0 locks for all ranks
         units: list[tuple[Path, dict[str, Any], SAEVariant | None]] = []
+        if streamed:
+            return _stream_units(spec, out_dir, hooks, variants)
         if run.activations:  # saved activations: nothing to harvest
             units = [(out_dir / v.name, {}, v) for v in variants]
         else:
@@ -167,6 +175,59 @@ def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVaria
             results.append(train_run(sub))
     distributed.barrier()  # every SAE is saved before any rank moves on
     return results
+
+
+def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants: list[SAEVariant],
+                  ) -> list[RunResult]:  # fmt: skip
+    """``--cache none``: every SAE trains in its own thread, all reading one streamed harvest (a
+    :class:`~chatsae.activations.streaming.SharedStream`: one model pass per data window for every hook); then each
+    is evaluated in turn."""
+    from ..activations.pipeline import load_data_and_model, resolve_hooks, sequences_for
+    from ..activations.streaming import SharedStream
+
+    data = spec.data
+    train, _, _, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
+    hooks = hooks or resolve_hooks(data, model)
+    stream = SharedStream(model, tokenizer, hooks, lambda: sequences_for(data, train, tokenizer), spec.harvest)
+    spec.report(f"chatsae train: model {data.model}, data {data.data_path}, {len(hooks) * (len(variants) or 1)} SAEs "
+                f"streamed together (--cache none: one forward pass per window for hooks "
+                f"{', '.join(map(str, hooks))}) -> {out_dir}")  # fmt: skip
+    specs = []
+    for hook in hooks:
+        base = out_dir / str(hook) if len(hooks) > 1 else out_dir
+        entries: list[SAEVariant | None] = list(variants) or [None]
+        for v in entries:
+            path = base / v.name if v is not None else base
+            sub = _variant_spec(spec, v, path, hook=str(hook), hooks=None)
+            sub = dataclasses.replace(sub, run=dataclasses.replace(sub.run, evaluate=False),
+                                      train=dataclasses.replace(sub.train, progress=False),
+                                      model_and_tokenizer=(model, tokenizer), shared_stream=stream,
+                                      report=_prefixed(spec.report, f"[{path.relative_to(out_dir)}]"))  # fmt: skip
+            specs.append(sub)
+    results: list[RunResult | BaseException | None] = [None] * len(specs)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = train_run(specs[i])
+            specs[i].report(f"trained ({results[i].summary.get('tokens_per_s', 0):,.0f} tok/s)")  # type: ignore[union-attr]
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the calling thread
+            results[i] = e
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"sae-{i}") for i in range(len(specs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # a short wait keeps Ctrl-C responsive
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    spec.report(f"{len(specs)} SAEs trained from {stream.windows_run} window passes ({stream.stats.tokens_kept:,} "
+                f"vectors per hook)")  # fmt: skip
+    done = [r for r in results if isinstance(r, RunResult)]
+    if not spec.run.evaluate:
+        return done
+    return [evaluate_run(dataclasses.replace(s, report=spec.report), r) for s, r in zip(specs, done, strict=True)]
 
 
 def _prefixed(report: Callable[[str], None], prefix: str) -> Callable[[str], None]:

@@ -86,6 +86,9 @@ class RunSpec:
     """Extra sections saved in the run config (config.json, checkpoints), e.g. a study's settings."""
     model_and_tokenizer: tuple[Any, Any] | None = None
     """An already loaded model for the harvest (default: load ``data.model``)."""
+    shared_stream: Any = None
+    """``--cache none``: a :class:`~chatsae.activations.streaming.SharedStream` (of that model) to read the hook's
+    vectors from, shared with other SAEs, instead of streaming a harvest of this run's own."""
     report: Callable[[str], None] = _stderr
 
     def __post_init__(self) -> None:
@@ -180,10 +183,13 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
     hooks = resolve_hooks(data, model)
     if len(hooks) > 1:
         raise ValueError(f"--cache none streams one hook; --hooks {data.hooks} needs the disk cache (--cache disk)")
-    # under torchrun each rank streams its own windows and its share (B / W rows) of each global batch
-    source = StreamingSource(model, tokenizer, hooks[0], lambda: sequences_for(data, train, tokenizer), spec.harvest,
-                             d_model(model), tc.batch_size // world_size(), buffer_tokens=data.buffer_tokens,
-                             seed=tc.seed)  # fmt: skip
+    if spec.shared_stream is not None:  # several SAEs from one streamed harvest (one process)
+        source: StreamingSource = spec.shared_stream.source(hooks[0], d_model(model), tc.batch_size,
+                                                            buffer_tokens=data.buffer_tokens, seed=tc.seed)  # fmt: skip
+    else:  # under torchrun each rank streams its own windows and its share (B / W rows) of each global batch
+        source = StreamingSource(model, tokenizer, hooks[0], lambda: sequences_for(data, train, tokenizer),
+                                 spec.harvest, d_model(model), tc.batch_size // world_size(),
+                                 buffer_tokens=data.buffer_tokens, seed=tc.seed)  # fmt: skip
     context = {"model": model, "tokenizer": tokenizer, "hook": hooks[0], "held_out": held_out, "data_info": data_info,
                "train_records": train}  # fmt: skip
     meta = {**_harvest_meta(spec, out_dir, context), "activations": "streamed"}
@@ -265,6 +271,17 @@ def _train_run(spec: RunSpec) -> RunResult:
             rows, held_out_fvu = _result_rows(spec, result.sae_dir, src, out_dir)
             judge_quality(result.summary, held_out_fvu, result.sae_dir, spec.report)
     return RunResult(result.sae_dir, result.summary, out_dir, rows, src.context)
+
+
+def evaluate_run(spec: RunSpec, result: RunResult) -> RunResult:
+    """The held-out evaluation :func:`train_run` does after training, for a run trained with ``run.evaluate`` off
+    (several SAEs streamed together evaluate one after the other once all are trained)."""
+    if result.sae_dir is None or not result.context:
+        return result
+    spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, evaluate=True))
+    rows, fvu = _result_rows(spec, result.sae_dir, _Source(None, {}, result.context), result.out_dir)
+    judge_quality(result.summary, fvu, result.sae_dir, spec.report)
+    return result._replace(rows={**result.rows, **rows})
 
 
 DROP_WARN_SHARE = 0.05
