@@ -172,3 +172,35 @@ def test_streamed_together_each_sae_equals_its_own_streaming_run(tiny_llama, tmp
             torch.testing.assert_close(a.state_dict()[key], t, rtol=1e-6, atol=1e-7, msg=f"{hook}/{name}: {key}")
     assert together and all(n == 2 for n in together) and all(n == 1 for n in runs)
     assert len(together) < len(runs) / 2  # the four single runs harvested more than twice as many windows
+
+
+def test_streamed_together_run_killed_midway_resumes_to_the_same_saes(tiny_llama, tmp_path: Path,
+                                                                      monkeypatch) -> None:  # fmt: skip
+    """One SAE of a --cache none joint run fails after its step-4 checkpoint; `--resume` ends with both SAEs equal to
+    those of an uninterrupted joint run."""
+    from chatsae.train import checkpoints
+
+    def joint(out: str, resume: bool = False) -> list:
+        spec = _spec(tmp_path, tiny_llama, out, cache="none")
+        spec.run.saes, spec.run.resume, spec.run.evaluate = "jumprelu:name=a,topk:k=8:name=b", resume, False
+        spec.train.checkpoint_every = 2
+        return train_runs(spec)
+
+    ref = joint("whole")
+    save = checkpoints.save_checkpoint
+
+    def crash(trainer):
+        path = save(trainer)
+        if trainer.out_dir.name == "b" and trainer.step == 4:
+            raise RuntimeError("killed")
+        return path
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        joint("cut")
+    assert not (tmp_path / "cut" / "b" / "sae").exists() and (tmp_path / "cut" / "a" / "sae").is_dir()
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
+    for res, whole in zip(joint("cut", resume=True), ref, strict=True):
+        a, b = load_sae(res.sae_dir), load_sae(whole.sae_dir)
+        for key, t in b.state_dict().items():
+            torch.testing.assert_close(a.state_dict()[key], t, rtol=0, atol=0, msg=f"{res.out_dir.name}: {key}")
