@@ -5,7 +5,7 @@ held-out evaluation) whose peak RSS (``ru_maxrss``) is printed, then the ratio o
 (``--buffer-tokens``) and a few queued harvest windows bound the activations in memory; the model dominates the rest.
 
     .venv/bin/python benchmarks/streaming_rss.py                        # 0.3M and 3M tokens (3M: ~40 min on 2 CPUs)
-    .venv/bin/python benchmarks/streaming_rss.py --hook resid_post.3     # the same budgets, a 4-layer forward
+    .venv/bin/python benchmarks/streaming_rss.py --hook resid_post.1     # the same budgets, a 2-layer forward
     .venv/bin/python benchmarks/streaming_rss.py --budgets 8192 32768 --buffer-tokens 8192  # a quick look
 """
 
@@ -39,8 +39,8 @@ def main() -> int:
     ap.add_argument("--budgets", type=int, nargs=2, default=[300_000, 3_000_000], help="two token budgets")
     ap.add_argument("--device", default="cpu", help="device for the model and the SAE (default cpu)")
     ap.add_argument("--buffer-tokens", type=int, default=65_536, help="mixing-buffer size (default 65536)")
-    ap.add_argument("--hook", help="hook point (default: the middle layer); a shallow one (resid_post.3) makes the "
-                    "harvest ~4x cheaper without changing what is measured: the buffer bounds memory at any depth")
+    ap.add_argument("--hook", help="hook point (default: the middle layer); a shallow one (resid_post.1) makes the "
+                    "harvest ~8x cheaper without changing what is measured: the buffer bounds memory at any depth")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
