@@ -7,6 +7,7 @@ both wall times and their ratio (< 1: the shared harvest is faster).
 
     .venv/bin/python benchmarks/multi_hook.py                   # 100k tokens per SAE (~15 min on 2 CPU cores)
     .venv/bin/python benchmarks/multi_hook.py --tokens 20000    # a quick look
+    .venv/bin/python benchmarks/multi_hook.py --cache none      # streamed: 3 SAEs together vs 3 streaming runs
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=100_000, help="training tokens per SAE")
     ap.add_argument("--device", default="cpu", help="device for the model and the SAEs (default cpu)")
+    ap.add_argument("--cache", default="disk", choices=("disk", "none"),
+                    help="disk (default): one cache per hook; none: streamed, the 3 SAEs train together")
     args = ap.parse_args()
 
     from chatsae.activations.pipeline import DataConfig
@@ -32,7 +35,7 @@ def main() -> int:
     from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
     from chatsae.train.multi import train_runs
 
-    data = DataConfig(model_device=args.device)
+    data = DataConfig(model_device=args.device, cache=args.cache)
     model = load_model("embedded", dtype="float32" if args.device == "cpu" else "bfloat16", device=args.device)
     with tempfile.TemporaryDirectory(prefix="chatsae_hooks_") as tmp:
 
@@ -51,7 +54,7 @@ def main() -> int:
         t_separate = time.perf_counter() - t0
     for h, a, b in zip(HOOKS, together, separate, strict=True):
         print(f"{h}: train FVU together {a.summary['train_fvu']:.4f}, separate {b.summary['train_fvu']:.4f}")
-    print(f"3 hooks, one harvest: {t_together:.1f}s; 3 separate runs: {t_separate:.1f}s; "
+    print(f"--cache {args.cache}: 3 hooks, one harvest: {t_together:.1f}s; 3 separate runs: {t_separate:.1f}s; "
           f"ratio {t_together / t_separate:.3f}")  # fmt: skip
     return 0
 
