@@ -65,7 +65,8 @@ class DataConfig:
     per batch; output folder OUT_DIR/<hook> per SAE (overrides --hook and --layer)."""
     cache: str = "disk"
     """disk: harvest into an activation cache first (resumable, reusable) | none: stream harvested activations
-    straight into the mixing buffer while training runs (memory bounded by the buffer, not the budget)."""
+    straight into the mixing buffer while training runs (memory bounded by the buffer, not the budget); several
+    --hooks / --saes then train together, in threads, from one streamed harvest."""
     max_length: int = 8192
     """FAST: truncate each sample at this many tokens (paper: 8192)."""
     context_size: int = 2048
