@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .base import SAE, LossOutput, SAEConfig
@@ -13,14 +15,17 @@ from .topk import TopKSAE
 ARCHITECTURES: dict[str, type[SAE]] = {
     cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE)
 }
+_SEEDED = threading.Lock()
+"""Seeded creation uses the process-wide RNG: one at a time (SAEs built in several threads)."""
 
 
 def create_sae(cfg: SAEConfig, seed: int | None = None) -> SAE:
     """Build a freshly initialised SAE of ``cfg.architecture``; with ``seed`` its initial weights depend only on the
-    seed (drawn from a forked RNG: the global torch RNG is left as it was), else on the global torch RNG."""
+    seed (drawn from a forked RNG: the global torch RNG is left as it was; thread-safe), else on the global torch
+    RNG."""
     if seed is None:
         return ARCHITECTURES[cfg.architecture](cfg)
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ARCHITECTURES[cfg.architecture](cfg)
 

@@ -149,11 +149,18 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
                 spec.report(f"harvested {stats.tokens_kept:,} vectors per hook at {len(dirs)} hook(s) in "
                             f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)")  # fmt: skip
             spec = dataclasses.replace(spec, model_and_tokenizer=(context["model"], context["tokenizer"]))
-            for hook, cache in dirs.items():
-                base = out_dir / str(hook) if len(dirs) > 1 else out_dir
-                where = {"hook": str(hook), "hooks": None, "cache_dir": str(cache)}
-                units += [(base / v.name, where, v) for v in variants] or [(base, where, None)]
+            units = [(path, {"hook": str(hook), "hooks": None, "cache_dir": str(dirs[hook])}, v)
+                     for path, hook, v in _folders(out_dir, list(dirs), variants)]  # fmt: skip
         return _train_units(spec, units)
+
+
+def _folders(out_dir: Path, hooks: list[HookPoint], variants: list[SAEVariant],
+             ) -> list[tuple[Path, HookPoint, SAEVariant | None]]:  # fmt: skip
+    """(folder, hook, entry) of every SAE: ``OUT_DIR/<hook>/<name>``, without the hook level for one hook and without
+    the name level when there are no ``--saes`` entries."""
+    entries: list[SAEVariant | None] = list(variants) or [None]
+    return [((out_dir / str(hook) if len(hooks) > 1 else out_dir) / (v.name if v else ""), hook, v)
+            for hook in hooks for v in entries]  # fmt: skip
 
 
 def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
@@ -193,17 +200,12 @@ def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants
                 f"streamed together (--cache none: one forward pass per window for hooks "
                 f"{', '.join(map(str, hooks))}) -> {out_dir}")  # fmt: skip
     specs = []
-    for hook in hooks:
-        base = out_dir / str(hook) if len(hooks) > 1 else out_dir
-        entries: list[SAEVariant | None] = list(variants) or [None]
-        for v in entries:
-            path = base / v.name if v is not None else base
-            sub = _variant_spec(spec, v, path, hook=str(hook), hooks=None)
-            sub = dataclasses.replace(sub, run=dataclasses.replace(sub.run, evaluate=False),
-                                      train=dataclasses.replace(sub.train, progress=False),
-                                      model_and_tokenizer=(model, tokenizer), shared_stream=stream,
-                                      report=_prefixed(spec.report, f"[{path.relative_to(out_dir)}]"))  # fmt: skip
-            specs.append(sub)
+    for path, hook, v in _folders(out_dir, hooks, variants):
+        sub = _variant_spec(spec, v, path, hook=str(hook), hooks=None)
+        specs.append(dataclasses.replace(sub, run=dataclasses.replace(sub.run, evaluate=False),
+                                         train=dataclasses.replace(sub.train, progress=False),
+                                         model_and_tokenizer=(model, tokenizer), shared_stream=stream,
+                                         report=_prefixed(spec.report, f"[{path.relative_to(out_dir)}]")))  # fmt: skip
     results: list[RunResult | BaseException | None] = [None] * len(specs)
 
     def work(i: int) -> None:
