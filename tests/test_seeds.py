@@ -68,3 +68,26 @@ def test_cli_same_seed_bit_identical(tmp_path: Path) -> None:
     ck = "checkpoints/step_0000000004/sae.safetensors"
     assert (tmp_path / "a" / ck).read_bytes() == (tmp_path / "b" / ck).read_bytes()
     assert not _equal(_state(tmp_path / "a" / "sae"), _state(tmp_path / "c" / "sae"))
+
+
+def test_seeded_sae_creation_is_thread_safe() -> None:
+    """SAEs built at once in several threads (joint streaming) get exactly the weights their seeds give alone."""
+    import threading
+
+    cfg = SAEConfig(architecture="topk", d_in=32, d_sae=256, k=4)
+    alone = {s: create_sae(cfg, seed=s).W_enc.detach().clone() for s in range(8)}
+    built: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(8)
+
+    def make(s: int) -> None:
+        start.wait()
+        for _ in range(20):
+            built[s] = create_sae(cfg, seed=s).W_enc.detach()
+
+    threads = [threading.Thread(target=make, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(built[s], alone[s]) for s in range(8))
+    assert not torch.equal(alone[0], alone[1])
