@@ -91,3 +91,19 @@ def test_seeded_sae_creation_is_thread_safe() -> None:
         t.join()
     assert all(torch.equal(built[s], alone[s]) for s in range(8))
     assert not torch.equal(alone[0], alone[1])
+
+
+def test_training_and_resume_leave_the_global_rng_alone(tmp_path: Path) -> None:
+    """Training draws nothing from the global torch RNG and neither seeds nor restores it: SAEs trained in threads
+    (joint streaming) cannot change each other's seeded initial weights."""
+    spec = _spec(tmp_path / "a", 7)
+    spec.train.checkpoint_every = 4
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train_run(spec)
+    assert torch.equal(torch.get_rng_state(), before)
+    resumed = _spec(tmp_path / "a", 7)
+    resumed.train.checkpoint_every, resumed.run.resume = 4, True
+    (tmp_path / "a" / "sae" / "sae_weights.safetensors").unlink()  # the run resumes from its step-4 checkpoint
+    train_run(resumed)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -175,7 +175,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: weights file missing")
     _check_sizes(cfg, safetensors_shapes(weights), weights)  # before anything is allocated from cfg.json's numbers
-    sae = create_sae(cfg)
+    sae = create_sae(cfg, seed=0)  # initial weights are overwritten below: drawn without touching the global RNG
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt files

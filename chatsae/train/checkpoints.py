@@ -146,9 +146,8 @@ def resume_latest(trainer: Trainer) -> Path | None:
 
 
 def rank_state(trainer: Trainer) -> dict[str, Any]:
-    """What differs between ranks: data-stream position, RNG, dropped-outlier count."""
-    return {"source": trainer.source.state_dict(), "torch_rng": torch.get_rng_state(),
-            "outliers_dropped": trainer.outliers_dropped}  # fmt: skip
+    """What differs between ranks: data-stream position (with its mixing buffer and RNG), dropped-outlier count."""
+    return {"source": trainer.source.state_dict(), "outliers_dropped": trainer.outliers_dropped}
 
 
 def save_checkpoint(trainer: Trainer) -> Path | None:
@@ -166,7 +165,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "step": trainer.step, "tokens": trainer.tokens, "scale": trainer.scale,
             "input_limit": trainer.input_limit, "outliers_dropped": trainer.outliers_dropped,
             "since_fired": trainer.since_fired.cpu(), "fire_counts": trainer.fire_counts.cpu(),
-            "torch_rng": torch.get_rng_state(), "source": trainer.source.state_dict(),
+            "source": trainer.source.state_dict(),
             "window": trainer.window_rows(trainer.window), "world_size": trainer.world,
         }  # fmt: skip
         if ranks is not None:
@@ -184,7 +183,7 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
 
 
 def load_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Restore ``trainer`` (weights, optimizer, counters, RNG, this rank's data-stream position) from checkpoint
+    """Restore ``trainer`` (weights, optimizer, counters, this rank's data-stream position and RNG) from checkpoint
     ``path`` and drop the metrics-log lines written after it. :class:`CheckpointError` naming an unreadable file;
     ValueError for a checkpoint of a run on another number of processes."""
     file = path / "sae.safetensors"
@@ -210,7 +209,6 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
     trainer.outliers_dropped = int(mine.get("outliers_dropped", 0))
     trainer.since_fired = state["since_fired"].to(trainer.device)
     trainer.fire_counts = state["fire_counts"].to(trainer.device)
-    torch.set_rng_state(mine["torch_rng"])
     trainer.window = [torch.tensor(m, dtype=torch.float32, device=trainer.device) for m in state.get("window", [])]
     trainer._dead = trainer.dead_mask()
     if "grad_scaler" in state:

@@ -118,10 +118,14 @@ def teardown() -> None:
 
 @contextlib.contextmanager
 def session() -> Iterator[None]:
-    """The process group for the block: set up from the environment if needed, destroyed after if this opened it."""
+    """The process group for the block: set up from the environment if needed, destroyed after if this opened it
+    (after a barrier when the block ended normally, so that no rank closes its connections while another is still
+    in a collective; at once after an error, which must not wait for ranks that may never arrive)."""
     opened = setup()
     try:
         yield
+        if opened:
+            barrier()
     finally:
         if opened:
             teardown()

@@ -172,8 +172,9 @@ class Trainer:
     # ---- initialisation --------------------------------------------------------------------------------------
     @torch.no_grad()
     def initialise(self) -> None:
-        """Estimate the input scale and b_dec from the first ``init_sample_tokens`` of the stream, then rewind."""
-        torch.manual_seed(self.cfg.seed)
+        """Estimate the input scale and b_dec from the first ``init_sample_tokens`` of the stream, then rewind. Training
+        draws no numbers from the global torch RNG (the SAE, the source and its mixing buffer have their own seeded
+        generators), so it neither seeds nor restores it: SAEs trained in threads cannot disturb each other."""
         start = copy.deepcopy(self.source.state_dict())
         chunks, batches, n = [], [], 0
         for batch in self.source:
