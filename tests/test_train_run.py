@@ -88,3 +88,19 @@ def test_harvest_run_evaluates_held_out(tiny_llama, tmp_path: Path) -> None:
     assert sae.cfg.metadata["eval_data"] == str(tmp_path / "run" / "heldout.jsonl")
     assert len((tmp_path / "run" / "heldout.jsonl").read_text().splitlines()) == 4
     assert (tmp_path / "run" / "eval.json").is_file() and res.rows  # the held-out evaluation ran
+
+    # an SAE trained later on that cache carries the harvest's settings, so that it is evaluated alike
+    # (before: only model/hook/method, and `chatsae eval` spliced position 0, the attention sink, into the model)
+    from chatsae.eval.config import EvalConfig, resolve_config
+
+    again = RunSpec(run=RunConfig(out_dir=str(tmp_path / "again"), activations=str(tmp_path / "run" / "activations")),
+                    sae=SAEConfig(architecture="topk", k=4), train=TrainConfig(**{**TC, "total_tokens": 2 * 64}),
+                    d_sae=96)  # fmt: skip
+    meta = load_sae(train_run(again).sae_dir).cfg.metadata
+    keys = ("model_name", "hook_name", "method", "context_size", "max_length", "data", "holdout", "holdout_seed",
+            "exclude_first_position", "exclude_special", "exclude_bos")  # fmt: skip
+    assert {k: meta.get(k) for k in keys} == {k: sae.cfg.metadata[k] for k in keys}
+    assert meta["exclude_first_position"] is True and meta["holdout"] == 4
+    for m in (meta, sae.cfg.metadata):
+        resolved = resolve_config(EvalConfig(), m, data_from_metadata=True)
+        assert resolved.splice_first_position is False and resolved.hook == "resid_post.1"

@@ -16,7 +16,8 @@ with exactly the reference expression, so both paths pick the same entries. When
 JumpReLU SAE has L0 ~ d_sae / 6) the JumpReLU loss takes a dense path with the same savings in passes (no grad for x,
 one mask, the window kept sparse). :func:`choose` decides per batch; ``CHATSAE_SAE_KERNEL`` or the SAE's ``kernel``
 attribute (``auto | sparse | dense | reference``) forces one. Off the CPU, under autocast, or when ``x`` needs a
-gradient, ``auto`` keeps the plain autograd code ("reference") until the kernels are measured there.
+gradient, ``auto`` keeps the plain autograd code ("reference"), except TopK on CUDA at large widths, where the sparse
+kernel measured faster (``TOPK_CUDA_MIN_WEIGHTS``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from .base import FIRE_THRESHOLD
 KERNELS = ("auto", "sparse", "dense", "reference")
 SPARSE_MAX_DENSITY = 0.03
 """JumpReLU: ``auto`` takes the sparse path when (active + near-threshold latents) / d_sae is below this (CPU)."""
+TOPK_CUDA_MIN_WEIGHTS = 4096 * 32768
+"""TopK on CUDA: ``auto`` takes the sparse kernel from this encoder size on (H200, 2026-12-04, batch 4096, k 64:
+1.56x the reference step at d_in 4096 x d_sae 32768, 0.71x at 576 x 4608, where launches dominate; docs/performance.md).
+JumpReLU keeps the reference code on CUDA (its fused kernels measured 0.61-0.71x at 576 x 4608)."""
 TOPK_SPARSE_MAX_DENSITY = 0.1
 """TopK: the same for (k + AuxK latents) / d_sae; k 32 + k_aux 288 of 4608 (AuxK on) measured faster sparse."""
 _SAMPLE_ROWS = 256
@@ -58,12 +63,16 @@ def kernel_setting(attr: str) -> str:
     return kernel
 
 
-def fused_allowed(x: Tensor, *params: Tensor) -> bool:
-    """Whether the fused Functions apply: CPU, float inputs, no autocast, no gradient wanted for ``x``."""
+def fused_allowed(x: Tensor, *params: Tensor, cuda_min_weights: int | None = None) -> bool:
+    """Whether the fused Functions apply: float inputs, no autocast, no gradient wanted for ``x``, and the CPU, or
+    CUDA when the encoder (``params[0]``) has at least ``cuda_min_weights`` entries (None: never on CUDA)."""
+    dev = x.device.type
+    big = cuda_min_weights is not None and params[0].numel() >= cuda_min_weights
+    on_device = dev == "cpu" or (dev == "cuda" and big)
     return (
-        x.device.type == "cpu"
+        on_device
         and not x.requires_grad
-        and not torch.is_autocast_enabled("cpu")
+        and not torch.is_autocast_enabled(dev)
         and all(p.dtype == x.dtype for p in params)
     )
 

@@ -41,7 +41,7 @@ class TopKSAE(SAE):
         density = (self.cfg.k + k_dead) / self.cfg.d_sae
         if kernel == "sparse" or (
             kernel == "auto"
-            and sparse_kernel.fused_allowed(x, *params)
+            and sparse_kernel.fused_allowed(x, *params, cuda_min_weights=sparse_kernel.TOPK_CUDA_MIN_WEIGHTS)
             and sparse_kernel.choose(kernel, density, sparse_kernel.TOPK_SPARSE_MAX_DENSITY) == "sparse"
         ):
             dead_idx = x.new_zeros(0, dtype=torch.long)

@@ -153,9 +153,7 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
         path = Path(run.activations)
         if path.is_dir():
             source = CacheSource(path, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
-            man = source.cache.manifest
-            meta = {"model_name": man.model, "hook_name": man.hook, "method": man.method, "activations": str(path)}
-            return _Source(source, meta, {})
+            return _Source(source, _cache_meta(source.cache.manifest, path), {})
         return _Source(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, {})
     from ..activations.pipeline import harvest
 
@@ -194,6 +192,25 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
                "train_records": train}  # fmt: skip
     meta = {**_harvest_meta(spec, out_dir, context), "activations": "streamed"}
     return _Source(source, meta, context)
+
+
+def _cache_meta(man: Any, path: Path) -> dict[str, Any]:
+    """Provenance of an SAE trained on an existing cache: what its manifest records of the harvest, so that
+    ``chatsae eval`` splices and splits as for an SAE trained by one ``chatsae train`` (position 0 kept clean when
+    the harvest excluded it, the training holdout re-derived from the data file)."""
+    info = man.info or {}
+    data, opts = info.get("data") or {}, info.get("options") or {}
+    meta: dict[str, Any] = {"model_name": man.model, "hook_name": man.hook, "method": man.method,
+                            "activations": str(path)}  # fmt: skip
+    for key in ("context_size", "max_length"):
+        if info.get(key) is not None:
+            meta[key] = info[key]
+    if data.get("data"):
+        meta["data"] = data["data"]
+        if info.get("holdout"):
+            meta.update(holdout=info["holdout"], holdout_seed=0)
+    meta.update({k: v for k, v in opts.items() if k.startswith("exclude")})
+    return meta
 
 
 def _harvest_meta(spec: RunSpec, out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:

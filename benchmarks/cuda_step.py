@@ -1,0 +1,153 @@
+"""chatsae's SAE training step on a CUDA device: the JumpReLU kernels (reference autograd, fused dense, fused sparse)
+at a realistic and at a fresh-init sparsity, TopK, and the paper's width (d_in 4096, d_sae 32768) for the time
+estimates of docs/scaling.md. Not run by ``make test``; needs a GPU.
+
+    python benchmarks/cuda_step.py --activations RUN/activations --sae RUN/sae [--steps 20] [--repeats 5]
+
+``--activations`` / ``--sae``: a cache and a JumpReLU SAE trained on it (``scripts/gpu_check.sh`` makes both in
+``runs/gpu_check/gpu``). The step is the Trainer's (``bare_step``: loss, backward, parallel-gradient removal, Adam,
+decoder norm, threshold clamp), float32 weights, TF32 matmuls as ``chatsae train`` sets them on CUDA. Each cell is the
+median (min-max) tokens/s over ``--repeats`` rounds of ``--steps`` timed steps (after 3 warm-up steps); within a round
+the kernels of a row alternate, so the per-round ratio to ``reference`` compares like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from sae_step_common import bare_step
+
+from chatsae.activations.cache import ActivationCache
+from chatsae.sae import SAEConfig, create_sae, load_sae
+from chatsae.train.init import input_scale
+
+N_ACTS = 16_384
+
+
+def time_steps(
+    sae: torch.nn.Module, X: torch.Tensor, batch: int, steps: int, dead: torch.Tensor
+) -> tuple[float, float]:
+    """(tokens/s, L0 of the last batch) over ``steps`` steps after 3 warm-up steps."""
+    opt = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999), fused=X.is_cuda)
+    nb = X.shape[0] // batch
+
+    def step(i: int) -> torch.Tensor:
+        return bare_step(sae, opt, X[(i % nb) * batch : (i % nb + 1) * batch], 1.0, dead).sparsity
+
+    sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
+    for i in range(3):
+        step(i)
+    sync()
+    t = time.perf_counter()
+    for i in range(steps):
+        l0 = step(i)
+    sync()
+    return batch * steps / (time.perf_counter() - t), float(l0.detach().float().mean())
+
+
+def row(label: str, make: dict[str, object], X: torch.Tensor, batch: int, steps: int, repeats: int) -> None:
+    """One table row: ``make`` maps a column name to a zero-argument SAE factory (a fresh copy every round)."""
+    tok: dict[str, list[float]] = {k: [] for k in make}
+    l0: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, factory in make.items():
+            sae = factory()  # type: ignore[operator]
+            dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=X.device)
+            try:
+                t, l0[name] = time_steps(sae, X, batch, steps, dead)
+            except Exception as e:  # a kernel that does not run on this device: say so, keep going
+                print(f"  {label} {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                t = float("nan")
+            tok[name].append(t)
+            del sae
+    ref = tok.get("reference")
+    cells = []
+    for name, v in tok.items():
+        cell = f"{statistics.median(v):,.0f} ({min(v):,.0f}-{max(v):,.0f})"
+        if ref is not None and name != "reference":
+            cell += f" x{statistics.median(a / b for a, b in zip(v, ref, strict=True)):.2f}"
+        cells.append(f"{name} {cell} [L0 {l0.get(name, float('nan')):.0f}]")
+    print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--activations", required=True)
+    ap.add_argument("--sae", required=True, help="a JumpReLU SAE trained on --activations")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-paper-width", action="store_true", help="skip the d_in 4096, d_sae 32768 rows")
+    ap.add_argument("--sweep-widths", default="", help="e.g. 8192,32768,131072: d_in 4096 rows at these widths, "
+                    "JumpReLU with thresholds set for L0 ~ 64 (as trained) and TopK k 64, every kernel")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    print(f"device {name}, torch {torch.__version__}, TF32 on, batch {a.batch}")
+
+    cache = ActivationCache(a.activations)
+    index = torch.randperm(len(cache), generator=torch.Generator().manual_seed(0))[:N_ACTS].sort().values
+    acts = cache.gather(index).acts.float()
+    X = (acts / input_scale(acts)).contiguous().to(dev)
+    trained = load_sae(a.sae)
+    trained.fold_input_scale(1.0 / input_scale(acts))
+    state = {k: v.float().contiguous() for k, v in trained.saelens_state_dict().items()}
+    d_in, d_sae = X.shape[1], trained.cfg.d_sae
+
+    def jumprelu(kernel: str, weights: dict[str, torch.Tensor] | None, d: int = d_in, w: int = d_sae):
+        def make() -> torch.nn.Module:
+            torch.manual_seed(0)
+            sae = create_sae(SAEConfig(architecture="jumprelu", d_in=d, d_sae=w)).to(dev)
+            if weights is not None:
+                sae.load_saelens_state_dict({k: v.to(dev) for k, v in weights.items()})
+            sae.kernel = kernel  # type: ignore[attr-defined]
+            return sae
+
+        return make
+
+    def topk(kernel: str, k: int, d: int = d_in, w: int = d_sae):
+        def make() -> torch.nn.Module:
+            torch.manual_seed(0)
+            sae = create_sae(SAEConfig(architecture="topk", d_in=d, d_sae=w, k=k)).to(dev)
+            sae.kernel = kernel  # type: ignore[attr-defined]
+            return sae
+
+        return make
+
+    kernels = ("reference", "dense", "sparse")
+    s, r, b = a.steps, a.repeats, a.batch
+    print(f"## d_in {d_in}, d_sae {d_sae}: real activations of {a.activations}")
+    row("JumpReLU, trained weights", {k: jumprelu(k, state) for k in kernels}, X, b, s, r)
+    row("JumpReLU, fresh init", {k: jumprelu(k, None) for k in kernels}, X, b, s, r)
+    row("TopK k 32, fresh init", {k: topk(k, 32) for k in ("reference", "sparse")}, X, b, s, r)
+    if not a.no_paper_width:
+        g = torch.Generator(device=dev).manual_seed(0)
+        Xp = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5  # E||x||^2 = 1
+        print("## paper width: d_in 4096, d_sae 32768, Gaussian inputs (cost only: sparsity is not realistic)")
+        row("JumpReLU, fresh init", {k: jumprelu(k, None, 4096, 32768) for k in ("reference", "dense")}, Xp, b, s, r)
+        row("TopK k 64, fresh init", {k: topk(k, 64, 4096, 32768) for k in ("reference", "sparse")}, Xp, b, s, r)
+    for w in [int(v) for v in a.sweep_widths.split(",") if v]:
+        g = torch.Generator(device=dev).manual_seed(1)
+        Xw = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5
+        print(f"## sweep: d_in 4096, d_sae {w}, Gaussian inputs")
+        with torch.no_grad():  # thresholds at the (1 - 64 / w) quantile of each latent's pre-activation: L0 ~ 64
+            probe = jumprelu("reference", None, 4096, w)()
+            z = probe.encoder_input(Xw[:b]) @ probe.W_enc + probe.b_enc
+            theta = z.kthvalue(int(b * (1 - 64 / w)), dim=0).values.clamp_min(1e-3)
+            state64 = {k: v.detach().clone() for k, v in probe.saelens_state_dict().items()}
+            state64["threshold"] = theta
+            del probe, z
+        row("JumpReLU, L0 ~ 64", {k: jumprelu(k, state64, 4096, w) for k in kernels}, Xw, b, s, r)
+        row("TopK k 64", {k: topk(k, 64, 4096, w) for k in ("reference", "sparse")}, Xw, b, s, r)
+        del Xw, state64
+    if dev.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
