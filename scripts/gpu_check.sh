@@ -8,8 +8,10 @@
 #   3. the main job with 2 ranks under torchrun, when 2 GPUs are visible;
 #   4. a streaming run (--cache none: no activation cache, harvest overlapped with training);
 #   5. a 3-hook run (--hooks resid_post.8,resid_post.15,resid_post.22: three SAEs from one harvest).
-# It prints harvest and training tokens/s of each run and exits non-zero when a run or a check fails.
-# Usage: scripts/gpu_check.sh [OUT_DIR]   (default runs/gpu_check; TOKENS=... sets the token budget, default 599040)
+# It prints harvest and training tokens/s of each run; a failed run or check does not stop the later ones, and the
+# script exits non-zero at the end, naming every failure.
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (default runs/gpu_check; TOKENS=... sets the token budget, default 599040;
+#   PY=... and CHATSAE=... name the python and the chatsae command when not .venv/bin/python and .venv/bin/chatsae)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -44,12 +46,15 @@ EOF
 }
 
 t0=$SECONDS
+FAILED=()
 echo "== 1. main job, one GPU"
-"$CHATSAE" train --out-dir "$OUT/gpu" --device cuda --model-device cuda "${COMMON[@]}"
-speeds "$OUT/gpu"
+if ! { "$CHATSAE" train --out-dir "$OUT/gpu" --device cuda --model-device cuda "${COMMON[@]}" && speeds "$OUT/gpu"; }; then
+    echo "gpu_check: 1 failed; 2 needs its cache and is skipped" >&2
+    FAILED+=("1. main job" "2. CUDA vs CPU (skipped)")
+else
 
 echo "== 2. the same SAE trained on CPU from the same cache; both evaluated alike"
-"$CHATSAE" train --activations "$OUT/gpu/activations" --out-dir "$OUT/cpu" --device cpu "${COMMON[@]}"
+{ "$CHATSAE" train --activations "$OUT/gpu/activations" --out-dir "$OUT/cpu" --device cpu "${COMMON[@]}"
 for run in gpu cpu; do
     "$CHATSAE" eval "$OUT/$run/sae" --data "$OUT/gpu/heldout.jsonl" --device cuda --dtype float32 \
         --output "$OUT/$run/eval_same.json" --no-progress >/dev/null
@@ -69,24 +74,31 @@ if ce_g is not None and ce_c is not None:
 print("  CUDA vs CPU:", "OK" if ok else "MISMATCH")
 sys.exit(0 if ok else 1)
 EOF
+} || FAILED+=("2. CUDA vs CPU")
+fi
 
 if [ "$NGPU" -ge 2 ]; then
     echo "== 3. main job, 2 ranks under torchrun"
-    .venv/bin/torchrun --standalone --nproc_per_node 2 "$CHATSAE" train --out-dir "$OUT/ddp2" --device cuda \
-        --model-device cuda "${COMMON[@]}"
-    speeds "$OUT/ddp2"
+    { .venv/bin/torchrun --standalone --nproc_per_node 2 "$CHATSAE" train --out-dir "$OUT/ddp2" --device cuda \
+        --model-device cuda "${COMMON[@]}" && speeds "$OUT/ddp2"; } || FAILED+=("3. torchrun, 2 ranks")
 else
     echo "== 3. skipped: 2 ranks need 2 GPUs ($NGPU visible)"
 fi
 
 echo "== 4. streaming (--cache none)"
-"$CHATSAE" train --out-dir "$OUT/stream" --cache none --device cuda --model-device cuda "${COMMON[@]}"
-speeds "$OUT/stream"
-test ! -e "$OUT/stream/activations" || { echo "gpu_check: --cache none wrote a cache" >&2; exit 1; }
+{ "$CHATSAE" train --out-dir "$OUT/stream" --cache none --device cuda --model-device cuda "${COMMON[@]}" \
+    && speeds "$OUT/stream" \
+    && { test ! -e "$OUT/stream/activations" || { echo "gpu_check: --cache none wrote a cache" >&2; false; }; }
+} || FAILED+=("4. streaming")
 
 echo "== 5. three hooks from one harvest"
-"$CHATSAE" train --out-dir "$OUT/hooks3" --hooks resid_post.8,resid_post.15,resid_post.22 --device cuda \
-    --model-device cuda "${COMMON[@]}"
-for h in resid_post.8 resid_post.15 resid_post.22; do speeds "$OUT/hooks3/$h" "$OUT/hooks3/activations/$h"; done
+{ "$CHATSAE" train --out-dir "$OUT/hooks3" --hooks resid_post.8,resid_post.15,resid_post.22 --device cuda \
+    --model-device cuda "${COMMON[@]}" \
+    && for h in resid_post.8 resid_post.15 resid_post.22; do speeds "$OUT/hooks3/$h" "$OUT/hooks3/activations/$h"; done
+} || FAILED+=("5. three hooks")
 
+if [ ${#FAILED[@]} -gt 0 ]; then
+    printf 'gpu_check: FAILED after %s s:' "$((SECONDS - t0))" >&2; printf ' [%s]' "${FAILED[@]}" >&2; echo >&2
+    exit 1
+fi
 echo "gpu_check: all checks passed in $((SECONDS - t0)) s"
