@@ -188,3 +188,53 @@ def test_fire_counts_equal_the_count_from_feature_acts(arch: str, kernel: str, n
     torch.testing.assert_close(out.fire_counts, (out.feature_acts > 1e-8).sum(0).float(), rtol=0, atol=0)
     assert out.fire_counts.sum() > 0
     assert loss_and_grads(sae, "reference", x, dead)[0].fire_counts is None
+
+
+def test_scratch_buffers_are_per_thread() -> None:
+    """SAEs trained together run their steps in parallel threads: each thread gets its own scratch buffers."""
+    import threading
+
+    like = torch.zeros(1)
+    here = sparse_kernel.scratch("t", (4, 8), like)
+    assert sparse_kernel.scratch("t", (4, 8), like) is here  # reused within a thread
+    there: list[torch.Tensor] = []
+    t = threading.Thread(target=lambda: there.append(sparse_kernel.scratch("t", (4, 8), like)))
+    t.start()
+    t.join()
+    assert there[0].data_ptr() != here.data_ptr()
+
+
+def test_dense_kernel_gradients_in_parallel_threads_equal_serial_ones() -> None:
+    """Several JumpReLU SAEs stepping at once in threads (``--cache none`` with several SAEs) get the gradients each
+    gets alone (a scratch buffer shared between threads was overwritten mid-backward: the streamed-joint bug)."""
+    import threading
+
+    n, steps = 4, 30
+    saes, xs = [], []
+    for i in range(n):
+        torch.manual_seed(i)
+        cfg = SAEConfig(architecture="jumprelu", d_in=64, d_sae=1024, jumprelu_bandwidth=0.05)
+        sae = create_sae(cfg)
+        sae.kernel = "dense"  # type: ignore[attr-defined]
+        saes.append(sae)
+        xs.append(torch.randn(512, 64))
+
+    def grads(sae: SAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        sae.zero_grad(set_to_none=True)
+        sae.loss(x, 0.7).loss.backward()
+        return {k: p.grad.clone() for k, p in sae.named_parameters() if p.grad is not None}
+
+    alone = [grads(s, x) for s, x in zip(saes, xs, strict=True)]
+    bad: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(steps):
+            g = grads(saes[i], xs[i])
+            bad.extend(f"SAE {i} {k}" for k, t in g.items() if not torch.equal(t, alone[i][k]))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad, sorted(set(bad))

@@ -182,3 +182,30 @@ def test_half_precision_cache_reads_back_the_rounded_vectors(tiny_llama, tmp_pat
     assert torch.equal(half.gather(idx).acts, want)
     assert (tmp_path / dtype / half.manifest.shards[0]["acts"]).stat().st_size < \
         (tmp_path / "f32" / full.manifest.shards[0]["acts"]).stat().st_size * 0.6  # fmt: skip
+
+
+def test_shared_stream_tracks_every_reader_and_bounds_the_lead(tiny_llama) -> None:
+    """Two readers of one SharedStream are tracked apart (each pass over the stream has its own id), so the faster
+    one waits once it is ``lead`` windows ahead, and windows no reader needs are dropped."""
+    import threading
+
+    from chatsae.activations.streaming import SharedStream
+
+    model, tok = tiny_llama
+    records = _records(30)
+    stream = SharedStream(model, tok, [HOOK], lambda: fast_sequences(records, tok), OPTS, lead=1)
+    slow, fast = (stream.source(HOOK, 64, 32)._windows(0, 0, lambda _n: None) for _ in range(2))
+    assert next(slow)[1] == 0 and next(fast)[1] == 0
+    assert len(stream._at) == 2  # ids were `id(object())` of a freed object, which can repeat: one entry for both
+    assert next(fast)[1] == 1  # one window ahead of the slowest: allowed
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(next(fast)[1]), daemon=True)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive() and not got  # two ahead: waits for the slow reader
+    assert next(slow)[1] == 1
+    t.join(5)
+    assert got == [2] and set(stream._kept) <= {1, 2}
+    slow.close()
+    fast.close()
+    assert stream._at == {}

@@ -9,6 +9,7 @@ position after the last batch the trainer consumed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -232,6 +233,8 @@ class SharedStream:
         self._n_windows: int | None = None
         self._walk: tuple[int, Iterator[tuple[int, list[TokenSequence]]]] | None = None
         self._at: dict[int, int] = {}  # reader id -> global index (epoch x n_windows + window) it asked for last
+        self.reader_ids = itertools.count()
+        """A distinct id for every pass of a reader over the stream (``id(object())`` of a freed object repeats)."""
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()
 
@@ -315,7 +318,7 @@ class _SharedReader(StreamingSource):
 
     def _windows(self, epoch: int, start: int, on_batch: Callable[[int], None],
                  ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:  # fmt: skip
-        reader = id(object())
+        reader = next(self.shared.reader_ids)
         try:
             while True:
                 n, w = 0, start

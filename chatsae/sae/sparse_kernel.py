@@ -23,6 +23,7 @@ kernel measured faster (``TOPK_CUDA_MIN_WEIGHTS``).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -42,16 +43,19 @@ JumpReLU keeps the reference code on CUDA (its fused kernels measured 0.61-0.71x
 TOPK_SPARSE_MAX_DENSITY = 0.1
 """TopK: the same for (k + AuxK latents) / d_sae; k 32 + k_aux 288 of 4608 (AuxK on) measured faster sparse."""
 _SAMPLE_ROWS = 256
-_scratch: dict[tuple[Any, ...], Tensor] = {}
+_scratch = threading.local()
+"""Per-thread reused buffers: SAEs trained together (``--cache none`` with several SAEs) run their steps in parallel
+threads, and one buffer shared between them would be overwritten mid-step by another SAE's backward."""
 
 
 def scratch(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """A reused buffer for a [B, d_sae] temporary that never leaves a backward pass (above glibc's mmap threshold a
-    fresh one is mapped and page-faulted on every step). One per name; replaced when the shape changes."""
+    fresh one is mapped and page-faulted on every step). One per name and thread; replaced when the shape changes."""
+    bufs: dict[tuple[Any, ...], Tensor] = _scratch.__dict__.setdefault("bufs", {})
     key = (name, like.device, like.dtype)
-    buf = _scratch.get(key)
+    buf = bufs.get(key)
     if buf is None or tuple(buf.shape) != shape:
-        buf = _scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        buf = bufs[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
     return buf
 
 
