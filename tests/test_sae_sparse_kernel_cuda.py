@@ -64,3 +64,7 @@ def test_topk_auto_takes_the_sparse_kernel_on_cuda_only_when_wide(monkeypatch: p
     out, grads = loss_and_grads(sae, "auto", x)
     assert type(out.mse.grad_fn).__name__ == "TopKLossBackward"
     assert_close(out, grads, ref, ref_grads)
+    dead = torch.zeros(D_SAE, dtype=torch.bool, device="cuda")
+    dead[:3] = True  # AuxK on: not measured on CUDA, so the reference code
+    out, _ = loss_and_grads(sae, "auto", x, dead)
+    assert type(out.mse.grad_fn).__name__ != "TopKLossBackward"

@@ -39,7 +39,8 @@ SPARSE_MAX_DENSITY = 0.03
 TOPK_CUDA_MIN_WEIGHTS = 4096 * 32768
 """TopK on CUDA: ``auto`` takes the sparse kernel from this encoder size on (H200, 2026-12-04, batch 4096, k 64:
 1.56x the reference step at d_in 4096 x d_sae 32768, 0.71x at 576 x 4608, where launches dominate; docs/performance.md).
-JumpReLU keeps the reference code on CUDA (its fused kernels measured 0.61-0.71x at 576 x 4608)."""
+Only while no AuxK term is active (no dead latents): with AuxK on CUDA it is not measured. JumpReLU keeps the
+reference code on CUDA (its fused kernels measured 0.61-0.71x at 576 x 4608)."""
 TOPK_SPARSE_MAX_DENSITY = 0.1
 """TopK: the same for (k + AuxK latents) / d_sae; k 32 + k_aux 288 of 4608 (AuxK on) measured faster sparse."""
 _SAMPLE_ROWS = 256
