@@ -6,10 +6,10 @@
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
 sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
 logits over all batches; ``evaluate()`` of a randomly initialised JumpReLU SAE (8x width) with the LM-loss passes;
-the same with the zero-ablation losses cached; ``evaluate_many`` of ``--together`` SAEs on one clean pass (what
-``chatsae compare``/``sweep`` do), per SAE; with ``--also-full`` also without restarting at the hook. The last line
-reads "clean forward Xs, evaluate Ys, ratio Z
-forward passes" (Y without the cache).
+the same with the zero-ablation losses cached, and without them (``zero_ablation=False``); ``evaluate_many`` of
+``--together`` SAEs on one clean pass (what ``chatsae compare``/``sweep`` do), per SAE; with ``--also-full`` also
+without restarting at the hook. The last line reads "clean forward Xs, evaluate Ys, ratio Z forward passes" (Y
+without the cache).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def main() -> None:
         "clean": clean,
         "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
         "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
+        "no_zero": lambda: evaluate(sae, model, tok, records, dataclasses.replace(cfg, zero_ablation=False)),
         "together": lambda: evaluate_many(group, model, tok, records, [resolved] * len(group)),
     }
     if args.also_full and cfg.restart:
@@ -98,6 +99,7 @@ def main() -> None:
         print(f"evaluate without restart {t['full']:.2f}s, ratio {t['full'] / t['clean']:.2f} forward passes")
     print(f"evaluate_many of {len(group)} SAEs {t['together']:.2f}s, per SAE {t['together'] / len(group):.2f}s, ratio "
           f"{t['together'] / len(group) / t['clean']:.2f} forward passes per SAE")
+    print(f"evaluate with --no-zero-ablation {t['no_zero']:.2f}s, ratio {t['no_zero'] / t['clean']:.2f} forward passes")
     print(f"evaluate with the zero-ablation cached {t['cached']:.2f}s, ratio {t['cached'] / t['clean']:.2f} "
           "forward passes")
     print(f"clean forward {t['clean']:.2f}s, evaluate {t['evaluate']:.2f}s, ratio {t['evaluate'] / t['clean']:.2f} "

@@ -134,3 +134,35 @@ def test_evaluate_with_restart_equals_full_passes(tiny_llama, hook, first):
             else:
                 assert got == value, (subset, key)
     assert n_lm > 0 and full["all"]["kl"] > 1e-4  # the LM losses were compared and the splice changes the model
+
+
+def test_evaluate_without_zero_ablation_skips_one_pass_and_keeps_the_other_losses(tiny_llama, monkeypatch):
+    """``zero_ablation=False``: one edited pass per batch fewer, the same delta LM loss and KL, CE recovered null."""
+    import importlib
+
+    evaluate_module = importlib.import_module("chatsae.eval.evaluate")
+
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1"}))
+    with torch.no_grad():
+        sae.threshold_param.fill_(0.02)
+    records = [chat(i) for i in range(4)]
+    calls: list[int] = []
+    real = evaluate_module.resumed_logits
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluate_module, "resumed_logits", counted)
+    out = {}
+    for zero in (True, False):
+        calls.clear()
+        cfg = EvalConfig(progress=False, batch_tokens=300, zero_ablation=zero)
+        out[zero] = (evaluate(sae, model, tok, records, cfg).metrics["all"], len(calls))
+    (on, n_on), (off, n_off) = out[True], out[False]
+    assert n_off > 0 and n_on == 2 * n_off  # spliced + zero-ablated per batch, against spliced only
+    for key in ("ce_clean", "ce_spliced", "delta_ce", "kl"):
+        assert off[key] == on[key], key
+    assert on["ce_recovered"] is not None and off["ce_recovered"] is None and off["ce_zero"] is None

@@ -48,6 +48,9 @@ class EvalConfig:
     """Sequences per forward pass at most."""
     lm_loss: bool = True
     """Run the clean, spliced and zero-ablated forward passes for delta LM loss, KL and CE recovered."""
+    zero_ablation: bool = True
+    """Run the zero-ablated pass (needed for CE recovered only: delta LM loss and KL do not use it); off saves one
+    restarted pass per batch, and CE recovered is then null."""
     restart: bool = True
     """Run the spliced and zero-ablated passes from the hook layer on, from the clean pass's hidden state (the
     blocks below the hook are identical); False = full forward passes. Same results either way."""

@@ -258,7 +258,8 @@ def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBa
         first = bool(cfg.splice_first_position)
         key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
         cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
-        all_losses = spliced_losses_many(model, hook, ids, am, fns, splice_first_position=first, ce_zero=cached,
+        all_losses = spliced_losses_many(model, hook, ids, am, fns, zero_ablation=cfg.zero_ablation,
+                                         splice_first_position=first, ce_zero=cached,
                                          restart=cfg.restart and can_resume(model))  # fmt: skip
         for losses, acc in zip(all_losses, accs, strict=True):
             if zero_cache is not None and key is not None and losses.ce_zero is not None:
