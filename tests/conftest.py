@@ -14,6 +14,17 @@ torch.set_num_threads(int(os.environ.get("CHATSAE_TEST_THREADS", "1")))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# The converted copy of the embedded GGUF (chatsae.models.gguf_cache) goes to a folder of this test session, not the
+# user's cache: the first load converts, later loads (CLI subprocesses included) read the copy.
+if "CHATSAE_GGUF_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _GGUF_CACHE = tempfile.mkdtemp(prefix="chatsae-test-gguf-")
+    os.environ["CHATSAE_GGUF_CACHE"] = _GGUF_CACHE
+    atexit.register(shutil.rmtree, _GGUF_CACHE, True)
+
 
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test with the reason."""
@@ -25,10 +36,25 @@ def shared_file(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded():
-    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, float32 on CPU (about 20-35 s to load once)."""
-    from chatsae.models import load_model
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, float32 on CPU, always converted from the GGUF file
+    itself (about 20-35 s; the reference of tests/test_models_gguf_cache.py); its converted copy is then kept for the
+    session's later loads."""
+    from chatsae.models import gguf_cache, load_model
+    from chatsae.models.loading import embedded_gguf
 
-    model, tokenizer = load_model("embedded")
+    setting = os.environ.get(gguf_cache.ENV)
+    os.environ[gguf_cache.ENV] = "0"
+    try:
+        model, tokenizer = load_model("embedded")
+    finally:
+        if setting is None:
+            del os.environ[gguf_cache.ENV]
+        else:
+            os.environ[gguf_cache.ENV] = setting
+    gguf = Path(*embedded_gguf())
+    where = gguf_cache.converted_dir(gguf)
+    if where is not None and not gguf_cache.ready(where):
+        gguf_cache.save(model, tokenizer, where, gguf)
     model.eval()
     return model, tokenizer
 

@@ -1,0 +1,88 @@
+"""The converted copy of a GGUF model (chatsae.models.gguf_cache): the same model, tokenizer and logits as the GGUF
+file itself, a damaged copy reported and replaced by the GGUF file, and the switches that turn it off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatsae.models import gguf_cache, load_model, load_tokenizer
+from chatsae.models.loading import embedded_gguf
+
+pytestmark = pytest.mark.slow
+
+
+def _gguf() -> Path:
+    directory, name = embedded_gguf()
+    return directory / name
+
+
+@pytest.fixture(scope="module")
+def from_gguf(embedded):
+    """The embedded model loaded from the GGUF file itself (conftest's ``embedded`` always is): the reference."""
+    assert getattr(embedded[0], "hf_quantizer", None) is not None  # made by the GGUF loader, not read from a copy
+    return embedded
+
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? <|im_end|>"},
+            {"role": "assistant", "content": "It is 4."}]  # fmt: skip
+
+
+def test_copy_loads_the_same_model_tokenizer_and_logits(from_gguf, tmp_path: Path, monkeypatch, capsys) -> None:
+    ref_model, ref_tok = from_gguf
+    monkeypatch.setenv(gguf_cache.ENV, str(tmp_path))
+    where = gguf_cache.converted_dir(_gguf())
+    assert where is not None and where.parent == tmp_path / "gguf" and not gguf_cache.ready(where)
+    assert gguf_cache.save(ref_model, ref_tok, where, _gguf())  # what the first float32 load writes
+    assert gguf_cache.ready(where) and "kept a converted copy" in capsys.readouterr().err
+
+    calls: list[str] = []
+    real = gguf_cache.load_model
+    monkeypatch.setattr(gguf_cache, "load_model", lambda d, dtype: calls.append(str(d)) or real(d, dtype))
+    model, tok = load_model("embedded")
+    assert calls == [str(where)]  # read from the copy, not from the GGUF file
+    ref_sd, sd = ref_model.state_dict(), model.state_dict()
+    assert set(sd) == set(ref_sd) and all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    ids = ref_tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"]
+    assert tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"] == ids
+    assert (tok.pad_token, tok.eos_token, tok.bos_token) == (ref_tok.pad_token, ref_tok.eos_token, ref_tok.bos_token)
+    assert tok.all_special_ids == ref_tok.all_special_ids and tok.chat_template == ref_tok.chat_template
+    skip = {"_name_or_path", "quantization_config", "transformers_version", "dtype", "torch_dtype"}
+    a, b = ref_model.config.to_dict(), model.config.to_dict()
+    assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        assert torch.equal(model(x).logits, ref_model(x).logits)
+
+
+def test_damaged_copy_is_reported_and_the_gguf_file_used(from_gguf, tmp_path: Path, monkeypatch, capsys) -> None:
+    ref_model, ref_tok = from_gguf
+    monkeypatch.setenv(gguf_cache.ENV, str(tmp_path))
+    monkeypatch.setattr("chatsae.models.loading._GGUF_TOKENIZERS", {})  # no in-memory tokenizer either
+    where = gguf_cache.converted_dir(_gguf())
+    assert where is not None and gguf_cache.save(ref_model, ref_tok, where, _gguf())
+    (where / "tokenizer.json").write_text("{ truncated")
+    tok = load_tokenizer("embedded")
+    err = capsys.readouterr().err
+    assert f"the converted copy {where} did not load" in err and "converting the GGUF file again" in err
+    assert not where.exists()  # chatsae's own copy, removed; the next float32 load writes a new one
+    ids = ref_tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"]
+    assert tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"] == ids
+
+
+def test_switches_and_limits(tiny_llama, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(gguf_cache.ENV, "0")
+    assert gguf_cache.cache_root() is None and gguf_cache.converted_dir(_gguf()) is None
+    monkeypatch.delenv(gguf_cache.ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert gguf_cache.cache_root() == tmp_path / "xdg" / "chatsae"
+    model, tok = tiny_llama
+    where = tmp_path / "copy"
+    half = type(model)(model.config).to(torch.bfloat16)
+    assert not gguf_cache.save(half, tok, where, _gguf())  # only float32 weights are kept (cast later, exactly)
+    monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.000001")
+    assert not gguf_cache.save(model, tok, where, _gguf())  # over the size limit
+    assert not where.exists() and not list(tmp_path.glob(".copy.tmp-*"))
