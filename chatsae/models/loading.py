@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,6 +68,32 @@ def _converted(source: ModelSource) -> Path | None:
     if not (source.local and source.gguf_file):
         return None
     return gguf_cache.converted_dir(Path(source.path) / source.gguf_file)
+
+
+def _from_pretrained(auto: Any, name: str | Path, source: ModelSource, what: str, revision: str | None,
+                     **kwargs: Any) -> Any:  # fmt: skip
+    """``auto.from_pretrained`` of ``source`` (its GGUF file, ``revision``), with an error naming the model."""
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        return auto.from_pretrained(source.path, **kwargs)
+    except _local_errors(source) as err:
+        raise _load_error(str(name), source, what, err) from err
+
+
+def _from_copy(source: ModelSource, read: Callable[[Path], Any]) -> Any:
+    """``read(folder)`` of the converted copy of a GGUF source; None without one or when it fails (reported, removed:
+    the GGUF file is read instead)."""
+    converted = _converted(source)
+    if converted is None or not gguf_cache.ready(converted):
+        return None
+    try:
+        return read(converted)
+    except Exception as err:  # noqa: BLE001 -- reported; the caller converts the GGUF file again
+        gguf_cache.discard(converted, err)
+        return None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -124,25 +151,12 @@ def load_tokenizer(
     key = (source.path, source.gguf_file) if source.local and source.gguf_file else None
     if key is not None and key in _GGUF_TOKENIZERS:
         return copy.deepcopy(_GGUF_TOKENIZERS[key])
-    tokenizer = None
-    converted = _converted(source)
-    if gguf_cache.ready(converted):
-        try:
-            tokenizer = gguf_cache.load_tokenizer(converted)  # type: ignore[arg-type]
-            tokenizer.name_or_path = source.path
-        except Exception as err:  # noqa: BLE001 -- reported; the GGUF file is read instead
-            gguf_cache.discard(converted, err)  # type: ignore[arg-type]
-            tokenizer = None
-    if tokenizer is None:
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if source.gguf_file:
-            kwargs["gguf_file"] = source.gguf_file
-        if revision is not None:
-            kwargs["revision"] = revision
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        except _local_errors(source) as err:
-            raise _load_error(str(name), source, "tokenizer", err) from err
+    tokenizer = _from_copy(source, gguf_cache.load_tokenizer)
+    if tokenizer is not None:
+        tokenizer.name_or_path = source.path
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer", revision,
+                                     trust_remote_code=trust_remote_code)  # fmt: skip
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if key is not None:
@@ -169,27 +183,14 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     target = resolve_device(device)
     tokenizer = load_tokenizer(name, gguf_file, trust_remote_code, revision)
-    model = None
-    converted = _converted(source)
-    if gguf_cache.ready(converted):
-        try:
-            model = gguf_cache.load_model(converted, torch_dtype)  # type: ignore[arg-type]
-        except Exception as err:  # noqa: BLE001 -- reported; the GGUF file is read instead
-            gguf_cache.discard(converted, err)  # type: ignore[arg-type]
-            model = None
+    model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
     if model is None:
-        kwargs: dict[str, Any] = {_DTYPE_KW: torch_dtype, "trust_remote_code": trust_remote_code}
-        if source.gguf_file:
-            kwargs["gguf_file"] = source.gguf_file
-        if revision is not None:
-            kwargs["revision"] = revision
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-        except _local_errors(source) as err:
-            raise _load_error(str(name), source, "weights", err) from err
+        model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
+                                 **{_DTYPE_KW: torch_dtype, "trust_remote_code": trust_remote_code})  # fmt: skip
+        converted = _converted(source)
         if converted is not None and not gguf_cache.ready(converted):
             gguf_cache.save(model, tokenizer, converted, Path(source.path) / str(source.gguf_file))
-    model = model.to(target)  # type: ignore[arg-type]  # transformers types its wrapped .to() as unbound
+    model = model.to(target)
     model.eval()
     model.requires_grad_(False)
     gen = getattr(model, "generation_config", None)
