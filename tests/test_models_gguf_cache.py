@@ -64,13 +64,21 @@ def test_damaged_copy_is_reported_and_the_gguf_file_used(from_gguf, tmp_path: Pa
     monkeypatch.setattr("chatsae.models.loading._GGUF_TOKENIZERS", {})  # no in-memory tokenizer either
     where = gguf_cache.converted_dir(_gguf())
     assert where is not None and gguf_cache.save(ref_model, ref_tok, where, _gguf())
-    (where / "tokenizer.json").write_text("{ truncated")
+    tokenizer_json = where / "tokenizer.json"
+    tokenizer_json.write_text("{ truncated" + " " * (tokenizer_json.stat().st_size - 11))  # same size, bad content
     tok = load_tokenizer("embedded")
     err = capsys.readouterr().err
     assert f"the converted copy {where} did not load" in err and "converting the GGUF file again" in err
     assert not where.exists()  # chatsae's own copy, removed; the next float32 load writes a new one
     ids = ref_tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"]
     assert tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"] == ids
+    # a truncated weights file: the copy is not ready (sizes recorded in its marker), so it is never read
+    assert gguf_cache.save(ref_model, ref_tok, where, _gguf()) and gguf_cache.ready(where)
+    weights = where / "model.safetensors"
+    with open(weights, "r+b") as fh:
+        fh.truncate(weights.stat().st_size - 1)
+    assert not gguf_cache.ready(where)
+    assert gguf_cache.save(ref_model, ref_tok, where, _gguf()) and gguf_cache.ready(where)  # replaced by a whole one
 
 
 def test_switches_and_limits(tiny_llama, tmp_path: Path, monkeypatch) -> None:

@@ -9,8 +9,9 @@ cast as the GGUF loader casts them) read that folder. Same weights, tokenizer an
 ``<cache>`` is ``$CHATSAE_GGUF_CACHE`` if it names a directory, else ``$XDG_CACHE_HOME/chatsae`` or
 ``~/.cache/chatsae``; ``CHATSAE_GGUF_CACHE=0`` turns the cache off. The key covers the GGUF file's resolved path,
 size and modification time and the transformers version, so a changed file or library gets a fresh conversion.
-A folder is written beside its final place and renamed into it whole (a crash leaves no half-written copy); a
-folder that fails to load is reported and the GGUF file is used instead.
+A folder is written beside its final place and renamed into it whole (a crash leaves no half-written copy); its
+marker records every file's size, and a copy with a file of another size is not read (the next float32 load replaces
+it); a copy that fails to load is reported, removed and the GGUF file is used instead.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import transformers
 ENV = "CHATSAE_GGUF_CACHE"
 MAX_GB_ENV = "CHATSAE_GGUF_CACHE_MAX_GB"
 MARKER = "chatsae_gguf_cache.json"
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_root() -> Path | None:
@@ -57,8 +58,15 @@ def converted_dir(gguf_path: Path) -> Path | None:
 
 
 def ready(directory: Path | None) -> bool:
-    """True when ``directory`` holds a complete converted copy (its marker is written last)."""
-    return directory is not None and (directory / MARKER).is_file()
+    """True when ``directory`` holds a complete converted copy: its marker (written last) is there and every file has
+    the size the marker records (a truncated or replaced file makes the copy not ready: the GGUF file is used)."""
+    if directory is None or not (directory / MARKER).is_file():
+        return False
+    try:
+        files = json.loads((directory / MARKER).read_text())["files"]
+        return all((directory / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def load_tokenizer(directory: Path) -> Any:
@@ -94,8 +102,11 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
             model.generation_config.save_pretrained(str(tmp))
         save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
         tokenizer.save_pretrained(str(tmp))
-        info = {"format": FORMAT, "gguf_file": str(gguf_path.resolve()), "transformers": transformers.__version__}
+        info = {"format": FORMAT, "gguf_file": str(gguf_path.resolve()), "transformers": transformers.__version__,
+                "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}}  # fmt: skip
         (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+        if (directory / MARKER).is_file() and not ready(directory):
+            shutil.rmtree(directory, ignore_errors=True)  # an incomplete copy of chatsae's own: replaced
         try:
             os.rename(tmp, directory)
         except OSError:  # another process renamed its copy first: keep that one
