@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chatsae-installed
+# make run's model dtype: fast = bfloat16 where the device multiplies it natively (CUDA; CPUs with AVX512-BF16 or
+# AMX; ~1.6x faster here), float32 elsewhere. RUN_MODEL_DTYPE=auto keeps the model in float32 on every CPU.
+RUN_MODEL_DTYPE ?= fast
 
 .PHONY: run test lint venv compat clean
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/chatsae train $(RUN_ARGS)
+	$(VENV)/bin/chatsae train --model-dtype $(RUN_MODEL_DTYPE) $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check chatsae tests scripts benchmarks

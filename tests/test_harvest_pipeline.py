@@ -13,6 +13,7 @@ from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
 from chatsae.data import block_sequences, fast_sequences
 from chatsae.data.formats import Record
 from chatsae.models import HookPoint, capture
+from chatsae.models.loading import model_info
 
 HOOK = HookPoint("resid_post", 1)
 
@@ -79,6 +80,24 @@ def test_interrupted_harvest_resumes_to_the_same_cache(tiny_llama, tmp_path):
     idx = torch.arange(len(full))
     assert torch.allclose(full.gather(idx).acts, part.gather(idx).acts, atol=1e-5)
     assert torch.equal(full.read_all("token_ids"), part.read_all("token_ids"))
+
+
+def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
+    """A cache harvested through a float32 model is not continued through a bfloat16 one (mixed vectors)."""
+    import copy
+
+    model, tok = tiny_llama
+    seqs = list(fast_sequences(_records(), tok, dedup_n=None))
+    info = {"model": model_info(model)}
+    man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast", info=info)
+    with pytest.raises(KeyboardInterrupt):
+        harvest_to_cache(model, tok, HOOK, interrupted(seqs, at=15), tmp_path / "c", man,
+                         HarvestOptions(shard_tokens=300), resume=False, progress=False)  # fmt: skip
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    man16 = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast", info={"model": model_info(half)})
+    with pytest.raises(ValueError, match=r"other settings .*model_dtype: 'float32' -> 'bfloat16'"):
+        harvest_to_cache(half, tok, HOOK, iter(seqs), tmp_path / "c", man16, HarvestOptions(shard_tokens=300),
+                         resume=True, progress=False)  # fmt: skip
 
 
 def test_bt_blocks_harvest_full_blocks(tiny_llama, tmp_path):

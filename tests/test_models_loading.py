@@ -185,3 +185,28 @@ def test_hub_failure_is_explained(monkeypatch):
 def test_resolve_device():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_model_dtype_policies(monkeypatch):
+    """auto keeps float32 off CUDA; fast takes bfloat16 exactly where the device multiplies it natively."""
+    from chatsae import devices
+    from chatsae.activations.pipeline import DataConfig, resolved_model_dtype
+
+    cpu = torch.device("cpu")
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=has_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert devices.native_bf16(cpu) is has_bf16
+        assert devices.resolve_model_dtype("fast", cpu) == ("bfloat16" if has_bf16 else "float32")
+        assert devices.resolve_model_dtype("auto", cpu) == "float32"
+        assert resolved_model_dtype(DataConfig(model_dtype="fast", model_device="cpu")) == devices.resolve_model_dtype(
+            "fast", cpu)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert devices.resolve_model_dtype("fast", cpu) == "bfloat16"  # AMX alone is enough
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert devices.resolve_model_dtype("fast", cpu) == "float32"  # a torch without the probes: no claim
+    assert devices.resolve_model_dtype("bfloat16", cpu) == "bfloat16"
+    assert devices.native_bf16(torch.device("meta")) is False
+    assert DataConfig(model_dtype="fast").model_dtype == "fast"
+    assert DataConfig(model_dtype="bf16").model_dtype == "bfloat16"

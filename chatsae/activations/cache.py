@@ -61,11 +61,13 @@ class Manifest:
 
     def content(self) -> dict[str, Any]:
         """What decides the cached vectors besides model, hook, method and dtype (as recorded in ``info``): data
-        source and record count, held-out share, sequence settings of the method, token exclusions."""
+        source and record count, the model's weights dtype, held-out share, sequence settings of the method, token
+        exclusions."""
         info, data, opts = self.info, self.info.get("data") or {}, self.info.get("options") or {}
         seq_keys = ("max_length",) if self.method == "fast" else ("context_size",)
         return {"data": data.get("data"), "format": data.get("format"), "records": data.get("records"),
-                "data_hash": data.get("data_hash"), **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
+                "data_hash": data.get("data_hash"), "model_dtype": (info.get("model") or {}).get("dtype"),
+                **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
                 **{k: opts.get(k) for k in CONTENT_OPTIONS}}  # fmt: skip
 
     def differences(self, other: Manifest) -> list[str]:

@@ -15,7 +15,7 @@ from ..config import ConfigError, validate
 from ..data import block_sequences, fast_sequences, read_records, split_records
 from ..data.formats import FORMAT_NAMES, Record
 from ..data.sequences import SequenceStats
-from ..devices import resolve_device
+from ..devices import resolve_device, resolve_model_dtype
 from ..locking import is_empty_dir, mark_dir
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
@@ -41,7 +41,8 @@ class DataConfig:
     gguf_file: str | None = None
     """GGUF file name inside the model directory, if the model is a GGUF checkpoint."""
     model_dtype: str = "auto"
-    """Model weights dtype: auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16."""
+    """Model weights dtype: auto (bfloat16 on CUDA, float32 elsewhere) | fast (bfloat16 also on CPUs with
+    AVX512-BF16 or AMX: ~1.8x faster harvests there, what `make run` uses) | float32 | bfloat16 | float16."""
     model_device: str = "auto"
     """Device for the model: auto | cpu | cuda | cuda:N | mps."""
     trust_remote_code: bool = False
@@ -90,7 +91,7 @@ class DataConfig:
                  choices={"method": METHODS, "cache_dtype": ("float32", "float16", "bfloat16"),
                           "data_format": FORMAT_NAMES, "cache": ("disk", "none")},
                  devices=("model_device",))  # fmt: skip
-        if self.model_dtype != "auto":
+        if self.model_dtype not in ("auto", "fast"):
             validate(self, dtypes=("model_dtype",))
         for name in ("hook", "hooks"):
             try:
@@ -106,10 +107,11 @@ class DataConfig:
 
 
 def resolved_model_dtype(cfg: DataConfig) -> str:
-    """``model_dtype``, with ``auto`` = bfloat16 when the model goes to CUDA, float32 elsewhere."""
-    if cfg.model_dtype != "auto":
-        return cfg.model_dtype
-    return "bfloat16" if resolve_device(cfg.model_device, "model_device").type == "cuda" else "float32"
+    """``model_dtype`` with ``auto`` / ``fast`` resolved for the model's device
+    (:func:`~chatsae.devices.resolve_model_dtype`)."""
+    if cfg.model_dtype in ("auto", "fast"):
+        return resolve_model_dtype(cfg.model_dtype, resolve_device(cfg.model_device, "model_device"))
+    return cfg.model_dtype
 
 
 def resolve_hooks(cfg: DataConfig, model: Any) -> list[HookPoint]:

@@ -139,10 +139,12 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
         if run.activations:  # saved activations: nothing to harvest
             units = [(out_dir / v.name, {}, v) for v in variants]
         else:
+            from ..activations.pipeline import harvest_hooks, resolved_model_dtype
+
             label = ", ".join(map(str, hooks)) if hooks else data.hook or "the default hook"
-            spec.report(f"chatsae train: model {data.model}, data {data.data_path}, hooks {label} (one forward pass), "
-                        f"{len(variants) or 1} SAE(s) per hook -> {out_dir}")  # fmt: skip
-            from ..activations.pipeline import harvest_hooks
+            spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+                        f"hooks {label} (one forward pass), {len(variants) or 1} SAE(s) per hook -> "
+                        f"{out_dir}")  # fmt: skip
 
             dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir, **harvest_kwargs(spec))
             if stats.sequences:
@@ -189,14 +191,15 @@ def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants
     """``--cache none``: every SAE trains in its own thread, all reading one streamed harvest (a
     :class:`~chatsae.activations.streaming.SharedStream`: one model pass per data window for every hook); then each
     is evaluated in turn."""
-    from ..activations.pipeline import load_data_and_model, resolve_hooks, sequences_for
+    from ..activations.pipeline import load_data_and_model, resolve_hooks, resolved_model_dtype, sequences_for
     from ..activations.streaming import SharedStream
 
     data = spec.data
     train, _, _, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
     hooks = hooks or resolve_hooks(data, model)
     stream = SharedStream(model, tokenizer, hooks, lambda: sequences_for(data, train, tokenizer), spec.harvest)
-    spec.report(f"chatsae train: model {data.model}, data {data.data_path}, {len(hooks) * (len(variants) or 1)} SAEs "
+    spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+                f"{len(hooks) * (len(variants) or 1)} SAEs "
                 f"streamed together (--cache none: one forward pass per window for hooks "
                 f"{', '.join(map(str, hooks))}) -> {out_dir}")  # fmt: skip
     specs = []

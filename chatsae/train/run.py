@@ -155,9 +155,10 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
             source = CacheSource(path, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
             return _Source(source, _cache_meta(source.cache.manifest, path), {})
         return _Source(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, {})
-    from ..activations.pipeline import harvest
+    from ..activations.pipeline import harvest, resolved_model_dtype
 
-    spec.report(f"chatsae train: model {data.model}, data {data.data_path}, method {data.method} -> {out_dir}")
+    spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+                f"method {data.method} -> {out_dir}")
     if data.cache == "none":
         return _streaming_source(spec, out_dir)
     cache_dir, manifest, stats, context = harvest(data, spec.harvest, out_dir, **harvest_kwargs(spec))
