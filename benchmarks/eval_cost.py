@@ -1,15 +1,18 @@
 """Cost of evaluating one SAE, in clean forward passes of the same model over the same records.
 
     .venv/bin/python benchmarks/eval_cost.py [--records 50] [--hook resid_post.15] [--repeats 2] [--no-restart]
-                                             [--threads N] [--cpu-time] [--also-full] [--together N]
+                                             [--threads N] [--cpu-time] [--also-full] [--together N] [--sae DIR]
 
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
 sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
 logits over all batches; ``evaluate()`` of a randomly initialised JumpReLU SAE (8x width) with the LM-loss passes;
 the same with the zero-ablation losses cached, and without them (``zero_ablation=False``); ``evaluate_many`` of
 ``--together`` SAEs on one clean pass (what ``chatsae compare``/``sweep`` do), per SAE; with ``--also-full`` also
-without restarting at the hook. The last line reads "clean forward Xs, evaluate Ys, ratio Z forward passes" (Y
-without the cache).
+without restarting at the hook; and the floor of an evaluation without the zero-ablated pass: the clean forward plus
+one pass restarted at the hook with the activation unchanged (no SAE, no losses). ``--sae DIR`` evaluates a saved SAE
+(e.g. a trained one, at its realistic L0) instead of the random one, on the same records and settings (its metadata
+is replaced by the hook). The last line reads "clean forward Xs, evaluate Ys, ratio Z forward passes" (Y without the
+cache).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval.config import resolve_config
 from chatsae.eval.evaluate import build_sequences, evaluate_many
 from chatsae.models import d_model, load_model
-from chatsae.sae import SAEConfig, create_sae
+from chatsae.models.resume import clean_forward, resumed_logits
+from chatsae.sae import SAEConfig, create_sae, load_sae
 
 
 def best_times(repeats: int, fns: dict[str, Callable[[], object]], cpu: bool) -> dict[str, float]:
@@ -55,6 +59,7 @@ def main() -> None:
     ap.add_argument("--also-full", action="store_true", help="also time evaluate() without restart")
     ap.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds instead of wall seconds")
     ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many)")
+    ap.add_argument("--sae", default=None, help="a saved SAE to evaluate instead of a random JumpReLU one")
     args = ap.parse_args()
 
     if args.threads:
@@ -74,9 +79,18 @@ def main() -> None:
         for pb in batches:
             model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, use_cache=False).logits.sum()
 
+    @torch.inference_mode()
+    def floor() -> None:
+        for pb in batches:
+            _, ckpt = clean_forward(model, args.hook, pb.input_ids, pb.attention_mask)
+            resumed_logits(model, ckpt, pb.input_ids, pb.attention_mask, lambda a: a).sum()
+
     torch.manual_seed(0)
     d = d_model(model)
     sae = create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}))
+    if args.sae:
+        sae = load_sae(args.sae)
+        sae.cfg.metadata = {"hook_name": args.hook}  # not its training data / holdout: the same records as above
     group = [sae] + [create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}),
                                 seed=i + 1) for i in range(args.together - 1)]  # fmt: skip
     resolved = resolve_config(cfg, sae.cfg.metadata)
@@ -85,6 +99,7 @@ def main() -> None:
     full = dataclasses.replace(cfg, restart=False)
     runs = {
         "clean": clean,
+        "floor": floor,
         "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
         "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
         "no_zero": lambda: evaluate(sae, model, tok, records, dataclasses.replace(cfg, zero_ablation=False)),
@@ -95,6 +110,8 @@ def main() -> None:
     t = best_times(args.repeats, runs, args.cpu_time)
     print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
           f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds")
+    print(f"floor (clean + one restarted pass, no SAE, no losses) {t['floor']:.2f}s, ratio "
+          f"{t['floor'] / t['clean']:.2f} forward passes")
     if "full" in t:
         print(f"evaluate without restart {t['full']:.2f}s, ratio {t['full'] / t['clean']:.2f} forward passes")
     print(f"evaluate_many of {len(group)} SAEs {t['together']:.2f}s, per SAE {t['together'] / len(group):.2f}s, ratio "

@@ -56,9 +56,16 @@ def main() -> None:
     for i in range(a.steps):
         l0 = step(i)
     dt = time.perf_counter() - t
+    density = -1.0  # JumpReLU: share of [B, d_sae] entries the fused kernel keeps (z > theta - eps), as it measures
+    if a.arch == "jumprelu":
+        with torch.no_grad():
+            xb = X[: a.batch]
+            z = (xb - sae.b_dec if sae.cfg.apply_b_dec_to_input else xb) @ sae.W_enc + sae.b_enc
+            density = float((z > sae.threshold - sae.cfg.jumprelu_bandwidth).float().mean())
     print(
         f"RESULT lib=chatsae arch={a.arch} kernel={a.kernel} batch={a.batch} d_sae={a.d_sae} steps={a.steps} "
         f"tok_s={a.steps * a.batch / dt:.1f} step_ms={1000 * dt / a.steps:.1f} l0={float(l0):.1f} "
+        f"density={density:.4f} "
         f"rss_before_mb={rss0:.0f} rss_peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} "
         f"threads={torch.get_num_threads()}"
     )

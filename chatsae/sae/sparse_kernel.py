@@ -34,8 +34,10 @@ from torch import Tensor
 from .base import FIRE_THRESHOLD
 
 KERNELS = ("auto", "sparse", "dense", "reference")
-SPARSE_MAX_DENSITY = 0.03
-"""JumpReLU: ``auto`` takes the sparse path when (active + near-threshold latents) / d_sae is below this (CPU)."""
+SPARSE_MAX_DENSITY = 0.1
+"""JumpReLU: ``auto`` takes the sparse path when (active + near-threshold latents) / d_sae is below this (CPU).
+Idle 2-core machine, 2026-12-04, trained weights with scaled thresholds (``benchmarks/sae_step_sweep.py --only
+crossover``): sparse / dense step 2.08x at density 0.042, 1.40x at 0.090, 1.15x at 0.107, 0.94x at 0.126."""
 TOPK_CUDA_MIN_WEIGHTS = 4096 * 32768
 """TopK on CUDA: ``auto`` takes the sparse kernel from this encoder size on (H200, 2026-12-04, batch 4096, k 64:
 1.56x the reference step at d_in 4096 x d_sae 32768, 0.71x at 576 x 4608, where launches dominate; docs/performance.md).
