@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 
@@ -35,17 +36,25 @@ from chatsae.models.resume import clean_forward, resumed_logits
 from chatsae.sae import SAEConfig, create_sae, load_sae
 
 
-def best_times(repeats: int, fns: dict[str, Callable[[], object]], cpu: bool) -> dict[str, float]:
-    """Each ``fn``'s shortest time over ``repeats`` rounds (one call of each per round, interleaved, so that load
-    from other processes hits all of them alike), in seconds: wall time, or with ``cpu`` this process's CPU time."""
+def round_times(repeats: int, fns: dict[str, Callable[[], object]], cpu: bool) -> dict[str, list[float]]:
+    """Each ``fn``'s time in each of ``repeats`` rounds (one call of each per round, interleaved, so that load from
+    other processes hits all of them alike), in seconds: wall time, or with ``cpu`` this process's CPU time."""
     clock = time.process_time if cpu else time.perf_counter
-    best = dict.fromkeys(fns, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = clock()
             fn()
-            best[name] = min(best[name], clock() - t0)
-    return best
+            times[name].append(clock() - t0)
+    return times
+
+
+def ratio_text(times: dict[str, list[float]], name: str, per: int = 1) -> str:
+    """``name``'s median seconds and its cost in clean forward passes: the median (min-max) of the per-round ratios
+    to that round's clean forward (``per``: divide by this many SAEs)."""
+    ratios = [t / per / c for t, c in zip(times[name], times["clean"], strict=True)]
+    return (f"{statistics.median(times[name]):.2f}s, ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-"
+            f"{max(ratios):.2f}) forward passes")
 
 
 def main() -> None:
@@ -58,7 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--also-full", action="store_true", help="also time evaluate() without restart")
     ap.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds instead of wall seconds")
-    ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many)")
+    ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many; "
+                    "1 = not timed)")
     ap.add_argument("--sae", default=None, help="a saved SAE to evaluate instead of a random JumpReLU one")
     args = ap.parse_args()
 
@@ -103,24 +113,24 @@ def main() -> None:
         "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
         "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
         "no_zero": lambda: evaluate(sae, model, tok, records, dataclasses.replace(cfg, zero_ablation=False)),
-        "together": lambda: evaluate_many(group, model, tok, records, [resolved] * len(group)),
     }
+    if args.together > 1:
+        runs["together"] = lambda: evaluate_many(group, model, tok, records, [resolved] * len(group))
     if args.also_full and cfg.restart:
         runs["full"] = lambda: evaluate(sae, model, tok, records, full)
-    t = best_times(args.repeats, runs, args.cpu_time)
+    t = round_times(args.repeats, runs, args.cpu_time)
     print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
-          f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds")
-    print(f"floor (clean + one restarted pass, no SAE, no losses) {t['floor']:.2f}s, ratio "
-          f"{t['floor'] / t['clean']:.2f} forward passes")
+          f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds; medians of "
+          f"{args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the clean forward")
+    print(f"floor (clean + one restarted pass, no SAE, no losses) {ratio_text(t, 'floor')}")
     if "full" in t:
-        print(f"evaluate without restart {t['full']:.2f}s, ratio {t['full'] / t['clean']:.2f} forward passes")
-    print(f"evaluate_many of {len(group)} SAEs {t['together']:.2f}s, per SAE {t['together'] / len(group):.2f}s, ratio "
-          f"{t['together'] / len(group) / t['clean']:.2f} forward passes per SAE")
-    print(f"evaluate with --no-zero-ablation {t['no_zero']:.2f}s, ratio {t['no_zero'] / t['clean']:.2f} forward passes")
-    print(f"evaluate with the zero-ablation cached {t['cached']:.2f}s, ratio {t['cached'] / t['clean']:.2f} "
-          "forward passes")
-    print(f"clean forward {t['clean']:.2f}s, evaluate {t['evaluate']:.2f}s, ratio {t['evaluate'] / t['clean']:.2f} "
-          "forward passes")
+        print(f"evaluate without restart {ratio_text(t, 'full')}")
+    if "together" in t:
+        print(f"evaluate_many of {len(group)} SAEs, per SAE: {ratio_text(t, 'together', len(group))}")
+    print(f"evaluate with --no-zero-ablation {ratio_text(t, 'no_zero')}")
+    print(f"evaluate with the zero-ablation cached {ratio_text(t, 'cached')}")
+    print(f"clean forward {statistics.median(t['clean']):.2f}s ({min(t['clean']):.2f}-{max(t['clean']):.2f}), "
+          f"evaluate {ratio_text(t, 'evaluate')}")
 
 
 if __name__ == "__main__":
