@@ -94,3 +94,27 @@ def test_switches_and_limits(tiny_llama, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.000001")
     assert not gguf_cache.save(model, tok, where, _gguf())  # over the size limit
     assert not where.exists() and not list(tmp_path.glob(".copy.tmp-*"))
+
+
+def test_first_bfloat16_load_keeps_a_float32_copy(from_gguf, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``make run`` loads the model in bfloat16 (``--model-dtype fast``): its first load still leaves the float32 copy,
+    and both that load and the next (from the copy) equal the float32 GGUF weights cast to bfloat16, bit for bit."""
+    ref_model, _ = from_gguf
+    monkeypatch.setenv(gguf_cache.ENV, str(tmp_path))
+    where = gguf_cache.converted_dir(_gguf())
+    assert where is not None and not gguf_cache.ready(where) and gguf_cache.fits(_gguf())
+    first, _ = load_model("embedded", dtype="bfloat16")
+    assert gguf_cache.ready(where) and "kept a converted copy" in capsys.readouterr().err
+    calls: list[str] = []
+    real = gguf_cache.load_model
+    monkeypatch.setattr(gguf_cache, "load_model", lambda d, dtype: calls.append(str(d)) or real(d, dtype))
+    again, _ = load_model("embedded", dtype="bfloat16")
+    assert calls == [str(where)]
+    ref = {k: v.to(torch.bfloat16) for k, v in ref_model.state_dict().items()}
+    for model in (first, again):
+        sd = model.state_dict()
+        assert all(v.dtype == torch.bfloat16 for v in sd.values())
+        assert set(sd) == set(ref) and all(torch.equal(sd[k], ref[k]) for k in ref)
+    monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.1")  # 513 MiB of float32 weights: over the limit
+    assert not gguf_cache.fits(_gguf())
+    assert not gguf_cache.fits(tmp_path / "missing.gguf")

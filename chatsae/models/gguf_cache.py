@@ -1,10 +1,11 @@
 """A converted copy of a local GGUF model, so that later loads skip the conversion.
 
 transformers parses a GGUF file three times (config, tokenizer, weights) and de-quantises every tensor: ~17 s for the
-embedded 135M model on 2 CPU cores, against ~1 s for the same model as safetensors. The first float32 load of a GGUF
-file of at most ``CHATSAE_GGUF_CACHE_MAX_GB`` (default 4) of float32 weights writes config, tokenizer and
-de-quantised float32 weights to ``<cache>/gguf/<file stem>-<key>``; later loads (any dtype: the float32 weights are
-cast as the GGUF loader casts them) read that folder. Same weights, tokenizer and logits bit for bit (tested).
+embedded 135M model on 2 CPU cores, against ~1 s for the same model as safetensors. The first load of a GGUF file of
+at most ``CHATSAE_GGUF_CACHE_MAX_GB`` (default 4) of float32 weights writes config, tokenizer and de-quantised float32
+weights to ``<cache>/gguf/<file stem>-<key>`` (a first load in another dtype de-quantises to float32, keeps the copy
+and casts); later loads (any dtype: the float32 weights are cast as the GGUF loader casts them) read that folder.
+Same weights, tokenizer and logits bit for bit, in float32 and in bfloat16 (tested).
 
 ``<cache>`` is ``$CHATSAE_GGUF_CACHE`` if it names a directory, else ``$XDG_CACHE_HOME/chatsae`` or
 ``~/.cache/chatsae``; ``CHATSAE_GGUF_CACHE=0`` turns the cache off. The key covers the GGUF file's resolved path,
@@ -79,6 +80,23 @@ def load_model(directory: Path, dtype: torch.dtype) -> Any:
     return transformers.AutoModelForCausalLM.from_pretrained(str(directory), **{_DTYPE_KW: dtype})
 
 
+def max_bytes() -> float:
+    """The size limit of a copy's float32 weights, ``CHATSAE_GGUF_CACHE_MAX_GB`` (default 4) GiB."""
+    return float(os.environ.get(MAX_GB_ENV, "4")) * 2**30
+
+
+def fits(gguf_path: Path) -> bool:
+    """Whether the de-quantised float32 weights of ``gguf_path`` (counted from its tensor headers, nothing read
+    beyond them) fit under :func:`max_bytes`; False when the headers cannot be read."""
+    try:
+        import gguf
+
+        n = sum(int(t.n_elements) for t in gguf.GGUFReader(str(gguf_path)).tensors)
+    except Exception:  # noqa: BLE001 - any failure: no claim, the caller loads as asked
+        return False
+    return 0 < 4 * n <= max_bytes()
+
+
 def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
     """Write the converted copy of a float32 ``model`` (and its ``tokenizer``) to ``directory``; False when skipped
     (not float32, too large, or another process got there first). Never raises for a full disk or a read-only
@@ -89,7 +107,7 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
     if not params or any(p.dtype != torch.float32 for p in params):
         return False
     nbytes = sum(p.numel() * 4 for p in {p.data_ptr(): p for p in params}.values())
-    if nbytes > float(os.environ.get(MAX_GB_ENV, "4")) * 2**30:
+    if nbytes > max_bytes():
         return False
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:

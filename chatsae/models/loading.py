@@ -185,11 +185,18 @@ def load_model(
     tokenizer = load_tokenizer(name, gguf_file, trust_remote_code, revision)
     model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
     if model is None:
-        model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
-                                 **{_DTYPE_KW: torch_dtype, "trust_remote_code": trust_remote_code})  # fmt: skip
         converted = _converted(source)
-        if converted is not None and not gguf_cache.ready(converted):
-            gguf_cache.save(model, tokenizer, converted, Path(source.path) / str(source.gguf_file))
+        gguf_path = Path(source.path) / str(source.gguf_file)
+        fill = converted is not None and not gguf_cache.ready(converted)
+        # the copy keeps float32 weights: a first load in another dtype de-quantises to float32 and casts after,
+        # bit for bit what the GGUF loader gives in that dtype (tests/test_models_gguf_cache.py)
+        load_dtype = torch.float32 if fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path) else None
+        model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
+                                 **{_DTYPE_KW: load_dtype or torch_dtype, "trust_remote_code": trust_remote_code})
+        if fill and converted is not None:
+            gguf_cache.save(model, tokenizer, converted, gguf_path)
+        if load_dtype is not None:
+            model = model.to(torch_dtype)
     model = model.to(target)
     model.eval()
     model.requires_grad_(False)
