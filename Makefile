@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chatsae-installed
 # make run's model dtype: fast = bfloat16 where the device multiplies it natively (CUDA; CPUs with AVX512-BF16 or
-# AMX; ~1.6x faster here), float32 elsewhere. RUN_MODEL_DTYPE=auto keeps the model in float32 on every CPU.
+# AMX; make run ~1.5x faster here), float32 elsewhere. RUN_MODEL_DTYPE=auto keeps the model in float32 on every CPU.
 RUN_MODEL_DTYPE ?= fast
 
 .PHONY: run test lint venv compat clean

@@ -48,8 +48,8 @@ def resolve_device(name: str | torch.device = "auto", option: str = "device") ->
     raise ValueError(f"{flag}: unsupported device {str(name)!r}; use {DEVICE_CHOICES}")
 
 
-MODEL_DTYPE_CHOICES = ("auto", "fast", "float32", "bfloat16", "float16")
-"""``--model-dtype`` values: the two policies below, or a dtype name (aliases fp32, bf16, fp16, half)."""
+MODEL_DTYPE_POLICIES = ("auto", "fast")
+"""``--model-dtype`` values resolved per device by :func:`resolve_model_dtype` (any other value is a dtype name)."""
 
 
 def native_bf16(device: torch.device) -> bool:

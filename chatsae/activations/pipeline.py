@@ -15,7 +15,7 @@ from ..config import ConfigError, validate
 from ..data import block_sequences, fast_sequences, read_records, split_records
 from ..data.formats import FORMAT_NAMES, Record
 from ..data.sequences import SequenceStats
-from ..devices import resolve_device, resolve_model_dtype
+from ..devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
 from ..locking import is_empty_dir, mark_dir
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
@@ -91,7 +91,7 @@ class DataConfig:
                  choices={"method": METHODS, "cache_dtype": ("float32", "float16", "bfloat16"),
                           "data_format": FORMAT_NAMES, "cache": ("disk", "none")},
                  devices=("model_device",))  # fmt: skip
-        if self.model_dtype not in ("auto", "fast"):
+        if self.model_dtype not in MODEL_DTYPE_POLICIES:
             validate(self, dtypes=("model_dtype",))
         for name in ("hook", "hooks"):
             try:
@@ -109,7 +109,7 @@ class DataConfig:
 def resolved_model_dtype(cfg: DataConfig) -> str:
     """``model_dtype`` with ``auto`` / ``fast`` resolved for the model's device
     (:func:`~chatsae.devices.resolve_model_dtype`)."""
-    if cfg.model_dtype in ("auto", "fast"):
+    if cfg.model_dtype in MODEL_DTYPE_POLICIES:
         return resolve_model_dtype(cfg.model_dtype, resolve_device(cfg.model_device, "model_device"))
     return cfg.model_dtype
 
