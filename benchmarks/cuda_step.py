@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections.abc import Callable
 
 import torch
 from sae_step_common import bare_step
+from sae_step_peer import saelens_step, sparsify_step
 
 from chatsae.activations.cache import ActivationCache
 from chatsae.sae import SAEConfig, create_sae, load_sae
@@ -27,42 +30,47 @@ from chatsae.train.init import input_scale
 N_ACTS = 16_384
 
 
-def time_steps(
-    sae: torch.nn.Module, X: torch.Tensor, batch: int, steps: int, dead: torch.Tensor
-) -> tuple[float, float]:
-    """(tokens/s, L0 of the last batch) over ``steps`` steps after 3 warm-up steps."""
-    opt = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999), fused=X.is_cuda)
+Step = Callable[[int, torch.Tensor], object]  # step(i, batch) -> L0 (a tensor or a number)
+
+
+def chatsae_step(sae: torch.nn.Module) -> Step:
+    """chatsae's Trainer step (``bare_step``) on ``sae`` with the Adam ``chatsae train`` makes (fused on CUDA)."""
+    p = next(sae.parameters())
+    opt = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999), fused=p.is_cuda)
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=p.device)  # type: ignore[union-attr]
+    return lambda i, xb: bare_step(sae, opt, xb, 1.0, dead).sparsity
+
+
+def time_steps(step: Step, X: torch.Tensor, batch: int, steps: int) -> tuple[float, float]:
+    """(tokens/s, L0 of the last batch) over ``steps`` steps after 3 warm-up steps; no host sync inside the loop."""
     nb = X.shape[0] // batch
-
-    def step(i: int) -> torch.Tensor:
-        return bare_step(sae, opt, X[(i % nb) * batch : (i % nb + 1) * batch], 1.0, dead).sparsity
-
     sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
     for i in range(3):
-        step(i)
+        step(i, X[(i % nb) * batch : (i % nb + 1) * batch])
     sync()
     t = time.perf_counter()
     for i in range(steps):
-        l0 = step(i)
+        l0 = step(i, X[(i % nb) * batch : (i % nb + 1) * batch])
     sync()
-    return batch * steps / (time.perf_counter() - t), float(l0.detach().float().mean())
+    dt = time.perf_counter() - t
+    return batch * steps / dt, float(l0.detach().float().mean() if isinstance(l0, torch.Tensor) else l0)  # type: ignore[arg-type]
 
 
 def row(label: str, make: dict[str, object], X: torch.Tensor, batch: int, steps: int, repeats: int) -> None:
-    """One table row: ``make`` maps a column name to a zero-argument SAE factory (a fresh copy every round)."""
+    """One table row: ``make`` maps a column name to a zero-argument factory of a fresh step (new SAE and optimizer)
+    every round."""
     tok: dict[str, list[float]] = {k: [] for k in make}
     l0: dict[str, float] = {}
     for _ in range(repeats):
         for name, factory in make.items():
-            sae = factory()  # type: ignore[operator]
-            dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=X.device)
             try:
-                t, l0[name] = time_steps(sae, X, batch, steps, dead)
+                t, l0[name] = time_steps(factory(), X, batch, steps)  # type: ignore[operator]
             except Exception as e:  # a kernel that does not run on this device: say so, keep going
                 print(f"  {label} {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 t = float("nan")
             tok[name].append(t)
-            del sae
+            if X.is_cuda:
+                torch.cuda.empty_cache()
     ref = tok.get("reference")
     cells = []
     for name, v in tok.items():
@@ -71,6 +79,27 @@ def row(label: str, make: dict[str, object], X: torch.Tensor, batch: int, steps:
             cell += f" x{statistics.median(a / b for a, b in zip(v, ref, strict=True)):.2f}"
         cells.append(f"{name} {cell} [L0 {l0.get(name, float('nan')):.0f}]")
     print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _on(weights: dict[str, torch.Tensor] | None, dev: torch.device) -> dict[str, torch.Tensor] | None:
+    return None if weights is None else {k: v.to(dev) for k, v in weights.items()}
+
+
+def load_peers(extra_path: str) -> tuple[str, ...]:
+    """The peers that import here (``saelens``, ``sparsify``); says which dependencies are stand-ins."""
+    import peer_stubs
+
+    peer_stubs.install(extra_path)
+    found = []
+    for name, module in (("saelens", "sae_lens.saes.jumprelu_sae"), ("sparsify", "sparsify")):
+        try:
+            __import__(module)
+            found.append(name)
+        except Exception as e:
+            print(f"peer {name} not timed: {type(e).__name__}: {str(e)[:200]}")
+    versions = {m: getattr(sys.modules.get(m), "__version__", "?") for m in ("sae_lens", "sparsify")}
+    print(f"peers {found} {versions}; stand-ins for {peer_stubs.STUBBED or 'nothing'}")
+    return tuple(found)
 
 
 def main() -> None:
@@ -82,8 +111,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-paper-width", action="store_true", help="skip the d_in 4096, d_sae 32768 rows")
-    ap.add_argument("--sweep-widths", default="", help="e.g. 8192,32768,131072: d_in 4096 rows at these widths, "
-                    "JumpReLU with thresholds set for L0 ~ 64 (as trained) and TopK k 64, every kernel")
+    ap.add_argument(
+        "--sweep-widths",
+        default="",
+        help="e.g. 8192,32768,131072: d_in 4096 rows at these widths, "
+        "JumpReLU with thresholds set for L0 ~ 64 (as trained) and TopK k 64, every kernel",
+    )
+    ap.add_argument(
+        "--peers",
+        metavar="DIR",
+        default="",
+        help="also time SAELens and sparsify (columns 'saelens', 'sparsify'), imported from the installed "
+        "packages or from DIR (their wheels installed there with --no-deps; dependencies their SAE "
+        "step does not use are answered by stand-ins, see peer_stubs.py)",
+    )
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -100,50 +141,61 @@ def main() -> None:
     d_in, d_sae = X.shape[1], trained.cfg.d_sae
 
     def jumprelu(kernel: str, weights: dict[str, torch.Tensor] | None, d: int = d_in, w: int = d_sae):
-        def make() -> torch.nn.Module:
+        def make() -> Step:
             torch.manual_seed(0)
+            if kernel == "saelens":
+                return saelens_step("jumprelu", d, w, 0, _on(weights, dev), str(dev))
             sae = create_sae(SAEConfig(architecture="jumprelu", d_in=d, d_sae=w)).to(dev)
             if weights is not None:
-                sae.load_saelens_state_dict({k: v.to(dev) for k, v in weights.items()})
+                sae.load_saelens_state_dict(_on(weights, dev))
             sae.kernel = kernel  # type: ignore[attr-defined]
-            return sae
+            return chatsae_step(sae)
 
         return make
 
     def topk(kernel: str, k: int, d: int = d_in, w: int = d_sae):
-        def make() -> torch.nn.Module:
+        def make() -> Step:
             torch.manual_seed(0)
+            if kernel == "saelens":
+                return saelens_step("topk", d, w, k, None, str(dev))
+            if kernel == "sparsify":
+                return sparsify_step(d, w, k, str(dev))
             sae = create_sae(SAEConfig(architecture="topk", d_in=d, d_sae=w, k=k)).to(dev)
             sae.kernel = kernel  # type: ignore[attr-defined]
-            return sae
+            return chatsae_step(sae)
 
         return make
 
-    kernels = ("reference", "dense", "sparse")
+    peers = load_peers(a.peers) if a.peers else ()
+    jr_peers = tuple(p for p in peers if p == "saelens")
+    kernels = ("reference", "dense", "sparse", "auto", *jr_peers)
+    tk = ("reference", "sparse", "auto", *peers)
     s, r, b = a.steps, a.repeats, a.batch
     print(f"## d_in {d_in}, d_sae {d_sae}: real activations of {a.activations}")
     row("JumpReLU, trained weights", {k: jumprelu(k, state) for k in kernels}, X, b, s, r)
     row("JumpReLU, fresh init", {k: jumprelu(k, None) for k in kernels}, X, b, s, r)
-    row("TopK k 32, fresh init", {k: topk(k, 32) for k in ("reference", "sparse")}, X, b, s, r)
+    row("TopK k 32, fresh init", {k: topk(k, 32) for k in tk}, X, b, s, r)
     if not a.no_paper_width:
         g = torch.Generator(device=dev).manual_seed(0)
         Xp = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5  # E||x||^2 = 1
         print("## paper width: d_in 4096, d_sae 32768, Gaussian inputs (cost only: sparsity is not realistic)")
-        row("JumpReLU, fresh init", {k: jumprelu(k, None, 4096, 32768) for k in ("reference", "dense")}, Xp, b, s, r)
-        row("TopK k 64, fresh init", {k: topk(k, 64, 4096, 32768) for k in ("reference", "sparse")}, Xp, b, s, r)
+        jr = ("reference", "dense", "auto", *jr_peers)
+        row("JumpReLU, fresh init", {k: jumprelu(k, None, 4096, 32768) for k in jr}, Xp, b, s, r)
+        row("TopK k 64, fresh init", {k: topk(k, 64, 4096, 32768) for k in tk}, Xp, b, s, r)
     for w in [int(v) for v in a.sweep_widths.split(",") if v]:
         g = torch.Generator(device=dev).manual_seed(1)
         Xw = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5
         print(f"## sweep: d_in 4096, d_sae {w}, Gaussian inputs")
         with torch.no_grad():  # thresholds at the (1 - 64 / w) quantile of each latent's pre-activation: L0 ~ 64
-            probe = jumprelu("reference", None, 4096, w)()
+            torch.manual_seed(0)  # the same init as jumprelu(...) makes
+            probe = create_sae(SAEConfig(architecture="jumprelu", d_in=4096, d_sae=w)).to(dev)
             z = probe.encoder_input(Xw[:b]) @ probe.W_enc + probe.b_enc
             theta = z.kthvalue(int(b * (1 - 64 / w)), dim=0).values.clamp_min(1e-3)
             state64 = {k: v.detach().clone() for k, v in probe.saelens_state_dict().items()}
             state64["threshold"] = theta
             del probe, z
         row("JumpReLU, L0 ~ 64", {k: jumprelu(k, state64, 4096, w) for k in kernels}, Xw, b, s, r)
-        row("TopK k 64", {k: topk(k, 64, 4096, w) for k in ("reference", "sparse")}, Xw, b, s, r)
+        row("TopK k 64", {k: topk(k, 64, 4096, w) for k in tk}, Xw, b, s, r)
         del Xw, state64
     if dev.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")

@@ -17,7 +17,9 @@ import time
 import torch
 
 
-def saelens_step(arch: str, d_in: int, d_sae: int, k: int, weights: str | None):
+def saelens_step(arch: str, d_in: int, d_sae: int, k: int, weights: str | dict | None, device: str = "cpu"):
+    """A ``step(i, xb) -> L0`` closure over a fresh SAELens training SAE and its Adam (``weights``: a path or a
+    state dict, JumpReLU only)."""
     from sae_lens.saes.sae import TrainStepInput
 
     if arch == "jumprelu":
@@ -32,16 +34,16 @@ def saelens_step(arch: str, d_in: int, d_sae: int, k: int, weights: str | None):
         from sae_lens.saes.topk_sae import TopKTrainingSAEConfig as Cfg
 
         cfg, coef = Cfg(d_in=d_in, d_sae=d_sae, k=k), {}
-    sae = Cls(cfg)
-    if weights:
-        state = torch.load(weights)
+    sae = Cls(cfg).to(device)
+    if weights is not None:
+        state = torch.load(weights) if isinstance(weights, str) else weights
         with torch.no_grad():
             for name, t in state.items():
                 getattr(sae, name).copy_(t)
     opt = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999))
-    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
 
-    def step(i: int, xb: torch.Tensor) -> float:
+    def step(i: int, xb: torch.Tensor) -> torch.Tensor:
         out = sae.training_forward_pass(
             TrainStepInput(sae_in=xb, coefficients=coef, dead_neuron_mask=dead, n_training_steps=i,
                            is_logging_step=False)
@@ -49,15 +51,16 @@ def saelens_step(arch: str, d_in: int, d_sae: int, k: int, weights: str | None):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        return float((out.feature_acts > 0).float().sum(-1).mean())
+        return (out.feature_acts > 0).float().sum(-1).mean().detach()  # no host sync here (CUDA)
 
     return step
 
 
-def sparsify_step(d_in: int, d_sae: int, k: int):
+def sparsify_step(d_in: int, d_sae: int, k: int, device: str = "cpu"):
+    """A ``step(i, xb) -> L0`` closure over a fresh sparsify SparseCoder and its Adam."""
     from sparsify import SparseCoder, SparseCoderConfig
 
-    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device="cpu")
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
     opt = torch.optim.Adam(sae.parameters(), lr=2e-4)
 
     def step(i: int, xb: torch.Tensor) -> float:
@@ -89,7 +92,7 @@ def main() -> None:
     dt = time.perf_counter() - t
     print(
         f"RESULT lib={lib} arch={arch} batch={batch} d_sae={d_sae} steps={steps} tok_s={steps * batch / dt:.1f} "
-        f"step_ms={1000 * dt / steps:.1f} l0={l0:.1f} rss_before_mb={rss0:.0f} "
+        f"step_ms={1000 * dt / steps:.1f} l0={float(l0):.1f} rss_before_mb={rss0:.0f} "
         f"rss_peak_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} threads={torch.get_num_threads()}"
     )
 

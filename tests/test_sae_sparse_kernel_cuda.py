@@ -46,11 +46,25 @@ def test_topk_sparse_matches_reference_on_cuda(n_dead: int) -> None:
     assert_close(out, grads, ref, ref_grads)
 
 
-def test_auto_keeps_reference_on_cuda() -> None:
-    """Off the CPU ``auto`` runs the plain autograd code (the choice docs/performance.md records for CUDA)."""
+def test_auto_keeps_reference_on_cuda_below_the_measured_width() -> None:
+    """On CUDA below ``CUDA_MIN_WEIGHTS`` ``auto`` runs the plain autograd code (docs/performance.md, "CUDA")."""
     sae, x = on_cuda("jumprelu", True)
     out, _ = loss_and_grads(sae, "auto", x)
     assert getattr(out.mse.grad_fn, "path", None) is None
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_jumprelu_auto_takes_the_fused_kernel_on_cuda_when_wide(monkeypatch: pytest.MonkeyPatch, trained: bool) -> None:
+    """From ``CUDA_MIN_WEIGHTS`` on, ``auto`` picks the fused kernel, sparse or dense by the batch's density as on
+    the CPU, and matches the reference."""
+    from chatsae.sae import sparse_kernel
+
+    sae, x = on_cuda("jumprelu", trained)
+    monkeypatch.setattr(sparse_kernel, "CUDA_MIN_WEIGHTS", sae.W_enc.numel())
+    ref, ref_grads = loss_and_grads(sae, "reference", x)
+    out, grads = loss_and_grads(sae, "auto", x)
+    assert out.mse.grad_fn.path == ("sparse" if trained else "dense")
+    assert_close(out, grads, ref, ref_grads)
 
 
 def test_topk_auto_takes_the_sparse_kernel_on_cuda_only_when_wide(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,8 +72,8 @@ def test_topk_auto_takes_the_sparse_kernel_on_cuda_only_when_wide(monkeypatch: p
 
     sae, x = on_cuda("topk", False)
     out, _ = loss_and_grads(sae, "auto", x)
-    assert type(out.mse.grad_fn).__name__ != "TopKLossBackward"  # 32 x 256: far below TOPK_CUDA_MIN_WEIGHTS
-    monkeypatch.setattr(sparse_kernel, "TOPK_CUDA_MIN_WEIGHTS", sae.W_enc.numel())
+    assert type(out.mse.grad_fn).__name__ != "TopKLossBackward"  # 32 x 256: far below CUDA_MIN_WEIGHTS
+    monkeypatch.setattr(sparse_kernel, "CUDA_MIN_WEIGHTS", sae.W_enc.numel())
     ref, ref_grads = loss_and_grads(sae, "reference", x)
     out, grads = loss_and_grads(sae, "auto", x)
     assert type(out.mse.grad_fn).__name__ == "TopKLossBackward"

@@ -102,7 +102,8 @@ class JumpReLUSAE(SAE):
         kernel = sparse_kernel.kernel_setting(self.kernel)
         theta = self.threshold
         params = (self.W_enc, self.b_enc, theta, self.W_dec, self.b_dec)
-        if kernel != "reference" and (kernel != "auto" or sparse_kernel.fused_allowed(x, *params)):
+        fused_ok = sparse_kernel.fused_allowed(x, *params, cuda_min_weights=sparse_kernel.CUDA_MIN_WEIGHTS)
+        if kernel != "reference" and (kernel != "auto" or fused_ok):
             mse, l0, f, x_hat, counts = sparse_kernel.JumpReLULoss.apply(
                 x, *params, self.cfg.jumprelu_bandwidth, bool(self.cfg.apply_b_dec_to_input), kernel
             )

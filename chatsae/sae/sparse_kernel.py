@@ -15,9 +15,9 @@ JumpReLU evaluates ``z > theta`` once for the activation and the L0 term; the ba
 with exactly the reference expression, so both paths pick the same entries. When the latents are not sparse (a fresh
 JumpReLU SAE has L0 ~ d_sae / 6) the JumpReLU loss takes a dense path with the same savings in passes (no grad for x,
 one mask, the window kept sparse). :func:`choose` decides per batch; ``CHATSAE_SAE_KERNEL`` or the SAE's ``kernel``
-attribute (``auto | sparse | dense | reference``) forces one. Off the CPU, under autocast, or when ``x`` needs a
-gradient, ``auto`` keeps the plain autograd code ("reference"), except TopK on CUDA at large widths, where the sparse
-kernel measured faster (``TOPK_CUDA_MIN_WEIGHTS``).
+attribute (``auto | sparse | dense | reference``) forces one. Under autocast, when ``x`` needs a gradient, on devices
+other than the CPU and CUDA, and on CUDA below ``CUDA_MIN_WEIGHTS`` encoder entries (where kernel launches dominate),
+``auto`` keeps the plain autograd code ("reference").
 """
 
 from __future__ import annotations
@@ -38,11 +38,13 @@ SPARSE_MAX_DENSITY = 0.1
 """JumpReLU: ``auto`` takes the sparse path when (active + near-threshold latents) / d_sae is below this (CPU).
 Idle 2-core machine, 2026-12-04, trained weights with scaled thresholds (``benchmarks/sae_step_sweep.py --only
 crossover``): sparse / dense step 2.08x at density 0.042, 1.40x at 0.090, 1.15x at 0.107, 0.94x at 0.126."""
-TOPK_CUDA_MIN_WEIGHTS = 4096 * 32768
-"""TopK on CUDA: ``auto`` takes the sparse kernel from this encoder size on (H200, 2026-12-04, batch 4096, k 64:
-1.56x the reference step at d_in 4096 x d_sae 32768, 0.71x at 576 x 4608, where launches dominate; docs/performance.md).
-Only while no AuxK term is active (no dead latents): with AuxK on CUDA it is not measured. JumpReLU keeps the
-reference code on CUDA (its fused kernels measured 0.61-0.71x at 576 x 4608)."""
+CUDA_MIN_WEIGHTS = 4096 * 16384
+"""On CUDA, ``auto`` uses the fused kernels from this encoder size (d_in x d_sae entries) on, and the plain autograd
+code below it. H200, 2026-12-04, batch 4096, d_in 4096, Gaussian inputs (``benchmarks/cuda_step.py --sweep-widths``;
+docs/performance.md): sparse / reference step at d_sae 8192, 16384, 32768, 65536, 131072 = 0.90, 1.30, 1.67, 2.19,
+2.44 (JumpReLU, L0 ~ 43) and 0.89, 1.24, 1.53, 1.91, - (TopK k 64); the dense JumpReLU path (a fresh SAE's L0 ~ d_sae/3)
+1.08-1.15; at 576 x 4608 every fused kernel is slower (0.57-0.75). TopK: only while no AuxK term is active (AuxK on
+CUDA is not measured)."""
 TOPK_SPARSE_MAX_DENSITY = 0.1
 """TopK: the same for (k + AuxK latents) / d_sae; k 32 + k_aux 288 of 4608 (AuxK on) measured faster sparse."""
 _SAMPLE_ROWS = 256

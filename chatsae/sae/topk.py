@@ -39,7 +39,7 @@ class TopKSAE(SAE):
         kernel = sparse_kernel.kernel_setting(self.kernel)
         params = (self.W_enc, self.b_enc, self.W_dec, self.b_dec)
         density = (self.cfg.k + k_dead) / self.cfg.d_sae
-        cuda_min = None if k_dead else sparse_kernel.TOPK_CUDA_MIN_WEIGHTS  # CUDA: measured without AuxK only
+        cuda_min = None if k_dead else sparse_kernel.CUDA_MIN_WEIGHTS  # CUDA: measured without AuxK only
         if kernel == "sparse" or (
             kernel == "auto"
             and sparse_kernel.fused_allowed(x, *params, cuda_min_weights=cuda_min)
