@@ -37,8 +37,8 @@ def shared_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def embedded():
     """(model, tokenizer) of the embedded SmolLM2-135M-Instruct, float32 on CPU, always converted from the GGUF file
-    itself (about 20-35 s; the reference of tests/test_models_gguf_cache.py); its converted copy is then kept for the
-    session's later loads."""
+    itself (about 8-15 s; the reference of tests/test_models_gguf_cache.py, which also checks it against plain
+    transformers); its converted copy is then kept for the session's later loads."""
     from chatsae.models import gguf_cache, load_model
     from chatsae.models.loading import embedded_gguf
 

@@ -118,3 +118,37 @@ def test_first_bfloat16_load_keeps_a_float32_copy(from_gguf, tmp_path: Path, mon
     monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.1")  # 513 MiB of float32 weights: over the limit
     assert not gguf_cache.fits(_gguf())
     assert not gguf_cache.fits(tmp_path / "missing.gguf")
+
+
+def test_parse_once_reads_the_file_once_and_changes_nothing(from_gguf, monkeypatch) -> None:
+    """``load_model`` parses a GGUF file once (``parse_once``); transformers alone parses it for the config, the
+    tokenizer and the weights. The weights and tokenizer are the same either way (``from_gguf`` was loaded through
+    ``parse_once``; the reference here is plain transformers, unpatched), and the patch is undone on exit."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    real, made = gguf.GGUFReader, []
+
+    def counting(path, *args, **kwargs):
+        made.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    directory, name = embedded_gguf()
+    plain = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=name, dtype=torch.float32)
+    plain_tok = AutoTokenizer.from_pretrained(str(directory), gguf_file=name)
+    assert len(made) >= 3  # config, weights, tokenizer: each parses the file
+    ref_model, ref_tok = from_gguf
+    sd, ref = plain.state_dict(), ref_model.state_dict()
+    assert set(sd) == set(ref) and all(torch.equal(sd[k], ref[k]) for k in ref)
+    ids = plain_tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"]
+    assert ref_tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True)["input_ids"] == ids
+
+    made.clear()
+    with gguf_cache.parse_once():
+        assert gguf_cache.fits(_gguf())
+        AutoTokenizer.from_pretrained(str(directory), gguf_file=name)
+        with gguf_cache.parse_once():  # nested: the same readers
+            assert gguf.GGUFReader(str(_gguf())) is gguf.GGUFReader(str(directory / name))
+    assert made == [str(_gguf())]  # one parse for fits, tokenizer and the nested look-ups
+    assert gguf.GGUFReader is counting  # restored

@@ -13,17 +13,26 @@ size and modification time and the transformers version, so a changed file or li
 A folder is written beside its final place and renamed into it whole (a crash leaves no half-written copy); its
 marker records every file's size, and a copy with a file of another size is not read (the next float32 load replaces
 it); a copy that fails to load is reported, removed and the GGUF file is used instead.
+
+The conversion itself is sped up by :func:`parse_once` (~23 s -> ~9 s for the embedded model): transformers parses
+the GGUF file once for the config, once for the weights and once for the tokenizer (~4.5 s each, most of it building
+the tokenizer's 49k-entry metadata arrays), and rebuilds gguf's tensor-name map once per module (~6 s); within the
+context both are made once per file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
 import shutil
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +94,59 @@ def max_bytes() -> float:
     return float(os.environ.get(MAX_GB_ENV, "4")) * 2**30
 
 
+_PARSE_LOCK = threading.RLock()
+_parse_depth = 0
+
+
+@contextlib.contextmanager
+def parse_once() -> Iterator[None]:
+    """Within this context, ``gguf.GGUFReader(path)`` returns one reader per file (keyed by resolved path, size and
+    modification time) and ``gguf.get_tensor_name_map`` is memoised: transformers looks both up from the ``gguf``
+    module at call time, so its config, tokenizer and weights loads share one parse. Readers only read; the
+    originals are back when the outermost context exits (nesting is allowed; other threads wait)."""
+    global _parse_depth
+    try:
+        import gguf
+    except ImportError:  # transformers will say what is missing
+        yield
+        return
+    with _PARSE_LOCK:
+        _parse_depth += 1
+        if _parse_depth > 1:
+            try:
+                yield
+            finally:
+                _parse_depth -= 1
+            return
+        reader_cls, name_map = gguf.GGUFReader, getattr(gguf, "get_tensor_name_map", None)
+        readers: dict[tuple[str, int, int], Any] = {}
+
+        def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:  # another mode (e.g. writable): not shared
+                return reader_cls(path, *args, **kwargs)
+            st = Path(path).resolve().stat()
+            key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+            if key not in readers:
+                readers[key] = reader_cls(path)
+            return readers[key]
+
+        gguf.GGUFReader = reader  # type: ignore[misc,assignment]
+        if name_map is not None:
+            gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = reader_cls  # type: ignore[misc]
+            if name_map is not None:
+                gguf.get_tensor_name_map = name_map
+            readers.clear()
+            _parse_depth -= 1
+
+
 def fits(gguf_path: Path) -> bool:
-    """Whether the de-quantised float32 weights of ``gguf_path`` (counted from its tensor headers, nothing read
-    beyond them) fit under :func:`max_bytes`; False when the headers cannot be read."""
+    """Whether the de-quantised float32 weights of ``gguf_path`` (counted from its tensor headers) fit under
+    :func:`max_bytes`; False when the headers cannot be read. Call it within :func:`parse_once` to share the parse
+    with the load that follows."""
     try:
         import gguf
 

@@ -155,13 +155,36 @@ def load_tokenizer(
     if tokenizer is not None:
         tokenizer.name_or_path = source.path
     else:
-        tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer", revision,
-                                     trust_remote_code=trust_remote_code)  # fmt: skip
+        with gguf_cache.parse_once():
+            tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer", revision,
+                                         trust_remote_code=trust_remote_code)  # fmt: skip
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if key is not None:
         _GGUF_TOKENIZERS[key] = copy.deepcopy(tokenizer)
     return tokenizer
+
+
+def _load_weights(name: str | Path, source: ModelSource, torch_dtype: torch.dtype, tokenizer: Any,
+                  trust_remote_code: bool, revision: str | None) -> Any:  # fmt: skip
+    """The model's weights in ``torch_dtype``: from the converted copy of a GGUF file when there is one, else from
+    the source (a GGUF file's first load keeps a copy, see :mod:`.gguf_cache`)."""
+    model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
+    if model is not None:
+        return model
+    converted = _converted(source)
+    gguf_path = Path(source.path) / str(source.gguf_file)
+    fill = converted is not None and not gguf_cache.ready(converted)
+    # the copy keeps float32 weights: a first load in another dtype de-quantises to float32 and casts after,
+    # bit for bit what the GGUF loader gives in that dtype (tests/test_models_gguf_cache.py)
+    load_dtype = torch.float32 if fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path) else None
+    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
+                             **{_DTYPE_KW: load_dtype or torch_dtype, "trust_remote_code": trust_remote_code})
+    if fill and converted is not None:
+        gguf_cache.save(model, tokenizer, converted, gguf_path)
+    if load_dtype is not None:
+        model = model.to(torch_dtype)
+    return model
 
 
 def load_model(
@@ -182,21 +205,9 @@ def load_model(
         raise FileNotFoundError(f"'{name}' is not a model directory: it has no config.json and no single .gguf file")
     torch_dtype = parse_dtype(dtype)
     target = resolve_device(device)
-    tokenizer = load_tokenizer(name, gguf_file, trust_remote_code, revision)
-    model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
-    if model is None:
-        converted = _converted(source)
-        gguf_path = Path(source.path) / str(source.gguf_file)
-        fill = converted is not None and not gguf_cache.ready(converted)
-        # the copy keeps float32 weights: a first load in another dtype de-quantises to float32 and casts after,
-        # bit for bit what the GGUF loader gives in that dtype (tests/test_models_gguf_cache.py)
-        load_dtype = torch.float32 if fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path) else None
-        model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
-                                 **{_DTYPE_KW: load_dtype or torch_dtype, "trust_remote_code": trust_remote_code})
-        if fill and converted is not None:
-            gguf_cache.save(model, tokenizer, converted, gguf_path)
-        if load_dtype is not None:
-            model = model.to(torch_dtype)
+    with gguf_cache.parse_once():  # a GGUF file read for tokenizer, fits and weights is parsed once
+        tokenizer = load_tokenizer(name, gguf_file, trust_remote_code, revision)
+        model = _load_weights(name, source, torch_dtype, tokenizer, trust_remote_code, revision)
     model = model.to(target)
     model.eval()
     model.requires_grad_(False)
