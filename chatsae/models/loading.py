@@ -16,6 +16,7 @@ token id (for ChatML models eos ``<|im_end|>`` also ends every turn).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 from collections.abc import Callable
@@ -155,7 +156,7 @@ def load_tokenizer(
     if tokenizer is not None:
         tokenizer.name_or_path = source.path
     else:
-        with gguf_cache.parse_once():
+        with _parse_once(source):
             tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer", revision,
                                          trust_remote_code=trust_remote_code)  # fmt: skip
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -163,6 +164,11 @@ def load_tokenizer(
     if key is not None:
         _GGUF_TOKENIZERS[key] = copy.deepcopy(tokenizer)
     return tokenizer
+
+
+def _parse_once(source: ModelSource) -> contextlib.AbstractContextManager[None]:
+    """:func:`.gguf_cache.parse_once` for a GGUF source; nothing for others."""
+    return gguf_cache.parse_once() if source.gguf_file else contextlib.nullcontext()
 
 
 def _load_weights(name: str | Path, source: ModelSource, torch_dtype: torch.dtype, tokenizer: Any,
@@ -205,7 +211,7 @@ def load_model(
         raise FileNotFoundError(f"'{name}' is not a model directory: it has no config.json and no single .gguf file")
     torch_dtype = parse_dtype(dtype)
     target = resolve_device(device)
-    with gguf_cache.parse_once():  # a GGUF file read for tokenizer, fits and weights is parsed once
+    with _parse_once(source):  # a GGUF file read for tokenizer, fits and weights is parsed once
         tokenizer = load_tokenizer(name, gguf_file, trust_remote_code, revision)
         model = _load_weights(name, source, torch_dtype, tokenizer, trust_remote_code, revision)
     model = model.to(target)
