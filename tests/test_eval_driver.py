@@ -13,7 +13,7 @@ from chatsae.data.sequences import pad_batch
 from chatsae.eval import SUBSETS, EvalConfig, EvalResult, evaluate, read_result, spliced_losses
 from chatsae.eval.evaluate import build_sequences, evaluate_many
 from chatsae.eval.metrics import TEMPLATE
-from chatsae.models import KINDS, capture
+from chatsae.models import KINDS, capture, edit
 from chatsae.sae import SAEConfig, create_sae
 
 RECON_KEYS = {"tokens", "sequences", "mse", "log2_mse", "mse_token", "fvu", "explained_variance",
@@ -127,7 +127,15 @@ def test_evaluate_end_to_end(tiny_llama, sae, tmp_path):
 
     # independent reference: each sequence alone (no padding), Eq. 7 and CE by hand
     seqs = build_sequences(records, tok, EvalConfig(method="fast", max_length=8192))
-    per_seq_err, per_seq_st, ce = [], [], []
+    per_seq_err, per_seq_st, ce, ce_spliced = [], [], [], []
+    first = d["setup"]["splice_first_position"]
+
+    def splice(act: torch.Tensor) -> torch.Tensor:  # the SAE at every position (or every one but the first)
+        out = sae(act)
+        if not first:
+            out[:, 0] = act[:, 0]
+        return out
+
     with torch.no_grad():
         for s in seqs:
             ids = torch.tensor(s.input_ids)
@@ -137,11 +145,15 @@ def test_evaluate_end_to_end(tiny_llama, sae, tmp_path):
             st = torch.tensor([c == TEMPLATE for c in s.token_class])
             per_seq_st.append(err[st].mean().item())
             ce += naive_ce(model, ids)
+            with edit(model, "resid_post.1", splice):
+                ce_spliced += naive_ce(model, ids)
     assert res.metrics["all"]["mse"] == pytest.approx(sum(per_seq_err) / len(seqs) / 64, rel=1e-4)
     assert res.metrics["special"]["mse"] == pytest.approx(sum(per_seq_st) / len(seqs) / 64, rel=1e-4)
     assert res.metrics["all"]["tokens"] == sum(len(s.input_ids) for s in seqs)
     assert res.metrics["all"]["lm_tokens"] == len(ce)
     assert res.metrics["all"]["ce_clean"] == pytest.approx(sum(ce) / len(ce), rel=1e-4)
+    assert res.metrics["all"]["ce_spliced"] == pytest.approx(sum(ce_spliced) / len(ce_spliced), rel=1e-4)
+    assert abs(sum(ce_spliced) - sum(ce)) > 1e-3 * len(ce)  # the splice changes the loss: the check has teeth
     assert res.headline["log2_mse"] == pytest.approx(math.log2(res.metrics["all"]["mse"]))
 
 

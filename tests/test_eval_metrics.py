@@ -251,3 +251,36 @@ def test_subsets_and_empty_subsets(data):
     assert set(res["user"]) == set(res["all"])  # stable keys even when empty
     keep = positions != 0
     assert res["all_no_pos0"]["mse"] == pytest.approx(naive_eq7(x[keep], x_hat[keep], seq_ids[keep]), rel=1e-9)
+
+
+def test_subset_firing_counts_match_a_loop_over_subsets() -> None:
+    """SubsetAccumulator counts every subset's firings in one product (masks x fired); the reference is the plain
+    loop: each subset's rows taken out of f and counted on their own."""
+    g = torch.Generator().manual_seed(3)
+    n, d_sae = 300, 64
+    f = torch.relu(torch.randn(n, d_sae, generator=g) - 0.8)
+    f[5, :] = 0.0  # a token with no latent firing
+    token_class = torch.randint(0, 3, (n,), generator=g)
+    positions = torch.arange(n) % 25
+    seq_ids = torch.arange(n) // 25
+    token_ids = torch.randint(0, 50, (n,), generator=g)
+    x = torch.randn(n, 8, generator=g)
+    acc = SubsetAccumulator(d_sae=d_sae, special_ids=[1, 2, 3])
+    for lo, hi in ((0, 120), (120, 300)):  # two batches
+        sl = slice(lo, hi)
+        acc.update(x[sl], x[sl] * 0.9, f[sl], token_class[sl], positions[sl], seq_ids[sl], token_ids[sl])
+    strict = M.strict_special(token_ids, torch.tensor([1, 2, 3]))
+    for name, m in M.subset_masks(token_class, positions, strict).items():
+        ref = SparsityAccumulator(d_sae)
+        ref.update(f[m], seq_ids[m])
+        got = acc.sparsity[name]
+        assert got.n == ref.n == int(m.sum()), name
+        assert torch.equal(got.fire_counts, ref.fire_counts), name
+        assert torch.equal(got.l0_counts, ref.l0_counts), name
+        a, b = got.result(), ref.result()
+        assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a), name
+
+
+def _same(u: object, v: object) -> bool:
+    """Equal, or both NaN (an empty subset's means)."""
+    return u == v or (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v))

@@ -245,11 +245,14 @@ def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBa
 
     def runner(sae: SAE, store: dict[str, Tensor]) -> Callable[[Tensor], Tensor]:
         def run_sae(act: Tensor) -> Tensor:
-            x = act.to(sae.W_dec.dtype)
+            # the SAE runs on the real tokens only; padding keeps its activation (no real token attends to it)
+            x = act[valid].to(sae.W_dec.dtype)
             f = sae.encode(x)
             x_hat = sae.decode(f)
-            store.update(x=x[valid], x_hat=x_hat[valid], f=f[valid])
-            return x_hat
+            store.update(x=x, x_hat=x_hat, f=f)
+            out = act.clone()
+            out[valid] = x_hat.to(act.dtype)
+            return out
 
         return run_sae
 

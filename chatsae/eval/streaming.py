@@ -159,17 +159,21 @@ class SparsityAccumulator:
 
     def update(self, f: Tensor, seq_ids: Tensor | None = None) -> None:
         """``f`` ``[n, d_sae]``; ``seq_ids`` ``[n]`` (optional) for the per-sequence L0 sums."""
-        if f.shape[0] == 0:
-            return
-        if self.fire_counts.device != f.device:
-            self.fire_counts, self.l0_counts = self.fire_counts.to(f.device), self.l0_counts.to(f.device)
         on = M.fired(f)
-        self.fire_counts += on.sum(dim=0)
-        l0 = on.sum(dim=-1)
+        self.add(on.sum(dim=0), on.sum(dim=-1), seq_ids)
+
+    def add(self, fire_counts: Tensor, l0: Tensor, seq_ids: Tensor | None = None) -> None:
+        """The counts of ``n`` tokens: ``fire_counts`` ``[d_sae]`` (tokens each latent fired on), ``l0`` ``[n]``
+        int64 (latents firing per token), ``seq_ids`` ``[n]`` (optional)."""
+        if l0.shape[0] == 0:
+            return
+        if self.fire_counts.device != l0.device:
+            self.fire_counts, self.l0_counts = self.fire_counts.to(l0.device), self.l0_counts.to(l0.device)
+        self.fire_counts += fire_counts
         self.l0_counts += torch.bincount(l0, minlength=self.d_sae + 1)
-        self.n += f.shape[0]
+        self.n += l0.shape[0]
         if seq_ids is not None:
-            self.seq.add(seq_ids.to(f.device), l0=l0)
+            self.seq.add(seq_ids.to(l0.device), l0=l0)
 
     def frequency(self) -> Tensor:
         """``[d_sae]`` fraction of this subset's tokens each latent fired on."""
@@ -268,9 +272,15 @@ class SubsetAccumulator:
         strict special subsets (empty without them)."""
         if seq_ids.numel():
             self.n_seq = max(self.n_seq, int(seq_ids.max()) + 1)
-        for name, m in self._masks(token_class, positions, token_ids).items():
+        masks = self._masks(token_class, positions, token_ids)
+        # the firing counts of every subset in one product (subset masks x fired): f is read once, not once per
+        # subset; exact (integers below 2^24 in float32, else float64)
+        on = M.fired(f).to(torch.float32 if f.shape[0] < 2**24 else torch.float64)
+        l0 = on.sum(dim=-1).long()
+        counts = (torch.stack(list(masks.values())).to(on.dtype) @ on).long() if masks else None
+        for i, (name, m) in enumerate(masks.items()):
             self.recon[name].update(x[m], x_hat[m], seq_ids[m])
-            self.sparsity[name].update(f[m], seq_ids[m])
+            self.sparsity[name].add(counts[i], l0[m], seq_ids[m])  # type: ignore[index]
 
     def update_lm(self, token_class: Tensor, positions: Tensor, seq_ids: Tensor | None = None,
                   token_ids: Tensor | None = None, **losses: Tensor | None) -> None:  # fmt: skip
