@@ -8,16 +8,20 @@ Per batch of sequences (built the way the SAE's method says, length-bucketed, ri
    the hook, ``fn(act)`` records the clean activation ``x`` and returns the reconstruction ``x̂ = sae(x)``
    (position 0 kept clean unless ``splice_first_position``); this gives the spliced logits and the activations for
    the reconstruction metrics;
-3. zero-ablation forward, restarted the same way: the activation replaced by zeros at the same positions, for CE
-   recovered. It does not depend on the SAE: with a ``zero_ablation_cache`` (a dict the caller keeps, as
-   ``chatsae compare`` / ``sweep`` do) its per-token CE is stored under the batch's content and hook, and other
-   SAEs evaluated on the same sequences through the same model skip this pass.
+3. zero-ablation losses, for CE recovered: the activation replaced by zeros at the same positions. At a
+   residual-stream hook of a known family the zero-ablated logits depend only on the position and the first token,
+   so one short pass over one row per distinct first token gives the whole batch's
+   (:mod:`chatsae.eval.zero_ablation`; a single row for chat data); otherwise a pass restarted like pass 2. It does
+   not depend on the SAE: with a ``zero_ablation_cache`` (a dict the caller keeps, as ``chatsae compare`` /
+   ``sweep`` do) its per-token CE is stored under the batch's content and hook, and other SAEs evaluated on the same
+   sequences through the same model skip it.
 
 With ``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_resume` rejects) passes 2 and 3 run
-the whole model; the results are the same. :func:`evaluate_many` evaluates several SAEs of one hook with one clean
-and one zero-ablated pass per batch. Cost on the embedded model at ``resid_post.15``, in full forward passes per
-batch (idle machine): 2.27 for one SAE, 1.69 with the zero-ablation cached, 1.13 per SAE with 4 SAEs together
-(``benchmarks/eval_cost.py``; docs/metrics.md).
+the whole model over every row; the results are the same (to float rounding). :func:`evaluate_many` evaluates
+several SAEs of one hook with one clean and one zero-ablated pass per batch. Cost on the embedded model, in full
+forward passes per batch (idle machine, 2026-12-04, ``benchmarks/eval_cost.py``; docs/performance.md): one SAE with
+every metric 1.77 at ``resid_post.15`` and 1.55 at ``resid_post.22`` (the floor of clean + one restarted pass: 1.57
+and 1.50), ~1.1 per SAE with 4 SAEs together.
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.
@@ -52,6 +56,7 @@ from . import metrics as M
 from .config import EvalConfig, resolve_config
 from .result import EvalResult, write_result
 from .streaming import SubsetAccumulator
+from .zero_ablation import keep_first, zero_ablated_losses, zeroing
 
 
 # ---- sequences ---------------------------------------------------------------------------------------------------
@@ -99,17 +104,6 @@ def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tens
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def _keep_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Wrap a splice function so that position 0 keeps its clean activation."""
-
-    def wrapped(act: Tensor) -> Tensor:
-        new = fn(act).to(act.dtype).clone()
-        new[:, :1] = act[:, :1]
-        return new
-
-    return wrapped
-
-
 @torch.inference_mode()
 def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
                    fn: Callable[[Tensor], Tensor], zero_ablation: bool = True, splice_first_position: bool = True,
@@ -119,7 +113,9 @@ def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, a
     ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
     activation in both the spliced and the zero-ablated pass. ``ce_zero`` ``[B, T]``: the zero-ablated losses of
     these inputs computed before (the pass is then skipped). ``restart``: run the edited passes from the hook layer
-    on, from the clean pass's state (None = where :func:`~chatsae.models.resume.can_resume`); same results.
+    on, from the clean pass's state, and the zero-ablated one as one short pass where
+    :func:`~chatsae.eval.zero_ablation.zero_ablated_losses` applies (None = where
+    :func:`~chatsae.models.resume.can_resume`); same results.
     """
     return spliced_losses_many(model, hook, input_ids, attention_mask, [fn], zero_ablation, splice_first_position,
                                ce_zero, restart)[0]  # fmt: skip
@@ -150,12 +146,13 @@ def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tens
 
     losses = []
     for fn in fns:
-        splice = fn if splice_first_position else _keep_first(fn)
+        splice = fn if splice_first_position else keep_first(fn)
         losses.append(M.paired_losses(clean, edited(splice), labels, mask))
     del clean
+    if zero_ablation and ce_zero is None and restart:  # one short pass instead (module chatsae.eval.zero_ablation)
+        ce_zero = zero_ablated_losses(model, point, input_ids, attention_mask, labels, mask, splice_first_position)
     if zero_ablation and ce_zero is None:
-        zero = torch.zeros_like if splice_first_position else _keep_first(torch.zeros_like)
-        ce_zero = M.token_cross_entropy(edited(zero), labels, mask)
+        ce_zero = M.token_cross_entropy(edited(zeroing(splice_first_position)), labels, mask)
     return [LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)
             for ce_clean, ce_spliced, kl in losses]  # fmt: skip
 

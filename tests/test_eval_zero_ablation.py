@@ -1,0 +1,143 @@
+"""The zero-ablated losses from one short pass (chatsae.eval.zero_ablation) equal the full zero-ablated pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from test_eval_driver import chat
+from test_models_hooks import FAMILIES, VOCAB
+
+from chatsae.eval import EvalConfig, evaluate
+from chatsae.eval import metrics as M
+from chatsae.eval import zero_ablation as Z
+from chatsae.models import HookPoint, decoder_layers, edit
+from chatsae.sae import SAEConfig, create_sae
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_model(request):
+    cfg_name, model_name, kwargs, *_ = FAMILIES[request.param]
+    if not hasattr(transformers, model_name):
+        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
+    torch.manual_seed(0)
+    return getattr(transformers, model_name)(getattr(transformers, cfg_name)(**kwargs)).eval()
+
+
+def _batch(firsts: tuple[int, ...], lengths: tuple[int, ...], width: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded random rows with the given first tokens and lengths."""
+    g = torch.Generator().manual_seed(len(firsts))
+    ids = torch.randint(3, VOCAB, (len(firsts), width), generator=g)
+    ids[:, 0] = torch.tensor(firsts)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def _full(model, hook, ids, mask, first: bool) -> torch.Tensor:
+    """The reference: the whole model with the hook zeroed, every row."""
+    labels, valid = M.next_token_labels(ids, mask)
+    with torch.no_grad(), edit(model, hook, Z.zeroing(first)):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return M.token_cross_entropy(logits, labels, valid)
+
+
+def _short(model, hook, ids, mask, first: bool) -> torch.Tensor | None:
+    labels, valid = M.next_token_labels(ids, mask)
+    return Z.zero_ablated_losses(model, HookPoint.parse(hook), ids, mask, labels, valid, first)
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["pos0-clean", "pos0-zeroed"])
+def test_short_pass_equals_the_full_zero_ablated_pass(family_model, first):
+    model = family_model
+    last = len(decoder_layers(model)) - 1
+    # 6 rows, 2 distinct first tokens, right padding of several lengths
+    ids, mask = _batch((5, 5, 9, 5, 9, 5), (12, 7, 12, 3, 9, 12))
+    rows_seen: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_seen.append(o.shape[0]))
+    try:
+        for hook in ("resid_pre.0", f"resid_post.{last}", "resid_post.1", f"resid_pre.{last}"):
+            ref = _full(model, hook, ids, mask, first)
+            rows_seen.clear()
+            got = _short(model, hook, ids, mask, first)
+            assert got is not None, hook
+            assert rows_seen == [1 if first else 2], hook  # one pass over one row per distinct first token
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=hook)
+            assert float(ref.sum()) > 1.0  # real losses were compared
+    finally:
+        handle.remove()
+
+
+def test_the_comparison_would_see_a_token_dependence(tiny_llama):
+    """Forced onto ``attn_out`` (the residual stream, and so the tokens, survive the ablation) the short pass is
+    wrong: the equality above is not a tautology of the comparison."""
+    model, _ = tiny_llama
+    ids, mask = _batch((5, 5, 5, 5), (12, 10, 12, 8))
+    hook = "attn_out.1"
+    assert _short(model, hook, ids, mask, False) is None  # not applied there
+    point = HookPoint.parse(hook)
+    labels, valid = M.next_token_labels(ids, mask)
+    forced = pytest.MonkeyPatch()
+    forced.setattr(Z, "canonical_rows", lambda *a: (ids[:1, 0], torch.zeros(4, dtype=torch.long)))
+    try:
+        wrong = Z.zero_ablated_losses(model, point, ids, mask, labels, valid, False)
+    finally:
+        forced.undo()
+    assert (wrong - _full(model, hook, ids, mask, False)).abs().max() > 1e-3
+
+
+def test_short_pass_declines_where_it_does_not_apply(tiny_llama, monkeypatch):
+    model, _ = tiny_llama
+    ids, mask = _batch((5, 5, 5, 5), (12, 10, 12, 8))
+    assert _short(model, "resid_post.1", ids, mask, False) is not None
+    assert _short(model, "mlp_out.1", ids, mask, False) is None  # not a residual-stream hook
+    left = mask.flip(1)
+    assert _short(model, "resid_post.1", ids, left, False) is None  # left padding
+    varied, _ = _batch((5, 6, 7, 5), (12, 10, 12, 8))
+    assert _short(model, "resid_post.1", varied, mask, False) is None  # 3 first tokens for 4 rows: no saving
+    assert _short(model, "resid_post.1", varied, mask, True) is not None  # position 0 zeroed: one row
+    monkeypatch.setattr(Z, "POSITION_ONLY", frozenset())
+    assert _short(model, "resid_post.1", ids, mask, False) is None  # an untested family
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_evaluate_takes_the_short_pass_and_matches_full_passes(tiny_llama, monkeypatch, first):
+    """End to end on chat data: one short zero-ablated pass per batch, no restarted zero-ablated pass, and the same
+    CE zero-ablated and CE recovered as ``restart=False`` (full passes over every row)."""
+    import importlib
+
+    evaluate_module = importlib.import_module("chatsae.eval.evaluate")
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1"}))
+    with torch.no_grad():
+        sae.threshold_param.fill_(0.02)
+    records = [chat(i) for i in range(8)]
+    short: list[bool] = []
+    restarted: list[int] = []
+    real_short, real_resumed = evaluate_module.zero_ablated_losses, evaluate_module.resumed_logits
+
+    def counted_short(*args, **kw):
+        out = real_short(*args, **kw)
+        short.append(out is not None)
+        return out
+
+    def counted_resumed(*args, **kw):
+        restarted.append(1)
+        return real_resumed(*args, **kw)
+
+    monkeypatch.setattr(evaluate_module, "zero_ablated_losses", counted_short)
+    monkeypatch.setattr(evaluate_module, "resumed_logits", counted_resumed)
+    out = {}
+    for restart in (True, False):
+        cfg = EvalConfig(progress=False, batch_tokens=600, restart=restart, splice_first_position=first)
+        out[restart] = evaluate(sae, model, tok, records, cfg).metrics
+    assert short and all(short) and len(restarted) == len(short)  # per batch: the spliced pass only
+    fast, full = out[True], out[False]
+    for subset in ("all", "special", "assistant"):
+        for key in ("ce_zero", "ce_recovered", "ce_spliced", "kl"):
+            assert fast[subset][key] == pytest.approx(full[subset][key], rel=1e-5, abs=1e-6), (subset, key)
+    assert abs(full["all"]["ce_zero"] - full["all"]["ce_clean"]) > 1e-3  # the ablation changes the losses
