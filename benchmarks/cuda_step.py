@@ -3,6 +3,10 @@ at a realistic and at a fresh-init sparsity, TopK, and the paper's width (d_in 4
 estimates of docs/scaling.md. Not run by ``make test``; needs a GPU.
 
     python benchmarks/cuda_step.py --activations RUN/activations --sae RUN/sae [--steps 20] [--repeats 5]
+                                   [--peers DIR] [--sweep-widths 8192,32768] [--extras] [--skip-main]
+
+``--extras`` adds the rows for what the width sweep left open (TopK with AuxK active, batch sizes 1,024 and 16,384,
+bf16 autocast) at d_in 4,096 x d_sae 32,768; ``--skip-main`` leaves out the rows of real activations.
 
 ``--activations`` / ``--sae``: a cache and a JumpReLU SAE trained on it (``scripts/gpu_check.sh`` makes both in
 ``runs/gpu_check/gpu``). The step is the Trainer's (``bare_step``: loss, backward, parallel-gradient removal, Adam,
@@ -33,12 +37,15 @@ N_ACTS = 16_384
 Step = Callable[[int, torch.Tensor], object]  # step(i, batch) -> L0 (a tensor or a number)
 
 
-def chatsae_step(sae: torch.nn.Module) -> Step:
-    """chatsae's Trainer step (``bare_step``) on ``sae`` with the Adam ``chatsae train`` makes (fused on CUDA)."""
+def chatsae_step(sae: torch.nn.Module, dead_fraction: float = 0.0, autocast: torch.dtype | None = None) -> Step:
+    """chatsae's Trainer step (``bare_step``) on ``sae`` with the Adam ``chatsae train`` makes (fused on CUDA);
+    ``dead_fraction`` of the latents (drawn with seed 0) marked dead, so that TopK's AuxK term is active; the loss under
+    ``autocast`` in that dtype (``chatsae train --autocast bf16``)."""
     p = next(sae.parameters())
     opt = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999), fused=p.is_cuda)
-    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=p.device)  # type: ignore[union-attr]
-    return lambda i, xb: bare_step(sae, opt, xb, 1.0, dead).sparsity
+    d_sae = sae.cfg.d_sae  # type: ignore[union-attr]
+    dead = (torch.rand(d_sae, generator=torch.Generator().manual_seed(0)) < dead_fraction).to(p.device)
+    return lambda i, xb: bare_step(sae, opt, xb, 1.0, dead, autocast).sparsity
 
 
 def time_steps(step: Step, X: torch.Tensor, batch: int, steps: int) -> tuple[float, float]:
@@ -125,6 +132,12 @@ def main() -> None:
         "packages or from DIR (their wheels installed there with --no-deps; dependencies their SAE "
         "step does not use are answered by stand-ins, see peer_stubs.py)",
     )
+    ap.add_argument("--skip-main", action="store_true", help="skip the rows of real activations (run only the "
+                    "paper-width, sweep and extra rows asked for)")
+    ap.add_argument("--extras", action="store_true", help="the open questions of docs/performance.md: TopK with "
+                    "AuxK active, other batch sizes, bf16 autocast; d_in 4096, d_sae --extras-width")
+    ap.add_argument("--extras-width", type=int, default=32768)
+    ap.add_argument("--extras-batches", default="1024,16384", help="batch sizes of the extra batch rows")
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -140,7 +153,8 @@ def main() -> None:
     state = {k: v.float().contiguous() for k, v in trained.saelens_state_dict().items()}
     d_in, d_sae = X.shape[1], trained.cfg.d_sae
 
-    def jumprelu(kernel: str, weights: dict[str, torch.Tensor] | None, d: int = d_in, w: int = d_sae):
+    def jumprelu(kernel: str, weights: dict[str, torch.Tensor] | None, d: int = d_in, w: int = d_sae,
+                 autocast: torch.dtype | None = None):  # fmt: skip
         def make() -> Step:
             torch.manual_seed(0)
             if kernel == "saelens":
@@ -149,11 +163,12 @@ def main() -> None:
             if weights is not None:
                 sae.load_saelens_state_dict(_on(weights, dev))
             sae.kernel = kernel  # type: ignore[attr-defined]
-            return chatsae_step(sae)
+            return chatsae_step(sae, autocast=autocast)
 
         return make
 
-    def topk(kernel: str, k: int, d: int = d_in, w: int = d_sae):
+    def topk(kernel: str, k: int, d: int = d_in, w: int = d_sae, dead: float = 0.0,
+             autocast: torch.dtype | None = None):  # fmt: skip
         def make() -> Step:
             torch.manual_seed(0)
             if kernel == "saelens":
@@ -162,19 +177,32 @@ def main() -> None:
                 return sparsify_step(d, w, k, str(dev))
             sae = create_sae(SAEConfig(architecture="topk", d_in=d, d_sae=w, k=k)).to(dev)
             sae.kernel = kernel  # type: ignore[attr-defined]
-            return chatsae_step(sae)
+            return chatsae_step(sae, dead, autocast)
 
         return make
+
+    def l0_64_state(w: int, Xw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A fresh d_in 4096 JumpReLU SAE (the init ``jumprelu`` makes) with each threshold at the (1 - 64 / w)
+        quantile of its pre-activation on ``Xw``: L0 ~ 64, as trained SAEs have."""
+        with torch.no_grad():
+            torch.manual_seed(0)
+            probe = create_sae(SAEConfig(architecture="jumprelu", d_in=4096, d_sae=w)).to(dev)
+            z = probe.encoder_input(Xw[:b]) @ probe.W_enc + probe.b_enc
+            theta = z.kthvalue(int(b * (1 - 64 / w)), dim=0).values.clamp_min(1e-3)
+            state = {k: v.detach().clone() for k, v in probe.saelens_state_dict().items()}
+            state["threshold"] = theta
+        return state
 
     peers = load_peers(a.peers) if a.peers else ()
     jr_peers = tuple(p for p in peers if p == "saelens")
     kernels = ("reference", "dense", "sparse", "auto", *jr_peers)
     tk = ("reference", "sparse", "auto", *peers)
     s, r, b = a.steps, a.repeats, a.batch
-    print(f"## d_in {d_in}, d_sae {d_sae}: real activations of {a.activations}")
-    row("JumpReLU, trained weights", {k: jumprelu(k, state) for k in kernels}, X, b, s, r)
-    row("JumpReLU, fresh init", {k: jumprelu(k, None) for k in kernels}, X, b, s, r)
-    row("TopK k 32, fresh init", {k: topk(k, 32) for k in tk}, X, b, s, r)
+    if not a.skip_main:
+        print(f"## d_in {d_in}, d_sae {d_sae}: real activations of {a.activations}")
+        row("JumpReLU, trained weights", {k: jumprelu(k, state) for k in kernels}, X, b, s, r)
+        row("JumpReLU, fresh init", {k: jumprelu(k, None) for k in kernels}, X, b, s, r)
+        row("TopK k 32, fresh init", {k: topk(k, 32) for k in tk}, X, b, s, r)
     if not a.no_paper_width:
         g = torch.Generator(device=dev).manual_seed(0)
         Xp = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5  # E||x||^2 = 1
@@ -186,19 +214,41 @@ def main() -> None:
         g = torch.Generator(device=dev).manual_seed(1)
         Xw = torch.randn(4 * b, 4096, device=dev, generator=g) / 4096**0.5
         print(f"## sweep: d_in 4096, d_sae {w}, Gaussian inputs")
-        with torch.no_grad():  # thresholds at the (1 - 64 / w) quantile of each latent's pre-activation: L0 ~ 64
-            torch.manual_seed(0)  # the same init as jumprelu(...) makes
-            probe = create_sae(SAEConfig(architecture="jumprelu", d_in=4096, d_sae=w)).to(dev)
-            z = probe.encoder_input(Xw[:b]) @ probe.W_enc + probe.b_enc
-            theta = z.kthvalue(int(b * (1 - 64 / w)), dim=0).values.clamp_min(1e-3)
-            state64 = {k: v.detach().clone() for k, v in probe.saelens_state_dict().items()}
-            state64["threshold"] = theta
-            del probe, z
+        state64 = l0_64_state(w, Xw)
         row("JumpReLU, L0 ~ 64", {k: jumprelu(k, state64, 4096, w) for k in kernels}, Xw, b, s, r)
         row("TopK k 64", {k: topk(k, 64, 4096, w) for k in tk}, Xw, b, s, r)
         del Xw, state64
+    if a.extras:
+        extras(a, dev, jumprelu, topk, l0_64_state)
     if dev.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
+
+
+def extras(a: argparse.Namespace, dev: torch.device, jumprelu: Callable[..., object], topk: Callable[..., object],
+           l0_64_state: Callable[[int, torch.Tensor], dict[str, torch.Tensor]]) -> None:  # fmt: skip
+    """Rows for what the sweep left open, at d_in 4096 x d_sae ``--extras-width`` on Gaussian inputs: TopK k 64 with
+    10% of the latents dead (AuxK, k_aux 2048, active; ``auto`` keeps the reference code on CUDA there), JumpReLU at
+    L0 ~ 64 with other batch sizes, and both under bf16 autocast (which the fused kernels leave to the reference code)
+    against float32."""
+    w, s, r, b = a.extras_width, a.steps, a.repeats, a.batch
+    batches = [int(v) for v in a.extras_batches.split(",") if v]
+    g = torch.Generator(device=dev).manual_seed(2)
+    X = torch.randn(4 * max([b, *batches]), 4096, device=dev, generator=g) / 4096**0.5
+    state64 = l0_64_state(w, X)
+    bf16 = torch.bfloat16
+    print(f"## extras: d_in 4096, d_sae {w}, Gaussian inputs")
+    row("TopK k 64, AuxK on (10% dead)", {k: topk(k, 64, 4096, w, 0.1) for k in ("reference", "sparse", "auto")},
+        X, b, s, r)  # fmt: skip
+    for bb in batches:
+        row(f"JumpReLU, L0 ~ 64, batch {bb}",
+            {k: jumprelu(k, state64, 4096, w) for k in ("reference", "sparse", "auto")}, X, bb, s, r)  # fmt: skip
+        row(f"TopK k 64, batch {bb}", {k: topk(k, 64, 4096, w) for k in ("reference", "sparse", "auto")}, X, bb, s, r)
+    row("JumpReLU, L0 ~ 64, bf16 autocast",
+        {"reference": jumprelu("reference", state64, 4096, w), "auto": jumprelu("auto", state64, 4096, w),
+         "reference_bf16": jumprelu("reference", state64, 4096, w, bf16)}, X, b, s, r)  # fmt: skip
+    row("TopK k 64, bf16 autocast",
+        {"reference": topk("reference", 64, 4096, w), "auto": topk("auto", 64, 4096, w),
+         "reference_bf16": topk("reference", 64, 4096, w, 0.0, bf16)}, X, b, s, r)  # fmt: skip
 
 
 if __name__ == "__main__":

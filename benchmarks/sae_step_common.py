@@ -107,10 +107,13 @@ def ratio(ours: list[float], peer: list[float]) -> float:
     return statistics.median(o / p for o, p in zip(ours, peer, strict=True))
 
 
-def bare_step(sae: Any, opt: torch.optim.Optimizer, xb: torch.Tensor, coef: float, dead: torch.Tensor) -> Any:
+def bare_step(sae: Any, opt: torch.optim.Optimizer, xb: torch.Tensor, coef: float, dead: torch.Tensor,
+              autocast: torch.dtype | None = None) -> Any:  # fmt: skip
     """chatsae's training step without the Trainer: loss, backward, parallel-gradient removal, Adam, decoder norm,
-    threshold clamp (JumpReLU). Returns the LossOutput."""
-    out = sae.loss(xb, coef, dead)
+    threshold clamp (JumpReLU). ``autocast``: the loss under ``torch.autocast`` in that dtype, as the Trainer's
+    ``--autocast`` does (the backward outside it). Returns the LossOutput."""
+    with torch.autocast(xb.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = sae.loss(xb, coef, dead)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     sae.remove_parallel_decoder_grad()
