@@ -147,6 +147,29 @@ def test_topk_auto_uses_reference_when_k_is_large() -> None:
     assert_close(out, grads, ref, ref_grads)
 
 
+def test_device_rule_of_auto_without_a_gpu() -> None:
+    """The routing rule on a CUDA device, checked here on stand-ins for the tensors (the kernels themselves are run on a
+    GPU by tests/test_sae_sparse_kernel_cuda.py): fused from ``CUDA_MIN_WEIGHTS`` encoder entries on, reference below
+    and where the caller gives no width (TopK with AuxK); always on the CPU; never on other devices, under autocast,
+    for inputs that need a gradient or when the dtypes differ."""
+    from types import SimpleNamespace
+
+    def fake(device: str, numel: int = 0, dtype: torch.dtype = torch.float32, grad: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(device=torch.device(device), numel=lambda: numel, dtype=dtype, requires_grad=grad)
+
+    wide = sparse_kernel.CUDA_MIN_WEIGHTS
+    allowed = sparse_kernel.fused_allowed
+    assert allowed(fake("cuda"), fake("cuda", wide), cuda_min_weights=wide)  # type: ignore[arg-type]
+    assert not allowed(fake("cuda"), fake("cuda", wide - 1), cuda_min_weights=wide)  # type: ignore[arg-type]
+    assert not allowed(fake("cuda"), fake("cuda", wide), cuda_min_weights=None)  # type: ignore[arg-type]
+    assert allowed(fake("cpu"), fake("cpu", 1), cuda_min_weights=None)  # type: ignore[arg-type]
+    assert not allowed(fake("mps"), fake("mps", wide), cuda_min_weights=wide)  # type: ignore[arg-type]
+    assert not allowed(fake("cuda", grad=True), fake("cuda", wide), cuda_min_weights=wide)  # type: ignore[arg-type]
+    assert not allowed(fake("cuda"), fake("cuda", wide, torch.bfloat16), cuda_min_weights=wide)  # type: ignore[arg-type]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not allowed(fake("cpu"), fake("cpu", 1))  # type: ignore[arg-type]
+
+
 def test_auto_keeps_reference_when_x_needs_grad() -> None:
     sae, x = make_sae("jumprelu", True)
     x.requires_grad_(True)
