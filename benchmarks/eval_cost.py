@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/eval_cost.py [--records 50] [--hook resid_post.15] [--repeats 2] [--no-restart]
                                              [--threads N] [--cpu-time] [--also-full] [--together N] [--sae DIR]
+                                             [--device cuda] [--dtype bfloat16]
 
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
 sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
@@ -70,11 +71,15 @@ def main() -> None:
     ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many; "
                     "1 = not timed)")
     ap.add_argument("--sae", default=None, help="a saved SAE to evaluate instead of a random JumpReLU one")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cuda: timings synchronise the device)")
+    ap.add_argument("--dtype", default="float32", help="the model's dtype (float32, bfloat16)")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model("embedded")
+    model, tok = load_model("embedded", dtype=args.dtype, device=args.device)
+    dev = next(model.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model.eval()
     records = list(read_records(default_data_path(), limit=args.records))
     cfg = EvalConfig(method="fast", hook=args.hook, max_samples=None, progress=False, restart=not args.no_restart,
@@ -82,18 +87,21 @@ def main() -> None:
     seqs = build_sequences(records, tok, cfg)
     buckets = bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size)
     batches = [pad_batch(b, tok.pad_token_id) for b in buckets]
+    batches = [pb._replace(input_ids=pb.input_ids.to(dev), attention_mask=pb.attention_mask.to(dev)) for pb in batches]
     n_tok = sum(len(s.input_ids) for s in seqs)
 
     @torch.inference_mode()
     def clean() -> None:
         for pb in batches:
             model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, use_cache=False).logits.sum()
+        sync()
 
     @torch.inference_mode()
     def floor() -> None:
         for pb in batches:
             _, ckpt = clean_forward(model, args.hook, pb.input_ids, pb.attention_mask)
             resumed_logits(model, ckpt, pb.input_ids, pb.attention_mask, lambda a: a).sum()
+        sync()
 
     torch.manual_seed(0)
     d = d_model(model)
@@ -120,8 +128,9 @@ def main() -> None:
         runs["full"] = lambda: evaluate(sae, model, tok, records, full)
     t = round_times(args.repeats, runs, args.cpu_time)
     print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
-          f"hook {args.hook}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} seconds; medians of "
-          f"{args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the clean forward")
+          f"hook {args.hook}, {dev} {args.dtype}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} "
+          f"seconds; medians of {args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the "
+          "clean forward")
     print(f"floor (clean + one restarted pass, no SAE, no losses) {ratio_text(t, 'floor')}")
     if "full" in t:
         print(f"evaluate without restart {ratio_text(t, 'full')}")
