@@ -11,7 +11,8 @@ from test_models_hooks import FAMILIES, VOCAB
 from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval import metrics as M
 from chatsae.eval import zero_ablation as Z
-from chatsae.models import HookPoint, decoder_layers, edit
+from chatsae.models import HookPoint, decoder_layers, edit, mlp_module
+from chatsae.models.resume import clean_forward
 from chatsae.sae import SAEConfig, create_sae
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
@@ -45,30 +46,42 @@ def _full(model, hook, ids, mask, first: bool) -> torch.Tensor:
     return M.token_cross_entropy(logits, labels, valid)
 
 
-def _short(model, hook, ids, mask, first: bool) -> torch.Tensor | None:
+def _short(model, hook, ids, mask, first: bool, restart: bool = False) -> torch.Tensor | None:
     labels, valid = M.next_token_labels(ids, mask)
-    return Z.zero_ablated_losses(model, HookPoint.parse(hook), ids, mask, labels, valid, first)
+    ckpt = clean_forward(model, hook, ids, mask)[1] if restart else None
+    return Z.zero_ablated_losses(model, HookPoint.parse(hook), ids, mask, labels, valid, first, ckpt)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["full-rows", "restarted-rows"])
 @pytest.mark.parametrize("first", [False, True], ids=["pos0-clean", "pos0-zeroed"])
-def test_short_pass_equals_the_full_zero_ablated_pass(family_model, first):
+def test_short_pass_equals_the_full_zero_ablated_pass(family_model, first, restart):
     model = family_model
-    last = len(decoder_layers(model)) - 1
-    # 6 rows, 2 distinct first tokens, right padding of several lengths
-    ids, mask = _batch((5, 5, 9, 5, 9, 5), (12, 7, 12, 3, 9, 12))
+    blocks = decoder_layers(model)
+    last = len(blocks) - 1
+    # 6 rows, 2 distinct first tokens, right padding of several lengths (row 1, padded, represents token 5)
+    ids, mask = _batch((9, 5, 9, 5, 9, 5), (12, 7, 12, 3, 9, 12))
     rows_seen: list[int] = []
-    handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_seen.append(o.shape[0]))
+    ran: list[int] = []
+    handles = [model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows_seen.append(o.shape[0]))]
+    handles += [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
     try:
         for hook in ("resid_pre.0", f"resid_post.{last}", "resid_post.1", f"resid_pre.{last}"):
             ref = _full(model, hook, ids, mask, first)
+            labels, valid = M.next_token_labels(ids, mask)
+            ckpt = clean_forward(model, hook, ids, mask)[1] if restart else None
             rows_seen.clear()
-            got = _short(model, hook, ids, mask, first)
+            ran.clear()
+            got = Z.zero_ablated_losses(model, HookPoint.parse(hook), ids, mask, labels, valid, first, ckpt)
             assert got is not None, hook
             assert rows_seen == [1 if first else 2], hook  # one pass over one row per distinct first token
+            point = HookPoint.parse(hook)
+            start = point.layer + 1 if point.kind == "resid_post" and restart else point.layer if restart else 0
+            assert ran == list(range(start, len(blocks))), hook  # restarted: only the blocks from the hook on
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=hook)
             assert float(ref.sum()) > 1.0  # real losses were compared
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def test_the_comparison_would_see_a_token_dependence(tiny_llama):
@@ -81,7 +94,7 @@ def test_the_comparison_would_see_a_token_dependence(tiny_llama):
     point = HookPoint.parse(hook)
     labels, valid = M.next_token_labels(ids, mask)
     forced = pytest.MonkeyPatch()
-    forced.setattr(Z, "canonical_rows", lambda *a: (ids[:1, 0], torch.zeros(4, dtype=torch.long)))
+    forced.setattr(Z, "canonical_rows", lambda *a: (torch.zeros(1, dtype=torch.long), torch.zeros(4, dtype=torch.long)))
     try:
         wrong = Z.zero_ablated_losses(model, point, ids, mask, labels, valid, False)
     finally:

@@ -49,7 +49,7 @@ from ..data.sequences import (
     pad_batch,
 )
 from ..models import HookPoint, capture, check_hook, check_sae_width, edit
-from ..models.resume import can_resume, clean_forward, resumed_logits
+from ..models.resume import Checkpoint, can_resume, clean_forward, resumed_logits
 from ..progress import Progress
 from ..sae import SAE
 from . import metrics as M
@@ -132,11 +132,13 @@ def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tens
     labels, mask = M.next_token_labels(input_ids, attention_mask)
     if restart is None:
         restart = can_resume(model)
+    ckpt: Checkpoint | None = None
     if restart:
-        clean, ckpt = clean_forward(model, point, input_ids, attention_mask)
+        clean, start = clean_forward(model, point, input_ids, attention_mask)
+        ckpt = start
 
         def edited(f: Callable[[Tensor], Tensor]) -> Tensor:
-            return resumed_logits(model, ckpt, input_ids, attention_mask, f)
+            return resumed_logits(model, start, input_ids, attention_mask, f)
     else:
         clean = _logits(model, input_ids, attention_mask)
 
@@ -150,7 +152,8 @@ def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tens
         losses.append(M.paired_losses(clean, edited(splice), labels, mask))
     del clean
     if zero_ablation and ce_zero is None and restart:  # one short pass instead (module chatsae.eval.zero_ablation)
-        ce_zero = zero_ablated_losses(model, point, input_ids, attention_mask, labels, mask, splice_first_position)
+        ce_zero = zero_ablated_losses(model, point, input_ids, attention_mask, labels, mask, splice_first_position,
+                                      ckpt)  # fmt: skip
     if zero_ablation and ce_zero is None:
         ce_zero = M.token_cross_entropy(edited(zeroing(splice_first_position)), labels, mask)
     return [LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)

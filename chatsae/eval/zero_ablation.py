@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models import HookPoint, edit
-from ..models.resume import RESUMABLE
+from ..models.hooks import _replace_first
+from ..models.resume import RESUMABLE, Checkpoint, resumed_logits
 from . import metrics as M
 
 POSITION_ONLY = RESUMABLE
@@ -60,7 +61,8 @@ def _right_padded(attention_mask: Tensor) -> bool:
 
 def canonical_rows(model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor,
                    splice_first_position: bool) -> tuple[Tensor, Tensor] | None:  # fmt: skip
-    """``(first tokens [n], row of each sequence [B])`` when the short pass applies to this batch, else None."""
+    """``(representative rows [n], representative of each row [B])`` when the short pass applies to this batch, else
+    None: the first row with each distinct first token (just row 0 when position 0 is zeroed too)."""
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
     if model_type not in POSITION_ONLY or point.kind not in ("resid_pre", "resid_post"):
         return None
@@ -68,33 +70,44 @@ def canonical_rows(model: nn.Module, point: HookPoint, input_ids: Tensor, attent
         return None
     first = input_ids[:, 0]
     if splice_first_position:  # position 0 zeroed too: nothing of the tokens is left
-        firsts, rows = first[:1], torch.zeros_like(first)
-    else:
-        firsts, rows = torch.unique(first, return_inverse=True)
-    if firsts.numel() > MAX_ROW_FRACTION * input_ids.shape[0]:
+        return first.new_zeros(1), torch.zeros_like(first)
+    tokens, group = torch.unique(first, return_inverse=True)
+    if tokens.numel() > MAX_ROW_FRACTION * input_ids.shape[0]:
         return None
-    return firsts, rows
+    order = torch.arange(first.numel(), device=first.device)
+    reps = torch.full_like(tokens, first.numel()).scatter_reduce(0, group, order, "amin")
+    return reps, group
 
 
 @torch.inference_mode()
 def zero_ablated_losses(model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                        mask: Tensor, splice_first_position: bool) -> Tensor | None:  # fmt: skip
+                        mask: Tensor, splice_first_position: bool, ckpt: Checkpoint | None = None,
+                        ) -> Tensor | None:  # fmt: skip
     """Per-token CE ``[B, T]`` (float32, 0 where ``mask`` is false) of the zero-ablated pass of ``input_ids`` /
     ``attention_mask`` ``[B, T]`` with next-token ``labels``, from one pass over one row per distinct first token;
-    None where that does not apply (see the module docstring)."""
+    None where that does not apply (see the module docstring). ``ckpt``: the clean pass's checkpoint at ``point``
+    (:func:`~chatsae.models.resume.clean_forward`); the short pass then restarts at the hook as well."""
     found = canonical_rows(model, point, input_ids, attention_mask, splice_first_position)
     if found is None:
         return None
-    firsts, rows = found
+    reps, group = found
+    zero = zeroing(splice_first_position)
+    # the representatives' own tokens; no padding mask: every position but 0 is zeroed at the hook, and position 0
+    # (causal) never saw the padding
+    ids = input_ids[reps]
+    if ckpt is not None:
+        state = ckpt.state[reps]
+        rows = Checkpoint(ckpt.point, ckpt.act[reps], state, _replace_first(ckpt.template, state))
+        logits = resumed_logits(model, rows, ids, None, zero)
+    else:
+        with edit(model, point, zero):
+            logits = model(input_ids=ids, use_cache=False).logits  # [n, T, V]
     length = input_ids.shape[1]
-    canon = firsts[:, None].expand(-1, length).contiguous()  # tokens after position 0 are zeroed out at the hook
-    with edit(model, point, zeroing(splice_first_position)):
-        logits = model(input_ids=canon, use_cache=False).logits  # [n, T, V]
     flat = logits.reshape(-1, logits.shape[-1])
     lse = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
     steps, chunk = M._chunks(flat.shape[0], None, flat.device)
     for i in steps:
         lse[i : i + chunk] = torch.logsumexp(flat[i : i + chunk].float(), dim=-1)
     positions = torch.arange(length, device=input_ids.device)[None, :]
-    picked = logits[rows[:, None], positions, labels].float()  # [B, T]
-    return (lse.view(-1, length)[rows] - picked) * mask
+    picked = logits[group[:, None], positions, labels].float()  # [B, T]
+    return (lse.view(-1, length)[group] - picked) * mask
