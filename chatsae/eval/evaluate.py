@@ -20,8 +20,8 @@ With ``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_
 the whole model over every row; the results are the same (to float rounding). :func:`evaluate_many` evaluates
 several SAEs of one hook with one clean and one zero-ablated pass per batch. Cost on the embedded model, in full
 forward passes per batch (idle machine, 2026-12-04, ``benchmarks/eval_cost.py``; docs/performance.md): one SAE with
-every metric 1.77 at ``resid_post.15`` and 1.55 at ``resid_post.22`` (the floor of clean + one restarted pass: 1.57
-and 1.50), ~1.1 per SAE with 4 SAEs together.
+every metric 1.75 at ``resid_post.15`` and 1.51 at ``resid_post.22`` (the floor of clean + one restarted pass: ~1.6
+and ~1.35-1.5), 0.96 / 0.77 per SAE with 4 SAEs together.
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.
