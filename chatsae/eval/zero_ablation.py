@@ -7,7 +7,8 @@ position 0's, rotary / learned position terms depend on ``t`` only, the rest act
 state depends only on the first token (causal attention). So the zero-ablated logits at position ``t`` are the same
 in every sequence that starts with the same token, and the per-token CE of a right-padded batch ``[B, T]`` is read
 off one pass over ``[n, T]`` rows, one per distinct first token: ``n = 1`` for chat data (every sample starts with
-the template's first token), and then the pass costs ``1 / B`` of a batch instead of a restarted pass per batch.
+the template's first token). With the clean pass's checkpoint that short pass restarts at the hook too, so it costs
+``n / B`` of the restarted zero-ablated pass it replaces.
 
 This holds for the families of :data:`POSITION_ONLY` (their blocks read nothing but the hidden states and the
 positions; each is tested against the full zero-ablated pass) and for residual-stream hooks only: zero-ablating
@@ -33,8 +34,8 @@ POSITION_ONLY = RESUMABLE
 each: ``tests/test_eval_zero_ablation.py``)."""
 
 MAX_ROW_FRACTION = 0.5
-"""Use the short pass when its rows (distinct first tokens) are at most this fraction of the batch's rows: a full pass
-over ``n`` rows against a pass restarted at the hook over all ``B`` rows."""
+"""Use the short pass when its rows (distinct first tokens) are at most this fraction of the batch's rows (without a
+checkpoint it is a full pass over ``n`` rows, against a pass restarted at the hook over all ``B`` rows)."""
 
 
 def keep_first(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
