@@ -13,7 +13,7 @@ from test_models_hooks import FAMILIES, VOCAB
 from chatsae.eval import EvalConfig, evaluate
 from chatsae.models import KINDS, decoder_layers, edit, mlp_module
 from chatsae.models.resume import RESUMABLE, can_resume, clean_forward, resumed, resumed_logits
-from chatsae.sae import SAEConfig, create_sae
+from chatsae.sae import SAE, SAEConfig, create_sae
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
 
@@ -25,6 +25,28 @@ def family_model(request):
         pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
     torch.manual_seed(0)
     return getattr(transformers, model_name)(getattr(transformers, cfg_name)(**kwargs)).eval()
+
+
+def small_sae(hook: str, **metadata: str) -> SAE:
+    """A random JumpReLU SAE for ``tiny_llama`` (d_in 64, d_sae 128) at ``hook``, thresholds 0.02 (latents fire)."""
+    torch.manual_seed(0)
+    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": hook, **metadata}))
+    with torch.no_grad():
+        sae.threshold_param.fill_(0.02)
+    return sae
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list:
+    """Wrap ``module.name`` so that every call's result is appended to the list returned."""
+    real, seen = getattr(module, name), []
+
+    def wrapper(*args, **kw):
+        out = real(*args, **kw)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(module, name, wrapper)
+    return seen
 
 
 def _padded(side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,10 +134,7 @@ def test_unknown_family_is_probed(monkeypatch, capsys):
 @pytest.mark.parametrize(("hook", "first"), [("resid_post.1", False), ("mlp_out.2", True), ("resid_pre.0", False)])
 def test_evaluate_with_restart_equals_full_passes(tiny_llama, hook, first):
     model, tok = tiny_llama
-    torch.manual_seed(0)
-    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": hook, "method": "fast"}))
-    with torch.no_grad():
-        sae.threshold_param.fill_(0.02)
+    sae = small_sae(hook, method="fast")
     records = [chat(i) for i in range(4)]
     results = []
     for restart in (True, False):
@@ -149,19 +168,9 @@ def test_evaluate_without_zero_ablation_skips_one_pass_and_keeps_the_other_losse
     evaluate_module = importlib.import_module("chatsae.eval.evaluate")
 
     model, tok = tiny_llama
-    torch.manual_seed(0)
-    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "mlp_out.1"}))
-    with torch.no_grad():
-        sae.threshold_param.fill_(0.02)
+    sae = small_sae("mlp_out.1")
     records = [chat(i) for i in range(4)]
-    calls: list[int] = []
-    real = evaluate_module.resumed_logits
-
-    def counted(*args, **kw):
-        calls.append(1)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(evaluate_module, "resumed_logits", counted)
+    calls = record_calls(monkeypatch, evaluate_module, "resumed_logits")
     out = {}
     for zero in (True, False):
         calls.clear()

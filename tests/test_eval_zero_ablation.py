@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import test_eval_restart
 import torch
-import transformers
 from test_eval_driver import chat
-from test_models_hooks import FAMILIES, VOCAB
+from test_eval_restart import record_calls, small_sae
+from test_models_hooks import VOCAB
 
 from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval import metrics as M
 from chatsae.eval import zero_ablation as Z
 from chatsae.models import HookPoint, decoder_layers, edit, mlp_module
 from chatsae.models.resume import clean_forward
-from chatsae.sae import SAEConfig, create_sae
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family_model(request):
-    cfg_name, model_name, kwargs, *_ = FAMILIES[request.param]
-    if not hasattr(transformers, model_name):
-        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
-    torch.manual_seed(0)
-    return getattr(transformers, model_name)(getattr(transformers, cfg_name)(**kwargs)).eval()
+family_model = test_eval_restart.family_model  # the fixture: one tiny model per family
 
 
 def _batch(firsts: tuple[int, ...], lengths: tuple[int, ...], width: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,31 +116,16 @@ def test_evaluate_takes_the_short_pass_and_matches_full_passes(tiny_llama, monke
 
     evaluate_module = importlib.import_module("chatsae.eval.evaluate")
     model, tok = tiny_llama
-    torch.manual_seed(0)
-    sae = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1"}))
-    with torch.no_grad():
-        sae.threshold_param.fill_(0.02)
+    sae = small_sae("resid_post.1")
     records = [chat(i) for i in range(8)]
-    short: list[bool] = []
-    restarted: list[int] = []
-    real_short, real_resumed = evaluate_module.zero_ablated_losses, evaluate_module.resumed_logits
-
-    def counted_short(*args, **kw):
-        out = real_short(*args, **kw)
-        short.append(out is not None)
-        return out
-
-    def counted_resumed(*args, **kw):
-        restarted.append(1)
-        return real_resumed(*args, **kw)
-
-    monkeypatch.setattr(evaluate_module, "zero_ablated_losses", counted_short)
-    monkeypatch.setattr(evaluate_module, "resumed_logits", counted_resumed)
+    short = record_calls(monkeypatch, evaluate_module, "zero_ablated_losses")
+    restarted = record_calls(monkeypatch, evaluate_module, "resumed_logits")
     out = {}
     for restart in (True, False):
         cfg = EvalConfig(progress=False, batch_tokens=600, restart=restart, splice_first_position=first)
         out[restart] = evaluate(sae, model, tok, records, cfg).metrics
-    assert short and all(short) and len(restarted) == len(short)  # per batch: the spliced pass only
+    # per batch: one short pass and one restarted pass (the spliced one)
+    assert short and all(o is not None for o in short) and len(restarted) == len(short)
     fast, full = out[True], out[False]
     for subset in ("all", "special", "assistant"):
         for key in ("ce_zero", "ce_recovered", "ce_spliced", "kl"):
