@@ -11,7 +11,7 @@ from test_eval_driver import chat
 from test_models_hooks import FAMILIES, VOCAB
 
 from chatsae.eval import EvalConfig, evaluate
-from chatsae.models import KINDS, decoder_layers, edit, mlp_module
+from chatsae.models import KINDS, d_model, decoder_layers, edit, mlp_module
 from chatsae.models.resume import RESUMABLE, can_resume, clean_forward, resumed, resumed_logits
 from chatsae.sae import SAE, SAEConfig, create_sae
 
@@ -77,8 +77,7 @@ def test_restarted_logits_equal_full_spliced_forward(family_model, side):
             for layer in (0, len(blocks) - 1):
                 hook = f"{kind}.{layer}"
                 torch.manual_seed(layer)
-                direction = torch.randn(model.config.hidden_size if hasattr(model.config, "hidden_size")
-                                        else model.config.n_embd)  # fmt: skip
+                direction = torch.randn(d_model(model))
 
                 def fn(a: torch.Tensor, direction: torch.Tensor = direction) -> torch.Tensor:
                     return 0.5 * a + direction
