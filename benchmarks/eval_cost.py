@@ -7,10 +7,12 @@
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data (FAST
 sequences, the batches ``evaluate`` makes) and times, best of ``--repeats`` interleaved rounds: a clean forward with
 logits over all batches; ``evaluate()`` of a randomly initialised JumpReLU SAE (8x width) with the LM-loss passes;
-the same with the zero-ablation losses cached, and without them (``zero_ablation=False``); ``evaluate_many`` of
+the same with the zero-ablation losses cached, and without them (``zero_ablation=False``); without running the prefix
+every sequence shares once (``share_prefix=False``: the system prompt of the chat template); ``evaluate_many`` of
 ``--together`` SAEs on one clean pass (what ``chatsae compare``/``sweep`` do), per SAE; with ``--also-full`` also
 without restarting at the hook; and the floor of an evaluation without the zero-ablated pass: the clean forward plus
-one pass restarted at the hook with the activation unchanged (no SAE, no losses). ``--sae DIR`` evaluates a saved SAE
+one pass restarted at the hook with the activation unchanged (no SAE, no losses), with whole rows and with the shared
+prefix. ``--sae DIR`` evaluates a saved SAE
 (e.g. a trained one, at its realistic L0) instead of the random one, on the same records and settings (its metadata
 is replaced by the hook). The last line reads "clean forward Xs, evaluate Ys, ratio Z forward passes" (Y without the
 cache).
@@ -32,7 +34,8 @@ from chatsae.data.sequences import bucket_batches, pad_batch
 from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval.config import resolve_config
 from chatsae.eval.evaluate import build_sequences, evaluate_many
-from chatsae.models import d_model, load_model
+from chatsae.models import HookPoint, d_model, load_model
+from chatsae.models.prefix import clean_forward_shared, edited_forward_shared, shared_prefix_length
 from chatsae.models.resume import clean_forward, resumed_logits
 from chatsae.sae import SAEConfig, create_sae, load_sae
 
@@ -103,6 +106,17 @@ def main() -> None:
             resumed_logits(model, ckpt, pb.input_ids, pb.attention_mask, lambda a: a).sum()
         sync()
 
+    @torch.inference_mode()
+    def floor_shared() -> None:
+        for pb in batches:
+            length = shared_prefix_length(pb.input_ids, pb.attention_mask)
+            if not length:
+                raise SystemExit("floor with the shared prefix: a batch without a shared prefix")
+            _, ckpt, shared = clean_forward_shared(model, point, pb.input_ids, pb.attention_mask, length)
+            edited_forward_shared(model, shared, pb.input_ids, pb.attention_mask, ckpt.act).rest.sum()
+        sync()
+
+    point = HookPoint.parse(args.hook)
     torch.manual_seed(0)
     d = d_model(model)
     sae = create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}))
@@ -118,9 +132,11 @@ def main() -> None:
     runs = {
         "clean": clean,
         "floor": floor,
+        "floor_shared": floor_shared,
         "evaluate": lambda: evaluate(sae, model, tok, records, cfg),
         "cached": lambda: evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache),
         "no_zero": lambda: evaluate(sae, model, tok, records, dataclasses.replace(cfg, zero_ablation=False)),
+        "whole_rows": lambda: evaluate(sae, model, tok, records, dataclasses.replace(cfg, share_prefix=False)),
     }
     if args.together > 1:
         runs["together"] = lambda: evaluate_many(group, model, tok, records, [resolved] * len(group))
@@ -132,11 +148,13 @@ def main() -> None:
           f"seconds; medians of {args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the "
           "clean forward")
     print(f"floor (clean + one restarted pass, no SAE, no losses) {ratio_text(t, 'floor')}")
+    print(f"floor with the shared prefix {ratio_text(t, 'floor_shared')}")
     if "full" in t:
         print(f"evaluate without restart {ratio_text(t, 'full')}")
     if "together" in t:
         print(f"evaluate_many of {len(group)} SAEs, per SAE: {ratio_text(t, 'together', len(group))}")
     print(f"evaluate with --no-zero-ablation {ratio_text(t, 'no_zero')}")
+    print(f"evaluate with --no-share-prefix (every row in full) {ratio_text(t, 'whole_rows')}")
     print(f"evaluate with the zero-ablation cached {ratio_text(t, 'cached')}")
     print(f"clean forward {statistics.median(t['clean']):.2f}s ({min(t['clean']):.2f}-{max(t['clean']):.2f}), "
           f"evaluate {ratio_text(t, 'evaluate')}")

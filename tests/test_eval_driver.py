@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -236,10 +237,12 @@ def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
     torch.manual_seed(2)
     other = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1",
                                                                            "method": "fast"}))  # fmt: skip
-    base = EvalConfig(progress=False, batch_tokens=300)
+    # whole-row passes (share_prefix=False), so that model calls count passes; with the shared prefix every clean or
+    # spliced pass is two calls (tests/test_models_prefix.py)
+    base = EvalConfig(progress=False, batch_tokens=300, share_prefix=False)
     alone = [evaluate(s, model, tok, records, base) for s in (sae, other)]
-    cfgs = [resolve_config(EvalConfig(progress=False, batch_tokens=300, output=str(tmp_path / f"{i}.json")),
-                           s.cfg.metadata) for i, s in enumerate((sae, other))]  # fmt: skip
+    cfgs = [resolve_config(dataclasses.replace(base, output=str(tmp_path / f"{i}.json")), s.cfg.metadata)
+            for i, s in enumerate((sae, other))]  # fmt: skip
     forwards = []
     handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
@@ -255,4 +258,4 @@ def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
     assert written.sae["path"] == "b" and written.metrics["all"] == together[1].metrics["all"]
     with pytest.raises(ValueError, match="same evaluation settings"):
         evaluate_many([sae, other], model, tok, records, [cfgs[0], resolve_config(
-            EvalConfig(progress=False, batch_tokens=200), other.cfg.metadata)])  # fmt: skip
+            EvalConfig(progress=False, batch_tokens=200, share_prefix=False), other.cfg.metadata)])  # fmt: skip

@@ -169,12 +169,14 @@ def test_evaluate_without_zero_ablation_skips_one_pass_and_keeps_the_other_losse
     model, tok = tiny_llama
     sae = small_sae("mlp_out.1")
     records = [chat(i) for i in range(4)]
-    calls = record_calls(monkeypatch, evaluate_module, "resumed_logits")
+    # edited passes: restarted, or prefix-shared (these records share their system prompt: chatsae.models.prefix)
+    calls = [record_calls(monkeypatch, evaluate_module, name) for name in ("resumed_logits", "edited_forward_shared")]
     out = {}
     for zero in (True, False):
-        calls.clear()
+        for seen in calls:
+            seen.clear()
         cfg = EvalConfig(progress=False, batch_tokens=300, zero_ablation=zero)
-        out[zero] = (evaluate(sae, model, tok, records, cfg).metrics["all"], len(calls))
+        out[zero] = (evaluate(sae, model, tok, records, cfg).metrics["all"], sum(map(len, calls)))
     (on, n_on), (off, n_off) = out[True], out[False]
     assert n_off > 0 and n_on == 2 * n_off  # spliced + zero-ablated per batch, against spliced only
     for key in ("ce_clean", "ce_spliced", "delta_ce", "kl"):

@@ -119,13 +119,14 @@ def test_evaluate_takes_the_short_pass_and_matches_full_passes(tiny_llama, monke
     sae = small_sae("resid_post.1")
     records = [chat(i) for i in range(8)]
     short = record_calls(monkeypatch, evaluate_module, "zero_ablated_losses")
-    restarted = record_calls(monkeypatch, evaluate_module, "resumed_logits")
+    # edited passes: restarted, or prefix-shared (the records share their system prompt: chatsae.models.prefix)
+    edited = [record_calls(monkeypatch, evaluate_module, name) for name in ("resumed_logits", "edited_forward_shared")]
     out = {}
     for restart in (True, False):
         cfg = EvalConfig(progress=False, batch_tokens=600, restart=restart, splice_first_position=first)
         out[restart] = evaluate(sae, model, tok, records, cfg).metrics
-    # per batch: one short pass and one restarted pass (the spliced one)
-    assert short and all(o is not None for o in short) and len(restarted) == len(short)
+    # per batch: one short pass and one edited pass (the spliced one)
+    assert short and all(o is not None for o in short) and sum(map(len, edited)) == len(short)
     fast, full = out[True], out[False]
     for subset in ("all", "special", "assistant"):
         for key in ("ce_zero", "ce_recovered", "ce_spliced", "kl"):

@@ -54,6 +54,9 @@ class EvalConfig:
     restart: bool = True
     """Run the spliced and zero-ablated passes from the hook layer on, from the clean pass's hidden state (the
     blocks below the hook are identical); False = full forward passes. Same results either way."""
+    share_prefix: bool = True
+    """With restart: run the tokens that open every sequence of a batch (a chat template's system prompt) once per
+    pass, not once per sequence (families of chatsae.models.prefix, transformers >= 5). Same results to rounding."""
     splice_first_position: bool | None = None
     """Splice (and zero-ablate) position 0 too. None = not when the SAE was trained without position 0 (metadata
     exclude_first_position), else yes. Reconstruction metrics always cover position 0 (see the *_no_pos0 subsets)."""

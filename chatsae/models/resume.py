@@ -19,6 +19,7 @@ as the clean pass. Families whose forward is known to pass the hidden state stra
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,17 +50,26 @@ class Checkpoint:
     template: Any
 
 
-def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-    kwargs: dict[str, Any] = {"use_cache": False}
+def cache_argument(model: nn.Module) -> str | None:
+    """The name under which ``model.forward`` takes a KV cache (``cache`` since transformers 5.2x, formerly
+    ``past_key_values``); None if it takes none."""
+    names = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in names), None)
+
+
+def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cache: Any = None) -> Tensor:
+    kwargs: dict[str, Any] = {"use_cache": cache is not None}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
+    if cache is not None:
+        kwargs[cache_argument(model) or "past_key_values"] = cache
     return model(input_ids=input_ids, **kwargs).logits
 
 
-def clean_forward(model: nn.Module, hook: str | HookPoint, input_ids: Tensor,
-                  attention_mask: Tensor | None = None) -> tuple[Tensor, Checkpoint]:  # fmt: skip
-    """One full clean forward: logits ``[B, T, V]`` and the :class:`Checkpoint` at ``hook``."""
-    point = check_hook(model, hook)
+@contextlib.contextmanager
+def checkpointing(model: nn.Module, point: HookPoint) -> Iterator[Callable[[], Checkpoint]]:
+    """Within the block, a forward pass records what restarting at ``point`` needs; the yielded function returns it
+    as a :class:`Checkpoint` once the pass has run."""
     block = decoder_layers(model)[point.layer]
     seen: dict[str, Any] = {}
 
@@ -72,16 +82,27 @@ def clean_forward(model: nn.Module, hook: str | HookPoint, input_ids: Tensor,
     def read(act: Tensor) -> None:
         seen["act"] = act
 
+    def result() -> Checkpoint:
+        state = _first(seen["out"]) if point.kind == "resid_post" else seen["pre"]
+        return Checkpoint(point, seen.get("act", state), state, seen["out"])
+
     handles = [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]
     if point.kind in ("attn_out", "mlp_out"):
         handles.append(_register(model, point, read))
     try:
-        logits = _logits(model, input_ids, attention_mask)
+        yield result
     finally:
         for h in handles:
             h.remove()
-    state = _first(seen["out"]) if point.kind == "resid_post" else seen["pre"]
-    return logits, Checkpoint(point, seen.get("act", state), state, seen["out"])
+
+
+def clean_forward(model: nn.Module, hook: str | HookPoint, input_ids: Tensor,
+                  attention_mask: Tensor | None = None) -> tuple[Tensor, Checkpoint]:  # fmt: skip
+    """One full clean forward: logits ``[B, T, V]`` and the :class:`Checkpoint` at ``hook``."""
+    point = check_hook(model, hook)
+    with checkpointing(model, point) as checkpoint:
+        logits = _logits(model, input_ids, attention_mask)
+    return logits, checkpoint()
 
 
 def _check(point: HookPoint, got: Tensor, state: Tensor) -> None:
@@ -135,11 +156,12 @@ def resumed(model: nn.Module, ckpt: Checkpoint) -> Iterator[None]:
 
 
 def resumed_logits(model: nn.Module, ckpt: Checkpoint, input_ids: Tensor, attention_mask: Tensor | None,
-                   fn: Callable[[Tensor], Tensor]) -> Tensor:  # fmt: skip
+                   fn: Callable[[Tensor], Tensor], cache: Any = None) -> Tensor:  # fmt: skip
     """Logits ``[B, T, V]`` of the pass with the activation at ``ckpt.point`` replaced by ``fn(act)``, restarted at
-    the hook layer; the same as ``with edit(model, hook, fn): model(input_ids, attention_mask)``."""
+    the hook layer; the same as ``with edit(model, hook, fn): model(input_ids, attention_mask)``. ``cache``: a KV
+    cache of the tokens before ``input_ids`` (``attention_mask`` then covers both), extended by this pass."""
     with resumed(model, ckpt), edit(model, ckpt.point, fn):
-        return _logits(model, input_ids, attention_mask)
+        return _logits(model, input_ids, attention_mask, cache)
 
 
 _NOTICED: set[str] = set()
