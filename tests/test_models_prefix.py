@@ -17,7 +17,7 @@ from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval import metrics as M
 from chatsae.eval.config import resolve_config
 from chatsae.eval.evaluate import _by_part, evaluate_many
-from chatsae.models import KINDS, HookPoint, d_model, decoder_layers, edit, mlp_module
+from chatsae.models import KINDS, HookPoint, capture_many, d_model, decoder_layers, edit, mlp_module
 from chatsae.models import prefix as P
 from chatsae.models.resume import clean_forward
 
@@ -210,3 +210,67 @@ def test_sliding_window_attention_across_the_prefix(family):
         split, _, _ = P.clean_forward_shared(model, HookPoint("resid_post", 1), ids, mask, length)
     torch.testing.assert_close(split.prefix, plain[:1, :length], rtol=0, atol=1e-5)
     torch.testing.assert_close(split.rest * real[:, length:], plain[:, length:] * real[:, length:], rtol=0, atol=1e-5)
+
+
+def test_capture_sharing_prefix_equals_capture_many(family_model):
+    """Harvest capture: the prefix over one row and the rest against its cache give every hook's activations at
+    every real position, each part stopping after the last hook; a lone ``resid_pre.0`` (no block runs, so no
+    cache) and ``share=False`` take whole rows."""
+    model = family_model
+    if not P.can_share_prefix(model):
+        pytest.skip(f"{model.config.model_type}: no prefix sharing with transformers {transformers.__version__}")
+    ids, mask = _batch()
+    length = P.shared_prefix_length(ids, mask)
+    real = mask.bool()[..., None]
+    last = len(decoder_layers(model)) - 1
+    ran: list[int] = []
+    rows: list[tuple[int, int]] = []
+    blocks = decoder_layers(model)
+    handles = [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
+    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(o.shape[:2])))
+    try:
+        for hooks in ([HookPoint("resid_post", 0), HookPoint("attn_out", 1)], [HookPoint("mlp_out", last)],
+                      [HookPoint("resid_pre", last), HookPoint("resid_pre", 0)]):  # fmt: skip
+            ref = capture_many(model, hooks, ids, mask)
+            rows.clear()
+            ran.clear()
+            got = P.capture_sharing_prefix(model, hooks, ids, mask)
+            assert rows == [(1, length), (ids.shape[0], ids.shape[1] - length)], hooks
+            # MLPs that run before the stop, in each part
+            deepest = max(h.layer + (h.kind in ("resid_post", "mlp_out")) for h in hooks)
+            assert ran == list(range(deepest)) * 2, hooks
+            for h in hooks:
+                assert got[h].shape == ref[h].shape
+                torch.testing.assert_close(got[h] * real, ref[h] * real, rtol=0, atol=1e-5, msg=str(h))
+        for hooks, share in (([HookPoint("resid_pre", 0)], True), ([HookPoint("resid_post", 1)], False)):
+            rows.clear()
+            got = P.capture_sharing_prefix(model, hooks, ids, mask, share=share)
+            assert rows == [tuple(ids.shape)], hooks  # whole rows
+            torch.testing.assert_close(got[hooks[0]], capture_many(model, hooks, ids, mask)[hooks[0]])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_harvest_vectors_with_the_shared_prefix(tiny_llama):
+    """activations_for_batch on chat records with a system prompt: the same kept vectors and metadata as whole rows
+    (``HarvestOptions.share_prefix=False``), the prefix run once."""
+    from chatsae.activations.harvest import HarvestOptions, activations_for_batch
+    from chatsae.data.sequences import fast_sequences
+
+    model, tok = tiny_llama
+    seqs = list(fast_sequences([chat(i) for i in range(5)], tok, max_length=8192, dedup_n=None))
+    hook = HookPoint("resid_post", 2)
+    out = {}
+    for share in (True, False):
+        calls: list[tuple[int, int]] = []
+        handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o, c=calls: c.append(o.shape[:2]))
+        try:
+            out[share] = activations_for_batch(model, hook, seqs, tok.pad_token_id, HarvestOptions(share_prefix=share))
+        finally:
+            handle.remove()
+        assert (len(calls) == 2 and calls[0][0] == 1 and calls[0][1] >= P.MIN_PREFIX) if share else len(calls) == 1
+    (vec, meta), (ref, ref_meta) = out[True], out[False]
+    assert vec.shape == ref.shape and vec.shape[0] > 50
+    torch.testing.assert_close(vec, ref, rtol=0, atol=1e-5)
+    assert meta.keys() == ref_meta.keys() and all(torch.equal(meta[k], ref_meta[k]) for k in meta)

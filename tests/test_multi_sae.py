@@ -36,14 +36,14 @@ def _spec(tmp_path: Path, tiny_llama, out: str, **data_kw) -> RunSpec:
 def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, tmp_path: Path, monkeypatch) -> None:
     from chatsae.activations import harvest as harvest_mod
 
-    passes: list[list[str]] = []  # the hooks of each harvest forward pass
-    capture_many = harvest_mod.capture_many
+    passes: list[list[str]] = []  # the hooks of each harvest forward pass (of each batch)
+    capture = harvest_mod.capture_sharing_prefix
 
     def spy(model, hooks, *args, **kw):
         passes.append([str(h) for h in hooks])
-        return capture_many(model, hooks, *args, **kw)
+        return capture(model, hooks, *args, **kw)
 
-    monkeypatch.setattr(harvest_mod, "capture_many", spy)
+    monkeypatch.setattr(harvest_mod, "capture_sharing_prefix", spy)
     results = train_runs(_spec(tmp_path, tiny_llama, "multi", hooks="resid_post.1,resid_post.2"))
     multi_passes, passes[:] = list(passes), []
     single = [train_run(_spec(tmp_path, tiny_llama, f"single{i}", hook=h))
@@ -103,13 +103,13 @@ def test_several_saes_on_one_hook_share_one_harvest(tiny_llama, tmp_path: Path, 
     from chatsae.activations import harvest as harvest_mod
 
     passes: list[int] = []
-    capture_many = harvest_mod.capture_many
+    capture = harvest_mod.capture_sharing_prefix
 
     def spy(model, hooks, *args, **kw):
         passes.append(1)
-        return capture_many(model, hooks, *args, **kw)
+        return capture(model, hooks, *args, **kw)
 
-    monkeypatch.setattr(harvest_mod, "capture_many", spy)
+    monkeypatch.setattr(harvest_mod, "capture_sharing_prefix", spy)
     spec = _spec(tmp_path, tiny_llama, "multi", hook="resid_post.1")
     spec.run.saes = "jumprelu:sparsity_coef=0.01,topk:k=8:lr=0.001"
     results = train_runs(spec)

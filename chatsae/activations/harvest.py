@@ -22,7 +22,8 @@ from torch import Tensor
 from ..config import validate
 from ..data import TokenSequence, bucket_batches, pad_batch
 from ..locking import DirLock
-from ..models import HookPoint, capture_many
+from ..models import HookPoint
+from ..models.prefix import capture_sharing_prefix
 from ..progress import Progress
 from .cache import CacheWriter, Manifest, check_cache_dir, finished_cache
 
@@ -45,6 +46,9 @@ class HarvestOptions:
     """Tokens per cache shard (and per resumable harvest window)."""
     max_tokens: int | None = None
     """Stop harvesting after this many vectors (train: default --total-tokens; harvest: all the data)."""
+    share_prefix: bool = True
+    """Run the tokens every sequence of a batch opens with (a chat template's system prompt) once per batch, not once
+    per sequence (chatsae.models.prefix; the same vectors up to float rounding)."""
 
     def __post_init__(self) -> None:
         validate(self, positive=("batch_tokens", "max_batch_size", "shard_tokens", "max_tokens"))
@@ -87,7 +91,7 @@ def activations_for_batch(
     hooks = hook if isinstance(hook, list) else [hook]
     b = pad_batch(seqs, pad_id)
     device = model_device(model)
-    acts = capture_many(model, hooks, b.input_ids.to(device), b.attention_mask.to(device))
+    acts = capture_sharing_prefix(model, hooks, b.input_ids.to(device), b.attention_mask.to(device), opts.share_prefix)
     keep = b.attention_mask.bool()
     if opts.exclude_first_position:
         keep &= b.positions != 0

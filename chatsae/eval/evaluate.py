@@ -16,12 +16,13 @@ Per batch of sequences (built the way the SAE's method says, length-bucketed, ri
    ``sweep`` do) its per-token CE is stored under the batch's content and hook, and other SAEs evaluated on the same
    sequences through the same model skip it.
 
-With ``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_resume` rejects) passes 2 and 3 run
-the whole model over every row; the results are the same (to float rounding). :func:`evaluate_many` evaluates
-several SAEs of one hook with one clean and one zero-ablated pass per batch. Cost on the embedded model, in full
-forward passes per batch (idle machine, 2026-12-04, ``benchmarks/eval_cost.py``; docs/performance.md): one SAE with
-every metric 1.75 at ``resid_post.15`` and 1.51 at ``resid_post.22`` (the floor of clean + one restarted pass: ~1.6
-and ~1.35-1.5), 0.96 / 0.77 per SAE with 4 SAEs together.
+When every row of a batch opens with the same tokens (a chat template's system prompt), passes 1 and 2 run them
+once (:mod:`chatsae.models.prefix`; ``EvalConfig.share_prefix``) and their positions are scored once. With
+``EvalConfig.restart=False`` (or a model :func:`~chatsae.models.resume.can_resume` rejects) passes 2 and 3 run the
+whole model over every row; the results are the same (to float rounding). :func:`evaluate_many` evaluates several
+SAEs of one hook with one clean and one zero-ablated pass per batch. Cost on the embedded model, in full forward
+passes per batch (idle machine, 2026-12-04, ``benchmarks/eval_cost.py``; docs/performance.md): one SAE with every
+metric 1.49 at ``resid_post.15`` (1.70 without the shared prefix), 0.85 per SAE with 4 SAEs together.
 
 Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
 attention mask; labels are the next token of the same sequence.

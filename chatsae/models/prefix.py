@@ -8,10 +8,11 @@ row, so a pass over a right-padded batch ``[B, T]`` whose rows share their first
 1. one row over the prefix ``[1, P]`` (keeping its KV cache),
 2. the cache repeated ``B`` times, and all rows over the rest ``[B, T - P]`` attending to it.
 
-The clean pass (:func:`clean_forward_shared`) records a checkpoint for each part; an edited pass
-(:func:`edited_forward_shared`) takes the new activation of the whole batch ``[B, T, d]`` (known after the clean
-pass: below the hook nothing changes), runs the prefix again with it (a full pass over ``P`` tokens: its cache must
-hold the edited keys and values of the blocks above the hook) and restarts the rest at the hook
+Harvesting (:func:`capture_sharing_prefix`) captures the hooks' activations that way, each part stopping after
+the last hook. For evaluation, the clean pass (:func:`clean_forward_shared`) records a checkpoint for each part; an
+edited pass (:func:`edited_forward_shared`) takes the new activation of the whole batch ``[B, T, d]`` (known after
+the clean pass: below the hook nothing changes), runs the prefix again with it (a full pass over ``P`` tokens: its
+cache must hold the edited keys and values of the blocks above the hook) and restarts the rest at the hook
 (:mod:`chatsae.models.resume`). Logits come back split (:class:`SplitLogits`): the prefix's once, the rest's per
 row. Same values as plain passes up to float rounding (the matrix shapes differ); tested on every family of
 :data:`SHARES_PREFIX` against them.
@@ -26,7 +27,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from .hooks import HookPoint, _replace_first, edit
+from .hooks import HookPoint, _replace_first, capture_many, edit
 from .resume import RESUMABLE, Checkpoint, _logits, cache_argument, checkpointing, resumed
 
 SHARES_PREFIX = RESUMABLE
@@ -120,3 +121,23 @@ def edited_forward_shared(model: nn.Module, shared: SharedPrefix, input_ids: Ten
     with resumed(model, shared.rest), edit(model, point, part(rest)):
         tail = _logits(model, input_ids[:, length:], attention_mask, _repeat(cache, input_ids.shape[0]))
     return SplitLogits(head, tail)
+
+
+def capture_sharing_prefix(model: nn.Module, hooks: list[HookPoint], input_ids: Tensor, attention_mask: Tensor,
+                           share: bool = True) -> dict[HookPoint, Tensor]:  # fmt: skip
+    """:func:`~chatsae.models.hooks.capture_many` (stopping after the last hook) of ``input_ids`` /
+    ``attention_mask`` ``[B, T]``; with ``share``, where the rows share a prefix (:func:`shared_prefix_length`) and
+    the model can (:func:`can_share_prefix`), the prefix runs over one row and every row over the rest against its
+    KV cache. ``{hook: [B, T, d]}``."""
+    reaches_attention = any(h.layer > 0 or h.kind != "resid_pre" for h in hooks)  # else block 0 fills no cache
+    length = shared_prefix_length(input_ids, attention_mask) if share and reaches_attention else 0
+    if not length or not can_share_prefix(model):
+        return capture_many(model, hooks, input_ids, attention_mask)
+    from transformers import DynamicCache
+
+    name, rows = cache_argument(model) or "past_key_values", input_ids.shape[0]
+    cache = DynamicCache(config=model.config)  # filled up to the last hook's block, the pass stopping there
+    head = capture_many(model, hooks, input_ids[:1, :length], None, use_cache=True, **{name: cache})
+    rest = capture_many(model, hooks, input_ids[:, length:], attention_mask, use_cache=True,
+                        **{name: _repeat(cache, rows)})  # fmt: skip
+    return {h: torch.cat([head[h].expand(rows, -1, -1), rest[h]], dim=1) for h in hooks}
