@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+from collections.abc import Iterator
 
 import pytest
 import test_eval_restart
@@ -62,21 +64,36 @@ def test_can_share_prefix(tiny_llama, monkeypatch):
     assert not P.can_share_prefix(model)
 
 
+def _sharing_batch(model) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """``(ids, mask, prefix length, real-token mask [B, T, 1])`` of the test batch; skips a model that cannot share."""
+    if not P.can_share_prefix(model):
+        pytest.skip(f"{model.config.model_type}: no prefix sharing with transformers {transformers.__version__}")
+    ids, mask = _batch()
+    return ids, mask, P.shared_prefix_length(ids, mask), mask.bool()[..., None]
+
+
+@contextlib.contextmanager
+def _counting(model) -> Iterator[tuple[list[int], list[tuple[int, int]]]]:
+    """Yields (the blocks whose MLP ran, ``(rows, positions)`` of each embedding call), filled as passes run."""
+    ran: list[int] = []
+    rows: list[tuple[int, int]] = []
+    blocks = decoder_layers(model)
+    handles = [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
+    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(o.shape[:2])))
+    try:
+        yield ran, rows
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_shared_passes_equal_whole_row_passes(family_model):
     """Clean and edited passes with the shared prefix equal plain passes at every real position, for every hook kind
     at the first and the last layer; the prefix runs over one row and the rest restarts at the hook."""
     model = family_model
-    if not P.can_share_prefix(model):
-        pytest.skip(f"{model.config.model_type}: no prefix sharing with transformers {transformers.__version__}")
-    ids, mask = _batch()
-    length = P.shared_prefix_length(ids, mask)
-    real = mask.bool()[..., None]
+    ids, mask, length, real = _sharing_batch(model)
     blocks = decoder_layers(model)
-    ran: list[int] = []
-    rows: list[tuple[int, int]] = []
-    handles = [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
-    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(o.shape[:2])))
-    try:
+    with _counting(model) as (ran, rows):
         for kind in KINDS:
             for layer in (0, len(blocks) - 1):
                 hook = HookPoint(kind, layer)
@@ -107,9 +124,6 @@ def test_shared_passes_equal_whole_row_passes(family_model):
                 start = layer + 1 if kind == "resid_post" else layer
                 assert rows == [(1, length), (ids.shape[0], ids.shape[1] - length)], hook
                 assert ran == list(range(len(blocks))) + list(range(start, len(blocks))), hook
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def test_losses_of_split_logits_equal_those_of_whole_logits():
@@ -217,18 +231,9 @@ def test_capture_sharing_prefix_equals_capture_many(family_model):
     every real position, each part stopping after the last hook; a lone ``resid_pre.0`` (no block runs, so no
     cache) and ``share=False`` take whole rows."""
     model = family_model
-    if not P.can_share_prefix(model):
-        pytest.skip(f"{model.config.model_type}: no prefix sharing with transformers {transformers.__version__}")
-    ids, mask = _batch()
-    length = P.shared_prefix_length(ids, mask)
-    real = mask.bool()[..., None]
+    ids, mask, length, real = _sharing_batch(model)
     last = len(decoder_layers(model)) - 1
-    ran: list[int] = []
-    rows: list[tuple[int, int]] = []
-    blocks = decoder_layers(model)
-    handles = [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(blocks)]
-    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: rows.append(o.shape[:2])))
-    try:
+    with _counting(model) as (ran, rows):
         for hooks in ([HookPoint("resid_post", 0), HookPoint("attn_out", 1)], [HookPoint("mlp_out", last)],
                       [HookPoint("resid_pre", last), HookPoint("resid_pre", 0)]):  # fmt: skip
             ref = capture_many(model, hooks, ids, mask)
@@ -247,9 +252,6 @@ def test_capture_sharing_prefix_equals_capture_many(family_model):
             got = P.capture_sharing_prefix(model, hooks, ids, mask, share=share)
             assert rows == [tuple(ids.shape)], hooks  # whole rows
             torch.testing.assert_close(got[hooks[0]], capture_many(model, hooks, ids, mask)[hooks[0]])
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def test_harvest_vectors_with_the_shared_prefix(tiny_llama):
