@@ -136,8 +136,9 @@ def capture_sharing_prefix(model: nn.Module, hooks: list[HookPoint], input_ids: 
     from transformers import DynamicCache
 
     name, rows = cache_argument(model) or "past_key_values", input_ids.shape[0]
-    cache = DynamicCache(config=model.config)  # filled up to the last hook's block, the pass stopping there
-    head = capture_many(model, hooks, input_ids[:1, :length], None, use_cache=True, **{name: cache})
-    rest = capture_many(model, hooks, input_ids[:, length:], attention_mask, use_cache=True,
-                        **{name: _repeat(cache, rows)})  # fmt: skip
+    config: Any = model.config
+    cache = DynamicCache(config=config)  # filled up to the last hook's block, the pass stopping there
+    first: dict[str, Any] = {"use_cache": True, name: cache}
+    head = capture_many(model, hooks, input_ids[:1, :length], None, **first)
+    rest = capture_many(model, hooks, input_ids[:, length:], attention_mask, **{**first, name: _repeat(cache, rows)})
     return {h: torch.cat([head[h].expand(rows, -1, -1), rest[h]], dim=1) for h in hooks}
