@@ -276,3 +276,20 @@ def test_harvest_vectors_with_the_shared_prefix(tiny_llama):
     assert vec.shape == ref.shape and vec.shape[0] > 50
     torch.testing.assert_close(vec, ref, rtol=0, atol=1e-5)
     assert meta.keys() == ref_meta.keys() and all(torch.equal(meta[k], ref_meta[k]) for k in meta)
+
+
+def test_evaluate_without_lm_loss_shares_the_prefix(tiny_llama):
+    """``lm_loss=False`` (only the model up to the hook, as interp features and steering read activations):
+    ``capture_shared`` runs the prefix over one row and gives the same reconstruction metrics as whole rows."""
+    model, tok = tiny_llama
+    sae = small_sae("resid_post.2", method="fast")
+    records = [chat(i) for i in range(6)]
+    out = {}
+    for share in (True, False):
+        with _counting(model) as (_, rows):
+            cfg = EvalConfig(progress=False, batch_tokens=400, lm_loss=False, share_prefix=share)
+            out[share] = evaluate(sae, model, tok, records, cfg).metrics["all"]
+        assert any(r[0] == 1 and r[1] >= P.MIN_PREFIX for r in rows) == share, rows
+    for key in ("mse", "fvu", "l0", "cosine_similarity"):
+        assert out[True][key] == pytest.approx(out[False][key], rel=1e-5), key
+    assert out[False]["l0"] > 0

@@ -24,8 +24,8 @@ SAEs of one hook with one clean and one zero-ablated pass per batch. Cost on the
 passes per batch (idle machine, 2026-12-04, ``benchmarks/eval_cost.py``; docs/performance.md): one SAE with every
 metric 1.49 at ``resid_post.15`` (1.70 without the shared prefix), 0.85 per SAE with 4 SAEs together.
 
-Without ``lm_loss`` only the model up to the hook is run (``capture``). Padding is excluded everywhere through the
-attention mask; labels are the next token of the same sequence.
+Without ``lm_loss`` only the model up to the hook is run (``capture_shared``: the shared prefix once). Padding is
+excluded everywhere through the attention mask; labels are the next token of the same sequence.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from ..data.sequences import (
     fast_sequences,
     pad_batch,
 )
-from ..models import HookPoint, capture, check_hook, check_sae_width, edit
+from ..models import HookPoint, check_hook, check_sae_width, edit
 from ..models.prefix import (
     SplitLogits,
     can_share_prefix,
+    capture_shared,
     clean_forward_shared,
     edited_forward_shared,
     shared_prefix_length,
@@ -315,7 +316,7 @@ def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBa
                           ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
     else:
         with torch.inference_mode():
-            act = capture(model, hook, ids, am)
+            act = capture_shared(model, hook, ids, am, cfg.share_prefix)
             for fn in fns:
                 fn(act)
     for store, acc in zip(stores, accs, strict=True):

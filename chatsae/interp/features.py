@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from ..config import validate
 from ..devices import resolve_device
-from ..models import capture, check_hook, check_sae_width
+from ..models import check_hook, check_sae_width
+from ..models.prefix import capture_shared
 from ..progress import Progress
 from ..sae import SAE
 from ..utils import atomic_file
@@ -256,7 +257,7 @@ def _encode_batch(sae: SAE, model: nn.Module, hook: str, pb: Any, cfg: FeaturesC
                   model_dtype: torch.dtype) -> BatchView:  # fmt: skip
     ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
     with torch.no_grad():
-        x = capture(model, hook, ids, mask)
+        x = capture_shared(model, hook, ids, mask)
         acts = sae.encode(x.to(sae.W_dec.dtype)).float()
     valid = mask.bool()
     if cfg.skip_first_position:

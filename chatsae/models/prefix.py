@@ -27,7 +27,7 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from .hooks import HookPoint, _replace_first, capture_many, edit
+from .hooks import HookPoint, _replace_first, capture_many, check_hook, edit
 from .resume import RESUMABLE, Checkpoint, _logits, cache_argument, checkpointing, resumed
 
 SHARES_PREFIX = RESUMABLE
@@ -142,3 +142,10 @@ def capture_sharing_prefix(model: nn.Module, hooks: list[HookPoint], input_ids: 
     head = capture_many(model, hooks, input_ids[:1, :length], None, **first)
     rest = capture_many(model, hooks, input_ids[:, length:], attention_mask, **{**first, name: _repeat(cache, rows)})
     return {h: torch.cat([head[h].expand(rows, -1, -1), rest[h]], dim=1) for h in hooks}
+
+
+def capture_shared(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
+                   share: bool = True) -> Tensor:  # fmt: skip
+    """:func:`~chatsae.models.hooks.capture` (``[B, T, d]`` at ``hook``) through :func:`capture_sharing_prefix`."""
+    point = check_hook(model, hook)
+    return capture_sharing_prefix(model, [point], input_ids, attention_mask, share)[point]

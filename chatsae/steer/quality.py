@@ -85,7 +85,7 @@ def activation_scale(model: nn.Module, sae: SAE, prompt_ids: Sequence[Sequence[i
                      batch_size: int = 8) -> Tensor:  # fmt: skip
     """``[d_sae]`` mean activation of each latent over the tokens where it fires (0 if it never does), on the
     prompts' tokens with position 0 (the attention sink) excluded: the scale :func:`matched_random_latents` uses."""
-    from ..models import capture
+    from ..models.prefix import capture_shared
     from .interventions import resolve_hook
     from .measures import pad_ids
 
@@ -97,7 +97,7 @@ def activation_scale(model: nn.Module, sae: SAE, prompt_ids: Sequence[Sequence[i
         ids, mask = pad_ids(prompt_ids[s : s + batch_size], 0, left=False)
         keep = mask.bool()
         keep[:, 0] = False
-        x = capture(model, hook, ids.to(device), mask.to(device))[keep.to(device)]
+        x = capture_shared(model, hook, ids.to(device), mask.to(device))[keep.to(device)]
         f = sae.encode(x.to(sae.W_dec.dtype)).double().cpu()
         total += f.sum(0)
         fires += (f > 0).sum(0)

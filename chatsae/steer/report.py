@@ -144,13 +144,13 @@ def hook_norm(
 ) -> float:
     """Median L2 norm of the hook activations over the prompts' tokens, position 0 (attention sink) excluded:
     the scale against which alpha should be read."""
-    from ..models import capture
+    from ..models.prefix import capture_shared
 
     device = next(model.parameters()).device
     norms = []
     for s in range(0, len(prompt_ids), batch_size):
         ids, mask = pad_ids(prompt_ids[s : s + batch_size], pad_id, left=False)  # positions start at 0
-        acts = capture(model, hook, ids.to(device), mask.to(device)).float().cpu()  # [B, L, d]
+        acts = capture_shared(model, hook, ids.to(device), mask.to(device)).float().cpu()  # [B, L, d]
         keep = mask.bool()
         keep[:, 0] = False
         norms.append(acts[keep].norm(dim=-1))

@@ -180,7 +180,7 @@ def special_token_table(
     from itertools import islice
 
     from ..data import TEMPLATE, bucket_batches, fast_sequences, pad_batch
-    from ..models import capture
+    from ..models.prefix import capture_shared
 
     hook = resolve_hook(sae, hook)
     device = next(model.parameters()).device
@@ -191,7 +191,7 @@ def special_token_table(
     seqs = islice(fast_sequences(records, tokenizer, max_length=max_length, dedup_n=dedup_n), n_samples)
     for batch in bucket_batches(seqs, max_tokens=max_tokens, max_batch_size=64, bucket_window=256):
         pb = pad_batch(batch, pad)
-        acts = capture(model, hook, pb.input_ids.to(device), pb.attention_mask.to(device))
+        acts = capture_shared(model, hook, pb.input_ids.to(device), pb.attention_mask.to(device))
         with torch.no_grad():
             f = sae.encode(acts.to(sae_dtype))
         acc.add(f, pb.input_ids, pb.token_class == TEMPLATE, pb.attention_mask.bool())
