@@ -293,3 +293,31 @@ def test_evaluate_without_lm_loss_shares_the_prefix(tiny_llama):
     for key in ("mse", "fvu", "l0", "cosine_similarity"):
         assert out[True][key] == pytest.approx(out[False][key], rel=1e-5), key
     assert out[False]["l0"] > 0
+
+
+def test_a_training_run_evaluates_as_it_harvests(tiny_llama, tmp_path, monkeypatch):
+    """``--no-share-prefix`` on ``chatsae train`` turns the shared prefix off in its harvest and in its held-out
+    evaluation alike (the template's default system prompt opens every sample here)."""
+    from test_multi_sae import _spec
+
+    from chatsae.activations import harvest as harvest_mod
+    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.train import train_run
+
+    shared_eval = record_calls(monkeypatch, evaluate_module, "clean_forward_shared")
+    asked: list[bool] = []  # the harvest's share argument, per batch
+    real = harvest_mod.capture_sharing_prefix
+
+    def spy(model, hooks, ids, mask, share=True):
+        asked.append(share)
+        return real(model, hooks, ids, mask, share)
+
+    monkeypatch.setattr(harvest_mod, "capture_sharing_prefix", spy)
+    for share in (True, False):
+        shared_eval.clear()
+        asked.clear()
+        spec = _spec(tmp_path, tiny_llama, f"run_{share}", hook="resid_post.1")
+        spec.harvest = HarvestOptions(shard_tokens=300, share_prefix=share)
+        train_run(spec)
+        assert asked and set(asked) == {share}, share
+        assert bool(shared_eval) == share, share

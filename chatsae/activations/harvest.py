@@ -48,7 +48,8 @@ class HarvestOptions:
     """Stop harvesting after this many vectors (train: default --total-tokens; harvest: all the data)."""
     share_prefix: bool = True
     """Run the tokens every sequence of a batch opens with (a chat template's system prompt) once per batch, not once
-    per sequence (chatsae.models.prefix; the same vectors up to float rounding)."""
+    per sequence (chatsae.models.prefix; the same vectors up to float rounding); train / compare / sweep evaluate
+    the same way."""
 
     def __post_init__(self) -> None:
         validate(self, positive=("batch_tokens", "max_batch_size", "shard_tokens", "max_tokens"))

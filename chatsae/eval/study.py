@@ -253,7 +253,8 @@ class Study:
             cfg = EvalConfig(model=d.model, data=es.path, method=method, max_samples=ev.eval_max_samples,
                              max_tokens=ev.eval_max_tokens, max_length=d.max_length, context_size=d.context_size,
                              batch_tokens=ev.eval_batch_tokens, max_batch_size=self.harvest_opts.max_batch_size,
-                             lm_loss=ev.lm_loss, output=str(path), progress=self.train_cfg.progress)  # fmt: skip
+                             lm_loss=ev.lm_loss, share_prefix=self.harvest_opts.share_prefix, output=str(path),
+                             progress=self.train_cfg.progress)  # fmt: skip
             sae = load_sae(sae_dir)
             want = {"data": es.path, "method": method or sae.cfg.metadata.get("method") or "fast",
                     "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}

@@ -378,7 +378,8 @@ def _result_rows(spec: RunSpec, sae_dir: Path, src: _Source, out_dir: Path) -> t
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
     if src.context and spec.run.evaluate and src.context["held_out"]:
-        eval_rows, fvu = _evaluate(sae_dir, src.context, spec.run.eval_max_samples, out_dir)
+        eval_rows, fvu = _evaluate(sae_dir, src.context, spec.run.eval_max_samples, out_dir,
+                                   spec.harvest.share_prefix)  # fmt: skip
         rows.update(eval_rows)
     return rows, fvu
 
@@ -398,16 +399,18 @@ def write_held_out(records: list[Any], out_dir: Path) -> str | None:
     return str(path)
 
 
-def _evaluate(sae_dir: Path, context: dict[str, Any], max_samples: int, out_dir: Path,
+def _evaluate(sae_dir: Path, context: dict[str, Any], max_samples: int, out_dir: Path, share_prefix: bool = True,
               ) -> tuple[dict[str, str], float | None]:  # fmt: skip
-    """Held-out evaluation (paper metrics) of the freshly trained SAE; returns (table rows, FVU without position 0)."""
+    """Held-out evaluation (paper metrics) of the freshly trained SAE, sharing the prefix as the harvest did; returns
+    (table rows, FVU without position 0)."""
     try:
         from ..eval import EvalConfig, evaluate
     except ImportError:  # evaluation package not available in this build
         return {}, None
     from ..sae import load_sae
 
-    cfg = EvalConfig(max_samples=max_samples, lm_loss=True, output=str(out_dir / "eval.json"))
+    cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix,
+                     output=str(out_dir / "eval.json"))  # fmt: skip
     res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
     fvu = res.headline.get("fvu_no_pos0")
     return res.table_rows(), None if fvu is None else float(fvu)
