@@ -4,10 +4,12 @@ world size is refused, uneven shards finish, and the harvest split covers every 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
 import socket
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,12 +39,24 @@ def _free_port() -> int:
 
 
 def _entry(r: int, world: int, port: int, fn: Any, args: tuple) -> None:
+    """One rank: the environment torchrun would set, ``fn(*args)`` inside the process group's session, then exit.
+
+    A crash in C++ (e.g. ``std::terminate`` -> SIGABRT) prints every thread's Python stack (faulthandler), and the
+    rank reports on stderr how far it got, so a failure says whether it came in the work, in the process group's
+    teardown or after it. After a clean teardown the rank leaves with ``os._exit(0)``: the interpreter's own teardown
+    of a spawned test child (static C++ destructors of torch's thread pools and gloo) is not what these tests check,
+    and once (CI, 2026-12-04) a rank was aborted there or in the teardown, failing the run after its work."""
+    faulthandler.enable(all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r),
                       WORLD_SIZE=str(world))  # fmt: skip
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     with dist_mod.session():
         fn(*args)
+        print(f"rank {r}: {getattr(fn, '__name__', fn)} done", file=sys.stderr, flush=True)
+    print(f"rank {r}: process group closed", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def spawn(fn: Any, *args: Any, world: int = 2) -> float:
