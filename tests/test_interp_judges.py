@@ -115,16 +115,32 @@ def test_autointerp_over_http_concurrent_and_cached(interp_features, tmp_path):
         assert doc2["latents"] == doc["latents"] and len(doc2["runs"]) == 2
 
 
-def test_rate_limiter_spaces_requests():
+def test_rate_limiter_spaces_requests(monkeypatch):
     limiter = RateLimiter(per_minute=600)  # one every 0.1 s
     t0 = time.monotonic()
     for _ in range(4):
         limiter.acquire()
     assert time.monotonic() - t0 >= 0.29
-    t0 = time.monotonic()
+    clock = [1000.0]  # a fake clock: counted, not timed (a loaded machine may pause any process at any point)
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", sleep)
     for _ in range(50):
         RateLimiter(None).acquire()
-    assert time.monotonic() - t0 < 0.05
+    assert slept == []  # no limit: never sleeps
+    limiter = RateLimiter(per_minute=600)
+    for _ in range(3):
+        limiter.acquire()
+        clock[0] += 0.03  # work between requests
+    assert slept == pytest.approx([0.07, 0.07])  # each waits out the rest of its 0.1 s slot
+    clock[0] += 1.0
+    limiter.acquire()  # after a pause: at once
+    assert len(slept) == 2
 
 
 def test_make_judge_and_missing_key(tmp_path, monkeypatch):
