@@ -111,10 +111,32 @@ def test_first_bfloat16_load_keeps_a_float32_copy(from_gguf, tmp_path: Path, mon
     again, _ = load_model("embedded", dtype="bfloat16")
     assert calls == [str(where)]
     ref = {k: v.to(torch.bfloat16) for k, v in ref_model.state_dict().items()}
+    monkeypatch.setenv(gguf_cache.ENV, "0")
+    plain, _ = load_model("embedded", dtype="bfloat16")  # transformers' own bfloat16 load of the GGUF file
+    plain_buffers = dict(plain.named_buffers())
+    assert plain_buffers["model.rotary_emb.inv_freq"].dtype == torch.float32  # the loader keeps RoPE in float32
+    ids = torch.arange(5, 1_205).remainder(40_000)[None]  # 1,200 positions: RoPE's rounding would show
+    with torch.no_grad():
+        want = plain(ids).logits
     for model in (first, again):
         sd = model.state_dict()
         assert all(v.dtype == torch.bfloat16 for v in sd.values())
         assert set(sd) == set(ref) and all(torch.equal(sd[k], ref[k]) for k in ref)
+        buffers = dict(model.named_buffers())  # non-persistent ones too (not in the state dict)
+        assert set(buffers) == set(plain_buffers)
+        for k, b in plain_buffers.items():
+            assert buffers[k].dtype == b.dtype and torch.equal(buffers[k], b), k
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, want)  # the first run computes what every later run does
+    # no copy written after all (a full disk): the GGUF file is loaded again in bfloat16, the same model
+    monkeypatch.setenv(gguf_cache.ENV, str(tmp_path / "other"))
+    monkeypatch.setattr(gguf_cache, "save", lambda *a: False)
+    unsaved, _ = load_model("embedded", dtype="bfloat16")
+    assert not gguf_cache.ready(gguf_cache.converted_dir(_gguf()))
+    assert all(torch.equal(b, plain_buffers[k]) and b.dtype == plain_buffers[k].dtype
+               for k, b in unsaved.named_buffers())  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(unsaved(ids).logits, want)
     monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.1")  # 513 MiB of float32 weights: over the limit
     assert not gguf_cache.fits(_gguf())
     assert not gguf_cache.fits(tmp_path / "missing.gguf")

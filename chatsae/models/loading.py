@@ -181,15 +181,21 @@ def _load_weights(name: str | Path, source: ModelSource, torch_dtype: torch.dtyp
     converted = _converted(source)
     gguf_path = Path(source.path) / str(source.gguf_file)
     fill = converted is not None and not gguf_cache.ready(converted)
-    # the copy keeps float32 weights: a first load in another dtype de-quantises to float32 and casts after,
-    # bit for bit what the GGUF loader gives in that dtype (tests/test_models_gguf_cache.py)
-    load_dtype = torch.float32 if fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path) else None
-    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision,
-                             **{_DTYPE_KW: load_dtype or torch_dtype, "trust_remote_code": trust_remote_code})
+    # the copy keeps float32 weights: a first load in another dtype de-quantises to float32, writes the copy, then
+    # reads the copy in that dtype like every later load. Not ``model.to(dtype)``: that would also round the float32
+    # buffers the loader keeps in float32 (RoPE's ``inv_freq``), giving the first run another model
+    # (tests/test_models_gguf_cache.py)
+    via_float32 = fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path)
+    kwargs = {_DTYPE_KW: torch.float32 if via_float32 else torch_dtype, "trust_remote_code": trust_remote_code}
+    model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision, **kwargs)
     if fill and converted is not None:
         gguf_cache.save(model, tokenizer, converted, gguf_path)
-    if load_dtype is not None:
-        model = model.to(torch_dtype)
+    if via_float32:
+        del model
+        model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
+        if model is None:  # no copy after all (a full disk, a read-only cache): the GGUF file in that dtype
+            kwargs[_DTYPE_KW] = torch_dtype
+            model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision, **kwargs)
     return model
 
 
