@@ -1,7 +1,7 @@
 """``python -m chatsae ...`` = the ``chatsae`` command; also how torchrun starts it:
 ``torchrun --nproc-per-node N -m chatsae train ...`` (docs/scaling.md)."""
 
-from .cli import main
+from .cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -344,3 +344,46 @@ def test_train_is_not_refused_under_torchrun_env(monkeypatch):
     _check_world("harvest")
     monkeypatch.setenv("WORLD_SIZE", "1")
     _check_world("compare")
+
+
+class _Exited(Exception):
+    pass
+
+
+def test_entry_point_leaves_a_torchrun_process_without_interpreter_teardown(monkeypatch, capsys, tmp_path):
+    """``chatsae`` / ``python -m chatsae`` end a process of a multi-process world with ``os._exit`` (after flushing):
+    torch's C++ teardown occasionally aborts a rank after its work (docs/scaling.md); a single process exits
+    normally (SystemExit, atexit handlers run)."""
+    import os
+
+    from chatsae import cli
+
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        raise _Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(_Exited):
+        cli.run(["eval", str(tmp_path)])  # refused under torchrun: status 1
+    assert codes == [1] and capsys.readouterr().err.startswith("chatsae eval: error:")
+    with pytest.raises(_Exited):
+        cli.run(["--version"])  # argparse's own exit goes the same way
+    assert codes == [1, 0] and "chatsae" in capsys.readouterr().out
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit) as e:
+        cli.run(["eval", str(tmp_path)])
+    assert e.value.code == 1 and codes == [1, 0]
+
+
+def test_python_m_chatsae_under_torchrun_env_exits_with_its_status_and_message(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    done = subprocess.run([sys.executable, "-m", "chatsae", "eval", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("chatsae eval: error: `chatsae eval` runs in one process")  # flushed before exit
