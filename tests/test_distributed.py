@@ -44,8 +44,9 @@ def _entry(r: int, world: int, port: int, fn: Any, args: tuple) -> None:
     A crash in C++ (e.g. ``std::terminate`` -> SIGABRT) prints every thread's Python stack (faulthandler), and the
     rank reports on stderr how far it got, so a failure says whether it came in the work, in the process group's
     teardown or after it. After a clean teardown the rank leaves with ``os._exit(0)``: the interpreter's own teardown
-    of a spawned test child (static C++ destructors of torch's thread pools and gloo) is not what these tests check,
-    and once (CI, 2026-12-04) a rank was aborted there or in the teardown, failing the run after its work."""
+    of a spawned test child (C++ destructors of torch / gloo) is not what these tests check, and a rank was seen
+    aborted there (SIGABRT after ``process group closed``: CI and a local run, 2026-12-04), failing finished work;
+    the ``chatsae`` command leaves a torchrun rank the same way (``chatsae.cli.leave``)."""
     faulthandler.enable(all_threads=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r),
                       WORLD_SIZE=str(world))  # fmt: skip
