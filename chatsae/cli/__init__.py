@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -77,11 +80,7 @@ def leave(code: int) -> NoReturn:
     destroyed by then, and in that teardown torch's C++ side (gloo) occasionally aborts a rank with SIGABRT
     (``terminate called without an active exception``; seen in ~1 of 40 two-rank CPU runs here, after
     ``destroy_process_group``), which torchrun would report as a failed job, or restart."""
-    import contextlib
-    import logging
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if _launched_world() > 1:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more to say
@@ -90,12 +89,15 @@ def leave(code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _launched_world() -> int:
+    """Processes torchrun started (env ``WORLD_SIZE``; 1 without it), read without importing torch."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def _check_world(command: str) -> None:
     """Refuse a single-process command started by torchrun with several processes: every rank would run the whole
     command and write the same files."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = _launched_world()
     if world > 1 and command not in DISTRIBUTED_COMMANDS:
         several = "`torchrun ... -m chatsae train --saes A,B,... [--hooks ...] --distribute-saes`"
         raise ValueError(f"`chatsae {command}` runs in one process, and torchrun started {world} "
