@@ -32,8 +32,9 @@ def main() -> int:
 
     from chatsae.activations.pipeline import DataConfig
     from chatsae.models import load_model
-    from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
-    from chatsae.train.multi import train_runs
+    from chatsae.train import TrainConfig
+    from chatsae.workflows import RunConfig, RunSpec, train_run
+    from chatsae.workflows.multi_sae import train_runs
 
     data = DataConfig(model_device=args.device, cache=args.cache)
     model = load_model("embedded", dtype="float32" if args.device == "cpu" else "bfloat16", device=args.device)

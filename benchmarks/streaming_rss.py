@@ -23,7 +23,8 @@ from pathlib import Path
 def child(budget: int, out_dir: str, device: str, buffer_tokens: int, hook: str | None) -> None:
     from chatsae.activations.harvest import HarvestOptions
     from chatsae.activations.pipeline import DataConfig
-    from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
+    from chatsae.train import TrainConfig
+    from chatsae.workflows import RunConfig, RunSpec, train_run
 
     spec = RunSpec(run=RunConfig(out_dir=out_dir, evaluate=False, overwrite=True),
                    train=TrainConfig(total_tokens=budget, progress=False, device=device, checkpoint_every=0),

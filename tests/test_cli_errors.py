@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from chatsae.cli import main
 from chatsae.cli.common import error_message
+from chatsae.core.redact import MASK, redact, register_secret
 from chatsae.data import read_records
 from chatsae.data.formats import DataFormatError
-from chatsae.redact import MASK, redact, register_secret
 
 SYN = ["train", "--activations", "synthetic", "--d-in", "16", "--no-progress"]
 

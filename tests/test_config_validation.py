@@ -11,15 +11,15 @@ import torch
 
 from chatsae.activations.harvest import HarvestOptions
 from chatsae.activations.pipeline import DataConfig
-from chatsae.config import ConfigError, _parse_value, build, check_sections, coerce, validate
-from chatsae.devices import resolve_device
+from chatsae.core.config import ConfigError, _parse_value, build, check_sections, coerce, validate
+from chatsae.core.devices import resolve_device
+from chatsae.core.utils import parse_dtype
 from chatsae.eval.config import EvalConfig
 from chatsae.interp.autointerp import AutointerpConfig
 from chatsae.interp.features import FeaturesConfig
 from chatsae.interp.judges import JudgeConfig
 from chatsae.sae import SAEConfig
 from chatsae.train.config import TrainConfig
-from chatsae.utils import parse_dtype
 
 
 @dataclass

@@ -333,8 +333,8 @@ def test_cache_of_another_world_size(tmp_path: Path) -> None:
 
 def distributed_saes(root: Path, cache: Path) -> None:
     """On every rank: two SAEs on one saved cache with --distribute-saes (one per rank)."""
-    from chatsae.train import RunConfig, RunSpec
-    from chatsae.train.multi import train_runs
+    from chatsae.workflows import RunConfig, RunSpec
+    from chatsae.workflows.multi_sae import train_runs
 
     spec = RunSpec(run=RunConfig(out_dir=str(root / "dist"), activations=str(cache), distribute_saes=True,
                                  saes="jumprelu:name=a,topk:k=4:name=b"),
@@ -348,7 +348,7 @@ def distributed_saes(root: Path, cache: Path) -> None:
 def test_distribute_saes_places_one_sae_per_rank(tmp_path: Path) -> None:
     """--distribute-saes: SAE i trains on rank i mod 2, alone, and equals the same SAE trained by one process."""
     from chatsae.sae import load_sae
-    from chatsae.train import RunConfig, RunSpec, train_run
+    from chatsae.workflows import RunConfig, RunSpec, train_run
 
     cache = make_cache(tmp_path / "cache", [300, 500])
     spawn(distributed_saes, tmp_path, cache)

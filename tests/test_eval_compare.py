@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from chatsae.cli import main
-from chatsae.eval.compare import best_lines, best_methods, paper_table, parse_coefs
 from chatsae.eval.plots import BarPanel, LinePanel, bar_chart, line_chart
-from chatsae.eval.study import check_names, names
-from chatsae.eval.sweep import COLUMNS, Setting, SweepConfig, frontier_gap, frontier_gaps, settings
 from chatsae.sae import load_sae
+from chatsae.workflows.compare import best_lines, best_methods, paper_table, parse_coefs
+from chatsae.workflows.study import check_names, names
+from chatsae.workflows.sweep import COLUMNS, Setting, SweepConfig, frontier_gap, frontier_gaps, settings
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -297,8 +297,8 @@ def test_help_and_early_errors(study_files, capsys):
 def test_plan_guards_a_study_once_it_produced_something(tmp_path):
     from chatsae.activations.harvest import HarvestOptions
     from chatsae.activations.pipeline import DataConfig
-    from chatsae.eval.study import Study, StudyEvalConfig
     from chatsae.train.config import TrainConfig
+    from chatsae.workflows.study import Study, StudyEvalConfig
 
     def study(tokens: int, width: int = 64) -> Study:
         return Study(tmp_path, DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=tokens),
@@ -353,7 +353,7 @@ def test_compare_with_seeds_gives_intervals_and_verdicts(study_files, capsys):
 def test_high_frequency_shares_from_the_firing_histogram() -> None:
     """Shares of latents firing on >= 10% / >= 1% of tokens, against a direct count of known frequencies."""
     from chatsae.eval import metrics as M
-    from chatsae.eval.study import high_frequency_shares
+    from chatsae.workflows.study import high_frequency_shares
 
     freq = torch.tensor([0.5, 0.2, 0.1, 0.05, 0.011, 0.0099, 1e-4, 0.0, 0.0, 0.3])
     latents = {"d_sae": 10, "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES),

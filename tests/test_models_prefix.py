@@ -302,7 +302,7 @@ def test_a_training_run_evaluates_as_it_harvests(tiny_llama, tmp_path, monkeypat
 
     from chatsae.activations import harvest as harvest_mod
     from chatsae.activations.harvest import HarvestOptions
-    from chatsae.train import train_run
+    from chatsae.workflows import train_run
 
     shared_eval = record_calls(monkeypatch, evaluate_module, "clean_forward_shared")
     asked: list[bool] = []  # the harvest's share argument, per batch

@@ -13,9 +13,10 @@ from test_harvest_pipeline import _records
 from chatsae.activations.harvest import HarvestOptions
 from chatsae.activations.pipeline import DataConfig
 from chatsae.sae import SAEConfig, load_sae
-from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
-from chatsae.train.multi import train_runs
-from chatsae.train.run import default_out_dir
+from chatsae.train import TrainConfig
+from chatsae.workflows import RunConfig, RunSpec, train_run
+from chatsae.workflows.multi_sae import train_runs
+from chatsae.workflows.train_run import default_out_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TC = dict(total_tokens=5 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=0, progress=False,
@@ -132,7 +133,7 @@ def test_several_saes_on_one_hook_share_one_harvest(tiny_llama, tmp_path: Path, 
     ("topk:colour=red", "unknown field 'colour'"), ("topk:k=8,topk:k=8", "unique"),
 ])  # fmt: skip
 def test_saes_option_errors(text: str, match: str) -> None:
-    from chatsae.train.multi import parse_saes
+    from chatsae.workflows.multi_sae import parse_saes
 
     with pytest.raises(ValueError, match=match):
         RunConfig(saes=text)

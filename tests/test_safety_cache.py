@@ -16,9 +16,9 @@ from chatsae import locking
 from chatsae.activations.cache import MANIFEST, ActivationCache, Manifest
 from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
 from chatsae.activations.pipeline import DataConfig, harvest
+from chatsae.core.locking import LOCK, MARKER, OutputDirError
 from chatsae.data import fast_sequences
 from chatsae.data.formats import Record
-from chatsae.locking import LOCK, MARKER, OutputDirError
 from chatsae.models import HookPoint
 
 HOOK = HookPoint("resid_post", 1)

@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from chatsae.activations import cache as cache_mod
 from chatsae.activations.cache import ActivationCache, CacheWriter, Manifest
+from chatsae.core.utils import file_digest, safetensors_shapes
 from chatsae.sae import SAEConfig, create_sae, load_sae, save_sae
 from chatsae.sae.io import CFG_FILE, CHECKSUMS_FILE, SPARSITY_FILE, WEIGHTS_FILE
-from chatsae.utils import file_digest, safetensors_shapes
 
 
 def _cache(tmp_path: Path) -> Path:

@@ -22,8 +22,9 @@ from chatsae.data import fast_sequences
 from chatsae.data.formats import Record
 from chatsae.data.sequences import SequenceStats
 from chatsae.sae import SAEConfig, create_sae
-from chatsae.train import RunConfig, RunSpec, TrainConfig, Trainer, train_run
+from chatsae.train import TrainConfig, Trainer
 from chatsae.train.init import OUTLIER_FACTOR, BadInputError, bad_rows, inlier_mask, input_scale
+from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -284,7 +285,7 @@ def test_dedup_drops_are_counted_in_the_summary_and_warned(tiny_llama, tmp_path:
                        "(--dedup-n; 0 disables it), 1 malformed, skipped (--skip-bad)"]  # fmt: skip
 
     # a second run on the cache reads the counts from its manifest; the CLI table shows them
-    from chatsae.train.run import count_rows
+    from chatsae.workflows.train_run import count_rows
 
     rows = count_rows(saved)
     assert rows["samples dropped by dedup"] == "29 of 51" and rows["records skipped (--skip-bad)"] == "1 of 51"

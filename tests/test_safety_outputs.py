@@ -12,10 +12,10 @@ import torch
 
 from chatsae.activations.cache import Manifest
 from chatsae.cli import main
+from chatsae.core.locking import MARKER, OutputDirError, mark_dir
+from chatsae.core.utils import atomic_dir, check_inside, safe_name
 from chatsae.interp.neuronpedia import NeuronpediaConfig, export_neuronpedia
-from chatsae.locking import MARKER, OutputDirError, mark_dir
 from chatsae.sae import SAEConfig, create_sae, load_sae, save_sae
-from chatsae.utils import atomic_dir, check_inside, safe_name
 
 
 def _tree(root: Path) -> dict[str, bytes]:

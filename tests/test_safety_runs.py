@@ -15,7 +15,7 @@ import torch
 
 from chatsae.activations import SyntheticSource
 from chatsae.cli import main
-from chatsae.locking import LOCK, MARKER, DirLock, OutputDirError, claim_dir
+from chatsae.core.locking import LOCK, MARKER, DirLock, OutputDirError, claim_dir
 from chatsae.sae import SAEConfig, create_sae, load_sae
 from chatsae.train import TrainConfig, Trainer
 from chatsae.train.checkpoints import CheckpointError, config_diffs
@@ -46,7 +46,7 @@ def cli(out: Path, *extra: str) -> int:
 # ---- lock --------------------------------------------------------------------------------------------------------
 def test_second_process_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    code = (f"import time; from chatsae.locking import DirLock, claim_dir\nclaim_dir({str(out)!r}, 'run')\n"
+    code = (f"import time; from chatsae.core.locking import DirLock, claim_dir\nclaim_dir({str(out)!r}, 'run')\n"
             f"with DirLock({str(out)!r}, 'chatsae train'):\n    print('locked', flush=True)\n    time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,8 @@ import torch
 
 from chatsae.cli import main
 from chatsae.sae import SAEConfig, create_sae, load_sae
-from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
+from chatsae.train import TrainConfig
+from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

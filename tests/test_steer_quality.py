@@ -1,4 +1,4 @@
-"""Steering quality (chatsae.steer.quality): answer NLL under steering against a hand-made splice, gsm8k answer
+"""Steering quality (chatsae.workflows.steering_quality): answer NLL under steering against a hand-made splice, gsm8k answer
 parsing, matched random latents, and the paired summary on the tiny random Llama."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from chatsae.models import edit
 from chatsae.sae import SAEConfig, create_sae
 from chatsae.steer.measures import answer_nll
-from chatsae.steer.quality import (
+from chatsae.workflows.steering_quality import (
     activation_scale,
     final_number,
     gsm8k_item,

@@ -21,7 +21,8 @@ from chatsae.activations.streaming import Prefetcher, StreamingSource
 from chatsae.data import fast_sequences
 from chatsae.models import HookPoint
 from chatsae.sae import SAEConfig, load_sae
-from chatsae.train import RunConfig, RunSpec, TrainConfig, train_run
+from chatsae.train import TrainConfig
+from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 HOOK = HookPoint("resid_post", 1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from chatsae.activations import TensorSource
-from chatsae.config import ConfigError
+from chatsae.core.config import ConfigError
 from chatsae.sae import SAEConfig, create_sae
 from chatsae.train import TrainConfig, Trainer
 from chatsae.train.tracking import parse_backends

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from chatsae.activations import TensorSource
 from chatsae.activations.pipeline import DataConfig
 from chatsae.sae import SAEConfig, create_sae, load_sae
-from chatsae.train import RunConfig, RunSpec, TrainConfig, Trainer, train_run
+from chatsae.train import TrainConfig, Trainer
+from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -61,7 +62,7 @@ def test_explicit_d_sae_and_synthetic_recovery_row(tmp_path: Path) -> None:
 
 
 def test_default_out_dirs() -> None:
-    from chatsae.train.run import default_out_dir
+    from chatsae.workflows.train_run import default_out_dir
 
     synthetic = RunSpec(run=RunConfig(activations="synthetic"))
     assert default_out_dir(synthetic) == Path("runs/synthetic_synthetic_synthetic_jumprelu")

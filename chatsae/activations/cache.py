@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
-from ..utils import atomic_file, check_inside, file_digest, safe_name
+from ..core.locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
+from ..core.utils import atomic_file, check_inside, file_digest, safe_name
 from .buffer import MixingBuffer
 from .source import ActivationBatch
 

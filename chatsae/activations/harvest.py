@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import validate
+from ..core.config import validate
+from ..core.locking import DirLock
+from ..core.progress import Progress
 from ..data import TokenSequence, bucket_batches, pad_batch
-from ..locking import DirLock
 from ..models import HookPoint
 from ..models.prefix import capture_sharing_prefix
-from ..progress import Progress
 from .cache import CacheWriter, Manifest, check_cache_dir, finished_cache
 
 

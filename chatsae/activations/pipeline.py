@@ -11,15 +11,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, validate
+from ..core.config import ConfigError, validate
+from ..core.devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
+from ..core.locking import is_empty_dir, mark_dir
+from ..core.utils import file_digest
 from ..data import block_sequences, fast_sequences, read_records, split_records
 from ..data.formats import FORMAT_NAMES, Record
 from ..data.sequences import SequenceStats
-from ..devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
-from ..locking import is_empty_dir, mark_dir
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
-from ..utils import file_digest
 from .cache import Manifest
 from .harvest import HarvestOptions, HarvestStats, harvest_to_caches
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from ..config import COMMAND_LINE, add_dataclass_args, build, check_sections, load_config_file
-from ..redact import redact
+from ..core.config import COMMAND_LINE, add_dataclass_args, build, check_sections, load_config_file
+from ..core.redact import redact
 
 ALL_SECTIONS: set[str] = set()
 """Config sections of every registered command: a config file written for ``train`` (run, sae, train, data,

@@ -9,7 +9,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..config import load_config_file
+from ..core.config import load_config_file
 from .common import add_command, configs_from_args
 
 ALIASES = {"d_sae": ["width"]}
@@ -44,17 +44,17 @@ SWEEP_FIXED = {"architecture": "--archs", "sparsity_coef": "--jumprelu-coefs / -
 def _sections(extra: tuple[str, type]) -> dict[str, type]:
     from ..activations.harvest import HarvestOptions
     from ..activations.pipeline import DataConfig
-    from ..eval.study import StudyEvalConfig
     from ..sae import SAEConfig
     from ..train.config import TrainConfig
+    from ..workflows.study import StudyEvalConfig
 
     return {extra[0]: extra[1], "eval": StudyEvalConfig, "data": DataConfig, "harvest": HarvestOptions,
             "sae": SAEConfig, "train": TrainConfig}  # fmt: skip
 
 
 def register(sub: Any) -> None:
-    from ..eval.compare import CompareConfig
-    from ..eval.sweep import SweepConfig
+    from ..workflows.compare import CompareConfig
+    from ..workflows.sweep import SweepConfig
 
     for name, help_text, handler, section, fixed in (
         ("compare", COMPARE_HELP, _compare, ("compare", CompareConfig), COMPARE_FIXED),
@@ -106,7 +106,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tuple[Any, Any]:
-    from ..eval.study import Study
+    from ..workflows.study import Study
 
     file_cfg = _check_fixed(args, fixed)
     cfgs = configs_from_args(args)
@@ -117,7 +117,7 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ..eval.compare import best_lines, paper_table, run_compare, verdict_lines
+    from ..workflows.compare import best_lines, paper_table, run_compare, verdict_lines
 
     cc, study = _study(args, COMPARE_FIXED, "compare")
     result = run_compare(cc, study, command=command_line(args))
@@ -157,7 +157,7 @@ def _proxies(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ..eval.sweep import gap_lines, run_sweep
+    from ..workflows.sweep import gap_lines, run_sweep
 
     sc, study = _study(args, SWEEP_FIXED, "sweep")
     report, files = run_sweep(sc, study, command=command_line(args))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import validate
+from ..core.config import validate
 from .common import add_command, configs_from_args
 
 

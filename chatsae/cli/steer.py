@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import check, validate
+from ..core.config import check, validate
 from .common import add_command, configs_from_args
 
 

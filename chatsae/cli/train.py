@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config_file
+from ..core.config import load_config_file
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
-from ..train.run import RunConfig, hook_hint
+from ..workflows.train_run import RunConfig, hook_hint
 from .common import add_command, configs_from_args
 
 ALIASES = {"architecture": ["arch"], "d_sae": ["width"]}
@@ -48,8 +48,8 @@ def register(sub: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..train.multi import train_runs
-    from ..train.run import RunSpec
+    from ..workflows.multi_sae import train_runs
+    from ..workflows.train_run import RunSpec
 
     cfgs = configs_from_args(args)
     from_file = load_config_file(args.config).get("sae") or {} if args.config else {}
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _report(result: Any, t0: float) -> int:
     """Print the result table of one trained SAE; 1 if its quality check failed."""
-    from ..train.run import count_rows
+    from ..workflows.train_run import count_rows
 
     if result.sae_dir is None:
         return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import validate
+from ..core.config import validate
 
 METHODS = ("fast", "bt-f", "bt-p")
 

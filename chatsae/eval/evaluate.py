@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..core.progress import Progress
 from ..data.formats import Record, split_records
 from ..data.sequences import (
     PaddedBatch,
@@ -59,7 +60,6 @@ from ..models.prefix import (
     shared_prefix_length,
 )
 from ..models.resume import Checkpoint, can_resume, clean_forward, resumed_logits
-from ..progress import Progress
 from ..sae import SAE
 from . import metrics as M
 from .config import EvalConfig, resolve_config

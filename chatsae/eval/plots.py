@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
-from ..utils import atomic_file
+from ..core.utils import atomic_file
 
 
 class BarPanel(NamedTuple):

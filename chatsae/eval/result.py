@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..utils import atomic_file
+from ..core.utils import atomic_file
 
 SCHEMA_VERSION = 2
 """2: ``per_sequence`` sums and the strict special subsets (``special_strict*``) added."""

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import check, validate
-from ..redact import redact
-from ..utils import atomic_file
+from ..core.config import check, validate
+from ..core.redact import redact
+from ..core.utils import atomic_file
 from .judges import Answer, Judge, ask, run_concurrent
 from .prompts import (
     PREFILL,

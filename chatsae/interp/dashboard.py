@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_dir
+from ..core.utils import atomic_dir
 from .store import AUTOINTERP_FILE, Context, FeatureData
 
 ASSETS = "dashboard_assets"

@@ -23,13 +23,13 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from ..config import validate
-from ..devices import resolve_device
+from ..core.config import validate
+from ..core.devices import resolve_device
+from ..core.progress import Progress
+from ..core.utils import atomic_file
 from ..models import check_hook, check_sae_width
 from ..models.prefix import capture_shared
-from ..progress import Progress
 from ..sae import SAE
-from ..utils import atomic_file
 from .collector import BatchView, CollectorSpec, FeatureCollector
 from .statelog import BASE_FILE, LOG_DIR, StateLog, diff_state
 from .store import AUTOINTERP_FILE, LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData

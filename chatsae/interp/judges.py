@@ -21,10 +21,10 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 
-from ..config import ConfigError, validate
-from ..progress import Progress
-from ..redact import redact, register_secret
-from ..utils import atomic_file
+from ..core.config import ConfigError, validate
+from ..core.progress import Progress
+from ..core.redact import redact, register_secret
+from ..core.utils import atomic_file
 from .prompts import Messages, ParseError
 
 T = TypeVar("T")

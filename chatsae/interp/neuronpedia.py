@@ -24,9 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..config import validate
-from ..locking import claim_dir
-from ..utils import atomic_dir, check_inside, safe_name
+from ..core.config import validate
+from ..core.locking import claim_dir
+from ..core.utils import atomic_dir, check_inside, safe_name
 from .store import AUTOINTERP_FILE, Context, FeatureData
 
 

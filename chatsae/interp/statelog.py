@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
-from ..utils import atomic_file
+from ..core.utils import atomic_file
 
 BASE_FILE = "state.safetensors"
 LOG_DIR = "log"

@@ -28,8 +28,8 @@ import transformers
 from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..devices import resolve_device
-from ..utils import parse_dtype
+from ..core.devices import resolve_device
+from ..core.utils import parse_dtype
 from . import gguf_cache
 from .hooks import d_model, n_layers
 

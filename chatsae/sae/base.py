@@ -15,7 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..config import check, validate
+from ..core.config import check, validate
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..utils import atomic_dir, file_digest, safe_name, safetensors_shapes
+from ..core.utils import atomic_dir, file_digest, safe_name, safetensors_shapes
 from .base import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"

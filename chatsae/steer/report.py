@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..utils import atomic_file
+from ..core.utils import atomic_file
 from .interventions import LatentEdit, Steering, make_edits, resolve_hook
 from .measures import AnswerMeasures, measure_answers, pad_ids, summarize
 

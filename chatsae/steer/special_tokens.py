@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..utils import atomic_file
+from ..core.utils import atomic_file
 from .interventions import resolve_hook, tokenizer_special_ids
 
 if TYPE_CHECKING:

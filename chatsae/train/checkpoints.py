@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..locking import OutputDirError
-from ..utils import atomic_dir, file_digest
+from ..core.locking import OutputDirError
+from ..core.utils import atomic_dir, file_digest
 from . import distributed
 
 if TYPE_CHECKING:

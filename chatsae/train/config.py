@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError, check, validate
+from ..core.config import ConfigError, check, validate
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
 DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.1, "gated": 0.14, "topk": 0.0}

@@ -339,7 +339,7 @@ def _existing_cache(directory: Path, manifest: Any, max_tokens: int | None) -> A
     """The complete cache of the same harvest at ``directory`` to reuse, or None after making it ready for the
     ranks' harvest (an unfinished or too small cache of this world size is marked unfinished)."""
     from ..activations.cache import MANIFEST, Manifest
-    from ..locking import mark_dir
+    from ..core.locking import mark_dir
 
     mark_dir(directory, "cache")
     check_harvest_world(directory, max_tokens)
@@ -367,7 +367,7 @@ def harvest_ranks(caches: Mapping[Any, tuple[str | Path, Any]], max_tokens: int 
     directories' locks throughout. Returns ``({key: merged manifest}, stats summed over the ranks)`` (stats None
     when every cache was reused)."""
     from ..activations.cache import CacheWriter, Manifest
-    from ..locking import DirLock
+    from ..core.locking import DirLock
 
     setup()  # `chatsae harvest` under torchrun: the process group from the environment
     r, w = rank(), world_size()

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from ..activations.source import ActivationBatch, ActivationSource
-from ..config import to_dict
-from ..devices import resolve_device
-from ..locking import DirLock, claim_dir
-from ..progress import Progress
+from ..core.config import to_dict
+from ..core.devices import resolve_device
+from ..core.locking import DirLock, claim_dir
+from ..core.progress import Progress
 from ..sae import SAE, save_sae
 from ..sae.base import FIRE_THRESHOLD
 from . import checkpoints as checkpoint_io
@@ -132,7 +132,7 @@ class Trainer:
         """Squared norm of a raw activation vector above which it is absurd (dropped); set by :meth:`initialise`."""
         self.outliers_dropped = 0
         self.summary_extra: dict[str, Any] = {}
-        """Run facts merged into the summary (e.g. the data counts of :func:`chatsae.train.run.train_run`)."""
+        """Run facts merged into the summary (e.g. the data counts of :func:`chatsae.workflows.train_run.train_run`)."""
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=self.device)
         self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=self.device)
         self._dead = torch.zeros(d_sae, dtype=torch.bool, device=self.device)  # dead_mask(), updated once per step

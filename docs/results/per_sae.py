@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from chatsae.eval.result import read_result
-from chatsae.eval.study import summarize
+from chatsae.workflows.study import summarize
 
 KEYS = ("l0_no_pos0", "fvu_no_pos0", "log2_mse_no_pos0", "log2_mse_st_no_pos0", "log2_mse_st_strict_no_pos0",
         "delta_lm_loss", "kl", "ce_recovered", "dead_fraction", "freq_gt_10pct", "freq_gt_1pct")  # fmt: skip

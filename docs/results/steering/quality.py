@@ -1,4 +1,4 @@
-"""The steering claim, measured (chatsae.steer.quality): reference-answer NLL under teacher forcing and gsm8k
+"""The steering claim, measured (chatsae.workflows.steering_quality): reference-answer NLL under teacher forcing and gsm8k
 accuracy of greedy answers per alpha, for the top special-token latent(s) against random latents of similar
 activation scale, with 95% paired bootstrap intervals over the gsm8k items.
 
@@ -20,7 +20,7 @@ from chatsae.data.formats import read_records, split_records
 from chatsae.eval.result import _json_safe
 from chatsae.models import load_model
 from chatsae.sae import load_sae
-from chatsae.steer.quality import (
+from chatsae.workflows.steering_quality import (
     ALPHAS,
     activation_scale,
     gsm8k_item,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from chatsae.eval.compare import SUMMARY
+from chatsae.workflows.compare import SUMMARY
 from chatsae.eval.result import read_result
 from chatsae.eval.stats import paired_verdict
-from chatsae.eval.study import cell, md_table, summarize
+from chatsae.workflows.study import cell, md_table, summarize
 
 METRICS = {"fvu_no_pos0": "FVU without position 0", "delta_lm_loss": "delta LM loss", "kl": "KL",
            "log2_mse_no_pos0": "log2 MSE without position 0", "l0_no_pos0": "L0 without position 0",

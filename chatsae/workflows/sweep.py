@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config import to_dict
+from ..core.config import to_dict
+from ..eval.result import dumps
 from ..sae import ARCHITECTURES
 from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
-from .result import dumps
 from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, unit, write_texts
 
 DEFAULT_GRIDS = {
@@ -218,7 +218,7 @@ def frontier_csv(rows: list[dict[str, Any]]) -> str:
 
 def frontier_figure(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Two panels, delta LM loss and FVU against L0 (log x), one line per architecture, with 95% error bars."""
-    from .plots import LinePanel, line_chart
+    from ..eval.plots import LinePanel, line_chart
 
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     x_label = "L0 (active latents per token, position 0 excluded)"

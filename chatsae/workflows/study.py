@@ -17,14 +17,14 @@ from typing import Any, NamedTuple
 
 from ..activations.harvest import HarvestOptions
 from ..activations.pipeline import DataConfig, read_split
-from ..config import to_dict
+from ..core.config import to_dict
+from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
+from ..eval.config import EvalConfig
+from ..eval.result import EvalResult, read_result
 from ..sae import SAEConfig
 from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
-from ..utils import atomic_file
-from .config import EvalConfig
-from .result import EvalResult, read_result
 
 METHOD_LABELS = {"bt-p": "BT(P)", "bt-f": "BT(F)", "fast": "FAST"}
 ARCH_LABELS = {"standard": "Standard", "jumprelu": "JumpReLU", "topk": "TopK", "gated": "Gated"}
@@ -197,7 +197,7 @@ class Study:
         """Train one SAE on the cache (harvested with ``data``, default ``self.data``) into ``out_dir/run``: skipped
         if ``run/sae`` exists, resumed from its last checkpoint if interrupted; returns the SAE directory."""
         from ..activations.cache import ActivationCache
-        from ..train.run import RunConfig, RunSpec, train_run
+        from ..workflows.train_run import RunConfig, RunSpec, train_run
 
         out = self.out_dir / run
         wanted = {"architecture": arch, "sparsity_coef": coef, "k": k}
@@ -241,9 +241,9 @@ class Study:
         """Evaluate every SAE on ``es`` (``method`` None = each SAE's own), in order. An ``eval_<set>.json`` newer
         than its SAE and made with the same settings is reused; the others are evaluated together, up to
         ``eval_together`` SAEs per clean forward pass (:func:`~chatsae.eval.evaluate.evaluate_many`)."""
+        from ..eval.config import resolve_config
+        from ..eval.evaluate import evaluate_many
         from ..sae import load_sae
-        from .config import resolve_config
-        from .evaluate import evaluate_many
 
         ev, d = self.ev, self.data
         out: dict[int, EvalResult] = {}
@@ -325,7 +325,7 @@ def unit(key: str) -> str:
 
 def cell(v: Any, bold: bool = False) -> str:
     """A table cell: a number with 4 significant digits (bold if asked), '-' for a missing value."""
-    from .report import fmt
+    from ..eval.report import fmt
 
     text = fmt(v) if isinstance(v, (int, float)) and v == v else "-"
     return f"**{text}**" if bold and text != "-" else text

@@ -3,7 +3,7 @@
 
 One forward pass per model batch captures every hook (stopping after the deepest) into one activation cache per hook
 (``OUT_DIR/activations/<hook>``); then every SAE (each hook x each ``--saes`` entry) is trained and evaluated with
-:func:`~chatsae.train.train_run` from that cache in its own folder: ``OUT_DIR/<hook>`` for several hooks,
+:func:`~chatsae.workflows.train_run` from that cache in its own folder: ``OUT_DIR/<hook>`` for several hooks,
 ``OUT_DIR/<name>`` for several SAEs on one hook, ``OUT_DIR/<hook>/<name>`` for both. Each SAE is exactly the one a
 single run on the same data would give (same cache contents, same seed); what is shared is the model forward.
 
@@ -26,12 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import _parse_value
-from ..locking import DirLock, claim_dir
+from ..core.config import _parse_value
+from ..core.locking import DirLock, claim_dir
 from ..models import HookPoint
 from ..sae import SAEConfig
-from .config import TrainConfig
-from .run import RunResult, RunSpec, default_out_dir, evaluate_run, harvest_kwargs, train_run
+from ..train.config import TrainConfig
+from .train_run import RunResult, RunSpec, default_out_dir, evaluate_run, harvest_kwargs, train_run
 
 
 class SAEVariant(NamedTuple):
@@ -112,7 +112,7 @@ def _variant_spec(spec: RunSpec, v: SAEVariant | None, out_dir: Path, **data: An
 def train_runs(spec: RunSpec) -> list[RunResult]:
     """Run ``spec``: one :func:`train_run`, or with several ``--hooks`` / ``--saes`` one harvest and one SAE per
     hook x entry (hooks outer), each in its own folder. Under ``--distribute-saes`` a rank returns only its own."""
-    from . import distributed
+    from ..train import distributed
 
     hooks, variants = hook_list(spec), parse_saes(spec.run.saes)
     if len(hooks) <= 1 and len(variants) <= 1:
@@ -168,7 +168,7 @@ def _folders(out_dir: Path, hooks: list[HookPoint], variants: list[SAEVariant],
 def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
     """Train each unit (folder, data fields, variant): all ranks on each in turn, or with ``--distribute-saes`` unit
     ``i`` on rank ``i mod W`` alone."""
-    from . import distributed
+    from ..train import distributed
 
     w = distributed.world_size()
     if not spec.run.distribute_saes or w == 1:

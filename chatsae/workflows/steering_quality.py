@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from ..eval import stats as S
-from .interventions import Steering, make_edits
-from .measures import answer_nll, strip_eos
-from .report import encode_prompt, generate
+from ..steer.interventions import Steering, make_edits
+from ..steer.measures import answer_nll, strip_eos
+from ..steer.report import encode_prompt, generate
 
 if TYPE_CHECKING:
     from ..sae import SAE
@@ -86,8 +86,8 @@ def activation_scale(model: nn.Module, sae: SAE, prompt_ids: Sequence[Sequence[i
     """``[d_sae]`` mean activation of each latent over the tokens where it fires (0 if it never does), on the
     prompts' tokens with position 0 (the attention sink) excluded: the scale :func:`matched_random_latents` uses."""
     from ..models.prefix import capture_shared
-    from .interventions import resolve_hook
-    from .measures import pad_ids
+    from ..steer.interventions import resolve_hook
+    from ..steer.measures import pad_ids
 
     hook = resolve_hook(sae, hook)
     device = next(model.parameters()).device

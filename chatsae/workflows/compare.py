@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..activations.pipeline import DataConfig
-from ..config import to_dict
+from ..core.config import to_dict
+from ..eval import stats
+from ..eval.result import EvalResult, dumps
 from ..sae import ARCHITECTURES, SAEConfig
-from . import stats
-from .result import EvalResult, dumps
 from .study import (
     ARCH_LABELS,
     CLASS_METRICS,
@@ -344,7 +344,7 @@ def compare_figures(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path
                     title: str) -> list[Path]:  # fmt: skip
     """``mse{suffix}.png`` (log2 MSE / MSE_st, with and without position 0) and ``metrics{suffix}.png`` (L0, FVU,
     delta LM loss, CE recovered; left with, right without position 0): bars grouped by method, one per architecture."""
-    from .plots import BarPanel, bar_chart
+    from ..eval.plots import BarPanel, bar_chart
 
     def panel(k: str) -> BarPanel:
         values = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): v.get(k) for a, v in per_arch.items()}

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..config import to_dict, validate
-from ..locking import DirLock, claim_dir
+from ..core.config import to_dict, validate
+from ..core.locking import DirLock, claim_dir
 from ..sae import SAEConfig
-from .checkpoints import check_fresh_run
-from .config import TrainConfig
+from ..train.checkpoints import check_fresh_run
+from ..train.config import TrainConfig
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RunConfig:
         validate(self, positive=("expansion_factor", "eval_max_samples", "synthetic_active"),
                  non_negative=("synthetic_features",))  # fmt: skip
         if self.saes:
-            from .multi import parse_saes
+            from .multi_sae import parse_saes
 
             parse_saes(self.saes)  # a bad entry is an error before anything runs
 
@@ -175,7 +175,7 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
     from ..activations.pipeline import load_data_and_model, resolve_hooks, sequences_for
     from ..activations.streaming import StreamingSource
     from ..models import d_model
-    from .distributed import world_size
+    from ..train.distributed import world_size
 
     data, tc = spec.data, spec.train
     train, held_out, data_info, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
@@ -249,7 +249,7 @@ def train_run(spec: RunSpec) -> RunResult:
     """Run ``spec``: claim and lock the output directory, build the source, a seeded SAE (``train.seed``) and the
     trainer, train (resuming if asked) and, for a harvest, evaluate on the held-out records. Under torchrun the
     process group is set up from the environment for the run (data-parallel; docs/scaling.md)."""
-    from . import distributed
+    from ..train import distributed
 
     with distributed.session():
         if distributed.rank() != 0:
@@ -259,8 +259,8 @@ def train_run(spec: RunSpec) -> RunResult:
 
 def _train_run(spec: RunSpec) -> RunResult:
     from ..sae import create_sae
-    from . import distributed
-    from .trainer import Trainer
+    from ..train import distributed
+    from ..train.trainer import Trainer
 
     run, tc = spec.run, spec.train
     out_dir = default_out_dir(spec)
@@ -351,8 +351,8 @@ def judge_quality(summary: dict[str, Any], held_out_fvu: float | None, sae_dir: 
     ``MAX_FVU``, report it, and rewrite ``training_summary.json`` beside the SAE with the held-out FVU and status."""
     import json
 
-    from ..utils import atomic_file
-    from .init import MAX_FVU
+    from ..core.utils import atomic_file
+    from ..train.init import MAX_FVU
 
     fvus = {"train": summary.get("train_fvu"), "held-out": held_out_fvu}
     bad = [f"{k} FVU {v:.4g}" for k, v in fvus.items() if v is not None and not v <= MAX_FVU]
@@ -390,7 +390,7 @@ def write_held_out(records: list[Any], out_dir: Path) -> str | None:
         return None
     import json
 
-    from ..utils import atomic_file
+    from ..core.utils import atomic_file
 
     path = out_dir / "heldout.jsonl"
     with atomic_file(path, "w") as fh:
