@@ -1,5 +1,5 @@
-"""Steering quality (chatsae.workflows.steering_quality): answer NLL under steering against a hand-made splice, gsm8k answer
-parsing, matched random latents, and the paired summary on the tiny random Llama."""
+"""Steering quality (chatsae.workflows.steering_quality): answer NLL under steering against a hand-made splice,
+gsm8k answer parsing, matched random latents, and the paired summary on the tiny random Llama."""
 
 from __future__ import annotations
 
