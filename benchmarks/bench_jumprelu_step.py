@@ -26,14 +26,19 @@ def main() -> None:
     for case, w in (("trained", [weights]), ("fresh", [])):
         print(f"JumpReLU, {case} weights:", flush=True)
         extra = ["--weights", weights] if w else []
-        tok = alternate({
-            "saelens": peer_cmd("saelens", "jumprelu", acts, a.batch, a.steps, 4608, 32, *w),
-            "chatsae": chatsae_cmd("jumprelu", acts, a.batch, a.steps, *extra),
-        }, a.repeats)  # fmt: skip
+        tok = alternate(
+            {
+                "saelens": peer_cmd("saelens", "jumprelu", acts, a.batch, a.steps, 4608, 32, *w),
+                "chatsae": chatsae_cmd("jumprelu", acts, a.batch, a.steps, *extra),
+            },
+            a.repeats,
+        )
         print("  " + summary("saelens", tok["saelens"]) + "; " + summary("chatsae", tok["chatsae"]))
-        last.append(f"{case}: saelens {sorted(tok['saelens'])[len(tok['saelens']) // 2]:.0f} tok/s, chatsae "
-                    f"{sorted(tok['chatsae'])[len(tok['chatsae']) // 2]:.0f} tok/s, ratio "
-                    f"{ratio(tok['chatsae'], tok['saelens']):.2f}")  # fmt: skip
+        last.append(
+            f"{case}: saelens {sorted(tok['saelens'])[len(tok['saelens']) // 2]:.0f} tok/s, chatsae "
+            f"{sorted(tok['chatsae'])[len(tok['chatsae']) // 2]:.0f} tok/s, ratio "
+            f"{ratio(tok['chatsae'], tok['saelens']):.2f}"
+        )
     print("JumpReLU step " + "; ".join(last))
 
 

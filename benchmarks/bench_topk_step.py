@@ -22,17 +22,22 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     a = ap.parse_args()
     acts, _ = prepare()
-    tok = alternate({
-        "sparsify": peer_cmd("sparsify", "topk", acts, a.batch, a.steps, 4608, a.k),
-        "saelens": peer_cmd("saelens", "topk", acts, a.batch, a.steps, 4608, a.k),
-        "chatsae": chatsae_cmd("topk", acts, a.batch, a.steps, "--k", a.k),
-    }, a.repeats)  # fmt: skip
+    tok = alternate(
+        {
+            "sparsify": peer_cmd("sparsify", "topk", acts, a.batch, a.steps, 4608, a.k),
+            "saelens": peer_cmd("saelens", "topk", acts, a.batch, a.steps, 4608, a.k),
+            "chatsae": chatsae_cmd("topk", acts, a.batch, a.steps, "--k", a.k),
+        },
+        a.repeats,
+    )
     for name, values in tok.items():
         print("  " + summary(name, values))
     med = {n: sorted(v)[len(v) // 2] for n, v in tok.items()}
-    print(f"TopK k{a.k} step: sparsify {med['sparsify']:.0f} tok/s, saelens {med['saelens']:.0f} tok/s, chatsae "
-          f"{med['chatsae']:.0f} tok/s, ratio vs sparsify {ratio(tok['chatsae'], tok['sparsify']):.2f}, "
-          f"vs saelens {ratio(tok['chatsae'], tok['saelens']):.2f}")  # fmt: skip
+    print(
+        f"TopK k{a.k} step: sparsify {med['sparsify']:.0f} tok/s, saelens {med['saelens']:.0f} tok/s, chatsae "
+        f"{med['chatsae']:.0f} tok/s, ratio vs sparsify {ratio(tok['chatsae'], tok['sparsify']):.2f}, "
+        f"vs saelens {ratio(tok['chatsae'], tok['saelens']):.2f}"
+    )
 
 
 if __name__ == "__main__":

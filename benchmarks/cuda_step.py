@@ -132,10 +132,17 @@ def main() -> None:
         "packages or from DIR (their wheels installed there with --no-deps; dependencies their SAE "
         "step does not use are answered by stand-ins, see peer_stubs.py)",
     )
-    ap.add_argument("--skip-main", action="store_true", help="skip the rows of real activations (run only the "
-                    "paper-width, sweep and extra rows asked for)")
-    ap.add_argument("--extras", action="store_true", help="the open questions of docs/performance.md: TopK with "
-                    "AuxK active, other batch sizes, bf16 autocast; d_in 4096, d_sae --extras-width")
+    ap.add_argument(
+        "--skip-main",
+        action="store_true",
+        help="skip the rows of real activations (run only the paper-width, sweep and extra rows asked for)",
+    )
+    ap.add_argument(
+        "--extras",
+        action="store_true",
+        help="the open questions of docs/performance.md: TopK with "
+        "AuxK active, other batch sizes, bf16 autocast; d_in 4096, d_sae --extras-width",
+    )
     ap.add_argument("--extras-width", type=int, default=32768)
     ap.add_argument("--extras-batches", default="1024,16384", help="batch sizes of the extra batch rows")
     a = ap.parse_args()
@@ -153,8 +160,13 @@ def main() -> None:
     state = {k: v.float().contiguous() for k, v in trained.saelens_state_dict().items()}
     d_in, d_sae = X.shape[1], trained.cfg.d_sae
 
-    def jumprelu(kernel: str, weights: dict[str, torch.Tensor] | None, d: int = d_in, w: int = d_sae,
-                 autocast: torch.dtype | None = None):  # fmt: skip
+    def jumprelu(
+        kernel: str,
+        weights: dict[str, torch.Tensor] | None,
+        d: int = d_in,
+        w: int = d_sae,
+        autocast: torch.dtype | None = None,
+    ):
         def make() -> Step:
             torch.manual_seed(0)
             if kernel == "saelens":
@@ -167,8 +179,9 @@ def main() -> None:
 
         return make
 
-    def topk(kernel: str, k: int, d: int = d_in, w: int = d_sae, dead: float = 0.0,
-             autocast: torch.dtype | None = None):  # fmt: skip
+    def topk(
+        kernel: str, k: int, d: int = d_in, w: int = d_sae, dead: float = 0.0, autocast: torch.dtype | None = None
+    ):
         def make() -> Step:
             torch.manual_seed(0)
             if kernel == "saelens":
@@ -224,8 +237,13 @@ def main() -> None:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
 
 
-def extras(a: argparse.Namespace, dev: torch.device, jumprelu: Callable[..., object], topk: Callable[..., object],
-           l0_64_state: Callable[[int, torch.Tensor], dict[str, torch.Tensor]]) -> None:  # fmt: skip
+def extras(
+    a: argparse.Namespace,
+    dev: torch.device,
+    jumprelu: Callable[..., object],
+    topk: Callable[..., object],
+    l0_64_state: Callable[[int, torch.Tensor], dict[str, torch.Tensor]],
+) -> None:
     """Rows for what the sweep left open, at d_in 4096 x d_sae ``--extras-width`` on Gaussian inputs: TopK k 64 with
     10% of the latents dead (AuxK, k_aux 2048, active; ``auto`` keeps the reference code on CUDA there), JumpReLU at
     L0 ~ 64 with other batch sizes, and both under bf16 autocast (which the fused kernels leave to the reference code)
@@ -237,18 +255,48 @@ def extras(a: argparse.Namespace, dev: torch.device, jumprelu: Callable[..., obj
     state64 = l0_64_state(w, X)
     bf16 = torch.bfloat16
     print(f"## extras: d_in 4096, d_sae {w}, Gaussian inputs")
-    row("TopK k 64, AuxK on (10% dead)", {k: topk(k, 64, 4096, w, 0.1) for k in ("reference", "sparse", "auto")},
-        X, b, s, r)  # fmt: skip
+    row(
+        "TopK k 64, AuxK on (10% dead)",
+        {k: topk(k, 64, 4096, w, 0.1) for k in ("reference", "sparse", "auto")},
+        X,
+        b,
+        s,
+        r,
+    )
     for bb in batches:
-        row(f"JumpReLU, L0 ~ 64, batch {bb}",
-            {k: jumprelu(k, state64, 4096, w) for k in ("reference", "sparse", "auto")}, X, bb, s, r)  # fmt: skip
+        row(
+            f"JumpReLU, L0 ~ 64, batch {bb}",
+            {k: jumprelu(k, state64, 4096, w) for k in ("reference", "sparse", "auto")},
+            X,
+            bb,
+            s,
+            r,
+        )
         row(f"TopK k 64, batch {bb}", {k: topk(k, 64, 4096, w) for k in ("reference", "sparse", "auto")}, X, bb, s, r)
-    row("JumpReLU, L0 ~ 64, bf16 autocast",
-        {"reference": jumprelu("reference", state64, 4096, w), "auto": jumprelu("auto", state64, 4096, w),
-         "reference_bf16": jumprelu("reference", state64, 4096, w, bf16)}, X, b, s, r)  # fmt: skip
-    row("TopK k 64, bf16 autocast",
-        {"reference": topk("reference", 64, 4096, w), "auto": topk("auto", 64, 4096, w),
-         "reference_bf16": topk("reference", 64, 4096, w, 0.0, bf16)}, X, b, s, r)  # fmt: skip
+    row(
+        "JumpReLU, L0 ~ 64, bf16 autocast",
+        {
+            "reference": jumprelu("reference", state64, 4096, w),
+            "auto": jumprelu("auto", state64, 4096, w),
+            "reference_bf16": jumprelu("reference", state64, 4096, w, bf16),
+        },
+        X,
+        b,
+        s,
+        r,
+    )
+    row(
+        "TopK k 64, bf16 autocast",
+        {
+            "reference": topk("reference", 64, 4096, w),
+            "auto": topk("auto", 64, 4096, w),
+            "reference_bf16": topk("reference", 64, 4096, w, 0.0, bf16),
+        },
+        X,
+        b,
+        s,
+        r,
+    )
 
 
 if __name__ == "__main__":

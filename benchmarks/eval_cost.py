@@ -57,8 +57,10 @@ def ratio_text(times: dict[str, list[float]], name: str, per: int = 1) -> str:
     """``name``'s median seconds and its cost in clean forward passes: the median (min-max) of the per-round ratios
     to that round's clean forward (``per``: divide by this many SAEs)."""
     ratios = [t / per / c for t, c in zip(times[name], times["clean"], strict=True)]
-    return (f"{statistics.median(times[name]):.2f}s, ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-"
-            f"{max(ratios):.2f}) forward passes")
+    return (
+        f"{statistics.median(times[name]):.2f}s, ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-"
+        f"{max(ratios):.2f}) forward passes"
+    )
 
 
 def main() -> None:
@@ -71,8 +73,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--also-full", action="store_true", help="also time evaluate() without restart")
     ap.add_argument("--cpu-time", action="store_true", help="time in process CPU seconds instead of wall seconds")
-    ap.add_argument("--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many; "
-                    "1 = not timed)")
+    ap.add_argument(
+        "--together", type=int, default=4, help="SAEs evaluated on one clean pass (evaluate_many; 1 = not timed)"
+    )
     ap.add_argument("--sae", default=None, help="a saved SAE to evaluate instead of a random JumpReLU one")
     ap.add_argument("--device", default="cpu", help="where the model runs (cuda: timings synchronise the device)")
     ap.add_argument("--dtype", default="float32", help="the model's dtype (float32, bfloat16)")
@@ -85,8 +88,14 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model.eval()
     records = list(read_records(default_data_path(), limit=args.records))
-    cfg = EvalConfig(method="fast", hook=args.hook, max_samples=None, progress=False, restart=not args.no_restart,
-                     splice_first_position=args.splice_first_position)  # fmt: skip
+    cfg = EvalConfig(
+        method="fast",
+        hook=args.hook,
+        max_samples=None,
+        progress=False,
+        restart=not args.no_restart,
+        splice_first_position=args.splice_first_position,
+    )
     seqs = build_sequences(records, tok, cfg)
     buckets = bucket_batches(seqs, max_tokens=cfg.batch_tokens, max_batch_size=cfg.max_batch_size)
     batches = [pad_batch(b, tok.pad_token_id) for b in buckets]
@@ -123,8 +132,10 @@ def main() -> None:
     if args.sae:
         sae = load_sae(args.sae)
         sae.cfg.metadata = {"hook_name": args.hook}  # not its training data / holdout: the same records as above
-    group = [sae] + [create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}),
-                                seed=i + 1) for i in range(args.together - 1)]  # fmt: skip
+    group = [sae] + [
+        create_sae(SAEConfig("jumprelu", d_in=d, d_sae=8 * d, metadata={"hook_name": args.hook}), seed=i + 1)
+        for i in range(args.together - 1)
+    ]
     resolved = resolve_config(cfg, sae.cfg.metadata)
     cache: dict = {}
     evaluate(sae, model, tok, records, cfg, zero_ablation_cache=cache)  # fills the cache
@@ -143,10 +154,12 @@ def main() -> None:
     if args.also_full and cfg.restart:
         runs["full"] = lambda: evaluate(sae, model, tok, records, full)
     t = round_times(args.repeats, runs, args.cpu_time)
-    print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
-          f"hook {args.hook}, {dev} {args.dtype}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} "
-          f"seconds; medians of {args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the "
-          "clean forward")
+    print(
+        f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, {torch.get_num_threads()} threads, "
+        f"hook {args.hook}, {dev} {args.dtype}, restart {cfg.restart}, {'CPU' if args.cpu_time else 'wall'} "
+        f"seconds; medians of {args.repeats} rounds, ratio = median (min-max) of the per-round ratios to the "
+        "clean forward"
+    )
     print(f"floor (clean + one restarted pass, no SAE, no losses) {ratio_text(t, 'floor')}")
     print(f"floor with the shared prefix {ratio_text(t, 'floor_shared')}")
     if "full" in t:
@@ -156,8 +169,10 @@ def main() -> None:
     print(f"evaluate with --no-zero-ablation {ratio_text(t, 'no_zero')}")
     print(f"evaluate with --no-share-prefix (every row in full) {ratio_text(t, 'whole_rows')}")
     print(f"evaluate with the zero-ablation cached {ratio_text(t, 'cached')}")
-    print(f"clean forward {statistics.median(t['clean']):.2f}s ({min(t['clean']):.2f}-{max(t['clean']):.2f}), "
-          f"evaluate {ratio_text(t, 'evaluate')}")
+    print(
+        f"clean forward {statistics.median(t['clean']):.2f}s ({min(t['clean']):.2f}-{max(t['clean']):.2f}), "
+        f"evaluate {ratio_text(t, 'evaluate')}"
+    )
 
 
 if __name__ == "__main__":

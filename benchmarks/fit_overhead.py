@@ -58,10 +58,24 @@ def bare(sae: SAE, acts: torch.Tensor, batch: int, steps: int) -> float:
 
 def fit(sae: SAE, acts: torch.Tensor, batch: int, steps: int, out_dir: Path) -> float:
     """tokens/s of ``Trainer.fit`` for ``steps`` steps (construction, initialisation and the final save included)."""
-    cfg = TrainConfig(total_tokens=steps * batch, batch_size=batch, lr=LR, lr_warmup_steps=0, lr_decay="constant",
-                      beta1=0.0, sparsity_coef=COEF, sparsity_warmup_steps=0, normalize_activations=False,
-                      b_dec_init="zeros", init_sample_tokens=batch, grad_clip_norm=0.0, checkpoint_every=0,
-                      progress=False, device="cpu", seed=0)  # fmt: skip
+    cfg = TrainConfig(
+        total_tokens=steps * batch,
+        batch_size=batch,
+        lr=LR,
+        lr_warmup_steps=0,
+        lr_decay="constant",
+        beta1=0.0,
+        sparsity_coef=COEF,
+        sparsity_warmup_steps=0,
+        normalize_activations=False,
+        b_dec_init="zeros",
+        init_sample_tokens=batch,
+        grad_clip_norm=0.0,
+        checkpoint_every=0,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     t = time.perf_counter()
     trainer = Trainer(sae, cfg, TensorSource(acts, batch, shuffle=False), out_dir)
     trainer.fit()
@@ -87,22 +101,32 @@ def main() -> None:
                 secs = []
                 for steps in (n, 3 * n):
                     sae = fresh_sae(a.arch, d, weights)
-                    tok_s = (bare(sae, acts, a.batch, steps) if name == "bare"
-                             else fit(sae, acts, a.batch, steps, Path(tmp) / f"fit{r}_{steps}"))  # fmt: skip
+                    tok_s = (
+                        bare(sae, acts, a.batch, steps)
+                        if name == "bare"
+                        else fit(sae, acts, a.batch, steps, Path(tmp) / f"fit{r}_{steps}")
+                    )
                     secs.append(steps * a.batch / tok_s)
                 whole[name].append(3 * n * a.batch / secs[1])
                 loop[name].append(2 * n * a.batch / (secs[1] - secs[0]))  # per-step cost: fixed costs cancel
-            print(f"  round {r + 1}/{a.repeats}: whole call ({3 * n} steps) bare {whole['bare'][-1]:.0f}, fit "
-                  f"{whole['fit'][-1]:.0f} tok/s; per step bare {loop['bare'][-1]:.0f}, fit {loop['fit'][-1]:.0f} "
-                  "tok/s", flush=True)  # fmt: skip
+            print(
+                f"  round {r + 1}/{a.repeats}: whole call ({3 * n} steps) bare {whole['bare'][-1]:.0f}, fit "
+                f"{whole['fit'][-1]:.0f} tok/s; per step bare {loop['bare'][-1]:.0f}, fit {loop['fit'][-1]:.0f} "
+                "tok/s",
+                flush=True,
+            )
     med = statistics.median
     ratio_whole = med(f / b for f, b in zip(whole["fit"], whole["bare"], strict=True))
     ratios = [f / b for f, b in zip(loop["fit"], loop["bare"], strict=True)]
-    print(f"{a.arch}, batch {a.batch}, {torch.get_num_threads()} threads; whole call of {3 * n} steps (with the "
-          f"Trainer's set-up, initialisation sample and final save): ratio {ratio_whole:.3f}; per-step ratios "
-          + ", ".join(f"{x:.3f}" for x in ratios))  # fmt: skip
-    print(f"bare step median {med(loop['bare']):.0f} tok/s, Trainer.fit step median {med(loop['fit']):.0f} tok/s, "
-          f"ratio {med(ratios):.3f} (target >= 0.95)")
+    print(
+        f"{a.arch}, batch {a.batch}, {torch.get_num_threads()} threads; whole call of {3 * n} steps (with the "
+        f"Trainer's set-up, initialisation sample and final save): ratio {ratio_whole:.3f}; per-step ratios "
+        + ", ".join(f"{x:.3f}" for x in ratios)
+    )
+    print(
+        f"bare step median {med(loop['bare']):.0f} tok/s, Trainer.fit step median {med(loop['fit']):.0f} tok/s, "
+        f"ratio {med(ratios):.3f} (target >= 0.95)"
+    )
 
 
 if __name__ == "__main__":

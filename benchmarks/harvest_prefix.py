@@ -57,14 +57,18 @@ def main() -> None:
     diff = float((vectors[True] - vectors[False]).abs().max())
     scale = float(vectors[False].abs().max())
     speedups = [w / s for w, s in zip(times[False], times[True], strict=True)]
-    print(f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, hook {hook}, {args.device} {args.dtype}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} rounds; largest difference {diff:.2e} (largest |x| "
-          f"{scale:.3g})")
+    print(
+        f"{len(seqs)} sequences, {n_tok:,} tokens, {len(batches)} batches, hook {hook}, {args.device} {args.dtype}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} rounds; largest difference {diff:.2e} (largest |x| "
+        f"{scale:.3g})"
+    )
     for share, name in ((False, "whole rows"), (True, "shared prefix")):
         tps = [n_tok / t for t in times[share]]
         print(f"{name}: {statistics.median(tps):,.0f} tok/s ({min(tps):,.0f}-{max(tps):,.0f})")
-    print(f"shared prefix / whole rows: speed-up {statistics.median(speedups):.2f} ({min(speedups):.2f}-"
-          f"{max(speedups):.2f})")
+    print(
+        f"shared prefix / whole rows: speed-up {statistics.median(speedups):.2f} ({min(speedups):.2f}-"
+        f"{max(speedups):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=100_000, help="training tokens per SAE")
     ap.add_argument("--device", default="cpu", help="device for the model and the SAEs (default cpu)")
-    ap.add_argument("--cache", default="disk", choices=("disk", "none"),
-                    help="disk (default): one cache per hook; none: streamed, the 3 SAEs train together")
+    ap.add_argument(
+        "--cache",
+        default="disk",
+        choices=("disk", "none"),
+        help="disk (default): one cache per hook; none: streamed, the 3 SAEs train together",
+    )
     args = ap.parse_args()
 
     from chatsae.activations.pipeline import DataConfig
@@ -41,11 +45,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chatsae_hooks_") as tmp:
 
         def spec(out: str, **data_kw: str) -> RunSpec:
-            return RunSpec(run=RunConfig(out_dir=str(Path(tmp) / out), evaluate=False),
-                           train=TrainConfig(total_tokens=args.tokens, progress=False, device=args.device,
-                                             checkpoint_every=0),
-                           data=dataclasses.replace(data, **data_kw), model_and_tokenizer=model,
-                           report=lambda m: None)  # fmt: skip
+            return RunSpec(
+                run=RunConfig(out_dir=str(Path(tmp) / out), evaluate=False),
+                train=TrainConfig(total_tokens=args.tokens, progress=False, device=args.device, checkpoint_every=0),
+                data=dataclasses.replace(data, **data_kw),
+                model_and_tokenizer=model,
+                report=lambda m: None,
+            )
 
         t0 = time.perf_counter()
         together = train_runs(spec("together", hooks=",".join(HOOKS)))
@@ -55,8 +61,10 @@ def main() -> int:
         t_separate = time.perf_counter() - t0
     for h, a, b in zip(HOOKS, together, separate, strict=True):
         print(f"{h}: train FVU together {a.summary['train_fvu']:.4f}, separate {b.summary['train_fvu']:.4f}")
-    print(f"--cache {args.cache}: 3 hooks, one harvest: {t_together:.1f}s; 3 separate runs: {t_separate:.1f}s; "
-          f"ratio {t_together / t_separate:.3f}")  # fmt: skip
+    print(
+        f"--cache {args.cache}: 3 hooks, one harvest: {t_together:.1f}s; 3 separate runs: {t_separate:.1f}s; "
+        f"ratio {t_together / t_separate:.3f}"
+    )
     return 0
 
 

@@ -19,10 +19,33 @@ import torch
 
 #: top-level modules that may be answered by a stand-in when they are not importable
 STUBBABLE = (
-    "transformer_lens", "datasets", "wandb", "plotly", "plotly_express", "pandas", "babe", "nltk", "dotenv",
-    "tenacity", "jaxtyping", "beartype", "typeguard", "fancy_einsum", "better_abc", "pyarrow", "scipy",
-    "accelerate", "natsort", "schedulefree", "simple_parsing", "einops", "requests", "huggingface_hub", "tqdm", "yaml",
-)  # fmt: skip
+    "transformer_lens",
+    "datasets",
+    "wandb",
+    "plotly",
+    "plotly_express",
+    "pandas",
+    "babe",
+    "nltk",
+    "dotenv",
+    "tenacity",
+    "jaxtyping",
+    "beartype",
+    "typeguard",
+    "fancy_einsum",
+    "better_abc",
+    "pyarrow",
+    "scipy",
+    "accelerate",
+    "natsort",
+    "schedulefree",
+    "simple_parsing",
+    "einops",
+    "requests",
+    "huggingface_hub",
+    "tqdm",
+    "yaml",
+)
 STUBBED: list[str] = []
 
 

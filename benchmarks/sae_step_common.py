@@ -38,12 +38,26 @@ def prepare() -> tuple[Path, Path]:
     if not (HARVEST / "activations" / "manifest.json").exists():
         data = os.environ.get("CHATSAE_BENCH_DATA", str(DATA))
         print(f"harvesting the embedded model's activations -> {HARVEST}", flush=True)
-        subprocess.run([chatsae, "harvest", "--data", data, "--max-samples", "300", "--out-dir", str(HARVEST),
-                        "--overwrite"], check=True)  # fmt: skip
+        subprocess.run(
+            [chatsae, "harvest", "--data", data, "--max-samples", "300", "--out-dir", str(HARVEST), "--overwrite"],
+            check=True,
+        )
     if not (RUN / "sae").exists():
         print(f"training a JumpReLU SAE on them ({TRAIN_TOKENS} tokens) -> {RUN}", flush=True)
-        subprocess.run([chatsae, "train", "--activations", str(HARVEST / "activations"), "--total-tokens",
-                        str(TRAIN_TOKENS), "--out-dir", str(RUN), "--overwrite"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                chatsae,
+                "train",
+                "--activations",
+                str(HARVEST / "activations"),
+                "--total-tokens",
+                str(TRAIN_TOKENS),
+                "--out-dir",
+                str(RUN),
+                "--overwrite",
+            ],
+            check=True,
+        )
     from chatsae.activations.cache import ActivationCache
     from chatsae.sae import load_sae
     from chatsae.train.init import input_scale
@@ -107,8 +121,14 @@ def ratio(ours: list[float], peer: list[float]) -> float:
     return statistics.median(o / p for o, p in zip(ours, peer, strict=True))
 
 
-def bare_step(sae: Any, opt: torch.optim.Optimizer, xb: torch.Tensor, coef: float, dead: torch.Tensor,
-              autocast: torch.dtype | None = None) -> Any:  # fmt: skip
+def bare_step(
+    sae: Any,
+    opt: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    coef: float,
+    dead: torch.Tensor,
+    autocast: torch.dtype | None = None,
+) -> Any:
     """chatsae's training step without the Trainer: loss, backward, parallel-gradient removal, Adam, decoder norm,
     threshold clamp (JumpReLU). ``autocast``: the loss under ``torch.autocast`` in that dtype, as the Trainer's
     ``--autocast`` does (the backward outside it). Returns the LossOutput."""

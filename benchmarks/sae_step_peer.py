@@ -45,9 +45,10 @@ def saelens_step(arch: str, d_in: int, d_sae: int, k: int, weights: str | dict |
 
     def step(i: int, xb: torch.Tensor) -> torch.Tensor:
         out = sae.training_forward_pass(
-            TrainStepInput(sae_in=xb, coefficients=coef, dead_neuron_mask=dead, n_training_steps=i,
-                           is_logging_step=False)
-        )  # fmt: skip
+            TrainStepInput(
+                sae_in=xb, coefficients=coef, dead_neuron_mask=dead, n_training_steps=i, is_logging_step=False
+            )
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()

@@ -26,10 +26,13 @@ def child(budget: int, out_dir: str, device: str, buffer_tokens: int, hook: str 
     from chatsae.train import TrainConfig
     from chatsae.workflows import RunConfig, RunSpec, train_run
 
-    spec = RunSpec(run=RunConfig(out_dir=out_dir, evaluate=False, overwrite=True),
-                   train=TrainConfig(total_tokens=budget, progress=False, device=device, checkpoint_every=0),
-                   data=DataConfig(cache="none", model_device=device, buffer_tokens=buffer_tokens, hook=hook),
-                   harvest=HarvestOptions(shard_tokens=min(65_536, buffer_tokens)), report=lambda m: None)  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(out_dir=out_dir, evaluate=False, overwrite=True),
+        train=TrainConfig(total_tokens=budget, progress=False, device=device, checkpoint_every=0),
+        data=DataConfig(cache="none", model_device=device, buffer_tokens=buffer_tokens, hook=hook),
+        harvest=HarvestOptions(shard_tokens=min(65_536, buffer_tokens)),
+        report=lambda m: None,
+    )
     res = train_run(spec)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(f"RESULT {budget} {peak_mib:.1f} {res.summary['tokens_per_s']:.1f}", flush=True)
@@ -40,8 +43,11 @@ def main() -> int:
     ap.add_argument("--budgets", type=int, nargs=2, default=[300_000, 3_000_000], help="two token budgets")
     ap.add_argument("--device", default="cpu", help="device for the model and the SAE (default cpu)")
     ap.add_argument("--buffer-tokens", type=int, default=65_536, help="mixing-buffer size (default 65536)")
-    ap.add_argument("--hook", help="hook point (default: the middle layer); a shallow one (resid_post.1) makes the "
-                    "harvest ~8x cheaper without changing what is measured: the buffer bounds memory at any depth")
+    ap.add_argument(
+        "--hook",
+        help="hook point (default: the middle layer); a shallow one (resid_post.1) makes the "
+        "harvest ~8x cheaper without changing what is measured: the buffer bounds memory at any depth",
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -52,8 +58,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chatsae_rss_") as tmp:
         for budget in args.budgets:
             t0 = time.perf_counter()
-            cmd = [sys.executable, __file__, "--child", str(budget), "--out-dir", str(Path(tmp) / str(budget)),
-                   "--device", args.device, "--buffer-tokens", str(args.buffer_tokens)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(budget),
+                "--out-dir",
+                str(Path(tmp) / str(budget)),
+                "--device",
+                args.device,
+                "--buffer-tokens",
+                str(args.buffer_tokens),
+            ]
             cmd += ["--hook", args.hook] if args.hook else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = next((r for r in out.stdout.splitlines() if r.startswith("RESULT ")), None)
@@ -62,11 +78,16 @@ def main() -> int:
                 return 1
             _, _, peak, tok_s = line.split()
             peaks.append(float(peak))
-            print(f"budget {budget:>10,} tokens: peak RSS {float(peak):8.1f} MiB, training {float(tok_s):,.0f} tok/s, "
-                  f"wall {time.perf_counter() - t0:.0f}s", flush=True)  # fmt: skip
+            print(
+                f"budget {budget:>10,} tokens: peak RSS {float(peak):8.1f} MiB, training {float(tok_s):,.0f} tok/s, "
+                f"wall {time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
     ratio = peaks[1] / peaks[0]
-    print(f"peak RSS ratio (budget {args.budgets[1]:,} / {args.budgets[0]:,}): {ratio:.3f} "
-          f"({'within' if abs(ratio - 1) <= 0.10 else 'OUTSIDE'} 10%)")  # fmt: skip
+    print(
+        f"peak RSS ratio (budget {args.budgets[1]:,} / {args.budgets[0]:,}): {ratio:.3f} "
+        f"({'within' if abs(ratio - 1) <= 0.10 else 'OUTSIDE'} 10%)"
+    )
     return 0
 
 

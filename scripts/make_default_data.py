@@ -20,10 +20,31 @@ from pathlib import Path
 import torch
 
 TOPICS = [
-    "photosynthesis", "the water cycle", "volcanoes", "the moon", "honey bees", "recycling", "the human heart",
-    "rainbows", "electric cars", "the Roman Empire", "chess", "coffee", "sleep", "the internet", "earthquakes",
-    "vaccines", "black holes", "bread baking", "ocean tides", "renewable energy", "the printing press", "friendship",
-    "budgeting money", "learning a new language", "climate change",
+    "photosynthesis",
+    "the water cycle",
+    "volcanoes",
+    "the moon",
+    "honey bees",
+    "recycling",
+    "the human heart",
+    "rainbows",
+    "electric cars",
+    "the Roman Empire",
+    "chess",
+    "coffee",
+    "sleep",
+    "the internet",
+    "earthquakes",
+    "vaccines",
+    "black holes",
+    "bread baking",
+    "ocean tides",
+    "renewable energy",
+    "the printing press",
+    "friendship",
+    "budgeting money",
+    "learning a new language",
+    "climate change",
 ]
 TASKS = [
     "Explain {t} to a ten-year-old.",
@@ -66,7 +87,7 @@ TASKS = [
     "Write a riddle whose answer is {t}.",
     "Give me a study plan for one week about {t}.",
     "What would a scientist say about {t}?",
-]  # fmt: skip
+]
 
 
 def prompts() -> list[str]:
@@ -89,16 +110,27 @@ def main() -> None:
     out, t0 = [], time.time()
     for start in range(0, len(items), args.batch_size):
         batch = items[start : start + args.batch_size]
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in batch]  # fmt: skip
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in batch
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                 repetition_penalty=1.2, pad_token_id=tok.pad_token_id)  # fmt: skip
+            gen = model.generate(
+                **enc,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                repetition_penalty=1.2,
+                pad_token_id=tok.pad_token_id,
+            )
         for i, p in enumerate(batch):
             answer = tok.decode(gen[i, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-            out.append({"id": start + i, "messages": [{"role": "user", "content": p},
-                                                      {"role": "assistant", "content": answer}]})  # fmt: skip
+            out.append(
+                {
+                    "id": start + i,
+                    "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": answer}],
+                }
+            )
         print(f"{len(out)}/{len(items)} prompts, {time.time() - t0:.0f}s", flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,16 @@ def browser(width: int, height: int):  # noqa: ANN201 - a selenium WebDriver
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     profile = tempfile.mkdtemp(prefix="chatsae-shot-")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
+    ]
     for flag in flags:
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver_path), options=opts)

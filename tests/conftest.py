@@ -160,13 +160,25 @@ def interp_features(tiny_llama, tmp_path_factory):
     torch.set_num_threads(1)  # tiny tensors: see `single_thread`
     try:
         torch.manual_seed(0)
-        sae = create_sae(SAEConfig(architecture="jumprelu", d_in=64, d_sae=32,
-                                   metadata={"hook_name": "resid_post.1", "model_name": "tiny"}))  # fmt: skip
+        sae = create_sae(
+            SAEConfig(
+                architecture="jumprelu", d_in=64, d_sae=32, metadata={"hook_name": "resid_post.1", "model_name": "tiny"}
+            )
+        )
         x = torch.cat([capture(model, "resid_post.1", torch.tensor([s.input_ids]))[0, 1:] for s in seqs])
         with torch.no_grad():
             sae.threshold_param.copy_(sae.encode_with_pre(x)[1].quantile(0.97, dim=0))
-        cfg = FeaturesConfig(n_samples=len(seqs), top_k=3, n_quantile=6, n_random=4, window_before=6,
-                             window_after=3, batch_size=4, checkpoint_every=2, n_logits=5)  # fmt: skip
+        cfg = FeaturesConfig(
+            n_samples=len(seqs),
+            top_k=3,
+            n_quantile=6,
+            n_random=4,
+            window_before=6,
+            window_after=3,
+            batch_size=4,
+            checkpoint_every=2,
+            n_logits=5,
+        )
         data = collect_features(sae, model, tokenizer, seqs, cfg, tmp_path_factory.mktemp("features") / "features")
     finally:
         torch.set_num_threads(n)

@@ -64,9 +64,13 @@ def _write_cache(tmp_path, n_shards=3, rows=50, d=4):
     all_acts = []
     for s in range(n_shards):
         acts = torch.randn(rows, d)
-        meta = {"token_ids": torch.arange(rows) + 1000 * s, "special_mask": torch.arange(rows) % 5 == 0,
-                "token_class": torch.ones(rows, dtype=torch.long), "positions": torch.arange(rows),
-                "sample_ids": torch.full((rows,), s)}  # fmt: skip
+        meta = {
+            "token_ids": torch.arange(rows) + 1000 * s,
+            "special_mask": torch.arange(rows) % 5 == 0,
+            "token_class": torch.ones(rows, dtype=torch.long),
+            "positions": torch.arange(rows),
+            "sample_ids": torch.full((rows,), s),
+        }
         w.write_shard(acts, meta, windows_done=s + 1)
         all_acts.append(acts)
     w.finish(note="test")
@@ -143,10 +147,19 @@ def test_a_finished_cache_of_the_same_harvest_is_reused(tmp_path):
 
 
 def _harvest_manifest(data="a.jsonl", holdout=50, exclude_first=True, batch_tokens=4096, method="fast"):
-    info = {"data": {"data": data, "format": "messages", "records": 100}, "max_length": 8192, "context_size": 2048,
-            "dedup_n": 20, "holdout": holdout,
-            "options": {"exclude_first_position": exclude_first, "exclude_special": False, "exclude_bos": False,
-                        "batch_tokens": batch_tokens}}  # fmt: skip
+    info = {
+        "data": {"data": data, "format": "messages", "records": 100},
+        "max_length": 8192,
+        "context_size": 2048,
+        "dedup_n": 20,
+        "holdout": holdout,
+        "options": {
+            "exclude_first_position": exclude_first,
+            "exclude_special": False,
+            "exclude_bos": False,
+            "batch_tokens": batch_tokens,
+        },
+    }
     return Manifest(d_in=2, model="m", hook="resid_post.1", method=method, info=info)
 
 
@@ -160,8 +173,11 @@ def test_a_cache_is_reused_only_for_the_same_data_and_exclusions(tmp_path):
     old = _harvest_manifest()
     del old.info["holdout"]
     assert CacheWriter.open(tmp_path / "c", old, resume=False).manifest.n_tokens == 5
-    for wanted, field in ((_harvest_manifest(exclude_first=False), "exclude_first_position"),
-                          (_harvest_manifest(data="b.jsonl"), "data"), (_harvest_manifest(holdout=0), "holdout")):
+    for wanted, field in (
+        (_harvest_manifest(exclude_first=False), "exclude_first_position"),
+        (_harvest_manifest(data="b.jsonl"), "data"),
+        (_harvest_manifest(holdout=0), "holdout"),
+    ):
         with pytest.raises(ValueError, match=f"{field}: .* -> "):  # never silently reused, also with --resume
             CacheWriter.open(tmp_path / "c", wanted, resume=True)
         with pytest.raises(ValueError, match=f"{field}: .* -> "):

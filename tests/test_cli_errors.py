@@ -30,8 +30,10 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 
 
 def chats(n: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(n)]  # fmt: skip
+    return [
+        {"messages": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list, bom: bool = False) -> Path:
@@ -77,8 +79,10 @@ def test_config_file_errors_name_the_file_and_key(tmp_path, capsys):
         ("sae:\n  dtype: foo\n", f"{cfg}: sae.dtype: unknown dtype 'foo'; use float32, float16 or bfloat16"),
         ("sae:\n  d_in: abc\n", f"{cfg}: sae.d_in must be an integer, got str 'abc'"),
         ("train:\n  batch_size: 0\n", f"{cfg}: train.batch_size must be a positive integer, got 0"),
-        ("trian:\n  lr: 1.0e-3\n", f"{cfg}: unknown section or option 'trian'; valid sections: run, sae, train, "
-                                   "data, harvest"),
+        (
+            "trian:\n  lr: 1.0e-3\n",
+            f"{cfg}: unknown section or option 'trian'; valid sections: run, sae, train, data, harvest",
+        ),
         ("sae: [1, 2]\n", f"{cfg}: section 'sae' must be a mapping of options, got list [1, 2]"),
         ("train: {lr: [oops\n", None),
     ]:
@@ -102,8 +106,24 @@ def test_yaml_string_numbers_and_bom_config_are_accepted(tmp_path):
     cfg = tmp_path / "c.yaml"  # YAML 1.1 reads 7e-5 as the string "7e-5"; the file starts with a BOM
     cfg.write_text("\ufefftrain:\n  lr: 7e-5\n  total_tokens: 512\n  batch_size: 256\n", encoding="utf-8")
     out = tmp_path / "run"
-    assert main([*SYN, "--width", "32", "--config", str(cfg), "--out-dir", str(out), "--init-sample-tokens", "256",
-                 "--checkpoint-every", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *SYN,
+                "--width",
+                "32",
+                "--config",
+                str(cfg),
+                "--out-dir",
+                str(out),
+                "--init-sample-tokens",
+                "256",
+                "--checkpoint-every",
+                "0",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((out / "sae" / "config.json").read_text())
     assert saved["train"]["lr"] == pytest.approx(7e-5) and isinstance(saved["train"]["lr"], float)
 
@@ -113,8 +133,10 @@ def test_usage_errors_are_one_line_with_exit_2(capsys):
         main([*SYN, "--batch-size", "1.5"])  # never truncated to 1
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err == "chatsae train: error: argument --batch-size: expected an integer, got '1.5' " \
-                  "(see chatsae train --help)\n"  # fmt: skip
+    assert (
+        err == "chatsae train: error: argument --batch-size: expected an integer, got '1.5' "
+        "(see chatsae train --help)\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,15 +145,21 @@ def test_usage_errors_are_one_line_with_exit_2(capsys):
         (["eval", "no_such_sae", "--max-samples", "0"], "--max-samples must be a positive integer, got 0"),
         (["eval", "no_such_sae", "--dense-threshold", "2"], "--dense-threshold must be in [0, 1], got 2.0"),
         (["features", "no_such_sae", "--top-k", "0"], "--top-k must be a positive integer, got 0"),
-        (["autointerp", "no_such_dir", "--protocol", "vibes"],
-         "--protocol: unknown protocol(s) ['vibes']; use fast, detection, fuzzing or all"),
+        (
+            ["autointerp", "no_such_dir", "--protocol", "vibes"],
+            "--protocol: unknown protocol(s) ['vibes']; use fast, detection, fuzzing or all",
+        ),
         (["autointerp", "no_such_dir", "--concurrency", "0"], "--concurrency must be a positive integer, got 0"),
         (["dashboard", "no_such_dir", "--chunk-size", "0"], "--chunk-size must be a positive integer, got 0"),
         (["serve-judge", "--port", "70000"], "--port must be in [0, 65535], got 70000"),
-        (["steer", "no_such_sae", "--latent", "1", "--prompts", "p.txt", "--batch-size", "0"],
-         "--batch-size must be a positive integer, got 0"),
-        (["special-tokens", "no_such_sae", "--data", "d.jsonl", "--dtype", "foo"],
-         "--dtype: unknown dtype 'foo'; use float32, float16 or bfloat16"),
+        (
+            ["steer", "no_such_sae", "--latent", "1", "--prompts", "p.txt", "--batch-size", "0"],
+            "--batch-size must be a positive integer, got 0",
+        ),
+        (
+            ["special-tokens", "no_such_sae", "--data", "d.jsonl", "--dtype", "foo"],
+            "--dtype: unknown dtype 'foo'; use float32, float16 or bfloat16",
+        ),
     ],
 )
 def test_other_commands_check_options_first(argv, message, capsys):
@@ -158,8 +186,10 @@ def test_truncated_or_garbage_tensor_files(tmp_path, capsys):
     garbage = tmp_path / "acts.pt"
     garbage.write_bytes(b"\x80\x02garbage" * 8)
     rc, err = run(capsys, "train", "--activations", str(garbage))
-    assert (rc, err) == (1, f"chatsae train: error: {garbage}: not a valid PyTorch file (truncated, or not written "
-                            "by torch.save?)\n")  # fmt: skip
+    assert (rc, err) == (
+        1,
+        f"chatsae train: error: {garbage}: not a valid PyTorch file (truncated, or not written by torch.save?)\n",
+    )
 
 
 def test_error_message_names_the_file_for_library_format_errors(tmp_path):
@@ -196,32 +226,40 @@ def test_error_message_of_unexpected_and_key_errors():
     assert text == "missing entry 'index' (a damaged or foreign file?); rerun with --debug for the traceback"
     with pytest.raises(ZeroDivisionError) as z:
         _ = 1 / 0
-    assert error_message(z.value) == "unexpected ZeroDivisionError: division by zero; rerun with --debug for the " \
-                                     "traceback"  # fmt: skip
+    assert (
+        error_message(z.value) == "unexpected ZeroDivisionError: division by zero; rerun with --debug for the traceback"
+    )
     multi = RuntimeError("shapes cannot be multiplied\nmore detail\nand more")
-    assert error_message(multi) == "shapes cannot be multiplied (rerun with --debug for the traceback and the full " \
-                                   "message)"  # fmt: skip
+    assert (
+        error_message(multi) == "shapes cannot be multiplied (rerun with --debug for the traceback and the full "
+        "message)"
+    )
     missing = ImportError("No module named 'datasets'", name="datasets")
-    assert error_message(missing) == ("reading Hugging Face dataset names needs the datasets package: "
-                                      "pip install 'chatsae[datasets]'")  # fmt: skip
+    assert error_message(missing) == (
+        "reading Hugging Face dataset names needs the datasets package: pip install 'chatsae[datasets]'"
+    )
 
 
 def test_bare_dataset_name_without_datasets_fails_before_the_model_loads(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "datasets", None)
     rc, err = run(capsys, "train", "--data", "no_such_dataset_name", "--model", "/no/such/model", "--no-progress")
     assert rc == 1
-    assert err.splitlines()[-1] == ("chatsae train: error: no_such_dataset_name: no such file; reading it as a Hugging "
-                                    "Face dataset name needs the datasets package: pip install 'chatsae[datasets]' "
-                                    "(or pip install datasets)")  # fmt: skip
+    assert err.splitlines()[-1] == (
+        "chatsae train: error: no_such_dataset_name: no such file; reading it as a Hugging "
+        "Face dataset name needs the datasets package: pip install 'chatsae[datasets]' "
+        "(or pip install datasets)"
+    )
 
 
 def test_small_file_and_default_holdout_says_how_to_fix_it(tmp_path, capsys):
     data = write_jsonl(tmp_path / "small.jsonl", chats(12))
     rc, err = run(capsys, "harvest", "--data", str(data), "--model", "/no/such/model")
     assert rc == 1
-    assert err.splitlines()[-1] == (f"chatsae harvest: error: {data}: only 12 records, too few to hold out --holdout "
-                                    "50 for evaluation and train on the rest; pass e.g. --holdout 1 (or --holdout 0: "
-                                    "no held-out evaluation)")  # fmt: skip
+    assert err.splitlines()[-1] == (
+        f"chatsae harvest: error: {data}: only 12 records, too few to hold out --holdout "
+        "50 for evaluation and train on the rest; pass e.g. --holdout 1 (or --holdout 0: "
+        "no held-out evaluation)"
+    )
 
 
 def test_features_checks_the_sae_width_against_the_model(tiny_llama, tmp_path, capsys):
@@ -235,8 +273,10 @@ def test_features_checks_the_sae_width_against_the_model(tiny_llama, tmp_path, c
     data = write_jsonl(tmp_path / "d.jsonl", chats(4))
     rc, err = run(capsys, "features", str(tmp_path / "sae"), "--data", str(data), "--n-samples", "4")
     assert rc == 1
-    assert err.splitlines()[-1] == ("chatsae features: error: the SAE takes d_in=16 but the model's activations at "
-                                    "'resid_post.1' have width 64: wrong --model or --hook for this SAE?")  # fmt: skip
+    assert err.splitlines()[-1] == (
+        "chatsae features: error: the SAE takes d_in=16 but the model's activations at "
+        "'resid_post.1' have width 64: wrong --model or --hook for this SAE?"
+    )
     assert not (tmp_path / "sae" / "features").exists()  # nothing written
 
 
@@ -256,27 +296,42 @@ def test_utf8_bom_files_are_read(tmp_path):
 
 
 def test_openai_content_parts_are_joined(tmp_path):
-    rec = {"messages": [
-        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-        {"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Part two."}]},
-        {"role": "assistant", "content": "Done."},
-    ]}  # fmt: skip
+    rec = {
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Part one."}, {"type": "text", "text": "Part two."}]},
+            {"role": "assistant", "content": "Done."},
+        ]
+    }
     path = write_jsonl(tmp_path / "parts.jsonl", [rec])
     (r,) = list(read_records(path))
-    assert r.messages == [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Part one.\nPart two."},
-                          {"role": "assistant", "content": "Done."}]  # fmt: skip
+    assert r.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Part one.\nPart two."},
+        {"role": "assistant", "content": "Done."},
+    ]
 
 
 def test_non_text_content_parts_are_a_clear_error_or_skipped(tmp_path):
-    image = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                                       {"type": "image_url", "image_url": {"url": "x.png"}}]},
-                          {"role": "assistant", "content": "A cat."}]}  # fmt: skip
+    image = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "x.png"}},
+                ],
+            },
+            {"role": "assistant", "content": "A cat."},
+        ]
+    }
     path = write_jsonl(tmp_path / "img.jsonl", [*chats(1), image, *chats(1)])
     with pytest.raises(DataFormatError) as e:
         list(read_records(path))
-    assert str(e.value) == ("img.jsonl: record 1 (line 2): field 'messages[0].content[1]' is a non-text content part "
-                            "(type 'image_url'); only text parts can be read")  # fmt: skip
+    assert str(e.value) == (
+        "img.jsonl: record 1 (line 2): field 'messages[0].content[1]' is a non-text content part "
+        "(type 'image_url'); only text parts can be read"
+    )
     reader = read_records(path, skip_bad=True)
     assert len(list(reader)) == 2 and reader.n_skipped == 1
 
@@ -286,8 +341,10 @@ def test_non_text_content_parts_are_a_clear_error_or_skipped(tmp_path):
 
 def test_redact_patterns_and_registered_secrets():
     register_secret("prov-key-0123456789")
-    text = ("401: key prov-key-0123456789 rejected; sk-proj-abcDEF123456789xyz; Authorization: Bearer abc.def-123456; "
-            "url?api_key=zzzz9999&x=1; {\"api-key\": \"qqqq8888\"}")  # fmt: skip
+    text = (
+        "401: key prov-key-0123456789 rejected; sk-proj-abcDEF123456789xyz; Authorization: Bearer abc.def-123456; "
+        'url?api_key=zzzz9999&x=1; {"api-key": "qqqq8888"}'
+    )
     out = redact(text)
     for secret in ("prov-key-0123456789", "sk-proj-abcDEF123456789xyz", "abc.def-123456", "zzzz9999", "qqqq8888"):
         assert secret not in out, secret
@@ -327,8 +384,12 @@ def test_autointerp_never_writes_the_api_key(interp_features, tmp_path):
 def test_single_process_commands_refuse_torchrun(command, monkeypatch, capsys, tmp_path):
     """Under torchrun every rank would run the whole study and write the same files: refused, one line."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = {"compare": ["--out-dir", str(tmp_path)], "sweep": ["--out-dir", str(tmp_path)],
-            "eval": [str(tmp_path)], "features": [str(tmp_path)]}[command]  # fmt: skip
+    argv = {
+        "compare": ["--out-dir", str(tmp_path)],
+        "sweep": ["--out-dir", str(tmp_path)],
+        "eval": [str(tmp_path)],
+        "features": [str(tmp_path)],
+    }[command]
     rc = main([command, *argv])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
@@ -383,7 +444,8 @@ def test_python_m_chatsae_under_torchrun_env_exits_with_its_status_and_message(t
     import subprocess
 
     env = {**os.environ, "WORLD_SIZE": "2"}
-    done = subprocess.run([sys.executable, "-m", "chatsae", "eval", str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "chatsae", "eval", str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("chatsae eval: error: `chatsae eval` runs in one process")  # flushed before exit

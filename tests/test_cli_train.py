@@ -17,8 +17,22 @@ def test_train_help_lists_options(capsys):
         main(["train", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--arch", "--width", "--model", "--data", "--method", "--layer", "--hook", "--total-tokens", "--lr",
-                 "--sparsity-coef", "--resume", "--activations", "--exclude-first-position", "--config"):  # fmt: skip
+    for flag in (
+        "--arch",
+        "--width",
+        "--model",
+        "--data",
+        "--method",
+        "--layer",
+        "--hook",
+        "--total-tokens",
+        "--lr",
+        "--sparsity-coef",
+        "--resume",
+        "--activations",
+        "--exclude-first-position",
+        "--config",
+    ):
         assert flag in out, flag
     assert "FAST" in out  # docstrings became help text
 
@@ -35,10 +49,27 @@ def test_every_command_has_help(capsys):
 
 def test_train_synthetic_with_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("sae:\n  architecture: topk\n  k: 4\n  d_in: 16\ntrain:\n  total_tokens: 4096\n  batch_size: 256\n"
-                   "  lr: 0.01\n  progress: false\n")  # fmt: skip
-    rc = main(["train", "--config", str(cfg), "--activations", "synthetic", "--k", "3", "--width", "48",
-               "--out-dir", str(tmp_path / "run"), "--init-sample-tokens", "256"])  # fmt: skip
+    cfg.write_text(
+        "sae:\n  architecture: topk\n  k: 4\n  d_in: 16\ntrain:\n  total_tokens: 4096\n  batch_size: 256\n"
+        "  lr: 0.01\n  progress: false\n"
+    )
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--activations",
+            "synthetic",
+            "--k",
+            "3",
+            "--width",
+            "48",
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--init-sample-tokens",
+            "256",
+        ]
+    )
     assert rc == 0
     sae = load_sae(tmp_path / "run" / "sae")
     assert sae.cfg.architecture == "topk" and sae.cfg.k == 3 and sae.cfg.d_sae == 48 and sae.cfg.d_in == 16
@@ -50,9 +81,24 @@ def test_train_synthetic_with_config_file_and_flag_override(tmp_path):
 def test_train_on_tensor_file_uses_expansion_factor(tmp_path):
     path = tmp_path / "acts.safetensors"
     save_file({"acts": torch.randn(2048, 12) * 5}, str(path))
-    rc = main(["train", "--activations", str(path), "--total-tokens", "2048", "--batch-size", "128",
-               "--expansion-factor", "4", "--out-dir", str(tmp_path / "run"), "--no-progress",
-               "--init-sample-tokens", "512"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(path),
+            "--total-tokens",
+            "2048",
+            "--batch-size",
+            "128",
+            "--expansion-factor",
+            "4",
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--init-sample-tokens",
+            "512",
+        ]
+    )
     assert rc == 0
     sae = load_sae(tmp_path / "run" / "sae")
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (12, 48)

@@ -81,8 +81,12 @@ def test_coerce_rejects_wrong_types_naming_the_key(tp, value, message):
 
 
 def test_build_converts_file_strings_and_names_file_and_section():
-    cfg = build(TrainConfig, {"train": {"lr": "7e-5", "batch_size": "256", "total_tokens": 1e4}}, section="train",
-                source="cfg.yaml")  # fmt: skip
+    cfg = build(
+        TrainConfig,
+        {"train": {"lr": "7e-5", "batch_size": "256", "total_tokens": 1e4}},
+        section="train",
+        source="cfg.yaml",
+    )
     assert cfg.lr == pytest.approx(7e-5) and cfg.batch_size == 256 and cfg.total_tokens == 10_000
     with pytest.raises(ConfigError, match=r"^cfg\.yaml: sae\.d_in must be an integer, got str 'abc'$"):
         build(SAEConfig, {"sae": {"d_in": "abc"}}, section="sae", source="cfg.yaml")
@@ -96,8 +100,13 @@ def test_build_names_the_file_for_range_errors_of_file_values_and_the_flag_for_f
         build(TrainConfig, file_layer, {}, section="train", source=["run.yaml", "command line"])
     assert str(e.value) == "run.yaml: train.batch_size must be a positive integer, got 0"
     with pytest.raises(ConfigError) as e:  # the flag overrides the file: the flag is at fault
-        build(TrainConfig, {"train": {"batch_size": 64}}, {"batch_size": 0}, section="train",
-              source=["run.yaml", "command line"])  # fmt: skip
+        build(
+            TrainConfig,
+            {"train": {"batch_size": 64}},
+            {"batch_size": 0},
+            section="train",
+            source=["run.yaml", "command line"],
+        )
     assert str(e.value) == "--batch-size must be a positive integer, got 0"
     with pytest.raises(ConfigError) as e:
         build(SAEConfig, {"sae": {"dtype": "foo"}}, {}, section="sae", source=["run.yaml", "command line"])
@@ -185,8 +194,12 @@ def test_validate_helper_messages():
         (DataConfig, {"holdout": -1}, "--holdout must be >= 0, got -1"),
         (DataConfig, {"max_length": 0}, "--max-length must be a positive integer, got 0"),
         (DataConfig, {"model_dtype": "foo"}, "--model-dtype: unknown dtype 'foo'; use float32, float16 or bfloat16"),
-        (DataConfig, {"data_format": "csv"}, "--data-format must be one of auto, messages, sharegpt, alpaca, qa, "
-                                             "text, chat, openai, conversation, gsm8k, txt; got 'csv'"),
+        (
+            DataConfig,
+            {"data_format": "csv"},
+            "--data-format must be one of auto, messages, sharegpt, alpaca, qa, "
+            "text, chat, openai, conversation, gsm8k, txt; got 'csv'",
+        ),
         (HarvestOptions, {"batch_tokens": 0}, "--batch-tokens must be a positive integer, got 0"),
         (HarvestOptions, {"max_tokens": -5}, "--max-tokens must be a positive integer, got -5"),
         (EvalConfig, {"dense_threshold": 2.0}, "--dense-threshold must be in [0, 1], got 2.0"),
@@ -194,8 +207,11 @@ def test_validate_helper_messages():
         (FeaturesConfig, {"top_k": 0}, "--top-k must be a positive integer, got 0"),
         (FeaturesConfig, {"dtype": "float8"}, "--dtype: unknown dtype 'float8'; use float32, float16 or bfloat16"),
         (AutointerpConfig, {"attempts": 0}, "--attempts must be a positive integer, got 0"),
-        (AutointerpConfig, {"protocol": "vibes"}, "--protocol: unknown protocol(s) ['vibes']; use fast, detection, "
-                                                  "fuzzing or all"),
+        (
+            AutointerpConfig,
+            {"protocol": "vibes"},
+            "--protocol: unknown protocol(s) ['vibes']; use fast, detection, fuzzing or all",
+        ),
         (JudgeConfig, {"concurrency": 0}, "--concurrency must be a positive integer, got 0"),
         (JudgeConfig, {"judge": "claude"}, "--judge: unknown judge 'claude'; use local or openai"),
     ],
@@ -243,8 +259,10 @@ def test_cuda_without_cuda_is_an_error_at_parse_time():
         DataConfig(model_device="cuda:1")
 
 
-@pytest.mark.skipif(bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-                    reason="checks the error on a machine without MPS")  # fmt: skip
+@pytest.mark.skipif(
+    bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+    reason="checks the error on a machine without MPS",
+)
 def test_mps_without_mps_is_an_error():
     with pytest.raises(ValueError, match=r"^--device mps: MPS is not available on this machine"):
         resolve_device("mps")

@@ -48,8 +48,9 @@ def _entry(r: int, world: int, port: int, fn: Any, args: tuple) -> None:
     aborted there (SIGABRT after ``process group closed``: CI and a local run, 2026-12-04), failing finished work;
     the ``chatsae`` command leaves a torchrun rank the same way (``chatsae.cli.leave``)."""
     faulthandler.enable(all_threads=True)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r),
-                      WORLD_SIZE=str(world))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world)
+    )
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
     with dist_mod.session():
@@ -64,8 +65,9 @@ def spawn(fn: Any, *args: Any, world: int = 2) -> float:
     """Run ``fn(*args)`` on ``world`` ranks (env as torchrun sets it); fail on a rank's error or after the timeout.
     Returns the wall time."""
     t0 = time.monotonic()
-    ctx = mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=False,
-                             start_method="spawn")  # fmt: skip
+    ctx = mp.start_processes(
+        _entry, args=(world, _free_port(), fn, args), nprocs=world, join=False, start_method="spawn"
+    )
     while not ctx.join(timeout=1.0):
         if time.monotonic() - t0 > SPAWN_TIMEOUT_S:
             for p in ctx.processes:
@@ -82,29 +84,52 @@ def make_cache(directory: Path, sizes: list[int], seed: int = 0) -> Path:
     writer = CacheWriter(directory, Manifest(d_in=D_IN, model="synthetic", hook="h", method="fast"))
     for i, n in enumerate(sizes):
         acts = torch.randn(n, D_IN, generator=g) @ mix + 2.0
-        meta = {"token_ids": torch.arange(n), "special_mask": torch.zeros(n, dtype=torch.bool),
-                "token_class": torch.zeros(n, dtype=torch.long), "positions": torch.arange(n) + 1,
-                "sample_ids": torch.full((n,), i)}  # fmt: skip
+        meta = {
+            "token_ids": torch.arange(n),
+            "special_mask": torch.zeros(n, dtype=torch.bool),
+            "token_class": torch.zeros(n, dtype=torch.long),
+            "positions": torch.arange(n) + 1,
+            "sample_ids": torch.full((n,), i),
+        }
         writer.write_shard(acts, meta, windows_done=i + 1)
     writer.finish()
     return directory
 
 
-def train(out_dir: Path, cache: Path, result: Path, stop: int | None = None, resume: bool = False,
-          arch: str = "jumprelu") -> None:  # fmt: skip
+def train(
+    out_dir: Path, cache: Path, result: Path, stop: int | None = None, resume: bool = False, arch: str = "jumprelu"
+) -> None:
     """Train a tiny SAE on ``cache`` (any world size; the global batch is BATCH) and save this rank's final state."""
     source = CacheSource(cache, BATCH, buffer_tokens=4 * BATCH, seed=3)
     sae = create_sae(SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=4), seed=0)
-    cfg = TrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, lr=3e-3, lr_warmup_steps=2,
-                      sparsity_warmup_steps=3, init_sample_tokens=3 * BATCH, log_every=2, checkpoint_every=4,
-                      dead_window_tokens=3 * BATCH, progress=False, device="cpu", seed=0)  # fmt: skip
+    cfg = TrainConfig(
+        total_tokens=STEPS * BATCH,
+        batch_size=BATCH,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        sparsity_warmup_steps=3,
+        init_sample_tokens=3 * BATCH,
+        log_every=2,
+        checkpoint_every=4,
+        dead_window_tokens=3 * BATCH,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     trainer = Trainer(sae, cfg, source, out_dir)
     trainer.fit(resume=resume, stop_after_steps=stop)
     result.mkdir(parents=True, exist_ok=True)
-    torch.save({"sae": {k: v.clone() for k, v in trainer.sae.state_dict().items()}, "step": trainer.step,
-                "tokens": trainer.tokens, "fire_counts": trainer.fire_counts.clone(),
-                "since_fired": trainer.since_fired.clone(), "source": source.state_dict()},
-               result / f"rank{dist_mod.rank()}.pt")  # fmt: skip
+    torch.save(
+        {
+            "sae": {k: v.clone() for k, v in trainer.sae.state_dict().items()},
+            "step": trainer.step,
+            "tokens": trainer.tokens,
+            "fire_counts": trainer.fire_counts.clone(),
+            "since_fired": trainer.since_fired.clone(),
+            "source": source.state_dict(),
+        },
+        result / f"rank{dist_mod.rank()}.pt",
+    )
 
 
 def metric_rows(path: Path) -> list[dict]:
@@ -150,8 +175,10 @@ def test_two_ranks_equal_one_rank(two_rank_run: Path) -> None:
         assert torch.equal(r1["sae"][name], t), name
     assert r0["step"] == one["step"] == STEPS and r0["tokens"] == one["tokens"] == STEPS * BATCH
     diff = max((r0["sae"][k] - v).abs().max().item() for k, v in one["sae"].items())
-    moved = max((one["sae"][k] - v).abs().max().item()
-                for k, v in create_sae(SAEConfig("jumprelu", d_in=D_IN, d_sae=D_SAE), seed=0).state_dict().items())
+    moved = max(
+        (one["sae"][k] - v).abs().max().item()
+        for k, v in create_sae(SAEConfig("jumprelu", d_in=D_IN, d_sae=D_SAE), seed=0).state_dict().items()
+    )
     print(f"max |2-rank - 1-rank| weight difference after {STEPS} steps: {diff:.2e} (weights moved {moved:.2e})")
     assert diff < 1e-5 and moved > 1e-2
     # firing counts and dead masks are reduced over the global batch: the same as on one rank
@@ -171,8 +198,11 @@ def test_two_rank_resume_is_exact_and_world_size_is_checked(two_rank_run: Path) 
     assert not (root / "resumed" / "sae").exists()
     # another world size is refused with a clear message, before anything is changed: 2 -> 1 here, 1 -> 2 below
     before = (root / "resumed" / "metrics.jsonl").read_text()
-    with pytest.raises(ValueError, match=r"checkpoint of a run on 2 process\(es\), this run has 1: resume with the "
-                                         r"same number"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint of a run on 2 process\(es\), this run has 1: resume with the "
+        r"same number",
+    ):
         train(root / "resumed", cache, root / "refused", resume=True)
     assert (root / "resumed" / "metrics.jsonl").read_text() == before
     train(root / "single", cache, root / "single_result", stop=4)
@@ -246,8 +276,9 @@ def harvest_and_train(cache: Path, out_dir: Path, result: Path) -> None:
     harvest_to_cache(model, tok, HookPoint.parse("resid_post.1"), sequences(), cache, manifest, opts, progress=False)
     source = CacheSource(cache, 32, buffer_tokens=128, seed=1)
     sae = create_sae(SAEConfig(architecture="topk", d_in=2 * D_IN, d_sae=64, k=4), seed=0)
-    cfg = TrainConfig(total_tokens=2000, batch_size=32, init_sample_tokens=64, checkpoint_every=0, progress=False,
-                      device="cpu")  # fmt: skip
+    cfg = TrainConfig(
+        total_tokens=2000, batch_size=32, init_sample_tokens=64, checkpoint_every=0, progress=False, device="cpu"
+    )
     trainer = Trainer(sae, cfg, source, out_dir)
     trainer.fit()
     result.mkdir(parents=True, exist_ok=True)
@@ -282,8 +313,9 @@ def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
     model, tok = tiny_model()  # the same data harvested by one process, for reference
     opts = HarvestOptions(shard_tokens=64, batch_tokens=256, max_batch_size=8)
     manifest = Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast")
-    harvest_to_cache(model, tok, HookPoint.parse("resid_post.1"), sequences(), tmp_path / "cache1", manifest, opts,
-                     progress=False)  # fmt: skip
+    harvest_to_cache(
+        model, tok, HookPoint.parse("resid_post.1"), sequences(), tmp_path / "cache1", manifest, opts, progress=False
+    )
     two, one = ActivationCache(tmp_path / "cache2"), ActivationCache(tmp_path / "cache1")
     man = two.manifest
     assert man.complete and man.info["world_size"] == 2 and len(two) == len(one) == sum(LENGTHS) - len(LENGTHS)
@@ -297,7 +329,8 @@ def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
     # token-balanced: the ranks' token counts differ by at most the longest sequence
     rank_tokens = [sum(LENGTHS[i] for i in ids) for ids in by_rank]
     assert abs(rank_tokens[0] - rank_tokens[1]) <= max(LENGTHS) and man.info["rank_tokens"] == [
-        sum(1 for r in rank_of_row if r == k) for k in range(2)]  # fmt: skip
+        sum(1 for r in rank_of_row if r == k) for k in range(2)
+    ]
     # the same vectors as the single-process harvest (no sample twice, none dropped), keyed by (sample, position)
     key2 = list(zip(ids2, two.read_all("positions").tolist(), strict=True))
     key1 = list(zip(one.read_all("sample_ids").tolist(), one.read_all("positions").tolist(), strict=True))
@@ -317,15 +350,29 @@ def test_cache_of_another_world_size(tmp_path: Path) -> None:
     from chatsae.models import HookPoint
 
     cache = tmp_path / "cache"
-    writer = CacheWriter(cache, Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast"),
-                         name=dist_mod.rank_manifest_name(1, 2), prefix="shard_r01_")  # fmt: skip
+    writer = CacheWriter(
+        cache,
+        Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast"),
+        name=dist_mod.rank_manifest_name(1, 2),
+        prefix="shard_r01_",
+    )
     writer.write_shard(torch.zeros(3, 2 * D_IN), {"sample_ids": torch.zeros(3, dtype=torch.long)}, windows_done=1)
     model, tok = tiny_model()
     manifest = Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast")
-    with pytest.raises(ValueError, match="an interrupted harvest by 2 processes is here; resume it with torchrun "
-                                         "--nproc-per-node 2"):  # fmt: skip
-        harvest_to_cache(model, tok, HookPoint.parse("resid_post.1"), sequences(), cache, manifest,
-                         HarvestOptions(), resume=True, progress=False)  # fmt: skip
+    with pytest.raises(
+        ValueError, match="an interrupted harvest by 2 processes is here; resume it with torchrun --nproc-per-node 2"
+    ):
+        harvest_to_cache(
+            model,
+            tok,
+            HookPoint.parse("resid_post.1"),
+            sequences(),
+            cache,
+            manifest,
+            HarvestOptions(),
+            resume=True,
+            progress=False,
+        )
     assert (cache / "shard_r01_00000.acts.npy").is_file()
     with pytest.raises(ValueError, match="cannot split 1 shard.* over 2 readers"):
         CacheSource(make_cache(tmp_path / "one_shard", [100]), 32, rank=1, world_size=2)
@@ -336,11 +383,25 @@ def distributed_saes(root: Path, cache: Path) -> None:
     from chatsae.workflows import RunConfig, RunSpec
     from chatsae.workflows.multi_sae import train_runs
 
-    spec = RunSpec(run=RunConfig(out_dir=str(root / "dist"), activations=str(cache), distribute_saes=True,
-                                 saes="jumprelu:name=a,topk:k=4:name=b"),
-                   train=TrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH, init_sample_tokens=3 * BATCH,
-                                     checkpoint_every=0, progress=False, device="cpu", seed=0),
-                   d_sae=D_SAE, report=lambda m: None)  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(
+            out_dir=str(root / "dist"),
+            activations=str(cache),
+            distribute_saes=True,
+            saes="jumprelu:name=a,topk:k=4:name=b",
+        ),
+        train=TrainConfig(
+            total_tokens=STEPS * BATCH,
+            batch_size=BATCH,
+            init_sample_tokens=3 * BATCH,
+            checkpoint_every=0,
+            progress=False,
+            device="cpu",
+            seed=0,
+        ),
+        d_sae=D_SAE,
+        report=lambda m: None,
+    )
     results = train_runs(spec)
     (root / f"ranks_{dist_mod.global_rank()}.json").write_text(json.dumps([str(r.out_dir) for r in results]))
 
@@ -355,12 +416,23 @@ def test_distribute_saes_places_one_sae_per_rank(tmp_path: Path) -> None:
     placed = [json.loads((tmp_path / f"ranks_{r}.json").read_text()) for r in range(2)]
     assert placed == [[str(tmp_path / "dist" / "a")], [str(tmp_path / "dist" / "b")]]
     for name, arch, k in (("a", "jumprelu", 32), ("b", "topk", 4)):
-        ref = train_run(RunSpec(run=RunConfig(out_dir=str(tmp_path / f"ref_{name}"), activations=str(cache)),
-                                sae=SAEConfig(architecture=arch, k=k),
-                                train=TrainConfig(total_tokens=STEPS * BATCH, batch_size=BATCH,
-                                                  init_sample_tokens=3 * BATCH, checkpoint_every=0, progress=False,
-                                                  device="cpu", seed=0),
-                                d_sae=D_SAE, report=lambda m: None))  # fmt: skip
+        ref = train_run(
+            RunSpec(
+                run=RunConfig(out_dir=str(tmp_path / f"ref_{name}"), activations=str(cache)),
+                sae=SAEConfig(architecture=arch, k=k),
+                train=TrainConfig(
+                    total_tokens=STEPS * BATCH,
+                    batch_size=BATCH,
+                    init_sample_tokens=3 * BATCH,
+                    checkpoint_every=0,
+                    progress=False,
+                    device="cpu",
+                    seed=0,
+                ),
+                d_sae=D_SAE,
+                report=lambda m: None,
+            )
+        )
         got, want = load_sae(tmp_path / "dist" / name / "sae"), load_sae(ref.sae_dir)
         assert got.cfg.architecture == arch
         for key, t in want.state_dict().items():

@@ -19,8 +19,9 @@ from chatsae.train import TrainConfig, Trainer
 @pytest.mark.slow
 def test_fast_jumprelu_on_embedded_model(embedded, tmp_path):
     cfg = DataConfig(max_samples=24, holdout=4)
-    cache_dir, manifest, stats, ctx = harvest(cfg, HarvestOptions(), tmp_path, max_tokens=None, resume=False,
-                                              progress=False, model_and_tokenizer=embedded)  # fmt: skip
+    cache_dir, manifest, stats, ctx = harvest(
+        cfg, HarvestOptions(), tmp_path, max_tokens=None, resume=False, progress=False, model_and_tokenizer=embedded
+    )
     assert str(ctx["hook"]) == "resid_post.15" and len(ctx["held_out"]) == 4
     assert manifest.complete and manifest.d_in == 576 and manifest.method == "fast"
     cache = ActivationCache(cache_dir)
@@ -31,8 +32,9 @@ def test_fast_jumprelu_on_embedded_model(embedded, tmp_path):
     norms = cache.gather(torch.arange(len(cache))).acts.norm(dim=1)
     assert norms.max() < 2_000  # the ~25,000-norm attention sink at position 0 is excluded
 
-    tc = TrainConfig(total_tokens=24_576, batch_size=512, log_every=4, progress=False, checkpoint_every=0,
-                     init_sample_tokens=1024)
+    tc = TrainConfig(
+        total_tokens=24_576, batch_size=512, log_every=4, progress=False, checkpoint_every=0, init_sample_tokens=1024
+    )
     sae = create_sae(SAEConfig(d_in=576, d_sae=1152, metadata={"hook_name": "resid_post.15", "method": "fast"}))
     result = Trainer(sae, tc, CacheSource(cache_dir, 512), tmp_path / "run").fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -25,8 +25,18 @@ def test_eval_help(capsys):
         main(["eval", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("SAE_DIR", "--model", "--data", "--method", "--hook", "--max-samples", "--holdout", "--output",
-                 "--no-lm-loss", "--max-tokens"):  # fmt: skip
+    for flag in (
+        "SAE_DIR",
+        "--model",
+        "--data",
+        "--method",
+        "--hook",
+        "--max-samples",
+        "--holdout",
+        "--output",
+        "--no-lm-loss",
+        "--max-tokens",
+    ):
         assert flag in out, flag
 
 
@@ -38,12 +48,18 @@ def saved(tiny_llama, tmp_path_factory):
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     torch.manual_seed(0)
-    meta = {"model_name": str(root / "model"), "hook_name": "mlp_out.2", "method": "fast",
-            "exclude_first_position": True}  # fmt: skip
+    meta = {
+        "model_name": str(root / "model"),
+        "hook_name": "mlp_out.2",
+        "method": "fast",
+        "exclude_first_position": True,
+    }
     save_sae(create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata=meta)), root / "sae")
     data = root / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}!"}]}
-            for i in range(4)]  # fmt: skip
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}!"}]}
+        for i in range(4)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "model", root / "sae", data
 
@@ -64,8 +80,26 @@ def test_eval_end_to_end(saved, capsys):
 def test_eval_options_and_errors(saved, tmp_path, capsys):
     _, sae_dir, data = saved
     out = tmp_path / "r.json"
-    rc = main(["eval", str(sae_dir), "--data", str(data), "--no-lm-loss", "--hook", "resid_pre.1", "--method", "bt-f",
-               "--context-size", "16", "--output", str(out), "--no-progress", "--device", "cpu"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            str(sae_dir),
+            "--data",
+            str(data),
+            "--no-lm-loss",
+            "--hook",
+            "resid_pre.1",
+            "--method",
+            "bt-f",
+            "--context-size",
+            "16",
+            "--output",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["setup"]["hook"] == "resid_pre.1" and result["setup"]["method"] == "bt-f"

@@ -31,13 +31,19 @@ def one_thread():
 
 # ---- hand-made numbers ---------------------------------------------------------------------------------------------
 RESULTS = {  # results[method][arch][metric], as report.json holds them
-    "bt-p": {"standard": {"log2_mse": 2.0024, "log2_mse_st": 5.1985},
-             "jumprelu": {"log2_mse": 1.0, "log2_mse_st": 3.0}},
-    "bt-f": {"standard": {"log2_mse": 1.4749, "log2_mse_st": 1.5093},
-             "jumprelu": {"log2_mse": 0.9, "log2_mse_st": None}},
-    "fast": {"standard": {"log2_mse": 1.3892, "log2_mse_st": 0.6468},
-             "jumprelu": {"log2_mse": 0.9, "log2_mse_st": 2.5}},
-}  # fmt: skip
+    "bt-p": {
+        "standard": {"log2_mse": 2.0024, "log2_mse_st": 5.1985},
+        "jumprelu": {"log2_mse": 1.0, "log2_mse_st": 3.0},
+    },
+    "bt-f": {
+        "standard": {"log2_mse": 1.4749, "log2_mse_st": 1.5093},
+        "jumprelu": {"log2_mse": 0.9, "log2_mse_st": None},
+    },
+    "fast": {
+        "standard": {"log2_mse": 1.3892, "log2_mse_st": 0.6468},
+        "jumprelu": {"log2_mse": 0.9, "log2_mse_st": 2.5},
+    },
+}
 
 
 def test_best_methods_on_hand_made_numbers():
@@ -56,8 +62,9 @@ def test_best_methods_on_hand_made_numbers():
 
 def test_paper_table_layout():
     table = paper_table(RESULTS, ("log2_mse", "log2_mse_st")).splitlines()
-    assert table[0] == ("| Method | Standard: log2 MSE | Standard: log2 MSE_st | JumpReLU: log2 MSE | "
-                        "JumpReLU: log2 MSE_st |")  # fmt: skip
+    assert table[0] == (
+        "| Method | Standard: log2 MSE | Standard: log2 MSE_st | JumpReLU: log2 MSE | JumpReLU: log2 MSE_st |"
+    )
     assert [row.split(" | ")[0] for row in table[2:]] == ["| BT(P)", "| BT(F)", "| FAST"]
     assert table[4] == "| FAST | **1.389** | **0.6468** | 0.9 | **2.5** |"
     assert table[3] == "| BT(F) | 1.475 | 1.509 | **0.9** | - |"
@@ -79,8 +86,11 @@ def test_frontier_gap_matches_hand_computation():
     assert behind.mean_diff == pytest.approx(sum(naive) / 9)
     assert frontier_gap(ref, [(200, 1.0), (400, 0.5)]) is None  # no shared L0 range
     assert frontier_gap(ref, [(20, 1.0), (20, None), (float("nan"), 1)]) is None  # one usable point
-    rows = [{"arch": a, "l0_no_pos0": x, "fvu_no_pos0": y, "delta_lm_loss": None}
-            for a, pts in (("jumprelu", ref), ("topk", [(10, 2.0), (100, 1.0)])) for x, y in pts]  # fmt: skip
+    rows = [
+        {"arch": a, "l0_no_pos0": x, "fvu_no_pos0": y, "delta_lm_loss": None}
+        for a, pts in (("jumprelu", ref), ("topk", [(10, 2.0), (100, 1.0)]))
+        for x, y in pts
+    ]
     gaps = frontier_gaps(rows)
     assert set(gaps) == {"fvu_no_pos0"} and gaps["fvu_no_pos0"]["topk"].verdict == "ahead"  # no LM loss: no gap
     assert frontier_gaps([r for r in rows if r["arch"] == "topk"]) == {}
@@ -111,11 +121,20 @@ def test_settings_and_option_errors():
 def test_plotting_helpers_write_pngs(tmp_path):
     from matplotlib.image import imread
 
-    bars = [BarPanel("log2 MSE", "log2 MSE (units)", {"BT(P)": {"Standard": 2.0, "JumpReLU": None},
-                                                      "FAST": {"Standard": 1.4, "JumpReLU": 1.1}}, from_zero=False),
-            BarPanel("empty", "y", {"BT(P)": {"Standard": None}})]  # fmt: skip
-    lines = [LinePanel("FVU vs L0", "L0", "FVU", {"TopK": [(10, 0.3), (40, 0.1), (None, 0.2)], "Gated": [(0, 1.0)]},
-                       log_x=True)]  # fmt: skip
+    bars = [
+        BarPanel(
+            "log2 MSE",
+            "log2 MSE (units)",
+            {"BT(P)": {"Standard": 2.0, "JumpReLU": None}, "FAST": {"Standard": 1.4, "JumpReLU": 1.1}},
+            from_zero=False,
+        ),
+        BarPanel("empty", "y", {"BT(P)": {"Standard": None}}),
+    ]
+    lines = [
+        LinePanel(
+            "FVU vs L0", "L0", "FVU", {"TopK": [(10, 0.3), (40, 0.1), (None, 0.2)], "Gated": [(0, 1.0)]}, log_x=True
+        )
+    ]
     for path in (bar_chart(bars, tmp_path / "b.png", "bars", "SAE"), line_chart(lines, tmp_path / "l.png", "lines")):
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
         img = imread(path)
@@ -133,8 +152,23 @@ def test_plotting_helpers_write_pngs(tmp_path):
 
 
 # ---- end to end on the tiny model ----------------------------------------------------------------------------------
-WORDS = ("apple", "river", "stone", "cloud", "music", "paper", "garden", "window", "silver", "engine", "candle",
-         "forest", "bridge", "ocean", "yellow")  # fmt: skip
+WORDS = (
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "music",
+    "paper",
+    "garden",
+    "window",
+    "silver",
+    "engine",
+    "candle",
+    "forest",
+    "bridge",
+    "ocean",
+    "yellow",
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,26 +183,71 @@ def study_files(tiny_llama, tmp_path_factory):
     def words(n: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(n))
 
-    chats = [{"messages": [{"role": "user", "content": f"Question {i}: {words(3 + i % 5)}?"},
-                           {"role": "assistant", "content": f"Answer {i}: {words(4 + i % 7)}."}]} for i in range(40)]
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}: {words(3 + i % 5)}?"},
+                {"role": "assistant", "content": f"Answer {i}: {words(4 + i % 7)}."},
+            ]
+        }
+        for i in range(40)
+    ]
     (root / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
     (root / "text.txt").write_text("".join(f"{words(15 + i % 20)} line {i}.\n" for i in range(80)))
-    (root / "qa.jsonl").write_text("".join(json.dumps({"question": f"Q{i} {words(4)}?", "answer": words(5)}) + "\n"
-                                           for i in range(6)))  # fmt: skip
+    (root / "qa.jsonl").write_text(
+        "".join(json.dumps({"question": f"Q{i} {words(4)}?", "answer": words(5)}) + "\n" for i in range(6))
+    )
     return root
 
 
-COMMON = ["--width", "96", "--layer", "1", "--total-tokens", "1536", "--batch-size", "256", "--init-sample-tokens",
-          "512", "--shard-tokens", "1024", "--holdout", "6", "--eval-max-samples", "4", "--eval-batch-tokens", "256",
-          "--no-progress", "--device", "cpu", "--model-device", "cpu"]  # fmt: skip
+COMMON = [
+    "--width",
+    "96",
+    "--layer",
+    "1",
+    "--total-tokens",
+    "1536",
+    "--batch-size",
+    "256",
+    "--init-sample-tokens",
+    "512",
+    "--shard-tokens",
+    "1024",
+    "--holdout",
+    "6",
+    "--eval-max-samples",
+    "4",
+    "--eval-batch-tokens",
+    "256",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--model-device",
+    "cpu",
+]
 
 
 @pytest.mark.slow
 def test_compare_end_to_end_then_resume(study_files, capsys):
     root, out = study_files, study_files / "compare"
-    args = ["compare", "--model", str(root / "model"), "--instruct-data", str(root / "chat.jsonl"), "--pretrain-data",
-            str(root / "text.txt"), "--archs", "standard,jumprelu", "--context-size", "64", "--out-dir", str(out),
-            "--sparsity-coefs", "jumprelu=0.01", *COMMON]  # fmt: skip
+    args = [
+        "compare",
+        "--model",
+        str(root / "model"),
+        "--instruct-data",
+        str(root / "chat.jsonl"),
+        "--pretrain-data",
+        str(root / "text.txt"),
+        "--archs",
+        "standard,jumprelu",
+        "--context-size",
+        "64",
+        "--out-dir",
+        str(out),
+        "--sparsity-coefs",
+        "jumprelu=0.01",
+        *COMMON,
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "| Method | Standard: log2 MSE | Standard: log2 MSE_st | JumpReLU: log2 MSE |" in captured.out
@@ -197,7 +276,10 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
     btp = json.loads((out / "bt-p_standard" / "sae" / "config.json").read_text())["data"]
     assert (btp["data"], btp["method"], btp["holdout"]) == (str(root / "text.txt"), "bt-p", 0)
     assert {m: json.loads((out / "cache" / m / "manifest.json").read_text())["method"] for m in res} == {
-        "bt-p": "bt-p", "bt-f": "bt-f", "fast": "fast"}
+        "bt-p": "bt-p",
+        "bt-f": "bt-f",
+        "fast": "fast",
+    }
     heldout = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
     assert len(heldout) == 6 and all("messages" in r for r in heldout)
     for arch in ("standard", "jumprelu"):  # the report's verdict is the minimum of the table
@@ -236,16 +318,38 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
 @pytest.mark.slow
 def test_sweep_writes_frontier(study_files, capsys):
     root, out = study_files, study_files / "sweep"
-    args = ["sweep", "--model", str(root / "model"), "--data", str(root / "chat.jsonl"), "--archs",
-            "jumprelu,topk,gated", "--jumprelu-coefs", "0.001,0.05", "--topk-ks", "8,64", "--gated-coefs", "0.3",
-            "--no-lm-loss", "--eval-data", str(root / "qa.jsonl"), "--out-dir", str(out), *COMMON]  # fmt: skip
+    args = [
+        "sweep",
+        "--model",
+        str(root / "model"),
+        "--data",
+        str(root / "chat.jsonl"),
+        "--archs",
+        "jumprelu,topk,gated",
+        "--jumprelu-coefs",
+        "0.001,0.05",
+        "--topk-ks",
+        "8,64",
+        "--gated-coefs",
+        "0.3",
+        "--no-lm-loss",
+        "--eval-data",
+        str(root / "qa.jsonl"),
+        "--out-dir",
+        str(out),
+        *COMMON,
+    ]
     assert main(args) == 0
     with open(out / "frontier.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == list(COLUMNS)
     assert [(r["arch"], r["setting"]) for r in rows] == [
-        ("jumprelu", "lambda=0.001"), ("jumprelu", "lambda=0.05"), ("topk", "k=8"), ("topk", "k=64"),
-        ("gated", "lambda=0.3")]  # fmt: skip
+        ("jumprelu", "lambda=0.001"),
+        ("jumprelu", "lambda=0.05"),
+        ("topk", "k=8"),
+        ("topk", "k=64"),
+        ("gated", "lambda=0.3"),
+    ]
     assert all(r["eval_set"] == "heldout" and r["delta_lm_loss"] == "" for r in rows)  # --no-lm-loss
     for r in rows:  # error bars of the frontier: the bootstrap over the held-out sequences (one seed)
         assert float(r["l0_no_pos0_low"]) <= float(r["l0_no_pos0"]) <= float(r["l0_no_pos0_high"])
@@ -273,8 +377,21 @@ def test_help_and_early_errors(study_files, capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--instruct-data", "--pretrain-data", "--archs", "--methods", "--width", "--total-tokens", "--layer",
-                 "--eval-data", "--holdout", "--sparsity-coefs", "--out-dir", "--no-lm-loss", "--config"):  # fmt: skip
+    for flag in (
+        "--instruct-data",
+        "--pretrain-data",
+        "--archs",
+        "--methods",
+        "--width",
+        "--total-tokens",
+        "--layer",
+        "--eval-data",
+        "--holdout",
+        "--sparsity-coefs",
+        "--out-dir",
+        "--no-lm-loss",
+        "--config",
+    ):
         assert flag in out, flag
     assert "--method " not in out and "--arch " not in out and "--cache-dir" not in out  # set by the command
     with pytest.raises(SystemExit):
@@ -301,8 +418,14 @@ def test_plan_guards_a_study_once_it_produced_something(tmp_path):
     from chatsae.workflows.study import Study, StudyEvalConfig
 
     def study(tokens: int, width: int = 64) -> Study:
-        return Study(tmp_path, DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=tokens),
-                     StudyEvalConfig(), sae_options={"d_sae": width})  # fmt: skip
+        return Study(
+            tmp_path,
+            DataConfig(model="m"),
+            HarvestOptions(),
+            TrainConfig(total_tokens=tokens),
+            StudyEvalConfig(),
+            sae_options={"d_sae": width},
+        )
 
     study(4096).check_plan({"x": 1})
     assert json.loads((tmp_path / "plan.json").read_text())["train"]["total_tokens"] == 4096
@@ -318,20 +441,41 @@ def test_plan_guards_a_study_once_it_produced_something(tmp_path):
 @pytest.mark.slow
 def test_compare_with_seeds_gives_intervals_and_verdicts(study_files, capsys):
     root, out = study_files, study_files / "compare_seeds"
-    args = ["compare", "--model", str(root / "model"), "--instruct-data", str(root / "chat.jsonl"), "--methods",
-            "bt-f,fast", "--archs", "jumprelu", "--context-size", "64", "--out-dir", str(out), "--seeds", "2",
-            "--seed", "5", *COMMON]  # fmt: skip
+    args = [
+        "compare",
+        "--model",
+        str(root / "model"),
+        "--instruct-data",
+        str(root / "chat.jsonl"),
+        "--methods",
+        "bt-f,fast",
+        "--archs",
+        "jumprelu",
+        "--context-size",
+        "64",
+        "--out-dir",
+        str(out),
+        "--seeds",
+        "2",
+        "--seed",
+        "5",
+        *COMMON,
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "Verdicts (95% intervals" in printed and "FAST" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["setup"]["seeds"] == [5, 6]
     for method in ("bt-f", "fast"):  # seed 0 keeps the plain run name, seed 1 is named with its seed
-        seeds = [json.loads((out / run / "sae" / "config.json").read_text())["train"]["seed"]
-                 for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")]  # fmt: skip
+        seeds = [
+            json.loads((out / run / "sae" / "config.json").read_text())["train"]["seed"]
+            for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")
+        ]
         assert seeds == [5, 6]
-        evs = [json.loads((out / run / "eval_heldout.json").read_text())
-               for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")]  # fmt: skip
+        evs = [
+            json.loads((out / run / "eval_heldout.json").read_text())
+            for run in (f"{method}_jumprelu", f"{method}_jumprelu_seed6")
+        ]
         row = report["results"]["heldout"][method]["jumprelu"]
         values = [ev["metrics"]["special"]["log2_mse"] for ev in evs]
         assert values[0] != values[1]  # different seeds, different SAEs
@@ -356,8 +500,10 @@ def test_high_frequency_shares_from_the_firing_histogram() -> None:
     from chatsae.workflows.study import high_frequency_shares
 
     freq = torch.tensor([0.5, 0.2, 0.1, 0.05, 0.011, 0.0099, 1e-4, 0.0, 0.0, 0.3])
-    latents = {"d_sae": 10, "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES),
-                                                 "counts": M.firing_histogram(freq)}}  # fmt: skip
+    latents = {
+        "d_sae": 10,
+        "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES), "counts": M.firing_histogram(freq)},
+    }
     got = high_frequency_shares(latents)
     assert got == {"freq_gt_10pct": pytest.approx(4 / 10), "freq_gt_1pct": pytest.approx(6 / 10)}
     assert high_frequency_shares({}) == {"freq_gt_10pct": None, "freq_gt_1pct": None}

@@ -17,19 +17,73 @@ from chatsae.eval.metrics import TEMPLATE
 from chatsae.models import KINDS, capture, edit
 from chatsae.sae import SAEConfig, create_sae
 
-RECON_KEYS = {"tokens", "sequences", "mse", "log2_mse", "mse_token", "fvu", "explained_variance",
-              "cosine_similarity", "relative_norm", "mean_sq_norm"}  # fmt: skip
-SPARSITY_KEYS = {"l0", "l0_std", "l0_p10", "l0_p50", "l0_p90", "l0_max", "dead_latents", "dense_latents",
-                 "dead_fraction", "dense_fraction"}  # fmt: skip
+RECON_KEYS = {
+    "tokens",
+    "sequences",
+    "mse",
+    "log2_mse",
+    "mse_token",
+    "fvu",
+    "explained_variance",
+    "cosine_similarity",
+    "relative_norm",
+    "mean_sq_norm",
+}
+SPARSITY_KEYS = {
+    "l0",
+    "l0_std",
+    "l0_p10",
+    "l0_p50",
+    "l0_p90",
+    "l0_max",
+    "dead_latents",
+    "dense_latents",
+    "dead_fraction",
+    "dense_fraction",
+}
 LM_KEYS = {"lm_tokens", "ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_recovered"}
 TOP_KEYS = {"schema_version", "headline", "sae", "setup", "metrics", "latents", "per_sequence"}
-HEADLINE_KEYS = {"mse", "mse_st", "mse_st_strict", "log2_mse", "log2_mse_st", "log2_mse_st_strict",
-                 "log2_mse_no_pos0", "log2_mse_st_no_pos0", "log2_mse_st_strict_no_pos0", "fvu", "fvu_no_pos0",
-                 "cosine_similarity", "l0", "dead_fraction", "dense_fraction", "delta_ce", "kl",
-                 "ce_recovered"}  # fmt: skip
-SETUP_KEYS = {"model", "hook", "method", "data", "holdout", "holdout_seed", "max_samples", "max_tokens", "max_length",
-              "context_size", "sequences", "tokens", "lm_loss", "splice_first_position", "dense_threshold", "device",
-              "model_dtype", "seconds", "evaluated_together"}  # fmt: skip
+HEADLINE_KEYS = {
+    "mse",
+    "mse_st",
+    "mse_st_strict",
+    "log2_mse",
+    "log2_mse_st",
+    "log2_mse_st_strict",
+    "log2_mse_no_pos0",
+    "log2_mse_st_no_pos0",
+    "log2_mse_st_strict_no_pos0",
+    "fvu",
+    "fvu_no_pos0",
+    "cosine_similarity",
+    "l0",
+    "dead_fraction",
+    "dense_fraction",
+    "delta_ce",
+    "kl",
+    "ce_recovered",
+}
+SETUP_KEYS = {
+    "model",
+    "hook",
+    "method",
+    "data",
+    "holdout",
+    "holdout_seed",
+    "max_samples",
+    "max_tokens",
+    "max_length",
+    "context_size",
+    "sequences",
+    "tokens",
+    "lm_loss",
+    "splice_first_position",
+    "dense_threshold",
+    "device",
+    "model_dtype",
+    "seconds",
+    "evaluated_together",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,11 +96,15 @@ def one_thread():
 
 
 def chat(i: int) -> Record:
-    return Record(i, [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": f"Question {i}: what is {i} plus {i}?" + " Please explain." * (i % 3)},
-        {"role": "assistant", "content": f"It is {2 * i}." + " Because adding works like that." * (i % 4)},
-    ], None)  # fmt: skip
+    return Record(
+        i,
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": f"Question {i}: what is {i} plus {i}?" + " Please explain." * (i % 3)},
+            {"role": "assistant", "content": f"It is {2 * i}." + " Because adding works like that." * (i % 4)},
+        ],
+        None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +145,9 @@ def test_losses_exclude_padding(tiny_llama, batch):
     short = int(am.sum(1).argmin())
     n = int(am[short].sum())
     both = spliced_losses(model, "resid_post.2", ids, am, lambda a: 0.5 * a)
-    alone = spliced_losses(model, "resid_post.2", ids[short : short + 1, :n], am[short : short + 1, :n],
-                           lambda a: 0.5 * a)  # fmt: skip
+    alone = spliced_losses(
+        model, "resid_post.2", ids[short : short + 1, :n], am[short : short + 1, :n], lambda a: 0.5 * a
+    )
     for field in ("ce_clean", "ce_spliced", "kl", "ce_zero"):
         assert torch.allclose(getattr(both, field)[short, :n], getattr(alone, field)[0], atol=1e-4), field
     assert not both.mask[short, n - 1 :].any()
@@ -102,8 +161,9 @@ def naive_ce(model, ids):
 @pytest.fixture(scope="module")
 def sae():
     torch.manual_seed(0)
-    return create_sae(SAEConfig("topk", d_in=64, d_sae=256, k=8,
-                                metadata={"hook_name": "resid_post.1", "method": "fast"}))  # fmt: skip
+    return create_sae(
+        SAEConfig("topk", d_in=64, d_sae=256, k=8, metadata={"hook_name": "resid_post.1", "method": "fast"})
+    )
 
 
 def test_evaluate_end_to_end(tiny_llama, sae, tmp_path):
@@ -184,12 +244,19 @@ def test_evaluate_options(tiny_llama, sae):
 def test_splice_first_position_follows_metadata(tiny_llama):
     model, tok = tiny_llama
     torch.manual_seed(1)
-    trained_without = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=64, metadata={
-        "hook_name": "resid_post.1", "method": "fast", "exclude_first_position": True}))  # fmt: skip
+    trained_without = create_sae(
+        SAEConfig(
+            "jumprelu",
+            d_in=64,
+            d_sae=64,
+            metadata={"hook_name": "resid_post.1", "method": "fast", "exclude_first_position": True},
+        )
+    )
     res = evaluate(trained_without, model, tok, [chat(2), chat(3)], EvalConfig(progress=False))
     assert res.setup["splice_first_position"] is False
-    forced = evaluate(trained_without, model, tok, [chat(2), chat(3)],
-                      EvalConfig(progress=False, splice_first_position=True))  # fmt: skip
+    forced = evaluate(
+        trained_without, model, tok, [chat(2), chat(3)], EvalConfig(progress=False, splice_first_position=True)
+    )
     assert forced.setup["splice_first_position"] is True
     # same reconstruction metrics (position 0 is always measured), different spliced loss
     assert forced.metrics["all"]["mse"] == pytest.approx(res.metrics["all"]["mse"], rel=1e-6)
@@ -203,8 +270,9 @@ def test_zero_ablation_pass_is_shared_between_saes(tiny_llama, sae):
     records = [chat(i) for i in range(6)]
     cfg = EvalConfig(progress=False, batch_tokens=300)
     torch.manual_seed(1)
-    other = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1",
-                                                                           "method": "fast"}))  # fmt: skip
+    other = create_sae(
+        SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1", "method": "fast"})
+    )
     forwards = []
     handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
@@ -220,8 +288,14 @@ def test_zero_ablation_pass_is_shared_between_saes(tiny_llama, sae):
         assert len(cache) == n_batches
         assert json.dumps(shared.metrics, sort_keys=True) == json.dumps(plain.metrics, sort_keys=True)  # NaN-safe
         evaluate(sae, model, tok, records[:3], cfg, zero_ablation_cache=cache)  # other batches: new entries
-        evaluate(sae, model, tok, records, EvalConfig(progress=False, batch_tokens=300, hook="resid_post.0"),
-                 zero_ablation_cache=cache)  # fmt: skip
+        evaluate(
+            sae,
+            model,
+            tok,
+            records,
+            EvalConfig(progress=False, batch_tokens=300, hook="resid_post.0"),
+            zero_ablation_cache=cache,
+        )
         assert len(cache) > n_batches + 1
     finally:
         handle.remove()
@@ -235,14 +309,17 @@ def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
     model, tok = tiny_llama
     records = [chat(i) for i in range(6)]
     torch.manual_seed(2)
-    other = create_sae(SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1",
-                                                                           "method": "fast"}))  # fmt: skip
+    other = create_sae(
+        SAEConfig("jumprelu", d_in=64, d_sae=128, metadata={"hook_name": "resid_post.1", "method": "fast"})
+    )
     # whole-row passes (share_prefix=False), so that model calls count passes; with the shared prefix every clean or
     # spliced pass is two calls (tests/test_models_prefix.py)
     base = EvalConfig(progress=False, batch_tokens=300, share_prefix=False)
     alone = [evaluate(s, model, tok, records, base) for s in (sae, other)]
-    cfgs = [resolve_config(dataclasses.replace(base, output=str(tmp_path / f"{i}.json")), s.cfg.metadata)
-            for i, s in enumerate((sae, other))]  # fmt: skip
+    cfgs = [
+        resolve_config(dataclasses.replace(base, output=str(tmp_path / f"{i}.json")), s.cfg.metadata)
+        for i, s in enumerate((sae, other))
+    ]
     forwards = []
     handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
@@ -257,5 +334,13 @@ def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
     written = read_result(tmp_path / "1.json")
     assert written.sae["path"] == "b" and written.metrics["all"] == together[1].metrics["all"]
     with pytest.raises(ValueError, match="same evaluation settings"):
-        evaluate_many([sae, other], model, tok, records, [cfgs[0], resolve_config(
-            EvalConfig(progress=False, batch_tokens=200, share_prefix=False), other.cfg.metadata)])  # fmt: skip
+        evaluate_many(
+            [sae, other],
+            model,
+            tok,
+            records,
+            [
+                cfgs[0],
+                resolve_config(EvalConfig(progress=False, batch_tokens=200, share_prefix=False), other.cfg.metadata),
+            ],
+        )

@@ -70,8 +70,9 @@ def test_restarted_logits_equal_full_spliced_forward(family_model, side):
     blocks = decoder_layers(model)
     calls: list[int] = []
     # a block really runs iff its MLP does (skipped blocks' own hooks still fire)
-    counters = [mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: calls.append(i))
-                for i, b in enumerate(blocks)]  # fmt: skip
+    counters = [
+        mlp_module(b).register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, b in enumerate(blocks)
+    ]
     try:
         for kind in KINDS:
             for layer in (0, len(blocks) - 1):

@@ -127,13 +127,18 @@ def accumulated():
     f = torch.relu(torch.randn(n, 12))
     token_ids = torch.randint(0, 20, (n,))
     token_class = torch.where(token_ids < 8, M.TEMPLATE, M.ASSISTANT)
-    losses = {"ce_clean": torch.rand(n) + 1, "ce_spliced": torch.rand(n) + 1.3, "kl": torch.rand(n),
-              "ce_zero": torch.rand(n) + 5}  # fmt: skip
+    losses = {
+        "ce_clean": torch.rand(n) + 1,
+        "ce_spliced": torch.rand(n) + 1.3,
+        "kl": torch.rand(n),
+        "ce_zero": torch.rand(n) + 5,
+    }
     acc = SubsetAccumulator(d_sae=12, special_ids=[0, 1, 2, 3])
     for a, b in ((0, 5), (5, 6), (6, 30), (30, n)):
         acc.update(x[a:b], x_hat[a:b], f[a:b], token_class[a:b], positions[a:b], seq_ids[a:b], token_ids[a:b])
-        acc.update_lm(token_class[a:b], positions[a:b], seq_ids[a:b], token_ids[a:b],
-                      **{k: v[a:b] for k, v in losses.items()})  # fmt: skip
+        acc.update_lm(
+            token_class[a:b], positions[a:b], seq_ids[a:b], token_ids[a:b], **{k: v[a:b] for k, v in losses.items()}
+        )
     return acc, x, x_hat, token_ids, token_class, positions
 
 
@@ -159,8 +164,14 @@ def test_strict_subset_is_the_special_ids(accumulated):
     assert res["special_strict"]["lm_tokens"] == int(strict.sum())
     # no token ids: the strict subsets are empty, the template set unchanged
     plain = SubsetAccumulator(d_sae=4)
-    plain.update(torch.ones(3, 2), torch.zeros(3, 2), torch.ones(3, 4), torch.full((3,), M.TEMPLATE),
-                 torch.arange(3), torch.zeros(3, dtype=torch.long))  # fmt: skip
+    plain.update(
+        torch.ones(3, 2),
+        torch.zeros(3, 2),
+        torch.ones(3, 4),
+        torch.full((3,), M.TEMPLATE),
+        torch.arange(3),
+        torch.zeros(3, dtype=torch.long),
+    )
     assert plain.result()["special_strict"]["tokens"] == 0 and plain.result()["special"]["tokens"] == 3
 
 
@@ -206,8 +217,13 @@ def test_seed_rows_intervals_and_error_bars(accumulated):
 
     acc = accumulated[0]
     base = EvalResult({"d_in": 6}, {"tokens": 1}, acc.result(), {}, acc.per_sequence())
-    worse = EvalResult({"d_in": 6}, {"tokens": 1}, json.loads(json.dumps(base.metrics)), {},
-                       {s: {**v, "sse": [2 * e for e in v["sse"]]} for s, v in base.per_sequence.items()})  # fmt: skip
+    worse = EvalResult(
+        {"d_in": 6},
+        {"tokens": 1},
+        json.loads(json.dumps(base.metrics)),
+        {},
+        {s: {**v, "sse": [2 * e for e in v["sse"]]} for s, v in base.per_sequence.items()},
+    )
     worse.metrics["all"]["log2_mse"] += 1.0  # twice the squared error: log2 MSE one higher
     row = seed_row([base, worse])
     assert row["seeds"] == 2 and row["log2_mse"] == pytest.approx(base.metrics["all"]["log2_mse"] + 0.5)
@@ -222,6 +238,7 @@ def test_seed_rows_intervals_and_error_bars(accumulated):
     assert seed_run("fast_jumprelu", 2, 44) == "fast_jumprelu_seed44"
     with pytest.raises(ValueError, match="--seeds"):
         seed_list(0, 42)
+
     @dataclasses.dataclass
     class TC:
         seed: int = 42

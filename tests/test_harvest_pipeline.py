@@ -22,8 +22,10 @@ def _records(n: int = 24) -> list[Record]:
     out = []
     for i in range(n):
         words = " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 5) % 17))
-        msgs = [{"role": "user", "content": f"Question {i}: {words}?"},
-                {"role": "assistant", "content": f"Answer {i} " + words[::-1]}]  # fmt: skip
+        msgs = [
+            {"role": "user", "content": f"Question {i}: {words}?"},
+            {"role": "assistant", "content": f"Answer {i} " + words[::-1]},
+        ]
         out.append(Record(i, msgs, None))
     return out
 
@@ -31,8 +33,18 @@ def _records(n: int = 24) -> list[Record]:
 def _harvest(tiny_llama, tmp_path, name, seqs, opts=None, resume=False, max_tokens=None):
     model, tok = tiny_llama
     man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast")
-    return harvest_to_cache(model, tok, HOOK, seqs, tmp_path / name, man, opts or HarvestOptions(shard_tokens=300),
-                            max_tokens=max_tokens, resume=resume, progress=False)  # fmt: skip
+    return harvest_to_cache(
+        model,
+        tok,
+        HOOK,
+        seqs,
+        tmp_path / name,
+        man,
+        opts or HarvestOptions(shard_tokens=300),
+        max_tokens=max_tokens,
+        resume=resume,
+        progress=False,
+    )
 
 
 def interrupted(seqs, at):
@@ -91,13 +103,31 @@ def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
     info = {"model": model_info(model)}
     man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast", info=info)
     with pytest.raises(KeyboardInterrupt):
-        harvest_to_cache(model, tok, HOOK, interrupted(seqs, at=15), tmp_path / "c", man,
-                         HarvestOptions(shard_tokens=300), resume=False, progress=False)  # fmt: skip
+        harvest_to_cache(
+            model,
+            tok,
+            HOOK,
+            interrupted(seqs, at=15),
+            tmp_path / "c",
+            man,
+            HarvestOptions(shard_tokens=300),
+            resume=False,
+            progress=False,
+        )
     half = copy.deepcopy(model).to(torch.bfloat16)
     man16 = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast", info={"model": model_info(half)})
     with pytest.raises(ValueError, match=r"other settings .*model_dtype: 'float32' -> 'bfloat16'"):
-        harvest_to_cache(half, tok, HOOK, iter(seqs), tmp_path / "c", man16, HarvestOptions(shard_tokens=300),
-                         resume=True, progress=False)  # fmt: skip
+        harvest_to_cache(
+            half,
+            tok,
+            HOOK,
+            iter(seqs),
+            tmp_path / "c",
+            man16,
+            HarvestOptions(shard_tokens=300),
+            resume=True,
+            progress=False,
+        )
 
 
 def test_bt_blocks_harvest_full_blocks(tiny_llama, tmp_path):
@@ -118,10 +148,34 @@ def test_cli_train_on_local_model_dir_end_to_end(tiny_llama, tmp_path):
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(40)))
     out = tmp_path / "run"
-    rc = main(["train", "--model", str(tmp_path / "model"), "--data", str(data), "--layer", "1", "--width", "128",
-               "--total-tokens", "2048", "--batch-size", "256", "--holdout", "5", "--out-dir", str(out),
-               "--no-progress", "--checkpoint-every", "4", "--init-sample-tokens", "512",
-               "--eval-max-samples", "5"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(tmp_path / "model"),
+            "--data",
+            str(data),
+            "--layer",
+            "1",
+            "--width",
+            "128",
+            "--total-tokens",
+            "2048",
+            "--batch-size",
+            "256",
+            "--holdout",
+            "5",
+            "--out-dir",
+            str(out),
+            "--no-progress",
+            "--checkpoint-every",
+            "4",
+            "--init-sample-tokens",
+            "512",
+            "--eval-max-samples",
+            "5",
+        ]
+    )
     assert rc == 0
     sae = load_sae(out / "sae")
     assert sae.cfg.d_in == 64 and sae.cfg.d_sae == 128

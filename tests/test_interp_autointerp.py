@@ -45,8 +45,11 @@ def test_marked_format_wraps_runs_of_tokens():
     "answer, score, name",
     [
         ("My final verdict score is: [[4]], feature name is [[greetings]]", 4, "greetings"),
-        ("Reasoning...\nMy final verdict score is: [[ 5 ]], feature name is [[ Chat template start ]]", 5,
-         "Chat template start"),
+        (
+            "Reasoning...\nMy final verdict score is: [[ 5 ]], feature name is [[ Chat template start ]]",
+            5,
+            "Chat template start",
+        ),
         ("score is [[3.0]] and the feature name is [[numbers]]", 3, "numbers"),
         ("[[2]] [[punctuation marks]]", 2, "punctuation marks"),  # no keywords: first numeric, first non-numeric
         ("The example [[1]] is odd. My final verdict score is: [[5]], feature name is [[x]]", 5, "x"),
@@ -108,14 +111,38 @@ def test_binary_scores_match_hand_computation():
 
 def test_summary_distribution_and_top_range_share():
     latents = {
-        "1": {"fast": {"status": "ok", "score": 5}}, "2": {"fast": {"status": "ok", "score": 4}},
-        "3": {"fast": {"status": "ok", "score": 2}}, "4": {"fast": {"status": "unparseable", "score": None}},
-        "5": {"fast": {"status": "ok", "score": 4},
-              "detection": {"status": "ok", "tp": 3, "fp": 1, "tn": 2, "fn": 0, "balanced_accuracy": 5 / 6,
-                            "precision": 0.75, "recall": 1.0, "f1": 6 / 7}},
-        "6": {"detection": {"status": "ok", "tp": 1, "fp": 0, "tn": 3, "fn": 2, "balanced_accuracy": 2 / 3,
-                            "precision": 1.0, "recall": 1 / 3, "f1": 0.5}},
-    }  # fmt: skip
+        "1": {"fast": {"status": "ok", "score": 5}},
+        "2": {"fast": {"status": "ok", "score": 4}},
+        "3": {"fast": {"status": "ok", "score": 2}},
+        "4": {"fast": {"status": "unparseable", "score": None}},
+        "5": {
+            "fast": {"status": "ok", "score": 4},
+            "detection": {
+                "status": "ok",
+                "tp": 3,
+                "fp": 1,
+                "tn": 2,
+                "fn": 0,
+                "balanced_accuracy": 5 / 6,
+                "precision": 0.75,
+                "recall": 1.0,
+                "f1": 6 / 7,
+            },
+        },
+        "6": {
+            "detection": {
+                "status": "ok",
+                "tp": 1,
+                "fp": 0,
+                "tn": 3,
+                "fn": 2,
+                "balanced_accuracy": 2 / 3,
+                "precision": 1.0,
+                "recall": 1 / 3,
+                "f1": 0.5,
+            }
+        },
+    }
     s = summarize(latents)
     fast = s["fast"]
     assert fast["counts"] == {"1": 0, "2": 1, "3": 0, "4": 2, "5": 1}

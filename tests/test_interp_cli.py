@@ -34,8 +34,24 @@ def test_cli_features_autointerp_dashboard_export(tiny_llama, tmp_path, capsys):
     meta = {"model_name": str(tmp_path / "tiny"), "hook_name": "resid_post.2"}
     sae = create_sae(SAEConfig(architecture="topk", d_in=64, d_sae=24, k=2, metadata=meta))
     save_sae(sae, tmp_path / "sae")
-    args = ["features", str(tmp_path / "sae"), "--data", str(data), "--n-samples", "8", "--top-k", "2",
-            "--n-quantile", "4", "--n-random", "3", "--window-before", "4", "--window-after", "2"]  # fmt: skip
+    args = [
+        "features",
+        str(tmp_path / "sae"),
+        "--data",
+        str(data),
+        "--n-samples",
+        "8",
+        "--top-k",
+        "2",
+        "--n-quantile",
+        "4",
+        "--n-random",
+        "3",
+        "--window-before",
+        "4",
+        "--window-after",
+        "2",
+    ]
     assert main(args) == 0
     assert "8 samples" in capsys.readouterr().out
     fdir = tmp_path / "sae" / "features"
@@ -45,8 +61,27 @@ def test_cli_features_autointerp_dashboard_export(tiny_llama, tmp_path, capsys):
     assert main(args[:-2] + ["--window-after", "3"]) == 1  # other settings on the same directory: a clear error
     assert "other settings" in capsys.readouterr().err
 
-    assert main(["autointerp", str(tmp_path / "sae"), "--judge", "local", "--judge-model", str(tmp_path / "tiny"),
-                 "--n-latents", "2", "--max-tokens", "4", "--attempts", "1", "--protocol", "fast"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "autointerp",
+                str(tmp_path / "sae"),
+                "--judge",
+                "local",
+                "--judge-model",
+                str(tmp_path / "tiny"),
+                "--n-latents",
+                "2",
+                "--max-tokens",
+                "4",
+                "--attempts",
+                "1",
+                "--protocol",
+                "fast",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "FAST protocol:" in out and "top range (4-5)" in out
     doc = json.loads((fdir / "autointerp.json").read_text())
@@ -66,8 +101,12 @@ def test_cli_features_autointerp_dashboard_export(tiny_llama, tmp_path, capsys):
 def test_neuronpedia_export_content(interp_features, tmp_path):
     data = interp_features[0]
     named = data.fired().tolist()[:2]
-    auto = {"latents": {str(j): {"fast": {"score": 4, "name": f"name {j}"}, "explanation": {"text": f"expl {j}"}}
-                        for j in named}, "runs": [{"judge": "scripted"}]}  # fmt: skip
+    auto = {
+        "latents": {
+            str(j): {"fast": {"score": 4, "name": f"name {j}"}, "explanation": {"text": f"expl {j}"}} for j in named
+        },
+        "runs": [{"judge": "scripted"}],
+    }
     (tmp_path / "auto.json").write_text(json.dumps(auto))
     cfg = NeuronpediaConfig(model_id="tiny-chat", batch_size=10, n_quantile=3)
     src = export_neuronpedia(data, cfg, tmp_path / "np", autointerp=tmp_path / "auto.json")
@@ -117,8 +156,9 @@ def test_embedded_model_position_zero_sink(embedded, tmp_path):
     sae = create_sae(SAEConfig(architecture="standard", d_in=576, d_sae=256, metadata={"hook_name": "resid_post.15"}))
     base = dict(n_samples=6, top_k=2, n_quantile=2, n_random=2, window_before=3, window_after=1, n_logits=3)
     skipped = collect_features(sae, model, tokenizer, seqs, FeaturesConfig(**base), tmp_path / "a")
-    kept = collect_features(sae, model, tokenizer, seqs, FeaturesConfig(**base, skip_first_position=False),
-                            tmp_path / "b")  # fmt: skip
+    kept = collect_features(
+        sae, model, tokenizer, seqs, FeaturesConfig(**base, skip_first_position=False), tmp_path / "b"
+    )
     assert skipped.n_tokens == kept.n_tokens - len(seqs)
     top_pos = lambda d: [c.pos for j in d.fired().tolist() for c in d.contexts(j, "top")]  # noqa: E731
     assert top_pos(skipped) and min(top_pos(skipped)) > 0

@@ -33,8 +33,7 @@ def make_batches(n_batches=6, B=5, T=12, d=16, seed=0, density=0.15, vocab=50):
         for b in range(B):
             n = int(lengths[b])
             a = acts[b, :n] * valid[b, :n].unsqueeze(-1)
-            samples.append({"id": int(sids[b]), "acts": a, "ids": ids[b, :n], "cls": cls[b, :n],
-                            "valid": valid[b, :n]})  # fmt: skip
+            samples.append({"id": int(sids[b]), "acts": a, "ids": ids[b, :n], "cls": cls[b, :n], "valid": valid[b, :n]})
     return views, samples
 
 
@@ -151,8 +150,17 @@ def test_latent_firing_in_every_sample_still_gets_non_activating_windows():
         acts = torch.zeros(1, 40, 2)
         acts[0, 1, 0] = 3.0  # latent 0: position 1 of every sample
         valid = torch.ones(1, 40, dtype=torch.bool)
-        col.update(BatchView(acts, torch.arange(40)[None], valid, torch.tensor([40]), torch.zeros(1, 40,
-                             dtype=torch.long), torch.tensor([b])), g)  # fmt: skip
+        col.update(
+            BatchView(
+                acts,
+                torch.arange(40)[None],
+                valid,
+                torch.tensor([40]),
+                torch.zeros(1, 40, dtype=torch.long),
+                torch.tensor([b]),
+            ),
+            g,
+        )
     s = col.state
     assert int(s["qnt_seen"][0]) == 8 and int(s["neg_seen"][0]) >= 4 and int(s["neg_seen"][1]) == 8
     kept = s["neg_pos"][0][s["neg_sample"][0] >= 0]
@@ -168,8 +176,17 @@ def test_reservoir_is_uniform():
     for b in range(n // 2):
         acts = torch.rand(2, 3, d, generator=g) + 0.1
         valid = torch.ones(2, 3, dtype=torch.bool)
-        col.update(BatchView(acts, torch.zeros(2, 3, dtype=torch.long), valid, torch.tensor([3, 3]),
-                             torch.zeros(2, 3, dtype=torch.long), torch.tensor([2 * b, 2 * b + 1])), g)  # fmt: skip
+        col.update(
+            BatchView(
+                acts,
+                torch.zeros(2, 3, dtype=torch.long),
+                valid,
+                torch.tensor([3, 3]),
+                torch.zeros(2, 3, dtype=torch.long),
+                torch.tensor([2 * b, 2 * b + 1]),
+            ),
+            g,
+        )
     counts = torch.bincount(col.state["qnt_sample"].flatten(), minlength=n).double()
     expected, sd = d * 2 / n, math.sqrt(d * 0.2 * 0.8)
     assert ((counts - expected).abs() < 5 * sd).all(), counts

@@ -27,9 +27,16 @@ def dashboard(interp_features, tmp_path_factory):
     data = interp_features[0]
     root = tmp_path_factory.mktemp("dash")
     named = data.fired().tolist()[:3]
-    auto = {"latents": {str(j): {"fast": {"status": "ok", "score": 5 - i, "name": f"zebra concept {j}"},
-                                 "detection": {"balanced_accuracy": 0.75}} for i, j in enumerate(named)},
-            "summary": {"fast": {"top_range_share": 2 / 3}}}  # fmt: skip
+    auto = {
+        "latents": {
+            str(j): {
+                "fast": {"status": "ok", "score": 5 - i, "name": f"zebra concept {j}"},
+                "detection": {"balanced_accuracy": 0.75},
+            }
+            for i, j in enumerate(named)
+        },
+        "summary": {"fast": {"top_range_share": 2 / 3}},
+    }
     (root / "auto.json").write_text(json.dumps(auto))
     index = build_dashboard(data, root / "site", chunk_size=10, autointerp=root / "auto.json")
     return data, index, named
@@ -67,16 +74,28 @@ def test_dashboard_files_and_data(dashboard):
 def browser():
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     if not (CHROMEDRIVER and Path(CHROMIUM).exists()):
-        pytest.skip("headless browser test needs Debian's chromium + chromium-driver "
-                    "(apt-get install -y chromium chromium-driver)")  # fmt: skip
+        pytest.skip(
+            "headless browser test needs Debian's chromium + chromium-driver "
+            "(apt-get install -y chromium chromium-driver)"
+        )
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="chatsae-chromium-")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1300,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1300,1000",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)

@@ -102,8 +102,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(interp_features, tmp
         collect_features(sae, model, tokenizer, seqs, FeaturesConfig(**{**data.meta["config"], "top_k": 2}), out)
     (out / "my_notes.txt").write_text("keep me")  # a user's file and a later command's output in the directory
     (out / "autointerp.json").write_text("{}")
-    again = collect_features(sae, model, tokenizer, seqs,
-                             FeaturesConfig(**{**data.meta["config"], "top_k": 2, "overwrite": True}), out)  # fmt: skip
+    again = collect_features(
+        sae, model, tokenizer, seqs, FeaturesConfig(**{**data.meta["config"], "top_k": 2, "overwrite": True}), out
+    )
     assert again.state["top_act"].shape[1] == 2
     assert (out / "my_notes.txt").read_text() == "keep me"  # --overwrite removes only what the collector wrote
     assert not (out / "autointerp.json").exists()  # chatsae's explanations of the replaced features go with them

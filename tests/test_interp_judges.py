@@ -78,8 +78,9 @@ def test_failed_requests_are_retried_by_the_client_and_recorded_when_hopeless(tm
 def test_autointerp_over_http_concurrent_and_cached(interp_features, tmp_path):
     data = interp_features[0]
     judge = ScriptedJudge()
-    cfg = AutointerpConfig(protocol="all", n_latents=6, n_examples=3, n_test=4, test_batch=3,
-                           out=str(tmp_path / "autointerp.json"))  # fmt: skip
+    cfg = AutointerpConfig(
+        protocol="all", n_latents=6, n_examples=3, n_test=4, test_batch=3, out=str(tmp_path / "autointerp.json")
+    )
     with JudgeServer(judge) as server:
         cached = CachedJudge(OpenAIJudge("scripted-model", base_url=server.url, api_key="k"), tmp_path / "cache")
         doc = run_autointerp(data, cached, cfg, concurrency=4, progress=False)
@@ -163,8 +164,16 @@ def test_local_transformers_judge_on_tiny_llama_behind_the_server(interp_feature
     with JudgeServer(local) as server:  # the real model behind the OpenAI API
         client = OpenAIJudge("tiny", base_url=server.url, api_key="k")
         assert client.complete(messages, max_tokens=6) == a
-        cfg = AutointerpConfig(protocol="fast,detection", n_latents=2, n_examples=2, n_test=2, test_batch=4,
-                               attempts=2, max_tokens=6, out=str(tmp_path / "a.json"))  # fmt: skip
+        cfg = AutointerpConfig(
+            protocol="fast,detection",
+            n_latents=2,
+            n_examples=2,
+            n_test=2,
+            test_batch=4,
+            attempts=2,
+            max_tokens=6,
+            out=str(tmp_path / "a.json"),
+        )
         doc = run_autointerp(data, client, cfg, progress=False)
     for r in doc["latents"].values():  # a random model answers garbage: recorded, never a crash
         assert r["fast"]["status"] in ("ok", "unparseable") and len(r["fast"]["raw"]) in (1, 2)

@@ -68,13 +68,15 @@ def test_unpaired_difference_and_verdicts():
     d = unpaired_difference(a, b)
     assert d.value == pytest.approx(a.mean() - b.mean())
     se = math.sqrt(a.var(ddof=1) / 200 + b.var(ddof=1) / 150)  # normal approximation of the same interval
-    assert d.low == pytest.approx(d.value - 1.96 * se, abs=0.01) and d.high == pytest.approx(d.value + 1.96 * se,
-                                                                                                abs=0.01)  # fmt: skip
+    assert d.low == pytest.approx(d.value - 1.96 * se, abs=0.01) and d.high == pytest.approx(
+        d.value + 1.96 * se, abs=0.01
+    )
     same = unpaired_difference(a[:100], a[100:])
     assert same.low < 0 < same.high
-    named = {"FAST": {"latents": {str(i): {"auc": v} for i, v in enumerate(a)}, "live": 10, "template_selective": 5},
-             "BT(P)": {"latents": {str(i): {"auc": v} for i, v in enumerate(b)}, "live": 10,
-                       "template_selective": 4}}  # fmt: skip
+    named = {
+        "FAST": {"latents": {str(i): {"auc": v} for i, v in enumerate(a)}, "live": 10, "template_selective": 5},
+        "BT(P)": {"latents": {str(i): {"auc": v} for i, v in enumerate(b)}, "live": 10, "template_selective": 4},
+    }
     comp = compare_proxies(named)
     verdicts = {p["proxy"]: p["verdict"] for p in comp["pairs"]}
     assert verdicts["explanation_auc"] == "FAST higher token-explanation AUC than BT(P)"

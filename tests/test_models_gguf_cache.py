@@ -26,8 +26,11 @@ def from_gguf(embedded):
     return embedded
 
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2? <|im_end|>"},
-            {"role": "assistant", "content": "It is 4."}]  # fmt: skip
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 2+2? <|im_end|>"},
+    {"role": "assistant", "content": "It is 4."},
+]
 
 
 def test_copy_loads_the_same_model_tokenizer_and_logits(from_gguf, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -133,8 +136,9 @@ def test_first_bfloat16_load_keeps_a_float32_copy(from_gguf, tmp_path: Path, mon
     monkeypatch.setattr(gguf_cache, "save", lambda *a: False)
     unsaved, _ = load_model("embedded", dtype="bfloat16")
     assert not gguf_cache.ready(gguf_cache.converted_dir(_gguf()))
-    assert all(torch.equal(b, plain_buffers[k]) and b.dtype == plain_buffers[k].dtype
-               for k, b in unsaved.named_buffers())  # fmt: skip
+    assert all(
+        torch.equal(b, plain_buffers[k]) and b.dtype == plain_buffers[k].dtype for k, b in unsaved.named_buffers()
+    )
     with torch.no_grad():
         assert torch.equal(unsaved(ids).logits, want)
     monkeypatch.setenv(gguf_cache.MAX_GB_ENV, "0.1")  # 513 MiB of float32 weights: over the limit

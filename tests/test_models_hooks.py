@@ -25,9 +25,18 @@ _NEOX = dict(
 )
 _GEMMA3_MM = dict(  # Gemma 3 with its vision tower (model_type "gemma3"), run on text only
     text_config={**_COMMON, "head_dim": 8},
-    vision_config=dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                       image_size=28, patch_size=14),  # fmt: skip
-    mm_tokens_per_image=4, image_token_index=VOCAB - 1, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+    vision_config=dict(
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=14,
+    ),
+    mm_tokens_per_image=4,
+    image_token_index=VOCAB - 1,
+    boi_token_index=VOCAB - 3,
+    eoi_token_index=VOCAB - 2,
 )
 # family: (config class, model class, config kwargs, path of the blocks, module that writes attn_out, ... mlp_out).
 # The module names are written out here independently of chatsae.models.hooks: for Gemma 2/3 ("sandwich" norms) the
@@ -39,20 +48,32 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_COMMON, "head_dim": 8}, "model.layers", "self_attn", "mlp"),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {**_COMMON, "head_dim": 8}, "model.layers", "self_attn", "mlp"),
     "gemma2": (
-        "Gemma2Config", "Gemma2ForCausalLM", {**_COMMON, "head_dim": 8}, "model.layers",
-        "post_attention_layernorm", "post_feedforward_layernorm",
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {**_COMMON, "head_dim": 8},
+        "model.layers",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
     ),
     "gemma3": (
-        "Gemma3TextConfig", "Gemma3ForCausalLM", {**_COMMON, "head_dim": 8}, "model.layers",
-        "post_attention_layernorm", "post_feedforward_layernorm",
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {**_COMMON, "head_dim": 8},
+        "model.layers",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
     ),
     "gemma3_mm": (
-        "Gemma3Config", "Gemma3ForConditionalGeneration", _GEMMA3_MM, "model.language_model.layers",
-        "post_attention_layernorm", "post_feedforward_layernorm",
+        "Gemma3Config",
+        "Gemma3ForConditionalGeneration",
+        _GEMMA3_MM,
+        "model.language_model.layers",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
     ),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", _GPT2, "transformer.h", "attn", "mlp"),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", _NEOX, "gpt_neox.layers", "attention", "mlp"),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -200,7 +200,8 @@ def test_model_dtype_policies(monkeypatch):
         assert devices.resolve_model_dtype("fast", cpu) == ("bfloat16" if has_bf16 else "float32")
         assert devices.resolve_model_dtype("auto", cpu) == "float32"
         assert resolved_model_dtype(DataConfig(model_dtype="fast", model_device="cpu")) == devices.resolve_model_dtype(
-            "fast", cpu)
+            "fast", cpu
+        )
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert devices.resolve_model_dtype("fast", cpu) == "bfloat16"  # AMX alone is enough
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)

@@ -112,13 +112,19 @@ def test_shared_passes_equal_whole_row_passes(family_model):
                     rows.clear()
                     edited = P.edited_forward_shared(model, shared, ids, mask, fn(joined.act))
                 torch.testing.assert_close(split.prefix, plain[:1, :length], rtol=0, atol=1e-5)
-                torch.testing.assert_close(split.rest * real[:, length:], plain[:, length:] * real[:, length:],
-                                           rtol=0, atol=1e-5)  # fmt: skip
+                torch.testing.assert_close(
+                    split.rest * real[:, length:], plain[:, length:] * real[:, length:], rtol=0, atol=1e-5
+                )
                 for got, ref in ((joined.state, ckpt.state), (joined.act, ckpt.act)):
                     torch.testing.assert_close(got * real, ref * real, rtol=0, atol=1e-5, msg=str(hook))
                 torch.testing.assert_close(edited.prefix, full[:1, :length], rtol=0, atol=1e-5, msg=str(hook))
-                torch.testing.assert_close(edited.rest * real[:, length:], full[:, length:] * real[:, length:],
-                                           rtol=0, atol=1e-5, msg=str(hook))  # fmt: skip
+                torch.testing.assert_close(
+                    edited.rest * real[:, length:],
+                    full[:, length:] * real[:, length:],
+                    rtol=0,
+                    atol=1e-5,
+                    msg=str(hook),
+                )
                 assert ((full - plain) * real).abs().max() > 1e-3, hook  # the edit really changes the logits
                 # the prefix: one row, every block; the rest: every row, the blocks from the hook on
                 start = layer + 1 if kind == "resid_post" else layer
@@ -136,8 +142,12 @@ def test_losses_of_split_logits_equal_those_of_whole_logits():
     b[:, :length] = b[:1, :length]
     labels, valid = M.next_token_labels(ids, mask)
     whole = M.paired_losses(a, b, labels, valid)
-    split = _by_part(M.paired_losses, [P.SplitLogits(a[:1, :length], a[:, length:]),
-                                       P.SplitLogits(b[:1, :length], b[:, length:])], labels, valid)  # fmt: skip
+    split = _by_part(
+        M.paired_losses,
+        [P.SplitLogits(a[:1, :length], a[:, length:]), P.SplitLogits(b[:1, :length], b[:, length:])],
+        labels,
+        valid,
+    )
     for got, ref in zip(split, whole, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
     assert float(whole[2].sum()) > 0.1 and bool((labels[:, length - 1] != labels[0, length - 1]).any())
@@ -234,8 +244,11 @@ def test_capture_sharing_prefix_equals_capture_many(family_model):
     ids, mask, length, real = _sharing_batch(model)
     last = len(decoder_layers(model)) - 1
     with _counting(model) as (ran, rows):
-        for hooks in ([HookPoint("resid_post", 0), HookPoint("attn_out", 1)], [HookPoint("mlp_out", last)],
-                      [HookPoint("resid_pre", last), HookPoint("resid_pre", 0)]):  # fmt: skip
+        for hooks in (
+            [HookPoint("resid_post", 0), HookPoint("attn_out", 1)],
+            [HookPoint("mlp_out", last)],
+            [HookPoint("resid_pre", last), HookPoint("resid_pre", 0)],
+        ):
             ref = capture_many(model, hooks, ids, mask)
             rows.clear()
             ran.clear()

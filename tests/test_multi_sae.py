@@ -19,19 +19,25 @@ from chatsae.workflows.multi_sae import train_runs
 from chatsae.workflows.train_run import default_out_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-TC = dict(total_tokens=5 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=0, progress=False,
-          device="cpu", seed=7)  # fmt: skip
+TC = dict(
+    total_tokens=5 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=0, progress=False, device="cpu", seed=7
+)
 
 
 def _spec(tmp_path: Path, tiny_llama, out: str, **data_kw) -> RunSpec:
     data = tmp_path / "chat.jsonl"
     if not data.is_file():
         data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
-    return RunSpec(run=RunConfig(out_dir=str(tmp_path / out), eval_max_samples=2),
-                   sae=SAEConfig(architecture="jumprelu"), train=TrainConfig(**TC),
-                   data=DataConfig(model="tiny", data=str(data), holdout=3, buffer_tokens=256, **data_kw),
-                   harvest=HarvestOptions(shard_tokens=300), d_sae=96, model_and_tokenizer=tiny_llama,
-                   report=lambda m: None)  # fmt: skip
+    return RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / out), eval_max_samples=2),
+        sae=SAEConfig(architecture="jumprelu"),
+        train=TrainConfig(**TC),
+        data=DataConfig(model="tiny", data=str(data), holdout=3, buffer_tokens=256, **data_kw),
+        harvest=HarvestOptions(shard_tokens=300),
+        d_sae=96,
+        model_and_tokenizer=tiny_llama,
+        report=lambda m: None,
+    )
 
 
 def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, tmp_path: Path, monkeypatch) -> None:
@@ -47,8 +53,10 @@ def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, t
     monkeypatch.setattr(harvest_mod, "capture_sharing_prefix", spy)
     results = train_runs(_spec(tmp_path, tiny_llama, "multi", hooks="resid_post.1,resid_post.2"))
     multi_passes, passes[:] = list(passes), []
-    single = [train_run(_spec(tmp_path, tiny_llama, f"single{i}", hook=h))
-              for i, h in enumerate(["resid_post.1", "resid_post.2"])]  # fmt: skip
+    single = [
+        train_run(_spec(tmp_path, tiny_llama, f"single{i}", hook=h))
+        for i, h in enumerate(["resid_post.1", "resid_post.2"])
+    ]
     assert multi_passes and all(p == ["resid_post.1", "resid_post.2"] for p in multi_passes)
     assert len(passes) == 2 * len(multi_passes)  # two single runs: twice the forward passes
     assert [r.out_dir for r in results] == [tmp_path / "multi" / "resid_post.1", tmp_path / "multi" / "resid_post.2"]
@@ -84,15 +92,44 @@ def test_cli_hooks_harvest_and_train(tiny_llama, tmp_path: Path, capsys) -> None
     tok.save_pretrained(tmp_path / "model")
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
-    common = ["--model", str(tmp_path / "model"), "--data", str(data), "--hooks", "resid_post.2,resid_post.0",
-              "--holdout", "3"]  # fmt: skip
+    common = [
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(data),
+        "--hooks",
+        "resid_post.2,resid_post.0",
+        "--holdout",
+        "3",
+    ]
     assert main(["harvest", *common, "--out-dir", str(tmp_path / "h"), "--max-tokens", "500"]) == 0
     a, b = (Manifest.read(tmp_path / "h" / "activations" / h) for h in ("resid_post.2", "resid_post.0"))
     assert (a.hook, b.hook) == ("resid_post.2", "resid_post.0") and a.n_tokens == b.n_tokens >= 500
     capsys.readouterr()
-    assert main(["train", *common, "--out-dir", str(tmp_path / "t"), "--width", "96", "--total-tokens", "512",
-                 "--batch-size", "128", "--init-sample-tokens", "256", "--no-progress", "--eval-max-samples", "2",
-                 "--buffer-tokens", "256"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--out-dir",
+                str(tmp_path / "t"),
+                "--width",
+                "96",
+                "--total-tokens",
+                "512",
+                "--batch-size",
+                "128",
+                "--init-sample-tokens",
+                "256",
+                "--no-progress",
+                "--eval-max-samples",
+                "2",
+                "--buffer-tokens",
+                "256",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("chatsae train: result") == 2
     for h in ("resid_post.2", "resid_post.0"):
@@ -128,10 +165,16 @@ def test_several_saes_on_one_hook_share_one_harvest(tiny_llama, tmp_path: Path, 
     assert first["train"]["sparsity_coef"] == 0.01 and (results[0].out_dir / "eval.json").is_file()
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("jumprelu:sparsity_coef", "not FIELD=VALUE"), ("nope", "architecture"), ("topk:k=abc", "k"),
-    ("topk:colour=red", "unknown field 'colour'"), ("topk:k=8,topk:k=8", "unique"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("jumprelu:sparsity_coef", "not FIELD=VALUE"),
+        ("nope", "architecture"),
+        ("topk:k=abc", "k"),
+        ("topk:colour=red", "unknown field 'colour'"),
+        ("topk:k=8,topk:k=8", "unique"),
+    ],
+)
 def test_saes_option_errors(text: str, match: str) -> None:
     from chatsae.workflows.multi_sae import parse_saes
 
@@ -159,7 +202,11 @@ def test_streamed_together_each_sae_equals_its_own_streaming_run(tiny_llama, tmp
     results = train_runs(spec)
     together, runs[:] = list(runs), []
     assert [r.out_dir.relative_to(tmp_path / "multi").as_posix() for r in results] == [
-        "resid_post.1/a", "resid_post.1/b", "resid_post.2/a", "resid_post.2/b"]
+        "resid_post.1/a",
+        "resid_post.1/b",
+        "resid_post.2/a",
+        "resid_post.2/b",
+    ]
     assert not (tmp_path / "multi" / "activations").exists()  # nothing cached on disk
     for res in results:
         hook, name = res.out_dir.parent.name, res.out_dir.name
@@ -175,8 +222,7 @@ def test_streamed_together_each_sae_equals_its_own_streaming_run(tiny_llama, tmp
     assert len(together) < len(runs) / 2  # the four single runs harvested more than twice as many windows
 
 
-def test_streamed_together_run_killed_midway_resumes_to_the_same_saes(tiny_llama, tmp_path: Path,
-                                                                      monkeypatch) -> None:  # fmt: skip
+def test_streamed_together_run_killed_midway_resumes_to_the_same_saes(tiny_llama, tmp_path: Path, monkeypatch) -> None:
     """One SAE of a --cache none joint run fails after its step-4 checkpoint; `--resume` ends with both SAEs equal to
     those of an uninterrupted joint run."""
     from chatsae.train import checkpoints

@@ -27,8 +27,12 @@ def loop_pre(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, b_dec: to
     rows = []
     for xb in x.tolist():
         xin = xb if b_dec is None else [a - c for a, c in zip(xb, b_dec.tolist(), strict=True)]
-        rows.append([sum(xin[j] * W[j, i].item() for j in range(W.shape[0])) + (0.0 if b is None else b[i].item())
-                     for i in range(W.shape[1])])  # fmt: skip
+        rows.append(
+            [
+                sum(xin[j] * W[j, i].item() for j in range(W.shape[0])) + (0.0 if b is None else b[i].item())
+                for i in range(W.shape[1])
+            ]
+        )
     return rows
 
 

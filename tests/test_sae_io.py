@@ -89,9 +89,20 @@ def test_pre_6_saelens_cfg(random_sae, tmp_path: Path) -> None:
     """Older SAELens configs: metadata keys at the top level, hook_point, k in activation_fn_kwargs, and
     apply_b_dec_to_input defaulting to True for every architecture (as SAELens reads them)."""
     sae, path = saved(random_sae, tmp_path, "topk")
-    write_cfg(path, {"architecture": "topk", "d_in": 16, "d_sae": 48, "dtype": "torch.float32",
-                     "activation_fn_kwargs": {"k": 5}, "hook_point": "blocks.3.hook_resid_post",
-                     "model_name": "gpt2", "context_size": 64, "normalize_activations": False})  # fmt: skip
+    write_cfg(
+        path,
+        {
+            "architecture": "topk",
+            "d_in": 16,
+            "d_sae": 48,
+            "dtype": "torch.float32",
+            "activation_fn_kwargs": {"k": 5},
+            "hook_point": "blocks.3.hook_resid_post",
+            "model_name": "gpt2",
+            "context_size": 64,
+            "normalize_activations": False,
+        },
+    )
     cfg = read_cfg(path)
     assert (cfg.k, cfg.apply_b_dec_to_input) == (5, True)
     assert cfg.metadata == {"hook_name": "blocks.3.hook_resid_post", "model_name": "gpt2", "context_size": 64}
@@ -211,8 +222,10 @@ def test_missing_tensor(random_sae, tmp_path: Path, arch: str) -> None:
         load_sae(path)
 
 
-@pytest.mark.parametrize(("param", "value", "ok"), [("log", 0.0, False), ("log", -0.1, False),
-                                                    ("direct", 0.0, True), ("direct", -0.1, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("param", "value", "ok"),
+    [("log", 0.0, False), ("log", -0.1, False), ("direct", 0.0, True), ("direct", -0.1, False)],
+)
 def test_threshold_sign(random_sae, tmp_path: Path, param: str, value: float, ok: bool) -> None:
     _, path = saved(random_sae, tmp_path, "jumprelu", param)
     tensors = load_file(str(path / WEIGHTS_FILE))

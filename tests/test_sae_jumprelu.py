@@ -130,8 +130,9 @@ def test_loss_gradient_on_theta_matches_closed_form(param: str, random_sae) -> N
 
 @pytest.mark.parametrize("param", ["direct", "log"])
 def test_threshold_parametrisations_agree(param: str) -> None:
-    cfg = SAEConfig(architecture="jumprelu", d_in=8, d_sae=16, jumprelu_init_threshold=0.05,
-                    jumprelu_threshold_param=param)  # fmt: skip
+    cfg = SAEConfig(
+        architecture="jumprelu", d_in=8, d_sae=16, jumprelu_init_threshold=0.05, jumprelu_threshold_param=param
+    )
     sae = create_sae(cfg)
     torch.testing.assert_close(sae.threshold, torch.full((16,), 0.05))
     names = {n for n, _ in sae.named_parameters()}

@@ -199,8 +199,10 @@ def test_no_grad_forward_matches_reference() -> None:
     assert abs(float(a.loss - b.loss)) <= TOL * abs(float(b.loss))
 
 
-@pytest.mark.parametrize(("arch", "kernel", "n_dead"), [("jumprelu", "sparse", 0), ("jumprelu", "dense", 0),
-                                                        ("topk", "sparse", 0), ("topk", "sparse", 80)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "kernel", "n_dead"),
+    [("jumprelu", "sparse", 0), ("jumprelu", "dense", 0), ("topk", "sparse", 0), ("topk", "sparse", 80)],
+)
 def test_fire_counts_equal_the_count_from_feature_acts(arch: str, kernel: str, n_dead: int) -> None:
     """The fused kernels hand the trainer each latent's firing count: the count of f > 1e-8 per column of the
     returned feature_acts (the reference code returns None and the trainer counts)."""

@@ -26,16 +26,28 @@ OPTS = HarvestOptions(shard_tokens=300)
 
 
 def _records(n: int = 24, tag: str = "") -> list[Record]:
-    return [Record(i, [{"role": "user", "content": f"Question {i}{tag}: " + " ".join(f"w{(i * 7 + j) % 53}"
-                                                                                  for j in range(3 + i % 9))},
-                       {"role": "assistant", "content": f"Answer {i}"}], None) for i in range(n)]  # fmt: skip
+    return [
+        Record(
+            i,
+            [
+                {
+                    "role": "user",
+                    "content": f"Question {i}{tag}: " + " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + i % 9)),
+                },
+                {"role": "assistant", "content": f"Answer {i}"},
+            ],
+            None,
+        )
+        for i in range(n)
+    ]
 
 
 def _harvest(tiny_llama, directory, seqs, resume=False, max_tokens=None):
     model, tok = tiny_llama
     man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast")
-    return harvest_to_cache(model, tok, HOOK, seqs, directory, man, OPTS, max_tokens=max_tokens, resume=resume,
-                            progress=False)  # fmt: skip
+    return harvest_to_cache(
+        model, tok, HOOK, seqs, directory, man, OPTS, max_tokens=max_tokens, resume=resume, progress=False
+    )
 
 
 def _write_data(path, tag=""):
@@ -50,11 +62,17 @@ def _pipeline(tiny_llama, data, out, max_tokens=None, resume=False):
 @contextlib.contextmanager
 def lock_held_elsewhere(directory, what):
     """Another process holds ``directory``'s lock for the block (locking.py loaded on its own: no torch import)."""
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], sys.argv[3]).acquire(); "
-            "print('ready', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(directory), locking.__file__, what],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    code = (
+        "import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], sys.argv[3]).acquire(); "
+        "print('ready', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(directory), locking.__file__, what],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         yield holder
@@ -93,8 +111,11 @@ def test_rerun_of_an_interrupted_harvest_without_resume_says_what_to_do(tiny_lla
     with pytest.raises(KeyboardInterrupt):
         _harvest(tiny_llama, tmp_path / "c", interrupted(seqs, at=15))
     n = Manifest.read(tmp_path / "c").n_tokens
-    with pytest.raises(ValueError, match=rf"{tmp_path / 'c'}: an interrupted harvest is here \({n:,} vectors in .* "
-                                         "add --resume to continue it, or choose another --out-dir / --cache-dir"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{tmp_path / 'c'}: an interrupted harvest is here \({n:,} vectors in .* "
+        "add --resume to continue it, or choose another --out-dir / --cache-dir",
+    ):
         _harvest(tiny_llama, tmp_path / "c", iter(seqs))
     assert not (tmp_path / "c" / LOCK).exists()  # released on the error
     assert _harvest(tiny_llama, tmp_path / "c", iter(seqs), resume=True)[0].complete
@@ -109,8 +130,11 @@ def test_an_edited_data_file_with_the_same_record_count_is_not_reused(tiny_llama
     assert json.loads((tmp_path / "run" / MARKER).read_text())["kind"] == "run"  # the run dir chatsae created
     _write_data(data, tag=" (edited)")
     for resume in (False, True):
-        with pytest.raises(ValueError, match=rf"data_hash: '{old_hash}' -> '[0-9a-f]+' \(the data file's content "
-                                             "changed\\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"data_hash: '{old_hash}' -> '[0-9a-f]+' \(the data file's content "
+            "changed\\)",
+        ):
             _pipeline(tiny_llama, data, tmp_path / "run", resume=resume)
 
 
@@ -122,8 +146,10 @@ def test_a_smaller_budget_cache_is_extended_for_a_bigger_run(tiny_llama, tmp_pat
     n_small = small.n_tokens
     capsys.readouterr()
     _, big, stats, _ = _pipeline(tiny_llama, data, tmp_path / "run", max_tokens=900)
-    assert (f"the cache holds {n_small:,} vectors, harvested with a budget of 300 before the data ran out; this run "
-            "asks for 900: extending the cache") in capsys.readouterr().err
+    assert (
+        f"the cache holds {n_small:,} vectors, harvested with a budget of 300 before the data ran out; this run "
+        "asks for 900: extending the cache"
+    ) in capsys.readouterr().err
     assert big.n_tokens >= 900 > n_small and stats.sequences > 0 and big.info["max_tokens"] == 900
     # the extended cache holds exactly what a fresh harvest with the bigger budget holds
     _, fresh, _, _ = _pipeline(tiny_llama, data, tmp_path / "fresh", max_tokens=900)

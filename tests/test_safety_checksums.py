@@ -99,8 +99,11 @@ def test_absurd_d_sae_is_refused_before_allocating(tmp_path, monkeypatch, block)
         raise AssertionError("create_sae was called: the size check must come first")
 
     monkeypatch.setattr(sae_pkg, "create_sae", no_alloc)
-    with pytest.raises(ValueError, match=rf"{path / WEIGHTS_FILE}: W_enc has shape \[8, 16\], but cfg.json says "
-                                         r"d_in = 8, d_sae = 1000000000000 \(expected \[8, 1000000000000\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path / WEIGHTS_FILE}: W_enc has shape \[8, 16\], but cfg.json says "
+        r"d_in = 8, d_sae = 1000000000000 \(expected \[8, 1000000000000\]\)",
+    ):
         load_sae(path)
 
 

@@ -118,8 +118,10 @@ def test_resume_keeps_the_outlier_limit_and_count_bit_identically(tmp_path: Path
     assert "WARNING: dropped" not in capsys.readouterr().err  # not seen before the interruption
     resumed = _trainer(TensorSource.from_file(path, 64, seed=3), tmp_path / "b", **tc).fit(resume=True)
     err = capsys.readouterr().err
-    assert f"WARNING: dropped 1 absurd activation vector(s) (norm > 1000x the median norm), first at {path}, " \
-        f"row {row} at step 21" in err  # fmt: skip
+    assert (
+        f"WARNING: dropped 1 absurd activation vector(s) (norm > 1000x the median norm), first at {path}, "
+        f"row {row} at step 21" in err
+    )
     assert resumed.summary["outlier_rows_dropped"] == 1 and resumed.summary["tokens"] == 2047
     a, b = full.sae_dir / "sae_weights.safetensors", resumed.sae_dir / "sae_weights.safetensors"
     assert a.read_bytes() == b.read_bytes()
@@ -160,8 +162,11 @@ def _cache(tmp_path: Path, shards: list[np.ndarray]) -> Path:
     writer = CacheWriter(directory, Manifest(d_in=D, model="m", hook="h", method="fast"))
     for i, a in enumerate(shards):
         n = len(a)
-        meta = {"token_ids": torch.zeros(n, dtype=torch.long), "positions": torch.arange(n),
-                "sample_ids": torch.full((n,), i, dtype=torch.long)}  # fmt: skip
+        meta = {
+            "token_ids": torch.zeros(n, dtype=torch.long),
+            "positions": torch.arange(n),
+            "sample_ids": torch.full((n,), i, dtype=torch.long),
+        }
         writer.write_shard(torch.from_numpy(a), meta, windows_done=i + 1)
     writer.finish()
     return directory
@@ -171,8 +176,9 @@ def test_nan_in_a_cache_shard_names_the_shard_and_row_before_any_step(tmp_path: 
     a, b = _acts(256, 1).numpy(), _acts(256, 2).numpy()
     b[37, 5] = np.nan
     directory = _cache(tmp_path, [a, b])
-    trainer = _trainer(CacheSource(directory, 64, buffer_tokens=128, seed=3), tmp_path, total_tokens=512,
-                       init_sample_tokens=512)  # fmt: skip
+    trainer = _trainer(
+        CacheSource(directory, 64, buffer_tokens=128, seed=3), tmp_path, total_tokens=512, init_sample_tokens=512
+    )
     before = _state(trainer)
     with pytest.raises(BadInputError, match=r"shard_00001\.acts\.npy, row 37: the input activations hold NaN/Inf"):
         trainer.fit()
@@ -203,8 +209,22 @@ def test_nan_through_the_cli_is_one_line_naming_the_file(tmp_path: Path, capsys)
     x[3, 0] = float("nan")
     path = tmp_path / "acts.npy"
     np.save(path, x.numpy())
-    rc = main(["train", "--activations", str(path), "--out-dir", str(tmp_path / "r"), "--total-tokens", "256",
-               "--batch-size", "64", "--init-sample-tokens", "512", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(path),
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--total-tokens",
+            "256",
+            "--batch-size",
+            "64",
+            "--init-sample-tokens",
+            "512",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and f"{path}, row 3: the input activations hold NaN/Inf" in err
     assert "lower --lr" not in err and "cannot normalise" not in err
@@ -219,9 +239,26 @@ def test_fvu_far_above_one_exits_1_and_marks_the_summary(tmp_path: Path, capsys)
     x = 1000.0 + 0.01 * torch.randn(512, D, generator=torch.Generator().manual_seed(0))
     path = tmp_path / "acts.safetensors"
     save_file({"acts": x}, str(path))
-    rc = main(["train", "--activations", str(path), "--out-dir", str(tmp_path / "r"), "--total-tokens", "128",
-               "--batch-size", "64", "--b-dec-init", "zeros", "--arch", "topk", "--k", "2",
-               "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(path),
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--total-tokens",
+            "128",
+            "--batch-size",
+            "64",
+            "--b-dec-init",
+            "zeros",
+            "--arch",
+            "topk",
+            "--k",
+            "2",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert "chatsae train: FAILED: final train FVU" in captured.err and "> 2" in captured.err
@@ -233,8 +270,24 @@ def test_fvu_far_above_one_exits_1_and_marks_the_summary(tmp_path: Path, capsys)
 def test_an_ordinary_run_is_ok_and_exits_0(tmp_path: Path) -> None:
     path = tmp_path / "acts.safetensors"
     save_file({"acts": _acts(512)}, str(path))
-    rc = main(["train", "--activations", str(path), "--out-dir", str(tmp_path / "r"), "--total-tokens", "256",
-               "--batch-size", "64", "--arch", "topk", "--k", "4", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(path),
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--total-tokens",
+            "256",
+            "--batch-size",
+            "64",
+            "--arch",
+            "topk",
+            "--k",
+            "4",
+            "--no-progress",
+        ]
+    )
     summary = json.loads((tmp_path / "r" / "sae" / "training_summary.json").read_text())
     assert rc == 0 and summary["status"] == "ok" and summary["outlier_rows_dropped"] == 0
 
@@ -261,8 +314,10 @@ def test_dedup_drops_are_counted_in_the_summary_and_warned(tiny_llama, tmp_path:
         return " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(5)) for _ in range(n))
 
     same = {"messages": [{"role": "user", "content": "🙂"}, {"role": "assistant", "content": "🙂"}]}
-    distinct = [{"messages": [{"role": "user", "content": words(6)}, {"role": "assistant", "content": words(8)}]}
-                for _ in range(20)]  # fmt: skip
+    distinct = [
+        {"messages": [{"role": "user", "content": words(6)}, {"role": "assistant", "content": words(8)}]}
+        for _ in range(20)
+    ]
     lines = [json.dumps(same)] * 30 + [json.dumps(r) for r in distinct]
     lines.insert(10, "{not json")
     data = tmp_path / "chat.jsonl"
@@ -270,26 +325,42 @@ def test_dedup_drops_are_counted_in_the_summary_and_warned(tiny_llama, tmp_path:
     from chatsae.activations.pipeline import DataConfig
 
     report: list[str] = []
-    spec = RunSpec(run=RunConfig(out_dir=str(tmp_path / "run"), evaluate=False),
-                   sae=SAEConfig(architecture="topk", k=4), train=TrainConfig(**{**TC, "total_tokens": 128}),
-                   data=DataConfig(model="tiny", data=str(data), layer=1, holdout=0, skip_bad=True), d_sae=96,
-                   model_and_tokenizer=tiny_llama, report=report.append)  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "run"), evaluate=False),
+        sae=SAEConfig(architecture="topk", k=4),
+        train=TrainConfig(**{**TC, "total_tokens": 128}),
+        data=DataConfig(model="tiny", data=str(data), layer=1, holdout=0, skip_bad=True),
+        d_sae=96,
+        model_and_tokenizer=tiny_llama,
+        report=report.append,
+    )
     res = train_run(spec)
     counts = res.summary["data_counts"]
-    assert counts == {"records_skipped_bad": 1, "samples_read": 50, "samples_dedup_dropped": 29,
-                      "samples_empty_dropped": 0, "samples_truncated": 0}  # fmt: skip
+    assert counts == {
+        "records_skipped_bad": 1,
+        "samples_read": 50,
+        "samples_dedup_dropped": 29,
+        "samples_empty_dropped": 0,
+        "samples_truncated": 0,
+    }
     saved = json.loads((res.sae_dir / "training_summary.json").read_text())
     assert saved["data_counts"] == counts and saved["outlier_rows_dropped"] == 0
     warning = [r for r in report if r.startswith("WARNING:")]
-    assert warning == ["WARNING: 30 of 51 records (58.8%) were dropped before training: 29 by the n-gram dedup "
-                       "(--dedup-n; 0 disables it), 1 malformed, skipped (--skip-bad)"]  # fmt: skip
+    assert warning == [
+        "WARNING: 30 of 51 records (58.8%) were dropped before training: 29 by the n-gram dedup "
+        "(--dedup-n; 0 disables it), 1 malformed, skipped (--skip-bad)"
+    ]
 
     # a second run on the cache reads the counts from its manifest; the CLI table shows them
     from chatsae.workflows.train_run import count_rows
 
     rows = count_rows(saved)
     assert rows["samples dropped by dedup"] == "29 of 51" and rows["records skipped (--skip-bad)"] == "1 of 51"
-    spec2 = RunSpec(run=RunConfig(out_dir=str(tmp_path / "run2"), activations=str(tmp_path / "run" / "activations")),
-                    sae=SAEConfig(architecture="topk", k=4), train=TrainConfig(**{**TC, "total_tokens": 128}),
-                    d_sae=96, report=report.append)  # fmt: skip
+    spec2 = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "run2"), activations=str(tmp_path / "run" / "activations")),
+        sae=SAEConfig(architecture="topk", k=4),
+        train=TrainConfig(**{**TC, "total_tokens": 128}),
+        d_sae=96,
+        report=report.append,
+    )
     assert train_run(spec2).summary["data_counts"] == counts

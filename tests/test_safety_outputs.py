@@ -53,7 +53,10 @@ def test_atomic_dir_refuses_a_foreign_dir_and_overwrite_keeps_its_files(tmp_path
         (tmp / "index.html").write_text("new")
     got = _tree(tmp_path / "other")
     assert {k: got[k] for k in ("data/mine.csv", "data/index.js", "index.html")} == {
-        "data/mine.csv": b"keep", "data/index.js": b"js", "index.html": b"new"}
+        "data/mine.csv": b"keep",
+        "data/index.js": b"js",
+        "index.html": b"new",
+    }
     # a file where chatsae needs a directory: refused before anything moves
     (tmp_path / "third").mkdir()
     (tmp_path / "third" / "data").write_text("a file")
@@ -77,8 +80,12 @@ def test_rewriting_chatsae_dir_keeps_entries_chatsae_did_not_write(tmp_path, mon
     with atomic_dir(out) as tmp:
         (tmp / "index.html").write_text("2")
     after = _tree(out)
-    assert after == {MARKER: (out / MARKER).read_bytes(), "features/meta.json": b"{}", "index.html": b"2",
-                     "notes.md": b"user"}  # fmt: skip  (old.js: chatsae's own, no longer written -> removed)
+    assert after == {
+        MARKER: (out / MARKER).read_bytes(),
+        "features/meta.json": b"{}",
+        "index.html": b"2",
+        "notes.md": b"user",
+    }  # old.js: chatsae's own, no longer written -> removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
     real_replace = os.replace
 
@@ -129,9 +136,17 @@ def test_cli_dashboard_out_foreign_dir(interp_features, tmp_path, capsys):
     assert {k: v for k, v in _tree(tmp_path / "docs").items() if k in before} == before
 
 
-@pytest.mark.parametrize(("option", "value"), [("--source-set", "x/../../../victim"), ("--model-id", "../../victim"),
-                                               ("--model-id", "/tmp/abs"), ("--model-id", ".."),
-                                               ("--source-set", "a\nb"), ("--source-set", "a\\..\\b")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--source-set", "x/../../../victim"),
+        ("--model-id", "../../victim"),
+        ("--model-id", "/tmp/abs"),
+        ("--model-id", ".."),
+        ("--source-set", "a\nb"),
+        ("--source-set", "a\\..\\b"),
+    ],
+)
 def test_cli_export_rejects_names_that_leave_the_output_root(interp_features, tmp_path, capsys, option, value):
     fdir = interp_features[0].root
     (tmp_path / "victim").mkdir()
@@ -174,9 +189,14 @@ def test_safe_name_and_check_inside(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x.npy", "/etc/passwd", "..", "sub/shard.npy"])
 def test_manifest_shard_outside_the_cache_is_rejected(tmp_path, name):
-    Manifest(d_in=2, n_tokens=1, complete=True,
-             shards=[{"acts": "shard_00000.acts.npy", "meta": "shard_00000.meta.npz", "n": 1},
-                     {"acts": name, "meta": "m.npz", "n": 1}]).write(tmp_path)  # fmt: skip
+    Manifest(
+        d_in=2,
+        n_tokens=1,
+        complete=True,
+        shards=[
+            {"acts": "shard_00000.acts.npy", "meta": "shard_00000.meta.npz", "n": 1},
+            {"acts": name, "meta": "m.npz", "n": 1},
+        ],
+    ).write(tmp_path)
     with pytest.raises(ValueError, match=rf"{tmp_path / 'manifest.json'}: shard 1 acts file: .* is not a plain name"):
         Manifest.read(tmp_path)
-

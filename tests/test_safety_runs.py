@@ -26,8 +26,17 @@ BATCH = 32
 
 
 def trainer(out: Path, steps: int = 12, **kw) -> Trainer:
-    settings = dict(total_tokens=steps * BATCH, batch_size=BATCH, init_sample_tokens=64, checkpoint_every=4,
-                    keep_checkpoints=3, log_every=2, progress=False, device="cpu", seed=0)  # fmt: skip
+    settings = dict(
+        total_tokens=steps * BATCH,
+        batch_size=BATCH,
+        init_sample_tokens=64,
+        checkpoint_every=4,
+        keep_checkpoints=3,
+        log_every=2,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     cfg = TrainConfig(**{**settings, **kw})
     source = SyntheticSource(d_in=8, n_features=16, batch_size=BATCH, mean_active=2, seed=1)
     return Trainer(create_sae(SAEConfig(d_in=8, d_sae=24), seed=cfg.seed), cfg, source, out)
@@ -38,16 +47,38 @@ def steps_of(out: Path) -> list[int]:
 
 
 def cli(out: Path, *extra: str) -> int:
-    return main(["train", "--activations", "synthetic", "--d-in", "8", "--width", "24", "--total-tokens", "256",
-                 "--batch-size", "32", "--init-sample-tokens", "64", "--no-progress", "--out-dir", str(out),
-                 "--checkpoint-every", "4", *extra])  # fmt: skip
+    return main(
+        [
+            "train",
+            "--activations",
+            "synthetic",
+            "--d-in",
+            "8",
+            "--width",
+            "24",
+            "--total-tokens",
+            "256",
+            "--batch-size",
+            "32",
+            "--init-sample-tokens",
+            "64",
+            "--no-progress",
+            "--out-dir",
+            str(out),
+            "--checkpoint-every",
+            "4",
+            *extra,
+        ]
+    )
 
 
 # ---- lock --------------------------------------------------------------------------------------------------------
 def test_second_process_is_refused_while_the_first_runs(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    code = (f"import time; from chatsae.core.locking import DirLock, claim_dir\nclaim_dir({str(out)!r}, 'run')\n"
-            f"with DirLock({str(out)!r}, 'chatsae train'):\n    print('locked', flush=True)\n    time.sleep(60)")
+    code = (
+        f"import time; from chatsae.core.locking import DirLock, claim_dir\nclaim_dir({str(out)!r}, 'run')\n"
+        f"with DirLock({str(out)!r}, 'chatsae train'):\n    print('locked', flush=True)\n    time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -114,8 +145,9 @@ def test_resume_without_checkpoints_over_a_finished_run_is_refused(tmp_path: Pat
 def test_resume_with_other_settings_names_each_option(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert cli(out, "--lr", "0.003") == 0
-    assert cli(out, "--lr", "0.001", "--seed", "7", "--total-tokens", "512", "--arch", "topk", "--k", "3",
-               "--resume") == 1  # fmt: skip
+    assert (
+        cli(out, "--lr", "0.001", "--seed", "7", "--total-tokens", "512", "--arch", "topk", "--k", "3", "--resume") == 1
+    )
     err = capsys.readouterr().err
     for part in ("lr: 0.003 -> 0.001", "seed: 42 -> 7", "total_tokens: 256 -> 512", "'jumprelu' -> 'topk'"):
         assert part in err, part
@@ -126,8 +158,12 @@ def test_resume_with_other_settings_names_each_option(tmp_path: Path, capsys) ->
 
 def test_config_diffs_ignores_volatile_and_compares_nested() -> None:
     old = {"train": {"lr": 1.0, "progress": True}, "sae": {"metadata": {"data": "a", "x": 1}}, "run": {"resume": False}}
-    new = {"train": {"lr": 2.0, "progress": False}, "sae": {"metadata": {"data": "b", "x": 1}}, "run": {"resume": True},
-           "study": {"k": 3}}  # fmt: skip
+    new = {
+        "train": {"lr": 2.0, "progress": False},
+        "sae": {"metadata": {"data": "b", "x": 1}},
+        "run": {"resume": True},
+        "study": {"k": 3},
+    }
     assert config_diffs(old, new) == ["metadata.data: 'a' -> 'b'", "k: None -> 3", "lr: 1.0 -> 2.0"]
     assert config_diffs(old, old) == []
 

@@ -39,8 +39,15 @@ def test_create_sae_seed_fixes_init_and_leaves_global_rng(arch: str) -> None:
 
 
 def _spec(out: Path, seed: int) -> RunSpec:
-    tc = TrainConfig(total_tokens=8 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=0, progress=False,
-                     device="cpu", seed=seed)  # fmt: skip
+    tc = TrainConfig(
+        total_tokens=8 * 64,
+        batch_size=64,
+        init_sample_tokens=128,
+        checkpoint_every=0,
+        progress=False,
+        device="cpu",
+        seed=seed,
+    )
     return RunSpec(run=RunConfig(out_dir=str(out), activations="synthetic"), sae=SAEConfig(d_in=8), train=tc, d_sae=24)
 
 
@@ -54,9 +61,34 @@ def test_train_run_same_seed_bit_identical(tmp_path: Path) -> None:
 
 
 def _cli(out: Path, seed: int) -> None:
-    rc = main(["train", "--activations", "synthetic", "--d-in", "8", "--width", "24", "--arch", "topk", "--k", "3",
-               "--total-tokens", "512", "--batch-size", "64", "--init-sample-tokens", "128", "--no-progress",
-               "--seed", str(seed), "--out-dir", str(out), "--checkpoint-every", "4"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--activations",
+            "synthetic",
+            "--d-in",
+            "8",
+            "--width",
+            "24",
+            "--arch",
+            "topk",
+            "--k",
+            "3",
+            "--total-tokens",
+            "512",
+            "--batch-size",
+            "64",
+            "--init-sample-tokens",
+            "128",
+            "--no-progress",
+            "--seed",
+            str(seed),
+            "--out-dir",
+            str(out),
+            "--checkpoint-every",
+            "4",
+        ]
+    )
     assert rc == 0
 
 

@@ -169,8 +169,15 @@ def _generate(model, ids, mask=None, n=6, **kw):
     """Greedy generation; the mask is explicit (pad = <|im_end|> appears inside chat prompts)."""
     mask = torch.ones_like(ids) if mask is None else mask
     with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                              pad_token_id=2, eos_token_id=None, **kw)  # fmt: skip
+        return model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=2,
+            eos_token_id=None,
+            **kw,
+        )
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
@@ -219,8 +226,9 @@ def test_left_padded_batch_matches_single_prompts(setup, positions):
     with Steering(model, sae, edit, positions=positions, tokenizer=tok) as s:
         batch = _generate(model, ids, mask, output_scores=True, return_dict_in_generate=True)
         n_batch = s.n_edited
-        singles = [_generate(model, torch.tensor([p]), output_scores=True, return_dict_in_generate=True)
-                   for p in prompts]  # fmt: skip
+        singles = [
+            _generate(model, torch.tensor([p]), output_scores=True, return_dict_in_generate=True) for p in prompts
+        ]
         assert s.n_edited == 2 * n_batch  # padding positions were not edited
     for row, (p, single) in enumerate(zip(prompts, singles, strict=True)):
         assert batch.sequences[row, ids.shape[1] :].tolist() == single.sequences[0, len(p) :].tolist()
@@ -233,8 +241,14 @@ def test_sampling_generation_runs_and_is_steered(setup):
     ids = torch.tensor([prompts[0]])
     with Steering(model, sae, LatentEdit(k, "add", 6.0)) as s:
         torch.manual_seed(0)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=True,
-                             pad_token_id=2, eos_token_id=None)  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=4,
+            do_sample=True,
+            pad_token_id=2,
+            eos_token_id=None,
+        )
     assert out.shape == (1, ids.shape[1] + 4)
     assert s.n_edited == ids.shape[1] + 3  # prompt + 3 decode steps (the 4th token needs no forward pass)
 

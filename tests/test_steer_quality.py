@@ -71,8 +71,9 @@ def test_reference_nll_equals_a_hand_made_splice(tiny_llama, sae):
 def test_run_quality_and_summary(tiny_llama, sae):
     model, tok = tiny_llama
     items = [gsm8k_item(f"What is {i} plus {i}?", f"{i} + {i} = {2 * i}\n#### {2 * i}") for i in range(4)]
-    res = run_quality(model, tok, sae, items, {"top": [0], "random": [1, 2]}, alphas=(0.0, 80.0),
-                      max_new_tokens=3, batch_size=2)  # fmt: skip
+    res = run_quality(
+        model, tok, sae, items, {"top": [0], "random": [1, 2]}, alphas=(0.0, 80.0), max_new_tokens=3, batch_size=2
+    )
     assert res["items"] == 4 and set(res["per_item"]) == {"top", "random"}
     clean = res["per_item"]["top"][0][0.0]
     assert res["per_item"]["random"][1][0.0] is clean  # the clean model runs once

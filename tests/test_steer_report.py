@@ -66,12 +66,22 @@ def test_conditions():
 def test_load_prompts(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("First prompt\n\nSecond prompt\n")
-    assert load_prompts(txt) == [[{"role": "user", "content": "First prompt"}],
-                                 [{"role": "user", "content": "Second prompt"}]]  # fmt: skip
+    assert load_prompts(txt) == [
+        [{"role": "user", "content": "First prompt"}],
+        [{"role": "user", "content": "Second prompt"}],
+    ]
     js = tmp_path / "p.jsonl"
-    rows = [{"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-                          {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]},
-            {"messages": [{"role": "assistant", "content": "only an answer"}]}]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "Q2"},
+                {"role": "assistant", "content": "A2"},
+            ]
+        },
+        {"messages": [{"role": "assistant", "content": "only an answer"}]},
+    ]
     js.write_text("\n".join(json.dumps(r) for r in rows))
     assert load_prompts(js, limit=1)[0][-1] == {"role": "user", "content": "Q2"}
     with pytest.raises(ValueError, match=r"p\.jsonl: record 1: .*no user message"):
@@ -113,8 +123,7 @@ def test_run_steering_report(tiny_llama, sae, tmp_path):
 
 def test_ablate_report_has_clean_baseline(tiny_llama, sae):
     model, tok = tiny_llama
-    report = run_steering(model, tok, sae, PROMPTS[:1], [5, 6], mode="ablate", positions="special",
-                          max_new_tokens=3)  # fmt: skip
+    report = run_steering(model, tok, sae, PROMPTS[:1], [5, 6], mode="ablate", positions="special", max_new_tokens=3)
     assert report.conditions == ["clean", "ablate"]
     assert report.summary["clean"]["edited_positions"] == 0 and report.summary["ablate"]["edited_positions"] > 0
 
@@ -147,8 +156,26 @@ def test_cli_steer_end_to_end(saved, capsys):
     prompts = saved / "prompts.txt"
     prompts.write_text("Hi\nName a colour.\n")
     out = saved / "steer_out"
-    code = main(["steer", str(saved / "sae"), "--latent", "5", "--latent", "7,9", "--alphas", "0,4", "--prompts",
-                 str(prompts), "--max-new-tokens", "3", "--positions", "prompt", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "steer",
+            str(saved / "sae"),
+            "--latent",
+            "5",
+            "--latent",
+            "7,9",
+            "--alphas",
+            "0,4",
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "3",
+            "--positions",
+            "prompt",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "steering.json").read_text())
     assert data["settings"]["latents"] == [5, 7, 9] and data["settings"]["positions"] == "prompt"
@@ -160,8 +187,20 @@ def test_cli_special_tokens_end_to_end(saved, tmp_path, capsys):
     data_file = tmp_path / "chats.jsonl"
     data_file.write_text("\n".join(json.dumps({"messages": m}) for m in PROMPTS))
     out = saved / "st_out"
-    code = main(["special-tokens", str(saved / "sae"), "--data", str(data_file), "--n-samples", "5",
-                 "--top-k", "2", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "special-tokens",
+            str(saved / "sae"),
+            "--data",
+            str(data_file),
+            "--n-samples",
+            "5",
+            "--top-k",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "special_tokens.json").read_text())
     assert data["n_samples"] == 2 and "<|im_start|> @ position 0" in data["tokens"]

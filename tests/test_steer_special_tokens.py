@@ -16,13 +16,22 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors
 HOOK = "resid_post.1"
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
-    [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."},
-     {"role": "user", "content": "Another one, please."}, {"role": "assistant", "content": "Pear."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}],
-    [{"role": "user", "content": "Write one short sentence about the sea and the sky at night."},
-     {"role": "assistant", "content": "The dark sea mirrors a sky full of stars."}],
-]  # fmt: skip
+    [
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "Apple."},
+        {"role": "user", "content": "Another one, please."},
+        {"role": "assistant", "content": "Pear."},
+    ],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ],
+    [
+        {"role": "user", "content": "Write one short sentence about the sea and the sky at night."},
+        {"role": "assistant", "content": "The dark sea mirrors a sky full of stars."},
+    ],
+]
 
 
 @pytest.fixture(scope="module")

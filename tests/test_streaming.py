@@ -31,8 +31,18 @@ OPTS = HarvestOptions(shard_tokens=300)
 
 def _streaming(tiny_llama, records, batch_size=32, buffer_tokens=256, **kw) -> StreamingSource:
     model, tok = tiny_llama
-    return StreamingSource(model, tok, HOOK, lambda: fast_sequences(records, tok), OPTS, 64, batch_size,
-                           buffer_tokens=buffer_tokens, seed=3, **kw)  # fmt: skip
+    return StreamingSource(
+        model,
+        tok,
+        HOOK,
+        lambda: fast_sequences(records, tok),
+        OPTS,
+        64,
+        batch_size,
+        buffer_tokens=buffer_tokens,
+        seed=3,
+        **kw,
+    )
 
 
 def _cache(tiny_llama, records, directory: Path) -> ActivationCache:
@@ -56,8 +66,9 @@ def test_streamed_windows_are_the_cache_shards_in_order(tiny_llama, tmp_path: Pa
             for k in ("token_ids", "special_mask", "positions", "sample_ids"):
                 assert torch.equal(rows[k], torch.from_numpy(meta[k])), k
     epoch, w, rows = next(stream)  # endless: the data again, as epoch 1
-    assert (epoch, w) == (1, 0) and torch.equal(rows["acts"], torch.from_numpy(np.load(tmp_path / "cache" /
-                                                                                       cache.manifest.shards[0]["acts"])))
+    assert (epoch, w) == (1, 0) and torch.equal(
+        rows["acts"], torch.from_numpy(np.load(tmp_path / "cache" / cache.manifest.shards[0]["acts"]))
+    )
 
 
 def test_mixed_stream_holds_cache_vectors_and_resumes_exactly(tiny_llama, tmp_path: Path) -> None:
@@ -132,13 +143,25 @@ def test_cache_none_run_trains_and_evaluates_without_a_cache(tiny_llama, tmp_pat
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
     lines: list[str] = []
-    tc = TrainConfig(total_tokens=6 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=3, progress=False,
-                     device="cpu", seed=5)  # fmt: skip
-    spec = RunSpec(run=RunConfig(out_dir=str(tmp_path / "run"), eval_max_samples=3),
-                   sae=SAEConfig(architecture="topk", k=4), train=tc,
-                   data=DataConfig(model="tiny", data=str(data), layer=1, holdout=4, cache="none", buffer_tokens=256),
-                   harvest=HarvestOptions(shard_tokens=300), d_sae=96, model_and_tokenizer=tiny_llama,
-                   report=lines.append)  # fmt: skip
+    tc = TrainConfig(
+        total_tokens=6 * 64,
+        batch_size=64,
+        init_sample_tokens=128,
+        checkpoint_every=3,
+        progress=False,
+        device="cpu",
+        seed=5,
+    )
+    spec = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "run"), eval_max_samples=3),
+        sae=SAEConfig(architecture="topk", k=4),
+        train=tc,
+        data=DataConfig(model="tiny", data=str(data), layer=1, holdout=4, cache="none", buffer_tokens=256),
+        harvest=HarvestOptions(shard_tokens=300),
+        d_sae=96,
+        model_and_tokenizer=tiny_llama,
+        report=lines.append,
+    )
     res = train_run(spec)
     assert not (tmp_path / "run" / "activations").exists() and res.summary["steps"] == 6
     meta = load_sae(res.sae_dir).cfg.metadata
@@ -158,15 +181,25 @@ def test_harvest_refused_when_the_disk_lacks_space(tiny_llama, tmp_path: Path, m
     monkeypatch.setattr(harvest_mod.shutil, "disk_usage", lambda p: usage._replace(free=100_000))
     man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast")
     with pytest.raises(OSError, match="not enough disk space") as e:
-        harvest_to_cache(model, tok, HOOK, fast_sequences(_records(8), tok), tmp_path / "c", man, OPTS,
-                         max_tokens=10_000, progress=False)  # fmt: skip
+        harvest_to_cache(
+            model,
+            tok,
+            HOOK,
+            fast_sequences(_records(8), tok),
+            tmp_path / "c",
+            man,
+            OPTS,
+            max_tokens=10_000,
+            progress=False,
+        )
     need = 10_000 * (64 * 4 + harvest_mod.META_BYTES)
     assert f"{need / 2**30:.2f} GiB" in str(e.value) and "--cache none" in str(e.value)
     assert "about" in capsys.readouterr().err and not list((tmp_path / "c").glob("shard_*"))
     # enough space: the same harvest runs
     monkeypatch.setattr(harvest_mod.shutil, "disk_usage", lambda p: usage._replace(free=need + 1))
-    m, _ = harvest_to_cache(model, tok, HOOK, fast_sequences(_records(8), tok), tmp_path / "c", man, OPTS,
-                            max_tokens=10_000, progress=False)  # fmt: skip
+    m, _ = harvest_to_cache(
+        model, tok, HOOK, fast_sequences(_records(8), tok), tmp_path / "c", man, OPTS, max_tokens=10_000, progress=False
+    )
     assert m.complete and m.n_tokens > 0
 
 
@@ -181,8 +214,9 @@ def test_half_precision_cache_reads_back_the_rounded_vectors(tiny_llama, tmp_pat
     idx = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:50]
     want = full.gather(idx).acts.to(getattr(torch, dtype)).float()
     assert torch.equal(half.gather(idx).acts, want)
-    assert (tmp_path / dtype / half.manifest.shards[0]["acts"]).stat().st_size < \
-        (tmp_path / "f32" / full.manifest.shards[0]["acts"]).stat().st_size * 0.6  # fmt: skip
+    assert (tmp_path / dtype / half.manifest.shards[0]["acts"]).stat().st_size < (
+        tmp_path / "f32" / full.manifest.shards[0]["acts"]
+    ).stat().st_size * 0.6
 
 
 def test_shared_stream_tracks_every_reader_and_bounds_the_lead(tiny_llama) -> None:

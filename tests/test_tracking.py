@@ -22,11 +22,24 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _fit(out: Path, tracking: str) -> list[dict]:
-    cfg = TrainConfig(total_tokens=12 * 32, batch_size=32, log_every=4, checkpoint_every=0, init_sample_tokens=64,
-                      progress=False, device="cpu", seed=1, tracking=tracking)  # fmt: skip
+    cfg = TrainConfig(
+        total_tokens=12 * 32,
+        batch_size=32,
+        log_every=4,
+        checkpoint_every=0,
+        init_sample_tokens=64,
+        progress=False,
+        device="cpu",
+        seed=1,
+        tracking=tracking,
+    )
     acts = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
-    Trainer(create_sae(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=3), seed=1), cfg,
-            TensorSource(acts, 32, seed=1), out).fit()  # fmt: skip
+    Trainer(
+        create_sae(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=3), seed=1),
+        cfg,
+        TensorSource(acts, 32, seed=1),
+        out,
+    ).fit()
     return [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -25,13 +25,22 @@ def test_recovers_ground_truth_features(tmp_path: Path, arch: str, steps: int, s
     torch.manual_seed(0)
     sae = create_sae(SAEConfig(architecture=arch, d_in=64, d_sae=256, k=6))
     cfg = TrainConfig(
-        total_tokens=steps * BATCH, batch_size=BATCH, lr=1e-2, sparsity_coef=sparsity_coef, checkpoint_every=0,
-        log_every=50, init_sample_tokens=4096, progress=False, device="cpu", seed=0,
-    )  # fmt: skip
+        total_tokens=steps * BATCH,
+        batch_size=BATCH,
+        lr=1e-2,
+        sparsity_coef=sparsity_coef,
+        checkpoint_every=0,
+        log_every=50,
+        init_sample_tokens=4096,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
     res = Trainer(sae, cfg, source, tmp_path).fit()
 
-    untrained = feature_recovery(create_sae(SAEConfig(architecture=arch, d_in=64, d_sae=256, k=6)).W_dec,
-                                 source.features)  # fmt: skip
+    untrained = feature_recovery(
+        create_sae(SAEConfig(architecture=arch, d_in=64, d_sae=256, k=6)).W_dec, source.features
+    )
     assert (untrained > 0.9).float().mean() < 0.05  # chance level is far below the bar
     recovered = feature_recovery(load_sae(res.sae_dir).W_dec, source.features)
     assert (recovered > 0.9).float().mean() >= 0.8

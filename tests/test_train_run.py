@@ -19,8 +19,9 @@ from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TC = dict(total_tokens=6 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=2, progress=False, device="cpu",
-          seed=5)  # fmt: skip
+TC = dict(
+    total_tokens=6 * 64, batch_size=64, init_sample_tokens=128, checkpoint_every=2, progress=False, device="cpu", seed=5
+)
 
 
 def _tensor_file(tmp_path: Path) -> Path:
@@ -31,9 +32,13 @@ def _tensor_file(tmp_path: Path) -> Path:
 
 def test_tensor_file_run_matches_the_pieces_by_hand(tmp_path: Path) -> None:
     path = _tensor_file(tmp_path)
-    spec = RunSpec(run=RunConfig(out_dir=str(tmp_path / "run"), activations=str(path), expansion_factor=3),
-                   sae=SAEConfig(architecture="topk", k=4, metadata={"note": "x"}), train=TrainConfig(**TC),
-                   metadata={"extra": 1}, extra_config={"study": {"k": 4}})  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "run"), activations=str(path), expansion_factor=3),
+        sae=SAEConfig(architecture="topk", k=4, metadata={"note": "x"}),
+        train=TrainConfig(**TC),
+        metadata={"extra": 1},
+        extra_config={"study": {"k": 4}},
+    )
     res = train_run(spec)
     assert res.sae_dir == tmp_path / "run" / "sae" and res.out_dir == tmp_path / "run" and res.context == {}
     sae = load_sae(res.sae_dir)
@@ -46,16 +51,21 @@ def test_tensor_file_run_matches_the_pieces_by_hand(tmp_path: Path) -> None:
 
     # the same run assembled by hand (independent of train_run): bit-identical SAE
     cfg = SAEConfig(architecture="topk", k=4, d_in=12, d_sae=36)
-    by_hand = Trainer(create_sae(cfg, seed=5), TrainConfig(**TC), TensorSource.from_file(path, 64, seed=5),
-                      tmp_path / "hand").fit()  # fmt: skip
+    by_hand = Trainer(
+        create_sae(cfg, seed=5), TrainConfig(**TC), TensorSource.from_file(path, 64, seed=5), tmp_path / "hand"
+    ).fit()
     ref = load_sae(by_hand.sae_dir)
     for name, t in ref.state_dict().items():
         assert torch.equal(sae.state_dict()[name], t), name
 
 
 def test_explicit_d_sae_and_synthetic_recovery_row(tmp_path: Path) -> None:
-    spec = RunSpec(run=RunConfig(out_dir=str(tmp_path / "s"), activations="synthetic", expansion_factor=3),
-                   sae=SAEConfig(d_in=8), train=TrainConfig(**TC), d_sae=20)  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "s"), activations="synthetic", expansion_factor=3),
+        sae=SAEConfig(d_in=8),
+        train=TrainConfig(**TC),
+        d_sae=20,
+    )
     res = train_run(spec)
     assert load_sae(res.sae_dir).cfg.d_sae == 20
     assert res.rows["true features recovered (cos > 0.9)"].endswith("%")
@@ -78,10 +88,15 @@ def test_harvest_run_evaluates_held_out(tiny_llama, tmp_path: Path) -> None:
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
     lines: list[str] = []
-    spec = RunSpec(run=RunConfig(out_dir=str(tmp_path / "run"), eval_max_samples=3),
-                   sae=SAEConfig(architecture="topk", k=4), train=TrainConfig(**{**TC, "total_tokens": 4 * 64}),
-                   data=DataConfig(model="tiny", data=str(data), layer=1, holdout=4), d_sae=96,
-                   model_and_tokenizer=tiny_llama, report=lines.append)  # fmt: skip
+    spec = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "run"), eval_max_samples=3),
+        sae=SAEConfig(architecture="topk", k=4),
+        train=TrainConfig(**{**TC, "total_tokens": 4 * 64}),
+        data=DataConfig(model="tiny", data=str(data), layer=1, holdout=4),
+        d_sae=96,
+        model_and_tokenizer=tiny_llama,
+        report=lines.append,
+    )
     res = train_run(spec)
     assert str(res.context["hook"]) == "resid_post.1" and len(res.context["held_out"]) == 4
     assert any(line.startswith("harvested ") for line in lines)
@@ -94,12 +109,26 @@ def test_harvest_run_evaluates_held_out(tiny_llama, tmp_path: Path) -> None:
     # (before: only model/hook/method, and `chatsae eval` spliced position 0, the attention sink, into the model)
     from chatsae.eval.config import EvalConfig, resolve_config
 
-    again = RunSpec(run=RunConfig(out_dir=str(tmp_path / "again"), activations=str(tmp_path / "run" / "activations")),
-                    sae=SAEConfig(architecture="topk", k=4), train=TrainConfig(**{**TC, "total_tokens": 2 * 64}),
-                    d_sae=96)  # fmt: skip
+    again = RunSpec(
+        run=RunConfig(out_dir=str(tmp_path / "again"), activations=str(tmp_path / "run" / "activations")),
+        sae=SAEConfig(architecture="topk", k=4),
+        train=TrainConfig(**{**TC, "total_tokens": 2 * 64}),
+        d_sae=96,
+    )
     meta = load_sae(train_run(again).sae_dir).cfg.metadata
-    keys = ("model_name", "hook_name", "method", "context_size", "max_length", "data", "holdout", "holdout_seed",
-            "exclude_first_position", "exclude_special", "exclude_bos")  # fmt: skip
+    keys = (
+        "model_name",
+        "hook_name",
+        "method",
+        "context_size",
+        "max_length",
+        "data",
+        "holdout",
+        "holdout_seed",
+        "exclude_first_position",
+        "exclude_special",
+        "exclude_bos",
+    )
     assert {k: meta.get(k) for k in keys} == {k: sae.cfg.metadata[k] for k in keys}
     assert meta["exclude_first_position"] is True and meta["holdout"] == 4
     for m in (meta, sae.cfg.metadata):

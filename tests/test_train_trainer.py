@@ -17,16 +17,27 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 D_IN, D_SAE, BATCH = 16, 48, 64
 
 
-def make_trainer(out: Path, source, arch: str = "jumprelu", steps: int = 24, seed: int = 0,
-                 init_seed: int | None = None, **kw) -> Trainer:  # fmt: skip
+def make_trainer(
+    out: Path, source, arch: str = "jumprelu", steps: int = 24, seed: int = 0, init_seed: int | None = None, **kw
+) -> Trainer:
     """``init_seed`` (default ``seed``) seeds the SAE's initial weights only."""
     sae_cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=4)
     sae = create_sae(sae_cfg, seed=seed if init_seed is None else init_seed)
     settings = dict(
-        total_tokens=steps * BATCH, batch_size=BATCH, lr=3e-3, lr_warmup_steps=3, sparsity_warmup_steps=5,
-        init_sample_tokens=4 * BATCH, log_every=3, checkpoint_every=8, keep_checkpoints=2, dead_window_tokens=6 * BATCH,
-        progress=False, device="cpu", seed=seed,
-    )  # fmt: skip
+        total_tokens=steps * BATCH,
+        batch_size=BATCH,
+        lr=3e-3,
+        lr_warmup_steps=3,
+        sparsity_warmup_steps=5,
+        init_sample_tokens=4 * BATCH,
+        log_every=3,
+        checkpoint_every=8,
+        keep_checkpoints=2,
+        dead_window_tokens=6 * BATCH,
+        progress=False,
+        device="cpu",
+        seed=seed,
+    )
     cfg = TrainConfig(**{**settings, **kw})
     return Trainer(sae, cfg, source, out)
 
@@ -133,8 +144,10 @@ def test_source_width_mismatch(tmp_path: Path) -> None:
         Trainer(sae, TrainConfig(total_tokens=BATCH, batch_size=BATCH, device="cpu"), synthetic(), tmp_path)
 
 
-@pytest.mark.parametrize(("arch", "beta1", "expected"), [("jumprelu", None, 0.0), ("topk", None, 0.9),
-                                                          ("standard", None, 0.9), ("jumprelu", 0.9, 0.9)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "beta1", "expected"),
+    [("jumprelu", None, 0.0), ("topk", None, 0.9), ("standard", None, 0.9), ("jumprelu", 0.9, 0.9)],
+)
 def test_adam_beta1_defaults_per_architecture(tmp_path: Path, arch: str, beta1: float | None, expected: float) -> None:
     trainer = make_trainer(tmp_path, synthetic(), arch=arch, steps=2, beta1=beta1, checkpoint_every=0)
     assert trainer.optimizer.param_groups[0]["betas"][0] == expected

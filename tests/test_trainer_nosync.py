@@ -21,10 +21,21 @@ from chatsae.train.schedule import lr_at, sparsity_coef_at
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _trainer(tmp_path: Path, arch: str, name: str, acts: torch.Tensor | None = None, d_sae: int = 24, k: int = 3,
-             **train: object) -> Trainer:  # fmt: skip
-    cfg = TrainConfig(total_tokens=23 * 32, batch_size=32, log_every=5, checkpoint_every=0, init_sample_tokens=64,
-                      dead_window_tokens=96, progress=False, device="cpu", seed=3, **train)  # type: ignore[arg-type]
+def _trainer(
+    tmp_path: Path, arch: str, name: str, acts: torch.Tensor | None = None, d_sae: int = 24, k: int = 3, **train: object
+) -> Trainer:
+    cfg = TrainConfig(
+        total_tokens=23 * 32,
+        batch_size=32,
+        log_every=5,
+        checkpoint_every=0,
+        init_sample_tokens=64,
+        dead_window_tokens=96,
+        progress=False,
+        device="cpu",
+        seed=3,
+        **train,
+    )  # type: ignore[arg-type]
     if acts is None:
         acts = torch.randn(400, 8, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
     sae = create_sae(SAEConfig(architecture=arch, d_in=8, d_sae=d_sae, k=k), seed=3)
@@ -57,9 +68,15 @@ def _old_step(t: Trainer, batch) -> StepMetrics:
         t.tokens += x.shape[0]
         resid = (x - out.x_hat.float()).pow(2).sum()
         total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
-        return StepMetrics(out.loss.item(), out.mse.item(), (resid / total).item(),
-                           fired.sum(dim=-1).float().mean().item(), out.sparsity.item(), out.aux.item(),
-                           t.silent_mask().float().mean().item())  # fmt: skip
+        return StepMetrics(
+            out.loss.item(),
+            out.mse.item(),
+            (resid / total).item(),
+            fired.sum(dim=-1).float().mean().item(),
+            out.sparsity.item(),
+            out.aux.item(),
+            t.silent_mask().float().mean().item(),
+        )
 
 
 def _old_rows(t: Trainer) -> list[dict[str, float]]:
@@ -69,8 +86,15 @@ def _old_rows(t: Trainer) -> list[dict[str, float]]:
         window.append(_old_step(t, next(stream)))
         if t.step % t.cfg.log_every == 0 or t.step == t.total_steps:
             mean = {k: sum(getattr(m, k) for m in window) / len(window) for k in StepMetrics._fields}
-            rows.append({"step": t.step, "tokens": t.tokens, **mean, "lr": t.optimizer.param_groups[0]["lr"],
-                         "sparsity_coef": sparsity_coef_at(t.step, t.sparsity_coef, t.coef_warmup)})  # fmt: skip
+            rows.append(
+                {
+                    "step": t.step,
+                    "tokens": t.tokens,
+                    **mean,
+                    "lr": t.optimizer.param_groups[0]["lr"],
+                    "sparsity_coef": sparsity_coef_at(t.step, t.sparsity_coef, t.coef_warmup),
+                }
+            )
             window = []
     return rows
 
@@ -126,5 +150,5 @@ def test_auxk_dead_window_follows_the_references_unless_capped(tmp_path: Path, c
     assert silent.any() and rows[-1].dead_frac == pytest.approx(silent.float().mean().item())
     # before a full window (96 tokens = 3 steps) has passed: AuxK only with the cap
     early = [r.aux for r in rows[:3]]
-    assert (all(a > 0 for a in early[1:]) if cap else all(a == 0 for a in early)), early
+    assert all(a > 0 for a in early[1:]) if cap else all(a == 0 for a in early), early
     assert torch.equal(t.dead_mask(), silent)  # after a full window both rules agree

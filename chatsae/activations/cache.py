@@ -65,20 +65,31 @@ class Manifest:
         exclusions."""
         info, data, opts = self.info, self.info.get("data") or {}, self.info.get("options") or {}
         seq_keys = ("max_length",) if self.method == "fast" else ("context_size",)
-        return {"data": data.get("data"), "format": data.get("format"), "records": data.get("records"),
-                "data_hash": data.get("data_hash"), "model_dtype": (info.get("model") or {}).get("dtype"),
-                **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
-                **{k: opts.get(k) for k in CONTENT_OPTIONS}}  # fmt: skip
+        return {
+            "data": data.get("data"),
+            "format": data.get("format"),
+            "records": data.get("records"),
+            "data_hash": data.get("data_hash"),
+            "model_dtype": (info.get("model") or {}).get("dtype"),
+            **{k: info.get(k) for k in ("holdout", "dedup_n", *seq_keys)},
+            **{k: opts.get(k) for k in CONTENT_OPTIONS},
+        }
 
     def differences(self, other: Manifest) -> list[str]:
         """``"field: ours -> theirs"`` for every identity or :meth:`content` field the two disagree on (a field
         missing from either, e.g. from an older manifest, is not compared)."""
-        out = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in IDENTITY_KEYS
-               if getattr(self, k) != getattr(other, k)]  # fmt: skip
+        out = [
+            f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}"
+            for k in IDENTITY_KEYS
+            if getattr(self, k) != getattr(other, k)
+        ]
         mine, theirs = self.content(), other.content()
         hints = {"data_hash": " (the data file's content changed)"}
-        return out + [f"{k}: {mine[k]!r} -> {theirs[k]!r}{hints.get(k, '')}" for k in mine
-                      if mine[k] is not None and theirs[k] is not None and mine[k] != theirs[k]]  # fmt: skip
+        return out + [
+            f"{k}: {mine[k]!r} -> {theirs[k]!r}{hints.get(k, '')}"
+            for k in mine
+            if mine[k] is not None and theirs[k] is not None and mine[k] != theirs[k]
+        ]
 
     def shortfall(self, asked: int | None) -> str | None:
         """Why this complete cache has fewer vectors than ``asked`` (None = all the data), or None if it has enough.
@@ -87,18 +98,28 @@ class Manifest:
         an older manifest without them is not judged (None)."""
         if self.info.get("exhausted") is not False or (asked is not None and self.n_tokens >= asked):
             return None
-        return (f"the cache holds {self.n_tokens:,} vectors, harvested with a budget of "
-                f"{self.info.get('max_tokens') or 0:,} before the data ran out; this run asks for "
-                f"{'all the data' if asked is None else f'{asked:,}'}")  # fmt: skip
+        return (
+            f"the cache holds {self.n_tokens:,} vectors, harvested with a budget of "
+            f"{self.info.get('max_tokens') or 0:,} before the data ran out; this run asks for "
+            f"{'all the data' if asked is None else f'{asked:,}'}"
+        )
 
     def repeat_note(self, asked: int | None) -> str | None:
         """A plain warning when the data itself gives fewer vectors than ``asked`` (they are repeated), else None."""
         if asked is None or self.n_tokens >= asked or self.info.get("exhausted") is False:
             return None
-        why = "" if self.info.get("exhausted") else (" (an older cache that does not record whether its harvest used"
-                                                     " all the data; if not, harvest again into a new directory)")
-        return (f"warning: cache holds {self.n_tokens:,} vectors, run asks for {asked:,}: they are repeated "
-                f"{asked / max(self.n_tokens, 1):.1f} times{why}")  # fmt: skip
+        why = (
+            ""
+            if self.info.get("exhausted")
+            else (
+                " (an older cache that does not record whether its harvest used"
+                " all the data; if not, harvest again into a new directory)"
+            )
+        )
+        return (
+            f"warning: cache holds {self.n_tokens:,} vectors, run asks for {asked:,}: they are repeated "
+            f"{asked / max(self.n_tokens, 1):.1f} times{why}"
+        )
 
     @classmethod
     def read(cls, directory: str | Path, name: str = MANIFEST) -> Manifest:
@@ -111,8 +132,12 @@ class Manifest:
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{path}: corrupt manifest ({e})") from e
         for i, s in enumerate(manifest.shards):
-            if not (isinstance(s, dict) and isinstance(s.get("n"), int) and s["n"] >= 0
-                    and all(isinstance(s.get(k), str) for k in ("acts", "meta"))):  # fmt: skip
+            if not (
+                isinstance(s, dict)
+                and isinstance(s.get("n"), int)
+                and s["n"] >= 0
+                and all(isinstance(s.get(k), str) for k in ("acts", "meta"))
+            ):
                 raise ValueError(f"{path}: corrupt manifest (shard {i}: {str(s)[:120]})")
             for k in ("acts", "meta"):
                 safe_name(s[k], f"{path}: shard {i} {k} file")  # a plain file name inside the cache directory
@@ -128,18 +153,23 @@ def check_cache_dir(directory: str | Path) -> None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise OutputDirError(f"{directory}: the activation cache directory is a file")
-    if directory.is_dir() and not ({p.name for p in directory.iterdir()} <= {LOCK} or is_chatsae_dir(directory)
-                                   or (directory / MANIFEST).is_file()):  # fmt: skip
-        raise OutputDirError(f"{directory}: a non-empty directory that is not a chatsae activation cache (no "
-                             f"{MANIFEST}, no {MARKER} marker); choose another --out-dir / --cache-dir")  # fmt: skip
+    if directory.is_dir() and not (
+        {p.name for p in directory.iterdir()} <= {LOCK} or is_chatsae_dir(directory) or (directory / MANIFEST).is_file()
+    ):
+        raise OutputDirError(
+            f"{directory}: a non-empty directory that is not a chatsae activation cache (no "
+            f"{MANIFEST}, no {MARKER} marker); choose another --out-dir / --cache-dir"
+        )
 
 
 def check_same_harvest(directory: Path, old: Manifest, manifest: Manifest) -> None:
     """ValueError listing every difference between the cache's manifest and the harvest asked for."""
     diffs = old.differences(manifest)
     if diffs:
-        raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
-                         f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
+        raise ValueError(
+            f"{directory}: the existing cache was harvested with other settings (existing -> "
+            f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it"
+        )
 
 
 def finished_cache(directory: str | Path, manifest: Manifest, max_tokens: int | None) -> Manifest | None:
@@ -168,8 +198,9 @@ class CacheWriter:
         self._remove_orphans()
 
     @classmethod
-    def open(cls, directory: str | Path, manifest: Manifest, resume: bool, name: str = MANIFEST,
-             prefix: str = "shard_") -> CacheWriter:  # fmt: skip
+    def open(
+        cls, directory: str | Path, manifest: Manifest, resume: bool, name: str = MANIFEST, prefix: str = "shard_"
+    ) -> CacheWriter:
         """Start a new cache, reuse a complete one of the same harvest, or with ``resume`` continue an interrupted one.
 
         A complete cache whose harvest stopped at a smaller budget (``info["max_tokens"]``) than ``manifest`` asks
@@ -190,9 +221,11 @@ class CacheWriter:
                 old.info["max_tokens"] = manifest.info["max_tokens"]
             return cls(directory, old, name, prefix)  # a finished harvest of the same model, hook, data, options
         if not resume:
-            raise ValueError(f"{directory}: an interrupted harvest is here ({old.n_tokens:,} vectors in "
-                             f"{len(old.shards)} shards, not finished); add --resume to continue it, or choose "
-                             "another --out-dir / --cache-dir")  # fmt: skip
+            raise ValueError(
+                f"{directory}: an interrupted harvest is here ({old.n_tokens:,} vectors in "
+                f"{len(old.shards)} shards, not finished); add --resume to continue it, or choose "
+                "another --out-dir / --cache-dir"
+            )
         return cls(directory, old, name, prefix)
 
     def _remove_orphans(self) -> None:
@@ -213,9 +246,15 @@ class CacheWriter:
         with atomic_file(self.dir / meta_name) as fh:
             np.savez(fh, **{k: v.cpu().numpy() for k, v in meta.items()})  # type: ignore[arg-type]  # numpy stub: **kwds typed as allow_pickle
         n = int(acts.shape[0])
-        self.manifest.shards.append({"acts": acts_name, "meta": meta_name, "n": n,
-                                     "acts_blake2b": file_digest(self.dir / acts_name),
-                                     "meta_blake2b": file_digest(self.dir / meta_name)})  # fmt: skip
+        self.manifest.shards.append(
+            {
+                "acts": acts_name,
+                "meta": meta_name,
+                "n": n,
+                "acts_blake2b": file_digest(self.dir / acts_name),
+                "meta_blake2b": file_digest(self.dir / meta_name),
+            }
+        )
         self.manifest.n_tokens += n
         self.manifest.windows_done = windows_done
         self.manifest.write(self.dir, self.name)
@@ -282,8 +321,10 @@ class ActivationCache:
         if key in _VERIFIED:
             return
         if file_digest(path) != digest:
-            raise ValueError(f"{path}: checksum mismatch with {MANIFEST} (the shard's bytes changed since it was "
-                             "written: a corrupt or edited file); harvest again into a new directory")  # fmt: skip
+            raise ValueError(
+                f"{path}: checksum mismatch with {MANIFEST} (the shard's bytes changed since it was "
+                "written: a corrupt or edited file); harvest again into a new directory"
+            )
         _VERIFIED.add(key)
 
     def gather(self, index: Tensor) -> ActivationBatch:
@@ -303,8 +344,9 @@ class ActivationCache:
             acts[sel[order]] = rows
             for k, v in m.items():
                 meta.setdefault(k, np.empty(len(idx), dtype=v.dtype))[sel] = v[local]
-        extra = {k: torch.from_numpy(meta[k]) for k in ("token_ids", "special_mask", "positions", "sample_ids")
-                 if k in meta}  # fmt: skip
+        extra = {
+            k: torch.from_numpy(meta[k]) for k in ("token_ids", "special_mask", "positions", "sample_ids") if k in meta
+        }
         return ActivationBatch(torch.from_numpy(acts), **extra, rows=index)
 
     def describe_row(self, row: int) -> str:
@@ -325,15 +367,24 @@ class CacheSource:
     on every rank and slices each batch (chatsae.train.distributed).
     """
 
-    def __init__(self, directory: str | Path, batch_size: int, buffer_tokens: int = 65_536, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: str | Path,
+        batch_size: int,
+        buffer_tokens: int = 65_536,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.cache = ActivationCache(directory)
         self.d_in = self.cache.d_in
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         if not 0 <= rank < world_size <= len(self.cache.sizes):
-            raise ValueError(f"{self.cache.dir}: cannot split {len(self.cache.sizes)} shard(s) over {world_size} "
-                             f"readers (rank {rank}); each reader needs at least one shard")  # fmt: skip
+            raise ValueError(
+                f"{self.cache.dir}: cannot split {len(self.cache.sizes)} shard(s) over {world_size} "
+                f"readers (rank {rank}); each reader needs at least one shard"
+            )
         self.buffer = MixingBuffer(max(buffer_tokens, 2 * batch_size), batch_size, seed=seed)
         self.epoch, self.shard_pos = 0, 0
         self.chunk_rows = 4096

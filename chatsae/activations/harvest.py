@@ -71,10 +71,13 @@ class HarvestStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "sequences": self.sequences, "tokens_kept": self.tokens_kept, "tokens_real": self.tokens_real,
-            "padding_fraction": round(self.padding_fraction, 5), "seconds": round(self.seconds, 2),
+            "sequences": self.sequences,
+            "tokens_kept": self.tokens_kept,
+            "tokens_real": self.tokens_real,
+            "padding_fraction": round(self.padding_fraction, 5),
+            "seconds": round(self.seconds, 2),
             "tokens_per_s": round(self.tokens_real / max(self.seconds, 1e-9), 1),
-        }  # fmt: skip
+        }
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -82,9 +85,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def activations_for_batch(
-    model: torch.nn.Module, hook: HookPoint | list[HookPoint], seqs: list[TokenSequence], pad_id: int,
-    opts: HarvestOptions, bos_id: int | None = None, stats: HarvestStats | None = None,
-) -> tuple[Any, dict[str, Tensor]]:  # fmt: skip
+    model: torch.nn.Module,
+    hook: HookPoint | list[HookPoint],
+    seqs: list[TokenSequence],
+    pad_id: int,
+    opts: HarvestOptions,
+    bos_id: int | None = None,
+    stats: HarvestStats | None = None,
+) -> tuple[Any, dict[str, Tensor]]:
     """Run one padded batch up to ``hook``; return kept vectors ``[n, d]`` and their metadata ``{key: [n]}``.
 
     With a list of hooks (one forward pass, stopping after the last), the vectors are a ``{hook: [n, d]}`` dict; the
@@ -106,9 +114,12 @@ def activations_for_batch(
         stats.tokens_padded += b.attention_mask.numel()
         stats.tokens_kept += int(keep.sum())
     meta = {
-        "token_ids": b.input_ids[keep], "special_mask": b.special_mask[keep], "token_class": b.token_class[keep],
-        "positions": b.positions[keep], "sample_ids": b.sample_ids[keep],
-    }  # fmt: skip
+        "token_ids": b.input_ids[keep],
+        "special_mask": b.special_mask[keep],
+        "token_class": b.token_class[keep],
+        "positions": b.positions[keep],
+        "sample_ids": b.sample_ids[keep],
+    }
     kept = {h: a[keep.to(a.device)].float().cpu() for h, a in acts.items()}
     return (kept if isinstance(hook, list) else kept[hook]), meta
 
@@ -127,17 +138,23 @@ def _windows(sequences: Iterable[TokenSequence], window_tokens: int) -> Iterator
 
 
 def window_activations(
-    model: torch.nn.Module, tokenizer: Any, hooks: list[HookPoint], window: list[TokenSequence],
-    opts: HarvestOptions, stats: HarvestStats, on_batch: Any = None,
-) -> tuple[dict[HookPoint, Tensor], dict[str, Tensor]] | None:  # fmt: skip
+    model: torch.nn.Module,
+    tokenizer: Any,
+    hooks: list[HookPoint],
+    window: list[TokenSequence],
+    opts: HarvestOptions,
+    stats: HarvestStats,
+    on_batch: Any = None,
+) -> tuple[dict[HookPoint, Tensor], dict[str, Tensor]] | None:
     """The kept vectors ``{hook: [n, d]}`` and metadata ``{key: [n]}`` of one data window (length-bucketed model
     batches, one forward pass per batch for all hooks); None if the window keeps no token. ``on_batch(n_kept)`` is
     called after each model batch (progress)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     parts: dict[HookPoint, list[Tensor]] = {h: [] for h in hooks}
     metas = []
-    for batch in bucket_batches(window, max_tokens=opts.batch_tokens, max_batch_size=opts.max_batch_size,
-                                bucket_window=len(window)):  # fmt: skip
+    for batch in bucket_batches(
+        window, max_tokens=opts.batch_tokens, max_batch_size=opts.max_batch_size, bucket_window=len(window)
+    ):
         acts, meta = activations_for_batch(model, list(hooks), batch, pad_id, opts, tokenizer.bos_token_id, stats)
         for h in hooks:
             parts[h].append(acts[h])
@@ -170,16 +187,22 @@ def harvest_to_cache(
     vectors than ``max_tokens``, a warning with the counts goes to stderr. Before writing, the size the cache will
     need is printed and the harvest is refused when the disk lacks the space (:func:`check_disk_space`).
     """
-    manifests, stats = harvest_to_caches(model, tokenizer, {hook: (directory, manifest)}, sequences, opts,
-                                         max_tokens, resume, progress)  # fmt: skip
+    manifests, stats = harvest_to_caches(
+        model, tokenizer, {hook: (directory, manifest)}, sequences, opts, max_tokens, resume, progress
+    )
     return manifests[hook], stats
 
 
 def harvest_to_caches(
-    model: torch.nn.Module, tokenizer: Any, caches: Mapping[HookPoint, tuple[str | Path, Manifest]],
-    sequences: Iterable[TokenSequence], opts: HarvestOptions, max_tokens: int | None = None, resume: bool = False,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    caches: Mapping[HookPoint, tuple[str | Path, Manifest]],
+    sequences: Iterable[TokenSequence],
+    opts: HarvestOptions,
+    max_tokens: int | None = None,
+    resume: bool = False,
     progress: bool = True,
-) -> tuple[dict[HookPoint, Manifest], HarvestStats]:  # fmt: skip
+) -> tuple[dict[HookPoint, Manifest], HarvestStats]:
     """:func:`harvest_to_cache` for several hooks from one forward pass per batch: one cache directory per hook.
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank harvests its token-balanced part of ``sequences`` into its own
@@ -191,8 +214,15 @@ def harvest_to_caches(
         def run(writers: dict[HookPoint, CacheWriter], budget: int | None) -> Any:
             if not all(w.manifest.complete for w in writers.values()):
                 check_disk_space(list(writers.values()), budget)
-            return _harvest_locked(model, tokenizer, distributed.shard_sequences(sequences), writers, opts, budget,
-                                   progress and distributed.rank() == 0)  # fmt: skip
+            return _harvest_locked(
+                model,
+                tokenizer,
+                distributed.shard_sequences(sequences),
+                writers,
+                opts,
+                budget,
+                progress and distributed.rank() == 0,
+            )
 
         ms, stats = distributed.harvest_ranks(caches, max_tokens, resume, run)
         return ms, stats or HarvestStats()
@@ -237,17 +267,27 @@ def check_disk_space(writers: list[CacheWriter], max_tokens: int | None) -> None
     directory = writers[0].dir
     free = shutil.disk_usage(directory).free
     where = ", ".join(str(w.dir) for w in writers)
-    print(f"activation cache: about {need / 2**30:.2f} GiB to write in {where} ({free / 2**30:.1f} GiB free)",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"activation cache: about {need / 2**30:.2f} GiB to write in {where} ({free / 2**30:.1f} GiB free)",
+        file=sys.stderr,
+    )
     if need > free:
-        raise OSError(f"{directory}: not enough disk space for the activation cache: it needs about "
-                      f"{need / 2**30:.2f} GiB ({max_tokens:,} vectors), {free / 2**30:.2f} GiB are free; free space, "
-                      "choose another --cache-dir, lower --total-tokens, or stream without a cache (--cache none)")
+        raise OSError(
+            f"{directory}: not enough disk space for the activation cache: it needs about "
+            f"{need / 2**30:.2f} GiB ({max_tokens:,} vectors), {free / 2**30:.2f} GiB are free; free space, "
+            "choose another --cache-dir, lower --total-tokens, or stream without a cache (--cache none)"
+        )
 
 
-def _harvest_locked(model: torch.nn.Module, tokenizer: Any, sequences: Iterable[TokenSequence],
-                    writers: dict[HookPoint, CacheWriter], opts: HarvestOptions, max_tokens: int | None,
-                    progress: bool) -> tuple[dict[HookPoint, Manifest], HarvestStats]:  # fmt: skip
+def _harvest_locked(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    sequences: Iterable[TokenSequence],
+    writers: dict[HookPoint, CacheWriter],
+    opts: HarvestOptions,
+    max_tokens: int | None,
+    progress: bool,
+) -> tuple[dict[HookPoint, Manifest], HarvestStats]:
     stats = HarvestStats()
     todo = {h: w for h, w in writers.items() if not w.manifest.complete}
     if not todo:
@@ -262,8 +302,13 @@ def _harvest_locked(model: torch.nn.Module, tokenizer: Any, sequences: Iterable[
 
         def on_batch(n: int) -> None:
             stats.seconds = time.perf_counter() - t0
-            bar.advance(n, **{"tok/s": f"{stats.tokens_real / max(stats.seconds, 1e-9):,.0f}",
-                              "pad": f"{100 * stats.padding_fraction:.1f}%"})  # fmt: skip
+            bar.advance(
+                n,
+                **{
+                    "tok/s": f"{stats.tokens_real / max(stats.seconds, 1e-9):,.0f}",
+                    "pad": f"{100 * stats.padding_fraction:.1f}%",
+                },
+            )
 
         for w, window in enumerate(_windows(sequences, opts.shard_tokens)):
             if w < start:

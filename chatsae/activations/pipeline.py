@@ -86,11 +86,18 @@ class DataConfig:
     """Mixing-buffer size in tokens (fill, shuffle, emit half, refill)."""
 
     def __post_init__(self) -> None:
-        validate(self, positive=("max_length", "context_size", "max_samples", "buffer_tokens"),
-                 non_negative=("layer", "dedup_n", "holdout"),
-                 choices={"method": METHODS, "cache_dtype": ("float32", "float16", "bfloat16"),
-                          "data_format": FORMAT_NAMES, "cache": ("disk", "none")},
-                 devices=("model_device",))  # fmt: skip
+        validate(
+            self,
+            positive=("max_length", "context_size", "max_samples", "buffer_tokens"),
+            non_negative=("layer", "dedup_n", "holdout"),
+            choices={
+                "method": METHODS,
+                "cache_dtype": ("float32", "float16", "bfloat16"),
+                "data_format": FORMAT_NAMES,
+                "cache": ("disk", "none"),
+            },
+            devices=("model_device",),
+        )
         if self.model_dtype not in MODEL_DTYPE_POLICIES:
             validate(self, dtypes=("model_dtype",))
         for name in ("hook", "hooks"):
@@ -132,22 +139,31 @@ def resolve_hook(cfg: DataConfig, model: Any) -> HookPoint:
 
 def read_split(cfg: DataConfig) -> tuple[list[Record], list[Record], dict[str, Any]]:
     """Read all records (bounded by ``max_samples``); ``holdout`` of them (chosen with a fixed seed) are held out."""
-    reader = read_records(cfg.data_path, fmt=cfg.data_format, skip_bad=cfg.skip_bad, text_field=cfg.text_field,
-                          limit=cfg.max_samples)  # fmt: skip
+    reader = read_records(
+        cfg.data_path, fmt=cfg.data_format, skip_bad=cfg.skip_bad, text_field=cfg.text_field, limit=cfg.max_samples
+    )
     records = list(reader)
-    info = {"data": cfg.data_path, "format": reader.format, "records": len(records), "skipped": reader.n_skipped,
-            "data_hash": file_digest(cfg.data_path) if Path(cfg.data_path).is_file() else None}  # hub names: None
+    info = {
+        "data": cfg.data_path,
+        "format": reader.format,
+        "records": len(records),
+        "skipped": reader.n_skipped,
+        "data_hash": file_digest(cfg.data_path) if Path(cfg.data_path).is_file() else None,
+    }  # hub names: None
     if cfg.holdout and len(records) <= cfg.holdout:
         n = len(records)
-        raise ValueError(f"{cfg.data_path}: only {n} records, too few to hold out --holdout {cfg.holdout} "
-                         f"for evaluation and train on the rest; pass e.g. --holdout {min(max(n // 10, 1), n - 1)} "
-                         "(or --holdout 0: no held-out evaluation)")  # fmt: skip
+        raise ValueError(
+            f"{cfg.data_path}: only {n} records, too few to hold out --holdout {cfg.holdout} "
+            f"for evaluation and train on the rest; pass e.g. --holdout {min(max(n // 10, 1), n - 1)} "
+            "(or --holdout 0: no held-out evaluation)"
+        )
     train, held_out = split_records(records, cfg.holdout, seed=0)
     return train, held_out, info
 
 
-def sequences_for(cfg: DataConfig, records: list[Record], tokenizer: Any,
-                  stats: SequenceStats | None = None) -> Iterator[Any]:  # fmt: skip
+def sequences_for(
+    cfg: DataConfig, records: list[Record], tokenizer: Any, stats: SequenceStats | None = None
+) -> Iterator[Any]:
     """Token sequences of ``records`` for the configured method (counts of dropped samples go to ``stats``)."""
     dedup = cfg.dedup_n or None
     if cfg.method != "bt-p" and not has_chat_template(tokenizer):
@@ -157,40 +173,59 @@ def sequences_for(cfg: DataConfig, records: list[Record], tokenizer: Any,
         )
     if cfg.method == "fast":
         return fast_sequences(records, tokenizer, max_length=cfg.max_length, dedup_n=dedup, stats=stats)
-    return block_sequences(records, tokenizer, context_size=cfg.context_size, chat=cfg.method == "bt-f",
-                           dedup_n=dedup, stats=stats)  # fmt: skip
+    return block_sequences(
+        records, tokenizer, context_size=cfg.context_size, chat=cfg.method == "bt-f", dedup_n=dedup, stats=stats
+    )
 
 
-def load_data_and_model(cfg: DataConfig, model_and_tokenizer: tuple[Any, Any] | None = None,
-                        ) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:  # fmt: skip
+def load_data_and_model(
+    cfg: DataConfig,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:
     """(train records, held-out records, data info, model, tokenizer); the data is read before the model loads, so a
     bad data file fails at once."""
     from ..train.distributed import device_name
 
     train, held_out, data_info = read_split(cfg)
     model, tokenizer = model_and_tokenizer or load_model(  # under torchrun: auto/cuda -> cuda:LOCAL_RANK
-        cfg.model, dtype=resolved_model_dtype(cfg), device=device_name(cfg.model_device), gguf_file=cfg.gguf_file,
+        cfg.model,
+        dtype=resolved_model_dtype(cfg),
+        device=device_name(cfg.model_device),
+        gguf_file=cfg.gguf_file,
         trust_remote_code=cfg.trust_remote_code,
-    )  # fmt: skip
+    )
     return train, held_out, data_info, model, tokenizer
 
 
-def harvest(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_tokens: int | None, resume: bool,
-            progress: bool = True, model_and_tokenizer: tuple[Any, Any] | None = None,
-            ) -> tuple[Path, Manifest, HarvestStats, dict[str, Any]]:  # fmt: skip
+def harvest(
+    cfg: DataConfig,
+    opts: HarvestOptions,
+    out_dir: str | Path,
+    max_tokens: int | None,
+    resume: bool,
+    progress: bool = True,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> tuple[Path, Manifest, HarvestStats, dict[str, Any]]:
     """Harvest the training split of ``cfg`` into ``cache_dir`` (or ``out_dir/activations``).
 
     Returns (cache dir, manifest, stats, context) where context has the model, tokenizer, hook and held-out records.
     """
-    dirs, manifests, stats, context = harvest_hooks(cfg, opts, out_dir, max_tokens, resume, progress,
-                                                    model_and_tokenizer)  # fmt: skip
+    dirs, manifests, stats, context = harvest_hooks(
+        cfg, opts, out_dir, max_tokens, resume, progress, model_and_tokenizer
+    )
     hook = context["hooks"][0]
     return dirs[hook], manifests[hook], stats, {**context, "hook": hook}
 
 
-def harvest_hooks(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, max_tokens: int | None, resume: bool,
-                  progress: bool = True, model_and_tokenizer: tuple[Any, Any] | None = None,
-                  ) -> tuple[dict[HookPoint, Path], dict[HookPoint, Manifest], HarvestStats, dict[str, Any]]:
+def harvest_hooks(
+    cfg: DataConfig,
+    opts: HarvestOptions,
+    out_dir: str | Path,
+    max_tokens: int | None,
+    resume: bool,
+    progress: bool = True,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> tuple[dict[HookPoint, Path], dict[HookPoint, Manifest], HarvestStats, dict[str, Any]]:
     """:func:`harvest` for every hook of :func:`resolve_hooks`, one forward pass per batch: caches at ``cache_dir`` (or
     ``out_dir/activations``) for one hook, ``<that>/<hook>`` for several. Context key ``hooks`` lists them."""
     train, held_out, data_info, model, tokenizer = load_data_and_model(cfg, model_and_tokenizer)
@@ -202,18 +237,37 @@ def harvest_hooks(cfg: DataConfig, opts: HarvestOptions, out_dir: str | Path, ma
     caches = {}
     for hook in hooks:
         manifest = Manifest(
-            d_in=info["d_model"], dtype=cfg.cache_dtype, model=cfg.model, hook=str(hook), method=cfg.method,
-            info={"data": data_info, "options": asdict(opts), "model": info, "max_length": cfg.max_length,
-                  "context_size": cfg.context_size, "dedup_n": cfg.dedup_n, "holdout": cfg.holdout},
-        )  # fmt: skip
+            d_in=info["d_model"],
+            dtype=cfg.cache_dtype,
+            model=cfg.model,
+            hook=str(hook),
+            method=cfg.method,
+            info={
+                "data": data_info,
+                "options": asdict(opts),
+                "model": info,
+                "max_length": cfg.max_length,
+                "context_size": cfg.context_size,
+                "dedup_n": cfg.dedup_n,
+                "holdout": cfg.holdout,
+            },
+        )
         caches[hook] = (cache_dir if len(hooks) == 1 else cache_dir / str(hook), manifest)
     seq_stats = SequenceStats()
     for _, manifest in caches.values():  # a fresh harvest records the counts in its manifest (live, as it goes)
         manifest.info["sequences"] = seq_stats
     seqs = sequences_for(cfg, train, tokenizer, seq_stats)
-    manifests, stats = harvest_to_caches(model, tokenizer, caches, seqs, opts, max_tokens=max_tokens, resume=resume,
-                                         progress=progress)  # fmt: skip
-    context = {"model": model, "tokenizer": tokenizer, "hooks": hooks, "held_out": held_out, "data_info": data_info,
-               "train_records": train, "sequence_stats": asdict(seq_stats) if seq_stats.n_samples else None}
+    manifests, stats = harvest_to_caches(
+        model, tokenizer, caches, seqs, opts, max_tokens=max_tokens, resume=resume, progress=progress
+    )
+    context = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "hooks": hooks,
+        "held_out": held_out,
+        "data_info": data_info,
+        "train_records": train,
+        "sequence_stats": asdict(seq_stats) if seq_stats.n_samples else None,
+    }
     # sequence_stats: None when a complete cache was reused (no record was rendered; its manifest has the counts)
     return {h: Path(d) for h, (d, _) in caches.items()}, manifests, stats, context

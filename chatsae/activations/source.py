@@ -102,9 +102,7 @@ class TensorSource:
             else:
                 acts = obj
         else:
-            raise ValueError(
-                f"{path}: unknown activation file type {path.suffix!r} (.safetensors, .pt or .npy)"
-            )
+            raise ValueError(f"{path}: unknown activation file type {path.suffix!r} (.safetensors, .pt or .npy)")
         try:
             source = cls(acts, batch_size, seed=seed, meta=meta)
         except ValueError as e:

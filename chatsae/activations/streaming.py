@@ -91,10 +91,21 @@ class StreamingSource:
     each rank harvests a disjoint share of the windows (round robin).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, hook: HookPoint, sequences: Callable[[],
-                 Iterable[TokenSequence]], opts: HarvestOptions, d_in: int, batch_size: int,
-                 buffer_tokens: int = 65_536, seed: int = 0, queue_windows: int = 1, rank: int | None = None,
-                 world_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        hook: HookPoint,
+        sequences: Callable[[], Iterable[TokenSequence]],
+        opts: HarvestOptions,
+        d_in: int,
+        batch_size: int,
+        buffer_tokens: int = 65_536,
+        seed: int = 0,
+        queue_windows: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.hook, self.sequences, self.opts = model, tokenizer, hook, sequences, opts
         self.d_in, self.batch_size, self.queue_windows = d_in, batch_size, queue_windows
         self.buffer = MixingBuffer(max(buffer_tokens, 2 * batch_size), batch_size, seed=seed)
@@ -105,8 +116,12 @@ class StreamingSource:
         self.rank_sharded = self.world_size > 1
         """Each rank streams its own rows (``batch_size`` = the per-rank batch): the trainer does not slice batches."""
 
-    def windows(self, epoch: int, start: int, stop: threading.Event | None = None,
-                ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:  # fmt: skip
+    def windows(
+        self,
+        epoch: int,
+        start: int,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
         """``(epoch, window, rows)`` from window ``start`` of ``epoch`` on, forever; rows = ``acts [n, d_in]`` and the
         per-token metadata, in harvest order (before mixing). Ends between two model batches once ``stop`` is set."""
 
@@ -119,15 +134,20 @@ class StreamingSource:
         except _Stopped:
             return
 
-    def _windows(self, epoch: int, start: int, on_batch: Callable[[int], None],
-                 ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:  # fmt: skip
+    def _windows(
+        self,
+        epoch: int,
+        start: int,
+        on_batch: Callable[[int], None],
+    ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
         while True:
             n = 0
             for w, window in enumerate(_windows(self.sequences(), self.opts.shard_tokens)):
                 if w < start or w % self.world_size != self.rank % self.world_size:
                     continue
-                got = window_activations(self.model, self.tokenizer, [self.hook], window, self.opts, self.stats,
-                                         on_batch)  # fmt: skip
+                got = window_activations(
+                    self.model, self.tokenizer, [self.hook], window, self.opts, self.stats, on_batch
+                )
                 if got is None:
                     continue
                 acts, meta = got
@@ -221,9 +241,15 @@ class SharedStream:
     One process only (several SAEs under torchrun use the disk cache).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, hooks: list[HookPoint],
-                 sequences: Callable[[], Iterable[TokenSequence]], opts: HarvestOptions, lead: int = 2,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        hooks: list[HookPoint],
+        sequences: Callable[[], Iterable[TokenSequence]],
+        opts: HarvestOptions,
+        lead: int = 2,
+    ) -> None:
         self.model, self.tokenizer, self.hooks, self.sequences, self.opts = model, tokenizer, hooks, sequences, opts
         self.lead = max(lead, 1)
         self.stats = HarvestStats()
@@ -238,15 +264,23 @@ class SharedStream:
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()
 
-    def source(self, hook: HookPoint, d_in: int, batch_size: int, buffer_tokens: int = 65_536, seed: int = 0,
-               queue_windows: int = 1) -> StreamingSource:  # fmt: skip
+    def source(
+        self,
+        hook: HookPoint,
+        d_in: int,
+        batch_size: int,
+        buffer_tokens: int = 65_536,
+        seed: int = 0,
+        queue_windows: int = 1,
+    ) -> StreamingSource:
         """A streaming source of ``hook``'s vectors (its own mixing buffer and seed) reading from this stream."""
         if hook not in self.hooks:
             raise ValueError(f"hook {hook} is not streamed here (hooks: {', '.join(map(str, self.hooks))})")
         return _SharedReader(self, hook, d_in, batch_size, buffer_tokens, seed, queue_windows)
 
-    def window(self, reader: int, epoch: int, w: int, check: Callable[[int], None]
-               ) -> dict[HookPoint, dict[str, Tensor]] | None | object:  # fmt: skip
+    def window(
+        self, reader: int, epoch: int, w: int, check: Callable[[int], None]
+    ) -> dict[HookPoint, dict[str, Tensor]] | None | object:
         """Window ``w`` of the data (every hook's rows; None if it keeps no token) for ``reader`` in ``epoch``, or
         ``_END`` past the last window. Waits while ``reader`` would be more than ``lead`` windows ahead of the
         slowest reader; ``check(0)`` is called while waiting (it raises to stop)."""
@@ -268,8 +302,11 @@ class SharedStream:
                 return _END
             got = window_activations(self.model, self.tokenizer, self.hooks, window, self.opts, self.stats)
             self.windows_run += 1
-            rows = None if got is None else {
-                h: {"acts": got[0][h], **{k: got[1][k] for k in BATCH_KEYS}} for h in self.hooks}  # fmt: skip
+            rows = (
+                None
+                if got is None
+                else {h: {"acts": got[0][h], **{k: got[1][k] for k in BATCH_KEYS}} for h in self.hooks}
+            )
             with self._cond:
                 self._kept[w] = rows
                 self._forget()
@@ -308,16 +345,39 @@ class SharedStream:
 class _SharedReader(StreamingSource):
     """A :class:`StreamingSource` whose windows come from a :class:`SharedStream` (no model pass of its own)."""
 
-    def __init__(self, shared: SharedStream, hook: HookPoint, d_in: int, batch_size: int, buffer_tokens: int,
-                 seed: int, queue_windows: int) -> None:  # fmt: skip
-        super().__init__(shared.model, shared.tokenizer, hook, shared.sequences, shared.opts, d_in, batch_size,
-                         buffer_tokens=buffer_tokens, seed=seed, queue_windows=queue_windows, rank=0,
-                         world_size=1)  # fmt: skip
+    def __init__(
+        self,
+        shared: SharedStream,
+        hook: HookPoint,
+        d_in: int,
+        batch_size: int,
+        buffer_tokens: int,
+        seed: int,
+        queue_windows: int,
+    ) -> None:
+        super().__init__(
+            shared.model,
+            shared.tokenizer,
+            hook,
+            shared.sequences,
+            shared.opts,
+            d_in,
+            batch_size,
+            buffer_tokens=buffer_tokens,
+            seed=seed,
+            queue_windows=queue_windows,
+            rank=0,
+            world_size=1,
+        )
         self.shared = shared
         self.stats = shared.stats
 
-    def _windows(self, epoch: int, start: int, on_batch: Callable[[int], None],
-                 ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:  # fmt: skip
+    def _windows(
+        self,
+        epoch: int,
+        start: int,
+        on_batch: Callable[[int], None],
+    ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
         reader = next(self.shared.reader_ids)
         try:
             while True:

@@ -100,10 +100,12 @@ def _check_world(command: str) -> None:
     world = _launched_world()
     if world > 1 and command not in DISTRIBUTED_COMMANDS:
         several = "`torchrun ... -m chatsae train --saes A,B,... [--hooks ...] --distribute-saes`"
-        raise ValueError(f"`chatsae {command}` runs in one process, and torchrun started {world} "
-                         f"(WORLD_SIZE={world}); only {' and '.join(DISTRIBUTED_COMMANDS)} are distributed. Run it "
-                         f"without torchrun; to train several SAEs on several GPUs use {several} "
-                         "(docs/scaling.md)")  # fmt: skip
+        raise ValueError(
+            f"`chatsae {command}` runs in one process, and torchrun started {world} "
+            f"(WORLD_SIZE={world}); only {' and '.join(DISTRIBUTED_COMMANDS)} are distributed. Run it "
+            f"without torchrun; to train several SAEs on several GPUs use {several} "
+            "(docs/scaling.md)"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ def add_command(
         add_dataclass_args(p, cls, title=f"{section} options ({cls.__name__})", aliases=aliases)
     ALL_SECTIONS.update(configs or {})
     if configs:
-        p.add_argument("--config", default=None, metavar="FILE",
-                       help="YAML/JSON file with sections " + ", ".join(configs) + " (flags override it)")  # fmt: skip
+        p.add_argument(
+            "--config",
+            default=None,
+            metavar="FILE",
+            help="YAML/JSON file with sections " + ", ".join(configs) + " (flags override it)",
+        )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
 
@@ -93,8 +97,11 @@ def _format_error(exc: BaseException) -> tuple[str, str] | None:
     kind = type(exc).__name__
     if kind == "SafetensorError":
         return "not a valid safetensors file", "truncated?"
-    if (isinstance(exc, pickle.UnpicklingError) or (isinstance(exc, EOFError) and "Ran out of input" in str(exc))
-            or (isinstance(exc, RuntimeError) and "PytorchStreamReader failed" in str(exc))):  # fmt: skip
+    if (
+        isinstance(exc, pickle.UnpicklingError)
+        or (isinstance(exc, EOFError) and "Ran out of input" in str(exc))
+        or (isinstance(exc, RuntimeError) and "PytorchStreamReader failed" in str(exc))
+    ):
         return "not a valid PyTorch file", "truncated, or not written by torch.save?"
     if isinstance(exc, zipfile.BadZipFile):
         return "not a valid .npz/zip file", "truncated?"

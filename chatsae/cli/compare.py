@@ -35,10 +35,19 @@ PROXIES_HELP = (
     "verdicts (docs/metrics.md, 'Interpretability proxies')."
 )
 # option dest -> what to use instead, for the options of the shared config groups that these commands set themselves
-COMPARE_FIXED = {"data": "--instruct-data / --pretrain-data", "method": "--methods", "cache_dir": "--out-dir",
-                 "architecture": "--archs", "d_in": "nothing (the model's width is used)"}  # fmt: skip
-SWEEP_FIXED = {"architecture": "--archs", "sparsity_coef": "--jumprelu-coefs / --standard-coefs / --gated-coefs",
-               "k": "--topk-ks", "d_in": "nothing (the model's width is used)"}  # fmt: skip
+COMPARE_FIXED = {
+    "data": "--instruct-data / --pretrain-data",
+    "method": "--methods",
+    "cache_dir": "--out-dir",
+    "architecture": "--archs",
+    "d_in": "nothing (the model's width is used)",
+}
+SWEEP_FIXED = {
+    "architecture": "--archs",
+    "sparsity_coef": "--jumprelu-coefs / --standard-coefs / --gated-coefs",
+    "k": "--topk-ks",
+    "d_in": "nothing (the model's width is used)",
+}
 
 
 def _sections(extra: tuple[str, type]) -> dict[str, type]:
@@ -48,8 +57,14 @@ def _sections(extra: tuple[str, type]) -> dict[str, type]:
     from ..train.config import TrainConfig
     from ..workflows.study import StudyEvalConfig
 
-    return {extra[0]: extra[1], "eval": StudyEvalConfig, "data": DataConfig, "harvest": HarvestOptions,
-            "sae": SAEConfig, "train": TrainConfig}  # fmt: skip
+    return {
+        extra[0]: extra[1],
+        "eval": StudyEvalConfig,
+        "data": DataConfig,
+        "harvest": HarvestOptions,
+        "sae": SAEConfig,
+        "train": TrainConfig,
+    }
 
 
 def register(sub: Any) -> None:
@@ -76,7 +91,8 @@ def _check_fixed(args: argparse.Namespace, fixed: dict[str, str]) -> dict[str, A
     file_cfg = load_config_file(args.config) if getattr(args, "config", None) else {}
     for dest, instead in fixed.items():
         in_file = any(isinstance(v, dict) and dest in v for v in file_cfg.values()) or (
-            dest in file_cfg and not isinstance(file_cfg[dest], dict))
+            dest in file_cfg and not isinstance(file_cfg[dest], dict)
+        )
         if hasattr(args, dest) or in_file:
             raise ValueError(f"--{dest.replace('_', '-')} does not apply to chatsae {args.command}; use {instead}")
     return file_cfg
@@ -85,8 +101,11 @@ def _check_fixed(args: argparse.Namespace, fixed: dict[str, str]) -> dict[str, A
 def _sae_options(args: argparse.Namespace, sae: Any, file_cfg: dict[str, Any]) -> dict[str, Any]:
     """The SAEConfig fields given explicitly (flags or config file): the others keep each architecture's defaults."""
     given = set(file_cfg.get("sae") or {}) | {k for k, v in file_cfg.items() if not isinstance(v, dict)}
-    return {f.name: getattr(sae, f.name) for f in dataclasses.fields(sae)
-            if (hasattr(args, f.name) or f.name in given) and f.name not in ("architecture", "d_in")}  # fmt: skip
+    return {
+        f.name: getattr(sae, f.name)
+        for f in dataclasses.fields(sae)
+        if (hasattr(args, f.name) or f.name in given) and f.name not in ("architecture", "d_in")
+    }
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -111,8 +130,15 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
     file_cfg = _check_fixed(args, fixed)
     cfgs = configs_from_args(args)
     own = cfgs[section]
-    study = Study(own.out_dir, cfgs["data"], cfgs["harvest"], cfgs["train"], cfgs["eval"],
-                  sae_options=_sae_options(args, cfgs["sae"], file_cfg), expansion_factor=own.expansion_factor)
+    study = Study(
+        own.out_dir,
+        cfgs["data"],
+        cfgs["harvest"],
+        cfgs["train"],
+        cfgs["eval"],
+        sae_options=_sae_options(args, cfgs["sae"], file_cfg),
+        expansion_factor=own.expansion_factor,
+    )
     return own, study
 
 
@@ -145,9 +171,11 @@ def _proxies(args: argparse.Namespace) -> int:
     named = {lab: proxies(FeatureData(f), n_tokens=args.n_tokens) for lab, f in zip(labels, args.features, strict=True)}
     for lab, p in named.items():
         auc = "-" if p["explanation_auc"] is None else f"{p['explanation_auc']:.3f}"
-        print(f"{lab}: {p['live']}/{p['d_sae']} live latents, token-explanation AUC {auc} over {p['scored_latents']}, "
-              f"template-selective {p['template_selective']} ({100 * p['template_selective_share']:.1f}%), dead "
-              f"{100 * p['dead_fraction']:.1f}%, dense {100 * p['dense_fraction']:.1f}%")  # fmt: skip
+        print(
+            f"{lab}: {p['live']}/{p['d_sae']} live latents, token-explanation AUC {auc} over {p['scored_latents']}, "
+            f"template-selective {p['template_selective']} ({100 * p['template_selective_share']:.1f}%), dead "
+            f"{100 * p['dead_fraction']:.1f}%, dense {100 * p['dense_fraction']:.1f}%"
+        )
     comparison = compare_proxies(named)
     print("\n".join(proxy_lines(comparison)))
     if args.out:

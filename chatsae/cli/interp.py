@@ -63,27 +63,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..interp.judges import JudgeConfig
     from ..interp.neuronpedia import NeuronpediaConfig
 
-    p = add_command(sub, "features",
-                    "Stream samples (FAST style: each conversation on its own) through the model and an SAE; keep for "
-                    "every latent its top-k contexts (by max activation), quantile and non-activating contexts, "
-                    "firing statistics, an activation histogram, special-token statistics and its logit lens. "
-                    "Resumable; writes SAE_DIR/features.", _features, {"features": FeaturesConfig})  # fmt: skip
+    p = add_command(
+        sub,
+        "features",
+        "Stream samples (FAST style: each conversation on its own) through the model and an SAE; keep for "
+        "every latent its top-k contexts (by max activation), quantile and non-activating contexts, "
+        "firing statistics, an activation histogram, special-token statistics and its logit lens. "
+        "Resumable; writes SAE_DIR/features.",
+        _features,
+        {"features": FeaturesConfig},
+    )
     p.add_argument("sae_dir", metavar="SAE_DIR", help="directory of a saved SAE")
-    p = add_command(sub, "autointerp",
-                    "Judge-LLM interpretability of sampled latents: the FAST paper's 1-5 protocol, detection and "
-                    "fuzzing scores. Judges: a local transformers model (default: the embedded SmolLM2, offline) or "
-                    "any OpenAI-compatible endpoint. Answers are cached on disk.", _autointerp,
-                    {"autointerp": AutointerpConfig, "judge": JudgeConfig})  # fmt: skip
-    p.add_argument("path", metavar="SAE_DIR|FEATURES_DIR", help="an SAE directory (uses its features/) or a "
-                   "features directory")  # fmt: skip
-    p = add_command(sub, "dashboard", "Write a static, self-contained HTML dashboard (opens from file://).",
-                    _dashboard, {"dashboard": DashboardConfig})  # fmt: skip
+    p = add_command(
+        sub,
+        "autointerp",
+        "Judge-LLM interpretability of sampled latents: the FAST paper's 1-5 protocol, detection and "
+        "fuzzing scores. Judges: a local transformers model (default: the embedded SmolLM2, offline) or "
+        "any OpenAI-compatible endpoint. Answers are cached on disk.",
+        _autointerp,
+        {"autointerp": AutointerpConfig, "judge": JudgeConfig},
+    )
+    p.add_argument(
+        "path", metavar="SAE_DIR|FEATURES_DIR", help="an SAE directory (uses its features/) or a features directory"
+    )
+    p = add_command(
+        sub,
+        "dashboard",
+        "Write a static, self-contained HTML dashboard (opens from file://).",
+        _dashboard,
+        {"dashboard": DashboardConfig},
+    )
     p.add_argument("path", metavar="SAE_DIR|FEATURES_DIR", help="an SAE directory or a features directory")
-    p = add_command(sub, "export-neuronpedia", "Export features and activations in Neuronpedia's JSONL layout.",
-                    _neuronpedia, {"neuronpedia": NeuronpediaConfig})  # fmt: skip
+    p = add_command(
+        sub,
+        "export-neuronpedia",
+        "Export features and activations in Neuronpedia's JSONL layout.",
+        _neuronpedia,
+        {"neuronpedia": NeuronpediaConfig},
+    )
     p.add_argument("path", metavar="SAE_DIR|FEATURES_DIR", help="an SAE directory or a features directory")
-    add_command(sub, "serve-judge", "Serve a local chat model over an OpenAI-compatible API (/v1/chat/completions).",
-                _serve, {"serve": ServeConfig})  # fmt: skip
+    add_command(
+        sub,
+        "serve-judge",
+        "Serve a local chat model over an OpenAI-compatible API (/v1/chat/completions).",
+        _serve,
+        {"serve": ServeConfig},
+    )
 
 
 def features_dir(path: str | Path, explicit: str | None = None) -> Path:
@@ -95,8 +120,9 @@ def features_dir(path: str | Path, explicit: str | None = None) -> Path:
         return path
     if (path / "features" / "meta.json").is_file():
         return path / "features"
-    raise FileNotFoundError(f"{path}: no features here (no meta.json in it or in {path / 'features'}); run "
-                            "`chatsae features SAE_DIR` first")  # fmt: skip
+    raise FileNotFoundError(
+        f"{path}: no features here (no meta.json in it or in {path / 'features'}); run `chatsae features SAE_DIR` first"
+    )
 
 
 def _base_dir(path: str | Path) -> Path:
@@ -132,8 +158,10 @@ def _features(args: argparse.Namespace) -> int:
     seqs = fast_sequences(records, tokenizer, max_length=cfg.max_length, dedup_n=cfg.dedup_n or None)
     res = collect_features(sae, model, tokenizer, seqs, cfg, out, provenance={"sae_dir": str(sae_dir)})
     fired = int((res.max_act > 0).sum())
-    print(f"{res.meta['n_samples']:,} samples, {res.n_tokens:,} tokens; {fired:,} of {res.d_sae:,} latents fired; "
-          f"{res.meta.get('seconds', 0):.0f}s; wrote {out}")  # fmt: skip
+    print(
+        f"{res.meta['n_samples']:,} samples, {res.n_tokens:,} tokens; {fired:,} of {res.d_sae:,} latents fired; "
+        f"{res.meta.get('seconds', 0):.0f}s; wrote {out}"
+    )
     return 0
 
 
@@ -159,15 +187,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if fast:
         dist = "  ".join(f"{s}: {n}" for s, n in fast["counts"].items())
         share = "-" if fast["top_range_share"] is None else f"{100 * fast['top_range_share']:.1f}%"
-        print(f"FAST protocol: {fast['n_scored']}/{fast['n_latents']} latents scored ({fast['n_unparseable']} "
-              f"unparseable, {fast['n_errors']} errors)\n  scores  {dist}\n  mean "
-              f"{_f(fast['mean_score'])}  top range (4-5): {share}")  # fmt: skip
+        print(
+            f"FAST protocol: {fast['n_scored']}/{fast['n_latents']} latents scored ({fast['n_unparseable']} "
+            f"unparseable, {fast['n_errors']} errors)\n  scores  {dist}\n  mean "
+            f"{_f(fast['mean_score'])}  top range (4-5): {share}"
+        )
     for name in ("detection", "fuzzing"):
         s = summary.get(name)
         if s:
-            print(f"{name}: {s['n_scored']}/{s['n_latents']} latents scored; balanced accuracy "
-                  f"{_f(s['mean_balanced_accuracy'])}, precision {_f(s['mean_precision'])}, recall "
-                  f"{_f(s['mean_recall'])}")  # fmt: skip
+            print(
+                f"{name}: {s['n_scored']}/{s['n_latents']} latents scored; balanced accuracy "
+                f"{_f(s['mean_balanced_accuracy'])}, precision {_f(s['mean_precision'])}, recall "
+                f"{_f(s['mean_recall'])}"
+            )
 
 
 def _f(x: float | None) -> str:
@@ -180,8 +212,16 @@ def _dashboard(args: argparse.Namespace) -> int:
     cfg = configs_from_args(args)["dashboard"]
     fdir = features_dir(args.path, cfg.features)
     out = Path(cfg.out) if cfg.out else _base_dir(args.path) / "dashboard"
-    index = build_dashboard(fdir, out, title=cfg.title, chunk_size=cfg.chunk_size, n_quantile=cfg.show_quantile,
-                            n_random=cfg.show_random, autointerp=cfg.autointerp, overwrite=cfg.overwrite)  # fmt: skip
+    index = build_dashboard(
+        fdir,
+        out,
+        title=cfg.title,
+        chunk_size=cfg.chunk_size,
+        n_quantile=cfg.show_quantile,
+        n_random=cfg.show_random,
+        autointerp=cfg.autointerp,
+        overwrite=cfg.overwrite,
+    )
     print(f"wrote {out}; open {index.resolve().as_uri()}")
     return 0
 

@@ -124,9 +124,18 @@ def _special_tokens(args: argparse.Namespace) -> int:
     opts: SpecialTokensOptions = cfg["special_tokens"]
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
     settings = {"sae": str(args.sae_dir), "model": name, "data": opts.data}
-    table = special_token_table(model, tokenizer, sae, read_records(opts.data), n_samples=opts.n_samples,
-                                top_k=opts.top_k, max_tokens=opts.max_tokens, max_length=opts.max_length,
-                                dedup_n=opts.dedup_n, settings=settings)  # fmt: skip
+    table = special_token_table(
+        model,
+        tokenizer,
+        sae,
+        read_records(opts.data),
+        n_samples=opts.n_samples,
+        top_k=opts.top_k,
+        max_tokens=opts.max_tokens,
+        max_length=opts.max_length,
+        dedup_n=opts.dedup_n,
+        settings=settings,
+    )
     md, js = write_table(table, opts.out)
     print(f"{table.n_samples} samples, {len(table.tokens)} template tokens -> {md}, {js}")
     return 0
@@ -140,9 +149,20 @@ def _steer(args: argparse.Namespace) -> int:
     prompts = load_prompts(opts.prompts, limit=opts.n_prompts)
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
     settings = {"sae": str(args.sae_dir), "model": name, "prompts_file": opts.prompts}
-    report = run_steering(model, tokenizer, sae, prompts, opts.latent, opts.alphas, mode=opts.mode,
-                          positions=opts.positions, normalize=opts.normalize, max_new_tokens=opts.max_new_tokens,
-                          batch_size=opts.batch_size, settings=settings)  # fmt: skip
+    report = run_steering(
+        model,
+        tokenizer,
+        sae,
+        prompts,
+        opts.latent,
+        opts.alphas,
+        mode=opts.mode,
+        positions=opts.positions,
+        normalize=opts.normalize,
+        max_new_tokens=opts.max_new_tokens,
+        batch_size=opts.batch_size,
+        settings=settings,
+    )
     md, js = write_report(report, opts.out)
     print(f"{len(prompts)} prompts x {len(report.conditions)} conditions -> {md}, {js}")
     return 0
@@ -152,11 +172,21 @@ def register(sub: Any) -> None:
     """Add ``special-tokens`` and ``steer``."""
     sae_help = "directory of a saved SAE (cfg.json + sae_weights.safetensors)"
     configs = {"special_tokens": SpecialTokensOptions, "model": ModelOptions}
-    p = add_command(sub, "special-tokens", "Rank SAE latents by average max activation on each chat-template token.",
-                    _special_tokens, configs=configs)  # fmt: skip
+    p = add_command(
+        sub,
+        "special-tokens",
+        "Rank SAE latents by average max activation on each chat-template token.",
+        _special_tokens,
+        configs=configs,
+    )
     p.add_argument("sae_dir", metavar="SAE_DIR", help=sae_help)
-    p = add_command(sub, "steer", "Generate chat answers under SAE-latent steering for several alphas, with measures.",
-                    _steer, configs={"steer": SteerOptions, "model": ModelOptions})  # fmt: skip
+    p = add_command(
+        sub,
+        "steer",
+        "Generate chat answers under SAE-latent steering for several alphas, with measures.",
+        _steer,
+        configs={"steer": SteerOptions, "model": ModelOptions},
+    )
     p.add_argument("sae_dir", metavar="SAE_DIR", help=sae_help)
     for action in p._actions:
         if action.dest == "latent":

@@ -30,21 +30,31 @@ def _data_cls() -> type:
 
 
 def register(sub: Any) -> None:
-    train_cfgs = {"run": RunConfig, "sae": SAEConfig, "train": TrainConfig, "data": _data_cls(),
-                  "harvest": _harvest_options_cls()}  # fmt: skip
+    train_cfgs = {
+        "run": RunConfig,
+        "sae": SAEConfig,
+        "train": TrainConfig,
+        "data": _data_cls(),
+        "harvest": _harvest_options_cls(),
+    }
     add_command(
-        sub, "train",
+        sub,
+        "train",
         "Train an SAE: harvest activations of a model on chat/text data (FAST, BT(F) or BT(P)) into a cache and "
         "train on them, or train on saved activations (--activations). With no options: the main job (FAST JumpReLU "
         "8x SAE on the middle residual stream of the embedded SmolLM2-135M-Instruct, on chatsae's own chat data).",
-        _train, train_cfgs, aliases=ALIASES,
-    )  # fmt: skip
-    add_command(
-        sub, "harvest",
-        "Harvest activations of a model on data into an on-disk cache (sharded, resumable) for `train --activations`.",
-        _harvest, {"run": RunConfig, "data": _data_cls(), "harvest": _harvest_options_cls()},
+        _train,
+        train_cfgs,
         aliases=ALIASES,
-    )  # fmt: skip
+    )
+    add_command(
+        sub,
+        "harvest",
+        "Harvest activations of a model on data into an on-disk cache (sharded, resumable) for `train --activations`.",
+        _harvest,
+        {"run": RunConfig, "data": _data_cls(), "harvest": _harvest_options_cls()},
+        aliases=ALIASES,
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -55,8 +65,14 @@ def _train(args: argparse.Namespace) -> int:
     from_file = load_config_file(args.config).get("sae") or {} if args.config else {}
     d_sae_given = hasattr(args, "d_sae") or "d_sae" in from_file
     t0 = time.perf_counter()
-    spec = RunSpec(run=cfgs["run"], sae=cfgs["sae"], train=cfgs["train"], data=cfgs["data"], harvest=cfgs["harvest"],
-                   d_sae=cfgs["sae"].d_sae if d_sae_given else None)  # fmt: skip
+    spec = RunSpec(
+        run=cfgs["run"],
+        sae=cfgs["sae"],
+        train=cfgs["train"],
+        data=cfgs["data"],
+        harvest=cfgs["harvest"],
+        d_sae=cfgs["sae"].d_sae if d_sae_given else None,
+    )
     status = 0
     for result in train_runs(spec):  # one result, or one per hook of --hooks
         status = max(status, _report(result, t0))
@@ -70,10 +86,14 @@ def _report(result: Any, t0: float) -> int:
     if result.sae_dir is None:
         return 0
     s = result.summary
-    rows: dict[str, Any] = {"tokens trained": f"{s['tokens']:,}", "train L0": f"{s.get('train_l0', float('nan')):.1f}",
-                            "train FVU": f"{s.get('train_fvu', float('nan')):.4f}",
-                            "dead %": f"{100 * s.get('train_dead_frac', 0):.2f}", **count_rows(s),
-                            **result.rows}  # fmt: skip
+    rows: dict[str, Any] = {
+        "tokens trained": f"{s['tokens']:,}",
+        "train L0": f"{s.get('train_l0', float('nan')):.1f}",
+        "train FVU": f"{s.get('train_fvu', float('nan')):.4f}",
+        "dead %": f"{100 * s.get('train_dead_frac', 0):.2f}",
+        **count_rows(s),
+        **result.rows,
+    }
     rows["SAE"] = str(result.sae_dir)
     rows["config"] = str(result.sae_dir / "config.json")
     rows["metrics log"] = str(result.out_dir / "metrics.jsonl")
@@ -112,7 +132,16 @@ def _harvest(args: argparse.Namespace) -> int:
     if rank() != 0:  # under torchrun rank 0 reports for all
         return 0
     for hook, manifest in manifests.items():  # one cache per hook (--hooks: all from the same forward passes)
-        _print_table("chatsae harvest", {"cache": str(dirs[hook]), "model": manifest.model, "hook": manifest.hook,
-                                         "method": manifest.method, "tokens": f"{manifest.n_tokens:,}",
-                                         "shards": len(manifest.shards), **stats.as_dict()})  # fmt: skip
+        _print_table(
+            "chatsae harvest",
+            {
+                "cache": str(dirs[hook]),
+                "model": manifest.model,
+                "hook": manifest.hook,
+                "method": manifest.method,
+                "tokens": f"{manifest.n_tokens:,}",
+                "shards": len(manifest.shards),
+                **stats.as_dict(),
+            },
+        )
     return 0

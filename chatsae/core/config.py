@@ -124,8 +124,9 @@ def _parse_value(tp: Any, text: str) -> Any:
     return text
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
-                       aliases: dict[str, list[str]] | None = None) -> None:  # fmt: skip
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, title: str | None = None, aliases: dict[str, list[str]] | None = None
+) -> None:
     """Add one ``--field-name`` option per dataclass field (defaults suppressed so that only given flags count)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -139,8 +140,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, title: str | 
         metavar = _base_type(tp)[0].__name__.upper() if isinstance(_base_type(tp)[0], type) else "VALUE"
         help_text = f"{docs.get(f.name, '')} [default: {default}]".replace("%", "%%")
         if tp is bool:
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)  # fmt: skip
+            group.add_argument(
+                *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
             continue
         group.add_argument(
             *flags,
@@ -231,8 +233,12 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def check_sections(data: dict[str, Any], sections: dict[str, type], source: str,
-                   other_sections: set[str] | frozenset[str] = frozenset()) -> None:  # fmt: skip
+def check_sections(
+    data: dict[str, Any],
+    sections: dict[str, type],
+    source: str,
+    other_sections: set[str] | frozenset[str] = frozenset(),
+) -> None:
     """A config file's top-level keys must be sections (``sections``, or another command's ``other_sections``) or
     fields of one of ``sections``' classes (flat files); anything else is an error naming the key."""
     fields_ = {f.name for cls in sections.values() for f in dataclasses.fields(cls)}
@@ -244,8 +250,9 @@ def check_sections(data: dict[str, Any], sections: dict[str, type], source: str,
             raise ConfigError(f"{source}: unknown section or option {key!r}; valid sections: {', '.join(sections)}")
 
 
-def build(cls: type[T], *layers: dict[str, Any], section: str | None = None,
-          source: str | Sequence[str] = "config") -> T:  # fmt: skip
+def build(
+    cls: type[T], *layers: dict[str, Any], section: str | None = None, source: str | Sequence[str] = "config"
+) -> T:
     """Instantiate ``cls`` from dicts applied in order (later wins). A dict may be flat or hold ``section``.
 
     Unknown keys in a section are an error naming the key; flat dicts only contribute the keys ``cls`` has. Values
@@ -261,8 +268,10 @@ def build(cls: type[T], *layers: dict[str, Any], section: str | None = None,
         if section and isinstance(layer.get(section), dict):
             unknown = set(layer[section]) - names
             if unknown:
-                raise ConfigError(f"{src}: unknown key(s) {sorted(unknown)} in section {section!r}; "
-                                  f"valid keys: {', '.join(sorted(names))}")  # fmt: skip
+                raise ConfigError(
+                    f"{src}: unknown key(s) {sorted(unknown)} in section {section!r}; "
+                    f"valid keys: {', '.join(sorted(names))}"
+                )
             for k, v in layer[section].items():
                 origin[k] = f"{src}: {section}.{k}"
                 values[k] = coerce(hints[k], v, origin[k])
@@ -310,9 +319,15 @@ def _interval(text: str) -> tuple[float, float, bool, bool]:
     return float(low), float(high), text[0] == "[", text[-1] == "]"
 
 
-def validate(obj: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-             ranges: dict[str, str] | None = None, choices: dict[str, tuple[str, ...]] | None = None,
-             dtypes: tuple[str, ...] = (), devices: tuple[str, ...] = ()) -> None:  # fmt: skip
+def validate(
+    obj: Any,
+    positive: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    ranges: dict[str, str] | None = None,
+    choices: dict[str, tuple[str, ...]] | None = None,
+    dtypes: tuple[str, ...] = (),
+    devices: tuple[str, ...] = (),
+) -> None:
     """Declarative checks of a config dataclass's fields (None values are skipped: they mean "default").
 
     ``positive`` / ``non_negative``: numbers > 0 / >= 0 (integer fields are also checked to be integers);

@@ -35,9 +35,11 @@ def resolve_device(name: str | torch.device = "auto", option: str = "device") ->
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, "
-                             f"{'CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); "
-                             "use --" + option.replace("_", "-") + " cpu or auto")  # fmt: skip
+            raise ValueError(
+                f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                f"{'CPU-only build' if torch.version.cuda is None else 'no GPU visible'}); "
+                "use --" + option.replace("_", "-") + " cpu or auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return device

@@ -25,9 +25,13 @@ class Progress:
     def __enter__(self) -> Progress:
         if self.enabled and self.tty:
             self._rich = RichProgress(
-                TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            )  # fmt: skip
+                TextColumn(f"[bold]{self.label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
             self._rich.start()
             self._task = self._rich.add_task(self.label, total=self.total, info="")
         return self
@@ -42,9 +46,7 @@ class Progress:
             self._rich.update(self._task, advance=n, info=info)
         elif self.done >= self._next_print or self.done >= self.total:
             elapsed = time.perf_counter() - self._t0
-            print(
-                f"{self.label}: {self.done}/{self.total} {self.unit} [{elapsed:.0f}s] {info}", file=sys.stderr
-            )
+            print(f"{self.label}: {self.done}/{self.total} {self.unit} [{elapsed:.0f}s] {info}", file=sys.stderr)
             self._next_print = self.done + max(self.total // 20, 1)
 
     def __exit__(

@@ -17,8 +17,10 @@ _LOCK = threading.Lock()
 _PATTERNS = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI-style keys: sk-..., sk-proj-...
     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=\-]{6,}"),
-    re.compile(r"(?i)(\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)[\"']?\s*[:=]\s*"
-               r"[\"']?)[^\s\"'&,;}]{4,}"),  # fmt: skip
+    re.compile(
+        r"(?i)(\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret)[\"']?\s*[:=]\s*"
+        r"[\"']?)[^\s\"'&,;}]{4,}"
+    ),
 )
 
 

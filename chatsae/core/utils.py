@@ -56,8 +56,9 @@ def _write_marker(path: Path, kind: str, files: set[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = False, kind: str = "output",
-               option: str = "output directory") -> Iterator[Path]:  # fmt: skip
+def atomic_dir(
+    path: str | Path, overwrite: bool = False, kind: str = "output", option: str = "output directory"
+) -> Iterator[Path]:
     """Yield a temporary sibling directory to fill; on success it becomes ``path``, with a :data:`MARKER` that lists
     the entries chatsae wrote. Nothing chatsae did not write is ever deleted:
 
@@ -137,8 +138,10 @@ def _merge_into(tmp: Path, path: Path, written: set[str], kind: str) -> None:
             for child in sorted(src.iterdir()):
                 plan(child, dst / child.name)
         elif (dst.exists() or dst.is_symlink()) and (src.is_dir() or dst.is_dir()):
-            raise OutputDirError(f"{dst}: --overwrite cannot write chatsae's {'directory' if src.is_dir() else 'file'}"
-                                 " here (a different kind of entry is in the way); move it away")  # fmt: skip
+            raise OutputDirError(
+                f"{dst}: --overwrite cannot write chatsae's {'directory' if src.is_dir() else 'file'}"
+                " here (a different kind of entry is in the way); move it away"
+            )
         else:
             moves.append((src, dst))
 
@@ -201,8 +204,23 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return dtype
 
 
-_ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
-                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+_ST_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -214,8 +232,10 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         head = fh.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if n < 2 or n > min(size - 8, 100 << 20):
-            raise ValueError(f"{path}: not a valid safetensors file (truncated or garbage: header length {n}, "
-                             f"file size {size} bytes)")  # fmt: skip
+            raise ValueError(
+                f"{path}: not a valid safetensors file (truncated or garbage: header length {n}, "
+                f"file size {size} bytes)"
+            )
         try:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, ValueError) as e:
@@ -235,10 +255,14 @@ def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         for d in t["shape"]:
             nbytes *= d
         if not 0 <= offsets[0] <= offsets[1] or offsets[1] - offsets[0] != nbytes:
-            raise ValueError(f"{path}: not a valid safetensors file (tensor {name!r}: shape {t['shape']} does not "
-                             f"match its byte range {offsets})")  # fmt: skip
+            raise ValueError(
+                f"{path}: not a valid safetensors file (tensor {name!r}: shape {t['shape']} does not "
+                f"match its byte range {offsets})"
+            )
         if offsets[1] > data_len:
-            raise ValueError(f"{path}: truncated safetensors file (tensor {name!r} needs {offsets[1]} data bytes, "
-                             f"the file has {data_len})")  # fmt: skip
+            raise ValueError(
+                f"{path}: truncated safetensors file (tensor {name!r} needs {offsets[1]} data bytes, "
+                f"the file has {data_len})"
+            )
         shapes[name] = tuple(t["shape"])
     return shapes

@@ -113,11 +113,15 @@ def _content(turn: dict, key: str, path: str) -> str:
     texts = []
     for k, part in enumerate(val):
         if not isinstance(part, dict):
-            raise _Bad(path, f"must be a string, got list with a {type(part).__name__} at [{k}] (content parts are "
-                             '{"type": "text", "text": ...} objects)')  # fmt: skip
+            raise _Bad(
+                path,
+                f"must be a string, got list with a {type(part).__name__} at [{k}] (content parts are "
+                '{"type": "text", "text": ...} objects)',
+            )
         if part.get("type", "text") != "text":
-            raise _Bad(f"{path}[{k}]", f"is a non-text content part (type {part.get('type')!r}); only text parts "
-                                       "can be read")  # fmt: skip
+            raise _Bad(
+                f"{path}[{k}]", f"is a non-text content part (type {part.get('type')!r}); only text parts can be read"
+            )
         texts.append(_str_field(part, "text", f"{path}[{k}].text"))
     return "\n".join(texts)
 

@@ -74,10 +74,15 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from ..data.formats import FORMAT_NAMES
 
-        validate(self, positive=("max_samples", "max_tokens", "max_length", "context_size", "batch_tokens",
-                                 "max_batch_size"),
-                 non_negative=("holdout", "holdout_seed"), ranges={"dense_threshold": "[0,1]"},
-                 choices={"data_format": FORMAT_NAMES}, dtypes=("dtype",), devices=("device",))  # fmt: skip
+        validate(
+            self,
+            positive=("max_samples", "max_tokens", "max_length", "context_size", "batch_tokens", "max_batch_size"),
+            non_negative=("holdout", "holdout_seed"),
+            ranges={"dense_threshold": "[0,1]"},
+            choices={"data_format": FORMAT_NAMES},
+            dtypes=("dtype",),
+            devices=("device",),
+        )
         if self.method is not None:
             validate(self, choices={"method": METHODS})
 

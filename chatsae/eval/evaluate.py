@@ -80,11 +80,13 @@ def build_sequences(records: Iterable[Record], tokenizer: Any, cfg: EvalConfig) 
     """Token sequences for ``cfg.method`` (fast: one per sample; bt-f / bt-p: blocks, the last partial block kept),
     cut at ``cfg.max_tokens`` in total. No dedup: every selected record is evaluated."""
     if cfg.method == "fast":
-        seqs: Iterable[TokenSequence] = fast_sequences(records, tokenizer, max_length=cfg.max_length or 8192,
-                                                      dedup_n=None)  # fmt: skip
+        seqs: Iterable[TokenSequence] = fast_sequences(
+            records, tokenizer, max_length=cfg.max_length or 8192, dedup_n=None
+        )
     else:
-        seqs = block_sequences(records, tokenizer, context_size=cfg.context_size or 2048,
-                               chat=cfg.method == "bt-f", drop_last=False)  # fmt: skip
+        seqs = block_sequences(
+            records, tokenizer, context_size=cfg.context_size or 2048, chat=cfg.method == "bt-f", drop_last=False
+        )
     out: list[TokenSequence] = []
     total = 0
     for seq in seqs:
@@ -114,10 +116,18 @@ def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tens
 
 
 @torch.inference_mode()
-def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                   fn: Callable[[Tensor], Tensor], zero_ablation: bool = True, splice_first_position: bool = True,
-                   ce_zero: Tensor | None = None, restart: bool | None = None,
-                   share_prefix: bool = True) -> LMLosses:  # fmt: skip
+def spliced_losses(
+    model: nn.Module,
+    hook: str | HookPoint,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    fn: Callable[[Tensor], Tensor],
+    zero_ablation: bool = True,
+    splice_first_position: bool = True,
+    ce_zero: Tensor | None = None,
+    restart: bool | None = None,
+    share_prefix: bool = True,
+) -> LMLosses:
     """Clean vs. spliced (activation at ``hook`` replaced by ``fn(act)``) vs. zero-ablated next-token losses.
 
     ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
@@ -128,15 +138,26 @@ def spliced_losses(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, a
     :func:`~chatsae.models.resume.can_resume`); with ``share_prefix`` too, the prefix every row shares runs once
     (:mod:`chatsae.models.prefix`). Same results.
     """
-    return spliced_losses_many(model, hook, input_ids, attention_mask, [fn], zero_ablation, splice_first_position,
-                               ce_zero, restart, share_prefix)[0]  # fmt: skip
+    return spliced_losses_many(
+        model,
+        hook,
+        input_ids,
+        attention_mask,
+        [fn],
+        zero_ablation,
+        splice_first_position,
+        ce_zero,
+        restart,
+        share_prefix,
+    )[0]
 
 
 Logits = Tensor | SplitLogits
 
 
-def _by_part(loss: Callable[..., tuple[Tensor, ...]], logits: list[Logits], labels: Tensor,
-             mask: Tensor) -> tuple[Tensor, ...]:  # fmt: skip
+def _by_part(
+    loss: Callable[..., tuple[Tensor, ...]], logits: list[Logits], labels: Tensor, mask: Tensor
+) -> tuple[Tensor, ...]:
     """``loss(*logits, labels, mask)`` (per-position ``[B, T]`` tensors); for :class:`SplitLogits` the prefix's
     positions are scored once (but the last, whose label is each row's first token after it) and spread to every
     row."""
@@ -145,18 +166,28 @@ def _by_part(loss: Callable[..., tuple[Tensor, ...]], logits: list[Logits], labe
     split = [lg for lg in logits if isinstance(lg, SplitLogits)]
     rows, last = labels.shape[0], split[0].prefix.shape[1] - 1
     head = loss(*(s.prefix[:, :last] for s in split), labels[:1, :last], mask[:1, :last])
-    edge = loss(*(s.prefix[:, last:].expand(rows, -1, -1) for s in split), labels[:, last : last + 1],
-                mask[:, last : last + 1])  # fmt: skip
+    edge = loss(
+        *(s.prefix[:, last:].expand(rows, -1, -1) for s in split), labels[:, last : last + 1], mask[:, last : last + 1]
+    )
     tail = loss(*(s.rest for s in split), labels[:, last + 1 :], mask[:, last + 1 :])
-    return tuple(torch.cat([h.expand(rows, -1) * mask[:, :last], e, t], dim=1)
-                 for h, e, t in zip(head, edge, tail, strict=True))  # fmt: skip
+    return tuple(
+        torch.cat([h.expand(rows, -1) * mask[:, :last], e, t], dim=1) for h, e, t in zip(head, edge, tail, strict=True)
+    )
 
 
 @torch.inference_mode()
-def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                        fns: list[Callable[[Tensor], Tensor]], zero_ablation: bool = True,
-                        splice_first_position: bool = True, ce_zero: Tensor | None = None,
-                        restart: bool | None = None, share_prefix: bool = True) -> list[LMLosses]:  # fmt: skip
+def spliced_losses_many(
+    model: nn.Module,
+    hook: str | HookPoint,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    fns: list[Callable[[Tensor], Tensor]],
+    zero_ablation: bool = True,
+    splice_first_position: bool = True,
+    ce_zero: Tensor | None = None,
+    restart: bool | None = None,
+    share_prefix: bool = True,
+) -> list[LMLosses]:
     """:func:`spliced_losses` for several splice functions at one hook from **one** clean pass (and one
     zero-ablated pass, shared: it does not depend on the splice); one :class:`LMLosses` per function, in order."""
     point = check_hook(model, hook)
@@ -193,13 +224,20 @@ def spliced_losses_many(model: nn.Module, hook: str | HookPoint, input_ids: Tens
         losses.append(_by_part(M.paired_losses, [clean, edited(splice)], labels, mask))
     del clean
     if zero_ablation and ce_zero is None and restart:  # one short pass instead (module chatsae.eval.zero_ablation)
-        ce_zero = zero_ablated_losses(model, point, input_ids, attention_mask, labels, mask, splice_first_position,
-                                      ckpt)  # fmt: skip
+        ce_zero = zero_ablated_losses(
+            model, point, input_ids, attention_mask, labels, mask, splice_first_position, ckpt
+        )
     if zero_ablation and ce_zero is None:
-        (ce_zero,) = _by_part(lambda lg, lab, m: (M.token_cross_entropy(lg, lab, m),),
-                              [edited(zeroing(splice_first_position))], labels, mask)  # fmt: skip
-    return [LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)
-            for ce_clean, ce_spliced, kl in losses]  # fmt: skip
+        (ce_zero,) = _by_part(
+            lambda lg, lab, m: (M.token_cross_entropy(lg, lab, m),),
+            [edited(zeroing(splice_first_position))],
+            labels,
+            mask,
+        )
+    return [
+        LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)
+        for ce_clean, ce_spliced, kl in losses
+    ]
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -207,9 +245,15 @@ def _device(module: nn.Module) -> torch.device:
 
 
 # ---- the driver --------------------------------------------------------------------------------------------------
-def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Record], cfg: EvalConfig | None = None,
-             sae_path: str | None = None, zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None,
-             ) -> EvalResult:  # fmt: skip
+def evaluate(
+    sae: SAE,
+    model: nn.Module,
+    tokenizer: Any,
+    records: Iterable[Record],
+    cfg: EvalConfig | None = None,
+    sae_path: str | None = None,
+    zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None,
+) -> EvalResult:
     """Evaluate ``sae`` (taking raw activations) on ``records`` through ``model``; see the module docstring.
 
     Unset fields of ``cfg`` come from ``sae.cfg.metadata`` (:func:`~chatsae.eval.config.resolve_config`). The SAE is
@@ -220,9 +264,15 @@ def evaluate(sae: SAE, model: nn.Module, tokenizer: Any, records: Iterable[Recor
     return evaluate_many([sae], model, tokenizer, records, [cfg], [sae_path], zero_ablation_cache)[0]
 
 
-def evaluate_many(saes: list[SAE], model: nn.Module, tokenizer: Any, records: Iterable[Record],
-                  cfgs: list[EvalConfig], sae_paths: list[str | None] | None = None,
-                  zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None) -> list[EvalResult]:  # fmt: skip
+def evaluate_many(
+    saes: list[SAE],
+    model: nn.Module,
+    tokenizer: Any,
+    records: Iterable[Record],
+    cfgs: list[EvalConfig],
+    sae_paths: list[str | None] | None = None,
+    zero_ablation_cache: dict[tuple[Any, ...], Tensor] | None = None,
+) -> list[EvalResult]:
     """Evaluate several SAEs of **one hook** on the same records with one clean forward per batch: each SAE then
     costs one restarted spliced pass (and the zero-ablated pass is shared). Same results as :func:`evaluate` on
     each. ``cfgs[i]`` (resolved, one per SAE) differ at most in ``output``; each result is written to its own."""
@@ -257,25 +307,37 @@ def evaluate_many(saes: list[SAE], model: nn.Module, tokenizer: Any, records: It
     results = []
     for sae, acc, path, c in zip(saes, accs, paths, cfgs, strict=True):
         setup = {**_setup(cfg, model, n_seq, n_tok, seconds), "evaluated_together": len(saes)}
-        result = EvalResult(sae=_sae_info(sae, path), setup=setup, metrics=acc.result(),
-                            latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
-                            per_sequence=acc.per_sequence())  # fmt: skip
+        result = EvalResult(
+            sae=_sae_info(sae, path),
+            setup=setup,
+            metrics=acc.result(),
+            latents=_latents(acc, sae.cfg.d_sae, cfg.dense_threshold),
+            per_sequence=acc.per_sequence(),
+        )
         if c.output:
             write_result(result, c.output)
         results.append(result)
     return results
 
 
-def zero_ablation_key(hook: HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                      splice_first_position: bool) -> tuple[Any, ...]:  # fmt: skip
+def zero_ablation_key(
+    hook: HookPoint, input_ids: Tensor, attention_mask: Tensor, splice_first_position: bool
+) -> tuple[Any, ...]:
     """Key of a batch's zero-ablated losses: the hook, the position-0 rule and a digest of the batch's tokens."""
     digest = hashlib.sha256(input_ids.cpu().numpy().tobytes() + attention_mask.cpu().numpy().tobytes()).hexdigest()
     return str(hook), bool(splice_first_position), tuple(input_ids.shape), digest
 
 
-def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBatch, seq_offset: int,
-                cfg: EvalConfig, accs: list[SubsetAccumulator],
-                zero_cache: dict[tuple[Any, ...], Tensor] | None = None) -> int:  # fmt: skip
+def _eval_batch(
+    saes: list[SAE],
+    model: nn.Module,
+    hook: HookPoint,
+    pb: PaddedBatch,
+    seq_offset: int,
+    cfg: EvalConfig,
+    accs: list[SubsetAccumulator],
+    zero_cache: dict[tuple[Any, ...], Tensor] | None = None,
+) -> int:
     """Run one padded batch (sequence ids from ``seq_offset``) into each SAE's accumulator; returns its number of
     real tokens."""
     device = _device(model)
@@ -303,25 +365,41 @@ def _eval_batch(saes: list[SAE], model: nn.Module, hook: HookPoint, pb: PaddedBa
         first = bool(cfg.splice_first_position)
         key = zero_ablation_key(hook, ids, am, first) if zero_cache is not None else None
         cached = zero_cache.get(key) if zero_cache is not None and key is not None else None
-        all_losses = spliced_losses_many(model, hook, ids, am, fns, zero_ablation=cfg.zero_ablation,
-                                         splice_first_position=first, ce_zero=cached,
-                                         restart=cfg.restart and can_resume(model),
-                                         share_prefix=cfg.share_prefix)  # fmt: skip
+        all_losses = spliced_losses_many(
+            model,
+            hook,
+            ids,
+            am,
+            fns,
+            zero_ablation=cfg.zero_ablation,
+            splice_first_position=first,
+            ce_zero=cached,
+            restart=cfg.restart and can_resume(model),
+            share_prefix=cfg.share_prefix,
+        )
         for losses, acc in zip(all_losses, accs, strict=True):
             if zero_cache is not None and key is not None and losses.ce_zero is not None:
                 zero_cache[key] = losses.ce_zero
             m = losses.mask
-            acc.update_lm(token_class[m], positions[m], seq_ids[m], ids[m], ce_clean=losses.ce_clean[m],
-                          ce_spliced=losses.ce_spliced[m], kl=losses.kl[m],
-                          ce_zero=None if losses.ce_zero is None else losses.ce_zero[m])  # fmt: skip
+            acc.update_lm(
+                token_class[m],
+                positions[m],
+                seq_ids[m],
+                ids[m],
+                ce_clean=losses.ce_clean[m],
+                ce_spliced=losses.ce_spliced[m],
+                kl=losses.kl[m],
+                ce_zero=None if losses.ce_zero is None else losses.ce_zero[m],
+            )
     else:
         with torch.inference_mode():
             act = capture_shared(model, hook, ids, am, cfg.share_prefix)
             for fn in fns:
                 fn(act)
     for store, acc in zip(stores, accs, strict=True):
-        acc.update(store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid],
-                   ids[valid])  # fmt: skip
+        acc.update(
+            store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid], ids[valid]
+        )
     return int(valid.sum())
 
 
@@ -334,8 +412,14 @@ def special_ids(tokenizer: Any) -> list[int]:
 
 def _sae_info(sae: SAE, path: str | None) -> dict[str, Any]:
     c = sae.cfg
-    info = {"path": path, "architecture": c.architecture, "d_in": c.d_in, "d_sae": c.d_sae,
-            "k": c.k if c.architecture == "topk" else None, "metadata": dict(c.metadata)}  # fmt: skip
+    info = {
+        "path": path,
+        "architecture": c.architecture,
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "k": c.k if c.architecture == "topk" else None,
+        "metadata": dict(c.metadata),
+    }
     return info
 
 

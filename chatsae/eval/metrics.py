@@ -18,9 +18,17 @@ from torch import Tensor
 TEXT, TEMPLATE, SYSTEM, USER, ASSISTANT = 0, 1, 2, 3, 4
 
 SUBSETS: tuple[str, ...] = (
-    "all", "all_no_pos0", "special", "special_no_pos0", "special_strict", "special_strict_no_pos0", "system", "user",
-    "assistant", "text",
-)  # fmt: skip
+    "all",
+    "all_no_pos0",
+    "special",
+    "special_no_pos0",
+    "special_strict",
+    "special_strict_no_pos0",
+    "system",
+    "user",
+    "assistant",
+    "text",
+)
 """Token subsets every metric is reported on. ``special`` = the *template set*: chat-template tokens (TEMPLATE:
 the tokenizer's special tokens, role names and the template's newlines; the FAST paper's MSE_st positions, and the
 set the headline MSE_st uses). ``special_strict`` = the *strict set*: the tokenizer's special tokens only
@@ -202,8 +210,9 @@ def token_kl(clean_logits: Tensor, other_logits: Tensor, mask: Tensor, chunk: in
     return out.view(mask.shape) * mask
 
 
-def paired_losses(clean_logits: Tensor, other_logits: Tensor, labels: Tensor, mask: Tensor,
-                  chunk: int | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def paired_losses(
+    clean_logits: Tensor, other_logits: Tensor, labels: Tensor, mask: Tensor, chunk: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(CE clean, CE other, KL(clean ‖ other))`` per position in one pass (one log-softmax per logits and chunk).
 
     Same values as :func:`token_cross_entropy` twice and :func:`token_kl`; all ``[B, T]`` float32, 0 where masked.

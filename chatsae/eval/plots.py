@@ -96,14 +96,29 @@ def bar_chart(panels: Sequence[BarPanel], path: str | Path, title: str, series_l
             keep = [(x, y, g) for x, g in zip(xs, groups, strict=True) if _finite(y := panel.values[g].get(name))]
             if not keep:
                 continue
-            bars = ax.bar([x for x, _, _ in keep], [y - base for _, y, _ in keep], bottom=base, width=width,
-                          label=name, color=colours[name])  # fmt: skip
+            bars = ax.bar(
+                [x for x, _, _ in keep],
+                [y - base for _, y, _ in keep],
+                bottom=base,
+                width=width,
+                label=name,
+                color=colours[name],
+            )
             ivs = [((panel.errors or {}).get(g) or {}).get(name) for _, _, g in keep]
             if any(ivs):
-                err = [[max(y - iv[0], 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)],
-                       [max(iv[1] - y, 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)]]
-                ax.errorbar([x for x, _, _ in keep], [y for _, y, _ in keep], yerr=err, fmt="none", ecolor="black",
-                            elinewidth=0.8, capsize=2)  # fmt: skip
+                err = [
+                    [max(y - iv[0], 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)],
+                    [max(iv[1] - y, 0) if iv else 0 for (_, y, _), iv in zip(keep, ivs, strict=True)],
+                ]
+                ax.errorbar(
+                    [x for x, _, _ in keep],
+                    [y for _, y, _ in keep],
+                    yerr=err,
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2,
+                )
             ax.bar_label(bars, labels=[f"{y:.4g}" for _, y, _ in keep], fontsize=7, padding=1)
             legend.setdefault(name, bars)
         ax.set_xticks(range(len(groups)), groups)
@@ -126,20 +141,33 @@ def line_chart(panels: Sequence[LinePanel], path: str | Path, title: str, legend
         drawn = False
         for name, points in panel.lines.items():
             errs = (panel.errors or {}).get(name) or [None] * len(points)
-            pts = sorted((x, y, e or (None,) * 4) for (x, y), e in zip(points, errs, strict=True)
-                         if _finite(x) and _finite(y) and (x > 0 or not panel.log_x))  # fmt: skip
+            pts = sorted(
+                (x, y, e or (None,) * 4)
+                for (x, y), e in zip(points, errs, strict=True)
+                if _finite(x) and _finite(y) and (x > 0 or not panel.log_x)
+            )
             if not pts:
                 continue
             line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)[0]
             drawn = True
             if any(_finite(b) for p in pts for b in p[2]):
+
                 def bar(v: float, lo: Any, hi: Any) -> list[float]:
                     return [max(v - lo, 0) if _finite(lo) else 0, max(hi - v, 0) if _finite(hi) else 0]
 
                 xe = list(zip(*(bar(x, e[0], e[1]) for x, _, e in pts), strict=True))
                 ye = list(zip(*(bar(y, e[2], e[3]) for _, y, e in pts), strict=True))
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], xerr=xe, yerr=ye, fmt="none",
-                            ecolor=line.get_color(), elinewidth=0.8, capsize=2, alpha=0.7)  # fmt: skip
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    xerr=xe,
+                    yerr=ye,
+                    fmt="none",
+                    ecolor=line.get_color(),
+                    elinewidth=0.8,
+                    capsize=2,
+                    alpha=0.7,
+                )
         if panel.log_x and drawn:
             from matplotlib.ticker import LogFormatter
 

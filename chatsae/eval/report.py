@@ -12,15 +12,29 @@ from .metrics import SUBSETS
 from .result import EvalResult
 
 TABLE_ROWS: dict[str, str] = {
-    "tokens": "tokens", "mse": "MSE (Eq. 7)", "log2_mse": "log2 MSE", "fvu": "FVU",
-    "cosine_similarity": "cos(x, x̂)", "relative_norm": "‖x̂‖/‖x‖", "mean_sq_norm": "E‖x‖²", "l0": "L0",
-    "dead_latents": "dead", "dense_latents": "dense", "ce_clean": "CE clean", "delta_ce": "ΔCE", "kl": "KL",
+    "tokens": "tokens",
+    "mse": "MSE (Eq. 7)",
+    "log2_mse": "log2 MSE",
+    "fvu": "FVU",
+    "cosine_similarity": "cos(x, x̂)",
+    "relative_norm": "‖x̂‖/‖x‖",
+    "mean_sq_norm": "E‖x‖²",
+    "l0": "L0",
+    "dead_latents": "dead",
+    "dense_latents": "dense",
+    "ce_clean": "CE clean",
+    "delta_ce": "ΔCE",
+    "kl": "KL",
     "ce_recovered": "CE recovered",
-}  # fmt: skip
+}
 """Metrics shown in the table (key -> row label), in order; the JSON file has them all."""
 
-SUBSET_LABELS = {"all_no_pos0": "no pos0", "special_no_pos0": "special no pos0", "special_strict": "strict",
-                 "special_strict_no_pos0": "strict no pos0"}
+SUBSET_LABELS = {
+    "all_no_pos0": "no pos0",
+    "special_no_pos0": "special no pos0",
+    "special_strict": "strict",
+    "special_strict_no_pos0": "strict no pos0",
+}
 
 
 def fmt(value: Any) -> str:
@@ -84,8 +98,10 @@ def token_sets_example(tokenizer: Any, messages: list[dict[str, str]] = EXAMPLE_
     rows = []
     for pos, (tid, cls) in enumerate(zip(seq.input_ids, seq.token_class, strict=True)):
         piece = tokenizer.decode([tid]).replace("\n", "\\n").replace("|", "\\|")
-        rows.append(f"| {pos} | `{piece}` | {names.get(cls, cls)} | {'x' if tid in strict else ''} | "
-                    f"{'x' if cls == TEMPLATE else ''} |")  # fmt: skip
+        rows.append(
+            f"| {pos} | `{piece}` | {names.get(cls, cls)} | {'x' if tid in strict else ''} | "
+            f"{'x' if cls == TEMPLATE else ''} |"
+        )
     head = ["| position | token | class | strict set | template set |", "|---:|---|---|:---:|:---:|"]
     return "\n".join(head + rows)
 

@@ -42,15 +42,23 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     # (label, subset, metric): first the tokens the SAE trains on (no position 0), then with position 0; a row
     # without a subset is a section header whose text is in SECTION_NOTES
     ("held-out eval, position 0 excluded", "", ""),
-    ("eval L0", "all_no_pos0", "l0"), ("eval fvu", "all_no_pos0", "fvu"), ("eval mse", "all_no_pos0", "mse"),
-    ("eval log2 mse", "all_no_pos0", "log2_mse"), ("eval log2 mse_st", "special_no_pos0", "log2_mse"),
+    ("eval L0", "all_no_pos0", "l0"),
+    ("eval fvu", "all_no_pos0", "fvu"),
+    ("eval mse", "all_no_pos0", "mse"),
+    ("eval log2 mse", "all_no_pos0", "log2_mse"),
+    ("eval log2 mse_st", "special_no_pos0", "log2_mse"),
     ("eval log2 mse_st strict", "special_strict_no_pos0", "log2_mse"),
-    ("eval cosine", "all_no_pos0", "cosine_similarity"), ("eval delta CE", "all", "delta_ce"), ("eval KL", "all", "kl"),
-    ("eval CE recovered", "all", "ce_recovered"), ("eval dead fraction", "all", "dead_fraction"),
+    ("eval cosine", "all_no_pos0", "cosine_similarity"),
+    ("eval delta CE", "all", "delta_ce"),
+    ("eval KL", "all", "kl"),
+    ("eval CE recovered", "all", "ce_recovered"),
+    ("eval dead fraction", "all", "dead_fraction"),
     ("with position 0 (attention sink)", "", ""),
-    ("eval mse (pos 0 incl.)", "all", "mse"), ("eval fvu (pos 0 incl.)", "all", "fvu"),
-    ("eval log2 mse (pos 0 incl.)", "all", "log2_mse"), ("eval log2 mse_st (pos 0 incl.)", "special", "log2_mse"),
-)  # fmt: skip
+    ("eval mse (pos 0 incl.)", "all", "mse"),
+    ("eval fvu (pos 0 incl.)", "all", "fvu"),
+    ("eval log2 mse (pos 0 incl.)", "all", "log2_mse"),
+    ("eval log2 mse_st (pos 0 incl.)", "special", "log2_mse"),
+)
 """The rows of ``chatsae train``'s final table."""
 SECTION_NOTES = {
     "held-out eval, position 0 excluded": "the tokens the SAE was trained on (LM-loss rows: the splice as trained)",
@@ -93,8 +101,15 @@ class EvalResult:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"schema_version": SCHEMA_VERSION, "headline": self.headline, "sae": self.sae, "setup": self.setup,
-               "metrics": self.metrics, "latents": self.latents, "per_sequence": self.per_sequence}  # fmt: skip
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "headline": self.headline,
+            "sae": self.sae,
+            "setup": self.setup,
+            "metrics": self.metrics,
+            "latents": self.latents,
+            "per_sequence": self.per_sequence,
+        }
         return _json_safe(out)
 
     @classmethod
@@ -125,8 +140,9 @@ _NUMBER_LIST = re.compile(r"\[\s+((?:-?[0-9.eE+-]+|null)(?:,\s+(?:-?[0-9.eE+-]+|
 
 def dumps(obj: Any) -> str:
     """Indented JSON with every list of numbers on one line (per-sequence sums stay compact)."""
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
-                            json.dumps(obj, indent=2))  # fmt: skip
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", json.dumps(obj, indent=2)
+    )
 
 
 def _round(obj: Any, digits: int = 7) -> Any:

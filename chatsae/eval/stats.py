@@ -92,22 +92,34 @@ def _percentiles(point: float, reps: np.ndarray, n: int, level: float) -> Interv
     return Interval(point, float(lo), float(hi), n)
 
 
-def bootstrap_ratio(num: Any, den: Any, transform: Transform | None = None, n_boot: int = N_BOOT,
-                    seed: int = SEED, level: float = LEVEL) -> Interval:  # fmt: skip
+def bootstrap_ratio(
+    num: Any, den: Any, transform: Transform | None = None, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL
+) -> Interval:
     """Percentile bootstrap over sequences of ``transform(Σ num / Σ den)``; ``num, den`` ``[S]``."""
     return bootstrap_mean_difference([(num, den)], [], transform, n_boot, seed, level)
 
 
-def paired_difference(a: tuple[Any, Any], b: tuple[Any, Any], transform: Transform | None = None,
-                      n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL) -> Interval:  # fmt: skip
+def paired_difference(
+    a: tuple[Any, Any],
+    b: tuple[Any, Any],
+    transform: Transform | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> Interval:
     """``f(A) − f(B)`` for two SAEs evaluated on the same S sequences (``(num, den)`` each ``[S]``, the same
     order): every replicate resamples the same sequences for both, so what the sequences share cancels."""
     return bootstrap_mean_difference([a], [b], transform, n_boot, seed, level)
 
 
-def bootstrap_mean_difference(a: Sequence[tuple[Any, Any]], b: Sequence[tuple[Any, Any]],
-                              transform: Transform | None = None, n_boot: int = N_BOOT, seed: int = SEED,
-                              level: float = LEVEL) -> Interval:  # fmt: skip
+def bootstrap_mean_difference(
+    a: Sequence[tuple[Any, Any]],
+    b: Sequence[tuple[Any, Any]],
+    transform: Transform | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> Interval:
     """``mean_s f(A_s) − mean_s f(B_s)`` (``f = transform(Σ num / Σ den)``) over several SAEs of each kind (e.g.
     training seeds), all evaluated on the same S sequences; ``b`` empty gives the mean of ``a`` alone. One shared
     resampling of the sequences per replicate."""
@@ -205,10 +217,14 @@ def _ce_recovered(p: dict[str, Any], _d: int) -> Terms:
 
 
 SEQUENCE_METRICS: dict[str, tuple[Callable[[dict[str, Any], int], Terms], Transform | None]] = {
-    "mse": (_mse, None), "log2_mse": (_mse, _log2), "fvu": (_over_tokens("sse", "m2"), None),
-    "l0": (_over_tokens("l0"), None), "delta_ce": (_delta_ce, None), "kl": (_over_tokens("kl", "lm_n"), None),
+    "mse": (_mse, None),
+    "log2_mse": (_mse, _log2),
+    "fvu": (_over_tokens("sse", "m2"), None),
+    "l0": (_over_tokens("l0"), None),
+    "delta_ce": (_delta_ce, None),
+    "kl": (_over_tokens("kl", "lm_n"), None),
     "ce_recovered": (_ce_recovered, None),
-}  # fmt: skip
+}
 """Metric of a subset -> (its ``(num, den)`` from the per-sequence sums and ``d_in``, transform). MSE is FAST Eq. 7:
 ``num_i = sse_i / n_i``, ``den_i = H`` for each sequence with a token in the subset (the mean of per-sequence MSEs)."""
 
@@ -240,8 +256,13 @@ def _bounds(iv: Interval | None) -> list[float] | None:
     return [iv.low, iv.high]
 
 
-def seed_summary(results: Sequence[Any], keys: dict[str, tuple[str, str]], n_boot: int = N_BOOT, seed: int = SEED,
-                 level: float = LEVEL) -> dict[str, dict[str, Any]]:  # fmt: skip
+def seed_summary(
+    results: Sequence[Any],
+    keys: dict[str, tuple[str, str]],
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
     """One SAE configuration trained with several seeds, each evaluated on the same sequences: per summary key
     (``keys[key] = (subset, metric)``) the ``mean`` over seeds, the t-interval over seeds (``seeds``, None with one
     seed) and the bootstrap over sequences of the seed mean (``sequences``, None without per-sequence sums)."""
@@ -254,13 +275,25 @@ def seed_summary(results: Sequence[Any], keys: dict[str, tuple[str, str]], n_boo
         boot = None
         if terms and len(present) == len(terms):
             boot = bootstrap_mean_difference([t[0] for t in present], [], present[0][1], n_boot, seed, level)
-        out[key] = {"mean": None if math.isnan(over_seeds.value) else over_seeds.value, "n_seeds": over_seeds.n,
-                    "seeds": _bounds(over_seeds), "sequences": _bounds(boot)}  # fmt: skip
+        out[key] = {
+            "mean": None if math.isnan(over_seeds.value) else over_seeds.value,
+            "n_seeds": over_seeds.n,
+            "seeds": _bounds(over_seeds),
+            "sequences": _bounds(boot),
+        }
     return out
 
 
-def paired_verdict(a: Sequence[Any], b: Sequence[Any], subset: str, metric: str, names: tuple[str, str, str],
-                   n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL) -> dict[str, Any]:  # fmt: skip
+def paired_verdict(
+    a: Sequence[Any],
+    b: Sequence[Any],
+    subset: str,
+    metric: str,
+    names: tuple[str, str, str],
+    n_boot: int = N_BOOT,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict[str, Any]:
     """Compare SAE kind A (its seeds' results ``a``) with B on ``metric`` of ``subset``, all evaluated on the same
     sequences: the paired bootstrap over sequences of ``mean_s f(A_s) − mean_s f(B_s)`` and, with two or more seeds
     each, the t-interval over seeds of ``f(A_s) − f(B_s)``. ``names`` = (A label, B label, metric label).
@@ -276,5 +309,9 @@ def paired_verdict(a: Sequence[Any], b: Sequence[Any], subset: str, metric: str,
     seeds = t_interval(pairs, level) if min(len(a), len(b)) >= 2 else None
     diffs = [iv for iv in (boot, seeds) if iv is not None]
     mean = float(np.mean(pairs)) if pairs else None
-    return {"difference": boot.value if boot is not None else mean, "sequences": _bounds(boot),
-            "seeds": _bounds(seeds), "verdict": verdict(*names, diffs)}  # fmt: skip
+    return {
+        "difference": boot.value if boot is not None else mean,
+        "sequences": _bounds(boot),
+        "seeds": _bounds(seeds),
+        "verdict": verdict(*names, diffs),
+    }

@@ -123,8 +123,16 @@ class ReconstructionAccumulator:
         relative_norm, mean_sq_norm; NaN metrics when the subset had no token."""
         nan = float("nan")
         if self.n == 0:
-            keys = ("mse", "log2_mse", "mse_token", "fvu", "explained_variance", "cosine_similarity",
-                    "relative_norm", "mean_sq_norm")  # fmt: skip
+            keys = (
+                "mse",
+                "log2_mse",
+                "mse_token",
+                "fvu",
+                "explained_variance",
+                "cosine_similarity",
+                "relative_norm",
+                "mean_sq_norm",
+            )
             return {"tokens": 0, "sequences": 0, **dict.fromkeys(keys, nan)}
         assert self.sse is not None and self.m2 is not None  # set by the first non-empty update
         assert self.cos is not None and self.rel is not None and self.sq_norm is not None
@@ -189,8 +197,13 @@ class SparsityAccumulator:
         nan = float("nan")
         if self.n == 0:
             keys = ("l0", "l0_std", "l0_p10", "l0_p50", "l0_p90", "l0_max")
-            return {**dict.fromkeys(keys, nan), "dead_latents": None, "dense_latents": None,
-                    "dead_fraction": nan, "dense_fraction": nan}  # fmt: skip
+            return {
+                **dict.fromkeys(keys, nan),
+                "dead_latents": None,
+                "dense_latents": None,
+                "dead_fraction": nan,
+                "dense_fraction": nan,
+            }
         counts = self.l0_counts.cpu().double()
         values = torch.arange(self.d_sae + 1, dtype=torch.float64)
         mean = float((counts * values).sum() / self.n)
@@ -249,8 +262,13 @@ class LMLossAccumulator:
 class SubsetAccumulator:
     """Every metric on every token subset. ``update`` takes flat token tensors (padding removed)."""
 
-    def __init__(self, d_sae: int, subsets: tuple[str, ...] = M.SUBSETS, dense_threshold: float = M.DENSE_THRESHOLD,
-                 special_ids: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        d_sae: int,
+        subsets: tuple[str, ...] = M.SUBSETS,
+        dense_threshold: float = M.DENSE_THRESHOLD,
+        special_ids: Any = None,
+    ) -> None:
         """``special_ids``: the tokenizer's special token ids (the strict special set; see ``update``'s
         ``token_ids``)."""
         self.subsets = subsets
@@ -266,8 +284,16 @@ class SubsetAccumulator:
             strict = M.strict_special(token_ids, self.special_ids)
         return {k: m for k, m in M.subset_masks(token_class, positions, strict).items() if k in self.recon}
 
-    def update(self, x: Tensor, x_hat: Tensor, f: Tensor, token_class: Tensor, positions: Tensor, seq_ids: Tensor,
-               token_ids: Tensor | None = None) -> None:  # fmt: skip
+    def update(
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        f: Tensor,
+        token_class: Tensor,
+        positions: Tensor,
+        seq_ids: Tensor,
+        token_ids: Tensor | None = None,
+    ) -> None:
         """``x, x_hat [n, H]``, ``f [n, d_sae]``, ``token_class, positions, seq_ids [n]``; ``token_ids [n]`` for the
         strict special subsets (empty without them)."""
         if seq_ids.numel():
@@ -282,8 +308,14 @@ class SubsetAccumulator:
             self.recon[name].update(x[m], x_hat[m], seq_ids[m])
             self.sparsity[name].add(counts[i], l0[m], seq_ids[m])  # type: ignore[index]
 
-    def update_lm(self, token_class: Tensor, positions: Tensor, seq_ids: Tensor | None = None,
-                  token_ids: Tensor | None = None, **losses: Tensor | None) -> None:  # fmt: skip
+    def update_lm(
+        self,
+        token_class: Tensor,
+        positions: Tensor,
+        seq_ids: Tensor | None = None,
+        token_ids: Tensor | None = None,
+        **losses: Tensor | None,
+    ) -> None:
         """Per-position losses ``[n]`` (``ce_clean``, ``ce_spliced``, ``kl``, optional ``ce_zero``); a loss belongs
         to the subsets of the position whose logits are scored (its label is the next token). ``seq_ids`` ``[n]``
         for the per-sequence sums, ``token_ids`` ``[n]`` (of the scored positions) for the strict subsets."""

@@ -60,8 +60,9 @@ def _right_padded(attention_mask: Tensor) -> bool:
     return bool(am[:, 0].all()) and bool((am[:, :-1] | ~am[:, 1:]).all())
 
 
-def canonical_rows(model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                   splice_first_position: bool) -> tuple[Tensor, Tensor] | None:  # fmt: skip
+def canonical_rows(
+    model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor, splice_first_position: bool
+) -> tuple[Tensor, Tensor] | None:
     """``(representative rows [n], representative of each row [B])`` when the short pass applies to this batch, else
     None: the first row with each distinct first token (just row 0 when position 0 is zeroed too)."""
     model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
@@ -81,9 +82,16 @@ def canonical_rows(model: nn.Module, point: HookPoint, input_ids: Tensor, attent
 
 
 @torch.inference_mode()
-def zero_ablated_losses(model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,
-                        mask: Tensor, splice_first_position: bool, ckpt: Checkpoint | None = None,
-                        ) -> Tensor | None:  # fmt: skip
+def zero_ablated_losses(
+    model: nn.Module,
+    point: HookPoint,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    splice_first_position: bool,
+    ckpt: Checkpoint | None = None,
+) -> Tensor | None:
     """Per-token CE ``[B, T]`` (float32, 0 where ``mask`` is false) of the zero-ablated pass of ``input_ids`` /
     ``attention_mask`` ``[B, T]`` with next-token ``labels``, from one pass over one row per distinct first token;
     None where that does not apply (see the module docstring). ``ckpt``: the clean pass's checkpoint at ``point``

@@ -79,10 +79,16 @@ class AutointerpConfig:
     """Results file. None = FEATURES_DIR/autointerp.json."""
 
     def __post_init__(self) -> None:
-        validate(self, positive=("n_latents", "n_examples", "n_test", "test_batch", "attempts", "max_tokens"),
-                 non_negative=("temperature", "retry_temperature"))  # fmt: skip
-        check(all(isinstance(i, int) and i >= 0 for i in self.latents or []), "latents",
-              f"must be latent ids >= 0, got {self.latents}")  # fmt: skip
+        validate(
+            self,
+            positive=("n_latents", "n_examples", "n_test", "test_batch", "attempts", "max_tokens"),
+            non_negative=("temperature", "retry_temperature"),
+        )
+        check(
+            all(isinstance(i, int) and i >= 0 for i in self.latents or []),
+            "latents",
+            f"must be latent ids >= 0, got {self.latents}",
+        )
         self.protocols()
 
     def protocols(self) -> list[str]:
@@ -125,8 +131,19 @@ def binary_scores(predictions: list[int | None], labels: list[int]) -> BinarySco
     precision, recall, specificity = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     balanced = (recall + specificity) / 2 if recall is not None and specificity is not None else None
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    return BinaryScores(tp, fp, tn, fn, len(predictions) - len(pairs), precision, recall, specificity, balanced,
-                        _ratio(tp + tn, len(pairs)), f1)  # fmt: skip
+    return BinaryScores(
+        tp,
+        fp,
+        tn,
+        fn,
+        len(predictions) - len(pairs),
+        precision,
+        recall,
+        specificity,
+        balanced,
+        _ratio(tp + tn, len(pairs)),
+        f1,
+    )
 
 
 def sample_latents(data: FeatureData, cfg: AutointerpConfig) -> list[int]:
@@ -165,8 +182,16 @@ class _Runner:
 
     def ask(self, messages: list[dict[str, str]], parse: Any, kind: str) -> Answer:
         c = self.cfg
-        return ask(self.judge, messages, parse, c.attempts, c.temperature, c.retry_temperature, c.max_tokens,
-                   PREFILL[kind] if c.prefill else None)  # fmt: skip
+        return ask(
+            self.judge,
+            messages,
+            parse,
+            c.attempts,
+            c.temperature,
+            c.retry_temperature,
+            c.max_tokens,
+            PREFILL[kind] if c.prefill else None,
+        )
 
     def fast(self, latent: int) -> dict[str, Any]:
         top = self.data.contexts(latent, "top")[: self.cfg.n_examples]
@@ -246,13 +271,15 @@ def summarize(latents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         scores = [r["score"] for r in fast if r.get("score") is not None]
         counts = {str(s): scores.count(s) for s in range(1, 6)}
         summary["fast"] = {
-            "n_latents": len(fast), "n_scored": len(scores),
+            "n_latents": len(fast),
+            "n_scored": len(scores),
             "n_unparseable": sum(r["status"] == "unparseable" for r in fast),
             "n_errors": sum(r["status"] == "error" for r in fast),
-            "counts": counts, "mean_score": _mean(scores),
+            "counts": counts,
+            "mean_score": _mean(scores),
             "top_range_share": (counts["4"] + counts["5"]) / len(scores) if scores else None,
             "top_range_share_of_all": (counts["4"] + counts["5"]) / len(fast),
-        }  # fmt: skip
+        }
     for name in ("detection", "fuzzing"):
         rows = [r[name] for r in latents.values() if name in r]
         if not rows:
@@ -260,12 +287,15 @@ def summarize(latents: dict[str, dict[str, Any]]) -> dict[str, Any]:
         scored = [r for r in rows if r.get("balanced_accuracy") is not None]
         pooled = binary_scores(*_pool(rows))
         summary[name] = {
-            "n_latents": len(rows), "n_scored": len(scored),
+            "n_latents": len(rows),
+            "n_scored": len(scored),
             "n_failed": sum(r["status"] not in ("ok",) for r in rows),
-            **{f"mean_{k}": _mean([r[k] for r in rows if r.get(k) is not None])
-               for k in ("balanced_accuracy", "precision", "recall", "f1")},
+            **{
+                f"mean_{k}": _mean([r[k] for r in rows if r.get(k) is not None])
+                for k in ("balanced_accuracy", "precision", "recall", "f1")
+            },
             "pooled": pooled._asdict(),
-        }  # fmt: skip
+        }
     return summary
 
 
@@ -280,8 +310,9 @@ def _pool(rows: list[dict[str, Any]]) -> tuple[list[int | None], list[int]]:
     return preds, labels
 
 
-def run_autointerp(data: FeatureData, judge: Judge, cfg: AutointerpConfig, concurrency: int = 1,
-                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_autointerp(
+    data: FeatureData, judge: Judge, cfg: AutointerpConfig, concurrency: int = 1, progress: bool = True
+) -> dict[str, Any]:
     """Judge the sampled latents with every protocol of ``cfg``; merge into the results file and return its content."""
     protocols = cfg.protocols()
     ids = sample_latents(data, cfg)

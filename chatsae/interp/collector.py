@@ -95,11 +95,14 @@ class BatchView:
     ``sample_ids`` ``[B]`` int64 global sample numbers.
     """
 
-    def __init__(self, acts: Tensor, input_ids: Tensor, valid: Tensor, lengths: Tensor, token_class: Tensor,
-                 sample_ids: Tensor) -> None:  # fmt: skip
+    def __init__(
+        self, acts: Tensor, input_ids: Tensor, valid: Tensor, lengths: Tensor, token_class: Tensor, sample_ids: Tensor
+    ) -> None:
         if acts.dim() != 3 or acts.shape[:2] != input_ids.shape or valid.shape != input_ids.shape:
-            raise ValueError(f"BatchView: acts {tuple(acts.shape)}, input_ids {tuple(input_ids.shape)} and valid "
-                             f"{tuple(valid.shape)} disagree")  # fmt: skip
+            raise ValueError(
+                f"BatchView: acts {tuple(acts.shape)}, input_ids {tuple(input_ids.shape)} and valid "
+                f"{tuple(valid.shape)} disagree"
+            )
         self.acts = acts * valid.unsqueeze(-1).to(acts.dtype)
         self.input_ids, self.valid, self.lengths = input_ids, valid, lengths.to(input_ids.device)
         self.token_class, self.sample_ids = token_class, sample_ids.to(input_ids.device)
@@ -108,12 +111,14 @@ class BatchView:
 class FeatureCollector:
     """Update a state dict (see :func:`empty_state`) with :meth:`update`; the state is all there is to save."""
 
-    def __init__(self, spec: CollectorSpec, state: dict[str, Tensor] | None = None,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self, spec: CollectorSpec, state: dict[str, Tensor] | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         self.spec = spec
         self.device = torch.device(device)
-        self.state = empty_state(spec, self.device) if state is None else {k: v.to(self.device) for k, v in
-                                                                            state.items()}  # fmt: skip
+        self.state = (
+            empty_state(spec, self.device) if state is None else {k: v.to(self.device) for k, v in state.items()}
+        )
 
     # ---- window extraction ------------------------------------------------------------------------------------
     def _window_index(self, batch: BatchView, b: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:

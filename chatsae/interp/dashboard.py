@@ -68,9 +68,16 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def build_dashboard(data: FeatureData | str | Path, out: str | Path, title: str | None = None, chunk_size: int = 64,
-                    n_quantile: int = 10, n_random: int = 5, autointerp: str | Path | None = None,
-                    overwrite: bool = False) -> Path:  # fmt: skip
+def build_dashboard(
+    data: FeatureData | str | Path,
+    out: str | Path,
+    title: str | None = None,
+    chunk_size: int = 64,
+    n_quantile: int = 10,
+    n_random: int = 5,
+    autointerp: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the dashboard of ``data`` (a FeatureData or a features directory) to ``out`` (replaced atomically; a
     non-empty ``out`` that chatsae did not write is refused unless ``overwrite``, and its other files are kept).
 
@@ -95,31 +102,52 @@ def build_dashboard(data: FeatureData | str | Path, out: str | Path, title: str 
         promoted, _ = data.logits(j)
         ai = _autointerp_row(auto.get(str(j)))
         centre_tokens = list(dict.fromkeys(data.token(c.tokens[c.center]) for c in top if c.tokens))
-        rows.append({
-            "id": j, "freq": _r(float(freq[j])), "max": _r(float(max_act[j])), "mean": _r(float(mean_act[j])),
-            "special": _r(float(special[j])), "score": ai["score"], "name": ai["name"],
-            "tokens": " · ".join(t.replace("\n", "\\n") for t in centre_tokens),
-            "promoted": " · ".join(data.token(t).replace("\n", "\\n") for t, _ in promoted[:3]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": j,
+                "freq": _r(float(freq[j])),
+                "max": _r(float(max_act[j])),
+                "mean": _r(float(mean_act[j])),
+                "special": _r(float(special[j])),
+                "score": ai["score"],
+                "name": ai["name"],
+                "tokens": " · ".join(t.replace("\n", "\\n") for t in centre_tokens),
+                "promoted": " · ".join(data.token(t).replace("\n", "\\n") for t, _ in promoted[:3]),
+            }
+        )
         edges, counts = data.histogram(j)
         top_logits, bottom_logits = data.logits(j)
         chunks.setdefault(j // chunk_size, {})[str(j)] = {
-            "freq": _r(float(freq[j])), "sample_freq": _r(float(sample_freq[j])), "max": _r(float(max_act[j])),
-            "mean": _r(float(mean_act[j])), "special": _r(float(special[j])), "autointerp": ai,
+            "freq": _r(float(freq[j])),
+            "sample_freq": _r(float(sample_freq[j])),
+            "max": _r(float(max_act[j])),
+            "mean": _r(float(mean_act[j])),
+            "special": _r(float(special[j])),
+            "autointerp": ai,
             "hist": {"edges": [_r(e) for e in edges], "counts": counts},
             "logits": {"top": [[t, _r(v)] for t, v in top_logits], "bottom": [[t, _r(v)] for t, v in bottom_logits]},
             "template": [[t.token_id, t.count, _r(t.fire_rate), _r(t.mean_act)] for t in data.template_stats(j)],
             "classes": {k: [v[0], _r(v[1])] for k, v in data.class_stats(j).items()},
             "top": [_ctx(c) for c in top],
-            "quantile": [_ctx(c) for c in _spread([c for c in data.contexts(j, "quantile")
-                                                   if c.sample not in {t.sample for t in top}], n_quantile)],
+            "quantile": [
+                _ctx(c)
+                for c in _spread(
+                    [c for c in data.contexts(j, "quantile") if c.sample not in {t.sample for t in top}], n_quantile
+                )
+            ],
             "random": [_ctx(c, with_acts=False) for c in data.contexts(j, "random")[:n_random]],
-        }  # fmt: skip
+        }
     index_meta = {
-        "title": title, "d_sae": data.d_sae, "n_fired": int((max_act > 0).sum()), "n_samples": meta.get("n_samples"),
-        "n_tokens": data.n_tokens, "model": sae_meta.get("model_name"), "hook_name": meta.get("hook_name"),
-        "chunk_size": chunk_size, "fast_top_range": auto_summary,
-    }  # fmt: skip
+        "title": title,
+        "d_sae": data.d_sae,
+        "n_fired": int((max_act > 0).sum()),
+        "n_samples": meta.get("n_samples"),
+        "n_tokens": data.n_tokens,
+        "model": sae_meta.get("model_name"),
+        "hook_name": meta.get("hook_name"),
+        "chunk_size": chunk_size,
+        "fast_top_range": auto_summary,
+    }
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite, kind="dashboard", option="--out") as tmp:
         tmp.chmod(0o755)  # a site: readable like an ordinary directory

@@ -95,21 +95,46 @@ class FeaturesConfig:
     """Replace existing results in --out, even complete ones or ones made with other settings."""
 
     def spec(self, d_sae: int) -> CollectorSpec:
-        return CollectorSpec(d_sae=d_sae, top_k=self.top_k, n_quantile=self.n_quantile, n_random=self.n_random,
-                             window_before=self.window_before, window_after=self.window_after)  # fmt: skip
+        return CollectorSpec(
+            d_sae=d_sae,
+            top_k=self.top_k,
+            n_quantile=self.n_quantile,
+            n_random=self.n_random,
+            window_before=self.window_before,
+            window_after=self.window_after,
+        )
 
     def __post_init__(self) -> None:
         from ..data.formats import FORMAT_NAMES
 
-        validate(self, positive=("n_samples", "top_k", "max_tokens", "batch_size", "checkpoint_every", "max_length"),
-                 non_negative=("n_quantile", "n_random", "window_before", "window_after", "skip_samples", "n_logits",
-                               "dedup_n"),
-                 choices={"data_format": FORMAT_NAMES}, dtypes=("dtype",), devices=("device",))  # fmt: skip
+        validate(
+            self,
+            positive=("n_samples", "top_k", "max_tokens", "batch_size", "checkpoint_every", "max_length"),
+            non_negative=(
+                "n_quantile",
+                "n_random",
+                "window_before",
+                "window_after",
+                "skip_samples",
+                "n_logits",
+                "dedup_n",
+            ),
+            choices={"data_format": FORMAT_NAMES},
+            dtypes=("dtype",),
+            devices=("device",),
+        )
 
 
 # ---- logit lens ---------------------------------------------------------------------------------------------------
-_NORM_PATHS = ("model.norm", "model.language_model.norm", "model.final_layernorm", "transformer.ln_f",
-               "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm", "transformer.norm_f")  # fmt: skip
+_NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "model.final_layernorm",
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+    "transformer.norm_f",
+)
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:
@@ -163,8 +188,9 @@ def logit_lens(model: nn.Module, W_dec: Tensor, n: int, chunk: int = 256) -> dic
 # ---- the run ------------------------------------------------------------------------------------------------------
 def _fingerprint(cfg: FeaturesConfig, sae: SAE, hook: str, plan: list[list[int]]) -> str:
     """Hash of everything that determines the results: settings, SAE weights, data order."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "resume", "overwrite", "device",
-                                                              "checkpoint_every")}  # fmt: skip
+    keep = {
+        k: v for k, v in asdict(cfg).items() if k not in ("out", "resume", "overwrite", "device", "checkpoint_every")
+    }
     spec = [FORMAT_VERSION, keep, hook, sae.cfg.to_dict(), plan]
     h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
     for name, p in sorted(sae.state_dict().items()):
@@ -181,9 +207,17 @@ def _token_strings(tokenizer: Any, ids: Iterable[int]) -> dict[str, str]:
     return {str(i): tokenizer.decode([i]) for i in sorted(set(ids)) if i >= 0}
 
 
-def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iterable[Any], cfg: FeaturesConfig,
-                     out: str | Path, hook: str | None = None, provenance: dict[str, Any] | None = None,
-                     stop_after: int | None = None) -> FeatureData:  # fmt: skip
+def collect_features(
+    sae: SAE,
+    model: nn.Module,
+    tokenizer: Any,
+    sequences: Iterable[Any],
+    cfg: FeaturesConfig,
+    out: str | Path,
+    hook: str | None = None,
+    provenance: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+) -> FeatureData:
     """Run the collection over ``sequences`` (``chatsae.data.TokenSequence``, e.g. from ``fast_sequences``) and
     return the loaded results. ``stop_after`` ends the run after that many new batches (for tests of resuming)."""
     from ..data import bucket_batches, pad_batch
@@ -203,8 +237,10 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if meta is not None and not cfg.overwrite:
         if meta.get("fingerprint") != fp:
-            raise ValueError(f"{out}: holds results made with other settings, data or SAE weights; pass "
-                             "--overwrite to replace them or choose another --out")  # fmt: skip
+            raise ValueError(
+                f"{out}: holds results made with other settings, data or SAE weights; pass "
+                "--overwrite to replace them or choose another --out"
+            )
         if meta.get("complete"):
             return FeatureData(out)
     start_step, state = 0, None
@@ -237,8 +273,9 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
                 continue
             if stop_after is not None and new_batches >= stop_after:
                 return FeatureData(out, allow_incomplete=True)
-            view = _encode_batch(sae, model, hook, pad_batch(batch, tokenizer.pad_token_id or 0), cfg, device,
-                                 model_dtype)  # fmt: skip
+            view = _encode_batch(
+                sae, model, hook, pad_batch(batch, tokenizer.pad_token_id or 0), cfg, device, model_dtype
+            )
             before = {k: v.clone() for k, v in collector.state.items()}
             collector.update(view, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
             samples += len(batch)
@@ -253,8 +290,9 @@ def collect_features(sae: SAE, model: nn.Module, tokenizer: Any, sequences: Iter
     return FeatureData(out)
 
 
-def _encode_batch(sae: SAE, model: nn.Module, hook: str, pb: Any, cfg: FeaturesConfig, device: torch.device,
-                  model_dtype: torch.dtype) -> BatchView:  # fmt: skip
+def _encode_batch(
+    sae: SAE, model: nn.Module, hook: str, pb: Any, cfg: FeaturesConfig, device: torch.device, model_dtype: torch.dtype
+) -> BatchView:
     ids, mask = pb.input_ids.to(device), pb.attention_mask.to(device)
     with torch.no_grad():
         x = capture_shared(model, hook, ids, mask)
@@ -265,9 +303,19 @@ def _encode_batch(sae: SAE, model: nn.Module, hook: str, pb: Any, cfg: FeaturesC
     return BatchView(acts, ids, valid, mask.sum(1), pb.token_class.to(device).clamp_min(0), pb.sample_ids[:, 0])
 
 
-def _finish(out: Path, meta: dict[str, Any], collector: FeatureCollector, model: nn.Module, tokenizer: Any, sae: SAE,
-            cfg: FeaturesConfig, hook: str, samples: int, provenance: dict[str, Any] | None,
-            seconds: float) -> None:  # fmt: skip
+def _finish(
+    out: Path,
+    meta: dict[str, Any],
+    collector: FeatureCollector,
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    cfg: FeaturesConfig,
+    hook: str,
+    samples: int,
+    provenance: dict[str, Any] | None,
+    seconds: float,
+) -> None:
     """Logit lens, token strings and the final metadata (written last: ``complete`` marks a finished run)."""
     lens = logit_lens(model, sae.W_dec.detach(), cfg.n_logits)
     with atomic_file(out / LOGITS_FILE) as fh:
@@ -279,20 +327,25 @@ def _finish(out: Path, meta: dict[str, Any], collector: FeatureCollector, model:
     ids.extend(lens["top_ids"].unique().tolist() + lens["bottom_ids"].unique().tolist())
     _write_json(out / TOKENS_FILE, _token_strings(tokenizer, ids))
     spec = collector.spec
-    meta.update({
-        "complete": True,
-        "config": asdict(cfg),
-        "hook_name": hook,
-        "d_sae": sae.cfg.d_sae,
-        "sae": {"architecture": sae.cfg.architecture, "metadata": sae.cfg.metadata},
-        "n_samples": samples,
-        "n_tokens": int(s["class_tokens"].sum()),
-        "window": [spec.window_before, spec.window_after],
-        "hist": {"min_log10": spec.hist_min_log10, "max_log10": spec.hist_max_log10,
-                 "bins_per_decade": spec.hist_bins_per_decade},  # fmt: skip
-        "token_classes": ["text", "template", "system", "user", "assistant"],
-        "seconds": round(seconds, 2),
-        **(provenance or {}),
-    })  # fmt: skip
+    meta.update(
+        {
+            "complete": True,
+            "config": asdict(cfg),
+            "hook_name": hook,
+            "d_sae": sae.cfg.d_sae,
+            "sae": {"architecture": sae.cfg.architecture, "metadata": sae.cfg.metadata},
+            "n_samples": samples,
+            "n_tokens": int(s["class_tokens"].sum()),
+            "window": [spec.window_before, spec.window_after],
+            "hist": {
+                "min_log10": spec.hist_min_log10,
+                "max_log10": spec.hist_max_log10,
+                "bins_per_decade": spec.hist_bins_per_decade,
+            },
+            "token_classes": ["text", "template", "system", "user", "assistant"],
+            "seconds": round(seconds, 2),
+            **(provenance or {}),
+        }
+    )
     _write_json(out / META_FILE, meta)
     shutil.rmtree(out / "log", ignore_errors=True)

@@ -36,8 +36,9 @@ class Judge(Protocol):
     prefills: bool
     """True if a trailing ``assistant`` message is continued: ``complete`` then returns only the continuation."""
 
-    def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
-                 seed: int | None = None) -> str: ...  # fmt: skip
+    def complete(
+        self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None
+    ) -> str: ...
 
 
 @dataclass
@@ -70,8 +71,13 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.judge not in ("local", "openai"):
             raise ConfigError(f": unknown judge {self.judge!r}; use local or openai", "judge")
-        validate(self, positive=("concurrency", "requests_per_minute", "timeout"), non_negative=("http_retries",),
-                 dtypes=("judge_dtype",), devices=("judge_device",))  # fmt: skip
+        validate(
+            self,
+            positive=("concurrency", "requests_per_minute", "timeout"),
+            non_negative=("http_retries",),
+            dtypes=("judge_dtype",),
+            devices=("judge_device",),
+        )
 
 
 class RateLimiter:
@@ -96,16 +102,24 @@ class RateLimiter:
 class OpenAIJudge:
     """A chat model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (the ``openai`` client)."""
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 api_key: str | None = None, timeout: float = 120.0, max_retries: int = 4,
-                 requests_per_minute: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        requests_per_minute: float | None = None,
+    ) -> None:
         from openai import OpenAI
 
         key = api_key or os.environ.get(api_key_env)
         if not key:
             if base_url is None:
-                raise ValueError(f"no API key: set the environment variable {api_key_env} (or pass --base-url for "
-                                 "a local endpoint)")  # fmt: skip
+                raise ValueError(
+                    f"no API key: set the environment variable {api_key_env} (or pass --base-url for a local endpoint)"
+                )
             key = "not-needed"
         register_secret(key)
         self.model = model
@@ -115,13 +129,18 @@ class OpenAIJudge:
         self.limiter = RateLimiter(requests_per_minute)
         self._tokens_key = "max_tokens"
 
-    def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
-                 seed: int | None = None) -> str:  # fmt: skip
+    def complete(
+        self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None
+    ) -> str:
         from openai import BadRequestError
 
         self.limiter.acquire()
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature,
-                                  self._tokens_key: max_tokens}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": temperature,
+            self._tokens_key: max_tokens,
+        }
         if seed is not None:
             kwargs["seed"] = seed
         try:
@@ -146,9 +165,15 @@ class LocalJudge:
 
     prefills = True
 
-    def __init__(self, model: str = "embedded", device: str = "cpu", dtype: str = "float32",
-                 model_obj: Any = None, tokenizer: Any = None,
-                 max_prompt_tokens: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str = "embedded",
+        device: str = "cpu",
+        dtype: str = "float32",
+        model_obj: Any = None,
+        tokenizer: Any = None,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
         self.name = f"local:{model}"
         self._spec = (model, device, dtype)
         self._model, self._tokenizer = model_obj, tokenizer
@@ -167,12 +192,14 @@ class LocalJudge:
         """The chat-templated prompt: ``(input_ids [1, T], attention_mask [1, T])``; it ends with the opening of
         the assistant turn, or, if the last message is the assistant's, with that message's text (continued)."""
         cont = bool(messages) and messages[-1]["role"] == "assistant"
-        enc = self._load()[1].apply_chat_template(messages, add_generation_prompt=not cont, continue_final_message=cont,
-                                                  return_tensors="pt", return_dict=True)  # fmt: skip
+        enc = self._load()[1].apply_chat_template(
+            messages, add_generation_prompt=not cont, continue_final_message=cont, return_tensors="pt", return_dict=True
+        )
         return enc["input_ids"], enc["attention_mask"]
 
-    def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
-                 seed: int | None = None) -> str:  # fmt: skip
+    def complete(
+        self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None
+    ) -> str:
         with self._lock:
             model, tok = self._load()
             ids, mask = self.encode(messages)
@@ -203,12 +230,18 @@ class CachedJudge:
         self._lock = threading.Lock()
 
     def key(self, messages: Messages, temperature: float, max_tokens: int, seed: int | None) -> str:
-        request = {"judge": self.name, "messages": messages, "temperature": temperature, "max_tokens": max_tokens,
-                   "seed": seed}  # fmt: skip
+        request = {
+            "judge": self.name,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+        }
         return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
-    def complete(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
-                 seed: int | None = None) -> str:  # fmt: skip
+    def complete(
+        self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None
+    ) -> str:
         key = self.key(messages, temperature, max_tokens, seed)
         path = self.root / key[:2] / f"{key}.json"
         if path.is_file():
@@ -239,8 +272,16 @@ class Answer(NamedTuple):
     """The text of every attempt (``error: ...`` for failed requests)."""
 
 
-def ask(judge: Judge, messages: Messages, parse: Callable[[str], T], attempts: int = 3, temperature: float = 0.0,
-        retry_temperature: float = 0.7, max_tokens: int = 512, prefill: str | None = None) -> Answer:  # fmt: skip
+def ask(
+    judge: Judge,
+    messages: Messages,
+    parse: Callable[[str], T],
+    attempts: int = 3,
+    temperature: float = 0.0,
+    retry_temperature: float = 0.7,
+    max_tokens: int = 512,
+    prefill: str | None = None,
+) -> Answer:
     """Ask until ``parse`` accepts the answer (at most ``attempts`` times); never raises for judge failures.
 
     Attempt ``i > 0`` samples at ``retry_temperature`` with seed ``i``, so a retry is a new request (and cache key).
@@ -253,8 +294,12 @@ def ask(judge: Judge, messages: Messages, parse: Callable[[str], T], attempts: i
         start = prefill if i > 0 and prefill and getattr(judge, "prefills", False) else ""
         request = [*messages, {"role": "assistant", "content": start}] if start else messages
         try:
-            text = start + judge.complete(request, temperature=temperature if i == 0 else retry_temperature,
-                                          max_tokens=max_tokens, seed=None if i == 0 else i)  # fmt: skip
+            text = start + judge.complete(
+                request,
+                temperature=temperature if i == 0 else retry_temperature,
+                max_tokens=max_tokens,
+                seed=None if i == 0 else i,
+            )
         except Exception as e:  # noqa: BLE001 - a failed request is recorded, the run goes on
             raw.append(redact(f"error: {type(e).__name__}: {e}"))  # endpoints may echo the API key
             continue
@@ -267,8 +312,13 @@ def ask(judge: Judge, messages: Messages, parse: Callable[[str], T], attempts: i
     return Answer(None, "unparseable" if answered else "error", raw)
 
 
-def run_concurrent(fn: Callable[[T], R], items: Sequence[T] | Iterable[T], concurrency: int,
-                   label: str = "judge", progress: bool = True) -> list[R]:  # fmt: skip
+def run_concurrent(
+    fn: Callable[[T], R],
+    items: Sequence[T] | Iterable[T],
+    concurrency: int,
+    label: str = "judge",
+    progress: bool = True,
+) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool of ``concurrency`` workers, results in input order."""
     items = list(items)
     with Progress(len(items), label, enabled=progress, unit="latents") as bar:
@@ -291,8 +341,14 @@ def make_judge(cfg: JudgeConfig, default_cache: str | Path | None = None) -> Jud
     """Build the judge of ``cfg`` (wrapped in the answer cache unless disabled)."""
     judge: Judge
     if cfg.judge == "openai":
-        judge = OpenAIJudge(cfg.judge_model, cfg.base_url, cfg.api_key_env, timeout=cfg.timeout,
-                            max_retries=cfg.http_retries, requests_per_minute=cfg.requests_per_minute)  # fmt: skip
+        judge = OpenAIJudge(
+            cfg.judge_model,
+            cfg.base_url,
+            cfg.api_key_env,
+            timeout=cfg.timeout,
+            max_retries=cfg.http_retries,
+            requests_per_minute=cfg.requests_per_minute,
+        )
     elif cfg.judge == "local":
         judge = LocalJudge(cfg.judge_model, cfg.judge_device, cfg.judge_dtype)
     else:
@@ -303,5 +359,17 @@ def make_judge(cfg: JudgeConfig, default_cache: str | Path | None = None) -> Jud
     return CachedJudge(judge, cache)
 
 
-__all__ = ["Answer", "CachedJudge", "Judge", "JudgeConfig", "LocalJudge", "OpenAIJudge", "ParseError", "RateLimiter",
-           "ask", "make_judge", "redact", "run_concurrent"]  # fmt: skip
+__all__ = [
+    "Answer",
+    "CachedJudge",
+    "Judge",
+    "JudgeConfig",
+    "LocalJudge",
+    "OpenAIJudge",
+    "ParseError",
+    "RateLimiter",
+    "ask",
+    "make_judge",
+    "redact",
+    "run_concurrent",
+]

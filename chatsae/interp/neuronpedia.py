@@ -74,21 +74,36 @@ def _write_gz(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
-def _activation(data: FeatureData, c: Context, common: dict[str, Any], aid: str, bins: tuple[float, float, float]
-                ) -> dict[str, Any]:  # fmt: skip
+def _activation(
+    data: FeatureData, c: Context, common: dict[str, Any], aid: str, bins: tuple[float, float, float]
+) -> dict[str, Any]:
     values = [float(a) for a in c.acts]
     top = max(values) if values else 0.0
     return {
-        "id": aid, "tokens": [data.token(t) for t in c.tokens], **common, "maxValue": top,
-        "maxValueTokenIndex": values.index(top) if values else 0, "minValue": min(values) if values else 0.0,
-        "values": values, "dataSource": None, "dataIndex": str(c.sample), "dfaValues": [], "dfaTargetIndex": None,
-        "dfaMaxValue": None, "lossValues": [], "logitContributions": None,
-        "binMin": bins[0], "binMax": bins[1], "binContains": bins[2], "qualifyingTokenIndex": c.center,
-    }  # fmt: skip
+        "id": aid,
+        "tokens": [data.token(t) for t in c.tokens],
+        **common,
+        "maxValue": top,
+        "maxValueTokenIndex": values.index(top) if values else 0,
+        "minValue": min(values) if values else 0.0,
+        "values": values,
+        "dataSource": None,
+        "dataIndex": str(c.sample),
+        "dfaValues": [],
+        "dfaTargetIndex": None,
+        "dfaMaxValue": None,
+        "lossValues": [],
+        "logitContributions": None,
+        "binMin": bins[0],
+        "binMax": bins[1],
+        "binContains": bins[2],
+        "qualifyingTokenIndex": c.center,
+    }
 
 
-def export_neuronpedia(data: FeatureData | str | Path, cfg: NeuronpediaConfig, out: str | Path,
-                       autointerp: str | Path | None = None) -> Path:  # fmt: skip
+def export_neuronpedia(
+    data: FeatureData | str | Path, cfg: NeuronpediaConfig, out: str | Path, autointerp: str | Path | None = None
+) -> Path:
     """Write the export for ``data``; returns the source directory (replaced atomically)."""
     if not isinstance(data, FeatureData):
         data = FeatureData(data)
@@ -110,21 +125,38 @@ def export_neuronpedia(data: FeatureData | str | Path, cfg: NeuronpediaConfig, o
             edges, counts = data.histogram(j)
             nz = [i for i, n in enumerate(counts) if n]
             lo, hi = (nz[0], nz[-1] + 1) if nz else (0, 0)
-            features.append({
-                **common, "maxActApprox": float(data.max_act[j]), "hasVector": False, "vector": [],
-                "vectorLabel": None, "vectorDefaultSteerStrength": float(data.max_act[j]) or 10.0,
-                "hookName": hook_name,
-                "topkCosSimIndices": [], "topkCosSimValues": [], "neuron_alignment_indices": [],
-                "neuron_alignment_values": [], "neuron_alignment_l1": [], "correlated_neurons_indices": [],
-                "correlated_neurons_pearson": [], "correlated_neurons_l1": [], "correlated_features_indices": [],
-                "correlated_features_pearson": [], "correlated_features_l1": [],
-                "neg_str": [data.token(t) for t, _ in bottom], "neg_values": [v for _, v in bottom],
-                "pos_str": [data.token(t) for t, _ in top], "pos_values": [v for _, v in top],
-                "frac_nonzero": float(freq[j]),
-                "freq_hist_data_bar_heights": counts[lo:hi],
-                "freq_hist_data_bar_values": [(edges[i] * edges[i + 1]) ** 0.5 for i in range(lo, hi)],
-                "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [], "decoder_weights_dist": [],
-            })  # fmt: skip
+            features.append(
+                {
+                    **common,
+                    "maxActApprox": float(data.max_act[j]),
+                    "hasVector": False,
+                    "vector": [],
+                    "vectorLabel": None,
+                    "vectorDefaultSteerStrength": float(data.max_act[j]) or 10.0,
+                    "hookName": hook_name,
+                    "topkCosSimIndices": [],
+                    "topkCosSimValues": [],
+                    "neuron_alignment_indices": [],
+                    "neuron_alignment_values": [],
+                    "neuron_alignment_l1": [],
+                    "correlated_neurons_indices": [],
+                    "correlated_neurons_pearson": [],
+                    "correlated_neurons_l1": [],
+                    "correlated_features_indices": [],
+                    "correlated_features_pearson": [],
+                    "correlated_features_l1": [],
+                    "neg_str": [data.token(t) for t, _ in bottom],
+                    "neg_values": [v for _, v in bottom],
+                    "pos_str": [data.token(t) for t, _ in top],
+                    "pos_values": [v for _, v in top],
+                    "frac_nonzero": float(freq[j]),
+                    "freq_hist_data_bar_heights": counts[lo:hi],
+                    "freq_hist_data_bar_values": [(edges[i] * edges[i + 1]) ** 0.5 for i in range(lo, hi)],
+                    "logits_hist_data_bar_heights": [],
+                    "logits_hist_data_bar_values": [],
+                    "decoder_weights_dist": [],
+                }
+            )
             tops = data.contexts(j, "top")
             for n, c in enumerate(tops):
                 activations.append(_activation(data, c, common, f"{source_id}-{j}-top{n}", (-1.0, c.max_act, -1.0)))
@@ -136,12 +168,22 @@ def export_neuronpedia(data: FeatureData | str | Path, cfg: NeuronpediaConfig, o
                 result = (auto.get(str(j)) or {}).get(key) or {}
                 text = result.get("name") if key == "fast" else result.get("text")
                 if text:
-                    explanations.append({
-                        "id": f"{source_id}-{j}-{key}", "modelId": model_id, "layer": source_id, "index": str(j),
-                        "description": text, "authorId": cfg.creator_id, "embedding": None, "triggeredById": None,
-                        "typeName": f"chatsae-{key}", "explanationModelName": _judge_name(auto_path),
-                        "notes": f"FAST score {result.get('score')}/5" if key == "fast" else None, "createdAt": now,
-                    })  # fmt: skip
+                    explanations.append(
+                        {
+                            "id": f"{source_id}-{j}-{key}",
+                            "modelId": model_id,
+                            "layer": source_id,
+                            "index": str(j),
+                            "description": text,
+                            "authorId": cfg.creator_id,
+                            "embedding": None,
+                            "triggeredById": None,
+                            "typeName": f"chatsae-{key}",
+                            "explanationModelName": _judge_name(auto_path),
+                            "notes": f"FAST score {result.get('score')}/5" if key == "fast" else None,
+                            "createdAt": now,
+                        }
+                    )
             if (j + 1) % cfg.batch_size == 0 or j == data.d_sae - 1:
                 batch = j // cfg.batch_size
                 _write_gz(tmp / "features" / f"batch-{batch}.jsonl.gz", features)
@@ -175,27 +217,78 @@ def _judge_name(path: Path) -> str | None:
     return runs[-1].get("judge") if runs else None
 
 
-def _write_meta(tmp: Path, data: FeatureData, cfg: NeuronpediaConfig, model_id: str, source_set: str,
-                source_id: str, now: str) -> None:  # fmt: skip
+def _write_meta(
+    tmp: Path, data: FeatureData, cfg: NeuronpediaConfig, model_id: str, source_set: str, source_id: str, now: str
+) -> None:
     def line(name: str, obj: dict[str, Any]) -> None:
         (tmp / name).write_text(json.dumps(obj) + "\n", encoding="utf-8")
 
     sae_meta = (data.meta.get("sae") or {}).get("metadata") or {}
-    line("model.jsonl", {"id": model_id, "instruct": True, "creatorId": cfg.creator_id, "displayNameShort": model_id,
-                         "displayName": model_id, "tlensId": None, "dimension": None, "visibility": "PUBLIC",
-                         "defaultSourceSetName": source_set, "defaultSourceId": source_id, "inferenceEnabled": False,
-                         "layers": 0, "neuronsPerLayer": data.d_sae, "createdAt": now, "owner": "",
-                         "updatedAt": now, "website": None})  # fmt: skip
-    line("sourceset.jsonl", {"modelId": model_id, "name": source_set, "creatorId": cfg.creator_id,
-                             "hasDashboards": True, "visibility": "PUBLIC",
-                             "description": f"chatsae {data.meta.get('hook_name')} - {data.d_sae}", "type": "sae",
-                             "creatorName": cfg.creator_id, "urls": [], "releaseName": cfg.release,
-                             "createdAt": now})  # fmt: skip
-    line("source.jsonl", {"id": source_id, "modelId": model_id, "setName": source_set, "creatorId": cfg.creator_id,
-                          "hasDashboards": True, "inferenceEnabled": False, "inferenceHosts": [],
-                          "saelensConfig": json.dumps(sae_meta), "visibility": "PUBLIC",
-                          "num_prompts": data.meta.get("n_samples"), "num_tokens_in_prompt": None,
-                          "dataset": (data.meta.get("config") or {}).get("data"), "createdAt": now})  # fmt: skip
-    line("release.jsonl", {"name": cfg.release, "description": f"chatsae SAEs of {model_id}",
-                           "creatorName": cfg.creator_id, "creatorId": cfg.creator_id, "visibility": "PUBLIC",
-                           "urls": [], "createdAt": now})  # fmt: skip
+    line(
+        "model.jsonl",
+        {
+            "id": model_id,
+            "instruct": True,
+            "creatorId": cfg.creator_id,
+            "displayNameShort": model_id,
+            "displayName": model_id,
+            "tlensId": None,
+            "dimension": None,
+            "visibility": "PUBLIC",
+            "defaultSourceSetName": source_set,
+            "defaultSourceId": source_id,
+            "inferenceEnabled": False,
+            "layers": 0,
+            "neuronsPerLayer": data.d_sae,
+            "createdAt": now,
+            "owner": "",
+            "updatedAt": now,
+            "website": None,
+        },
+    )
+    line(
+        "sourceset.jsonl",
+        {
+            "modelId": model_id,
+            "name": source_set,
+            "creatorId": cfg.creator_id,
+            "hasDashboards": True,
+            "visibility": "PUBLIC",
+            "description": f"chatsae {data.meta.get('hook_name')} - {data.d_sae}",
+            "type": "sae",
+            "creatorName": cfg.creator_id,
+            "urls": [],
+            "releaseName": cfg.release,
+            "createdAt": now,
+        },
+    )
+    line(
+        "source.jsonl",
+        {
+            "id": source_id,
+            "modelId": model_id,
+            "setName": source_set,
+            "creatorId": cfg.creator_id,
+            "hasDashboards": True,
+            "inferenceEnabled": False,
+            "inferenceHosts": [],
+            "saelensConfig": json.dumps(sae_meta),
+            "visibility": "PUBLIC",
+            "num_prompts": data.meta.get("n_samples"),
+            "num_tokens_in_prompt": None,
+            "dataset": (data.meta.get("config") or {}).get("data"),
+            "createdAt": now,
+        },
+    )
+    line(
+        "release.jsonl",
+        {
+            "name": cfg.release,
+            "description": f"chatsae SAEs of {model_id}",
+            "creatorName": cfg.creator_id,
+            "creatorId": cfg.creator_id,
+            "visibility": "PUBLIC",
+            "urls": [],
+            "createdAt": now,
+        },
+    )

@@ -19,8 +19,10 @@ from .store import Context
 
 Messages = list[dict[str, str]]
 
-SYSTEM = ("You are a meticulous interpretability researcher. You study the latents (features) of a sparse "
-          "autoencoder trained on the internal activations of a chat language model.")  # fmt: skip
+SYSTEM = (
+    "You are a meticulous interpretability researcher. You study the latents (features) of a sparse "
+    "autoencoder trained on the internal activations of a chat language model."
+)
 
 RUBRIC = """Rate how monosemantic the latent is on this 1-5 scale:
 5: clear pattern with no deviating examples
@@ -80,8 +82,9 @@ def format_marked(tokens: Sequence[int], marked: Sequence[bool], tok: Callable[[
 def fast_prompt(contexts: Sequence[Context], tok: Callable[[int], str], show_zero: bool = True) -> Messages:
     """The FAST protocol prompt for one latent's top contexts."""
     scale = max((max(c.acts, default=0.0) for c in contexts), default=0.0)
-    examples = "\n".join(f"Example {i + 1}: {format_with_values(c, tok, scale, show_zero)}"
-                         for i, c in enumerate(contexts))  # fmt: skip
+    examples = "\n".join(
+        f"Example {i + 1}: {format_with_values(c, tok, scale, show_zero)}" for i, c in enumerate(contexts)
+    )
     user = (
         f"Here are the {len(contexts)} text excerpts on which one latent activates most strongly. Each token is "
         "followed by the latent's activation in parentheses, scaled to an integer from 0 (inactive) to 10 (its "
@@ -136,8 +139,9 @@ EXAMPLE_EXPLANATION = "the word 'the' after a comma"
 
 def explain_prompt(contexts: Sequence[Context], tok: Callable[[int], str]) -> Messages:
     """Ask for an explanation of a latent from activating examples (activating tokens marked)."""
-    examples = "\n".join(f"Example {i + 1}: {format_marked(c.tokens, [a > 0 for a in c.acts], tok)}"
-                         for i, c in enumerate(contexts))  # fmt: skip
+    examples = "\n".join(
+        f"Example {i + 1}: {format_marked(c.tokens, [a > 0 for a in c.acts], tok)}" for i, c in enumerate(contexts)
+    )
     user = (
         "Here are text excerpts on which one latent activates. The tokens where it is active are marked "
         f"<<like this>>; \\n marks a newline.\n\n{examples}\n\nWhat does the latent detect? Give a short, concrete "

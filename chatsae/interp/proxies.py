@@ -82,11 +82,14 @@ def heldout_contexts(data: FeatureData, latent: int) -> list[Context]:
     return [c for c in data.contexts(latent, "quantile") if c.sample not in top] + data.contexts(latent, "random")
 
 
-def latent_scores(data: FeatureData, n_tokens: int = N_TOKENS, latents: Sequence[int] | None = None,
-                  ) -> dict[int, dict[str, Any]]:  # fmt: skip
+def latent_scores(
+    data: FeatureData,
+    n_tokens: int = N_TOKENS,
+    latents: Sequence[int] | None = None,
+) -> dict[int, dict[str, Any]]:
     """Token-explanation score of each latent that fired (default ``data.fired()``) and has held-out contexts."""
     out = {}
-    for j in (data.fired().tolist() if latents is None else latents):
+    for j in data.fired().tolist() if latents is None else latents:
         explain = explanation_tokens(data.contexts(j, "top"), n_tokens)
         held = heldout_contexts(data, j)
         if not explain or not held:
@@ -95,8 +98,9 @@ def latent_scores(data: FeatureData, n_tokens: int = N_TOKENS, latents: Sequence
     return out
 
 
-def proxies(data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELECTIVE,
-            min_fires: int = MIN_FIRES) -> dict[str, Any]:  # fmt: skip
+def proxies(
+    data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELECTIVE, min_fires: int = MIN_FIRES
+) -> dict[str, Any]:
     """All proxies of one SAE's features (see the module docstring); per-latent values under ``latents``."""
     scores = latent_scores(data, n_tokens)
     freq = data.frequency
@@ -105,8 +109,11 @@ def proxies(data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELE
     template = (data.special_share >= selective) & enough
     aucs = [v["auc"] for v in scores.values() if math.isfinite(v["auc"])]
     return {
-        "d_sae": data.d_sae, "n_tokens": data.n_tokens, "live": int(live.sum()),
-        "explanation_auc": float(np.mean(aucs)) if aucs else None, "scored_latents": len(aucs),
+        "d_sae": data.d_sae,
+        "n_tokens": data.n_tokens,
+        "live": int(live.sum()),
+        "explanation_auc": float(np.mean(aucs)) if aucs else None,
+        "scored_latents": len(aucs),
         "template_selective": int(template.sum()),
         "template_selective_share": int(template.sum()) / max(int(live.sum()), 1),
         "dead_fraction": M.dead_latents(freq) / data.d_sae,
@@ -115,7 +122,7 @@ def proxies(data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELE
         "settings": {"n_tokens": n_tokens, "selective": selective, "min_fires": min_fires},
         "latents": {str(j): v for j, v in scores.items()},
         "template_selective_latents": template.nonzero(as_tuple=True)[0].tolist(),
-    }  # fmt: skip
+    }
 
 
 def _mean_interval(values: Sequence[float], seed: int) -> S.Interval:
@@ -123,14 +130,19 @@ def _mean_interval(values: Sequence[float], seed: int) -> S.Interval:
     return S.bootstrap_ratio(v, np.ones_like(v), seed=seed) if len(v) else S.Interval(*(float("nan"),) * 3, 0)
 
 
-def unpaired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = S.N_BOOT, seed: int = S.SEED,
-                        level: float = S.LEVEL) -> S.Interval:  # fmt: skip
+def unpaired_difference(
+    a: Sequence[float], b: Sequence[float], n_boot: int = S.N_BOOT, seed: int = S.SEED, level: float = S.LEVEL
+) -> S.Interval:
     """``mean(a) − mean(b)`` of two independent samples (e.g. the latents of two SAEs), percentile bootstrap with an
     independent resampling of each."""
     va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if len(va) < 2 or len(vb) < 2:
-        return S.Interval(float(va.mean() - vb.mean()) if len(va) and len(vb) else float("nan"), float("nan"),
-                          float("nan"), min(len(va), len(vb)))  # fmt: skip
+        return S.Interval(
+            float(va.mean() - vb.mean()) if len(va) and len(vb) else float("nan"),
+            float("nan"),
+            float("nan"),
+            min(len(va), len(vb)),
+        )
     ca, cb = S.bootstrap_counts(len(va), n_boot, seed), S.bootstrap_counts(len(vb), n_boot, seed + 1)
     reps = ca @ va / len(va) - cb @ vb / len(vb)
     lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
@@ -160,8 +172,9 @@ def compare_proxies(named: dict[str, dict[str, Any]], seed: int = S.SEED) -> dic
         for b in names[i + 1 :]:
             for key, text in COMPARED.items():
                 d = unpaired_difference(values[a][key], values[b][key], seed=seed)
-                pairs.append({"a": a, "b": b, "proxy": key, "difference": d._asdict(),
-                              "verdict": S.verdict(a, b, text, [d])})  # fmt: skip
+                pairs.append(
+                    {"a": a, "b": b, "proxy": key, "difference": d._asdict(), "verdict": S.verdict(a, b, text, [d])}
+                )
     return {"saes": per_sae, "pairs": pairs}
 
 

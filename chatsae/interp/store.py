@@ -138,8 +138,16 @@ class FeatureData:
             inside = tokens[i] >= 0
             first = int(inside.nonzero()[0]) if inside.any() else 0
             win_acts = acts[i][inside].tolist() if acts is not None else [0.0] * int(inside.sum())
-            out.append(Context(tokens[i][inside].tolist(), win_acts, int(samples[i]), int(positions[i]),
-                               self.window_before - first, float(maxes[i])))  # fmt: skip
+            out.append(
+                Context(
+                    tokens[i][inside].tolist(),
+                    win_acts,
+                    int(samples[i]),
+                    int(positions[i]),
+                    self.window_before - first,
+                    float(maxes[i]),
+                )
+            )
         if kind == "quantile":
             out.sort(key=lambda c: -c.max_act)
         return out
@@ -160,8 +168,14 @@ class FeatureData:
             count = int(s["tmpl_count"][slot])
             if count == 0:
                 continue
-            out.append(TemplateStat(int(s["tmpl_ids"][slot]), count, int(s["tmpl_fire"][slot, latent]) / count,
-                                    float(s["tmpl_act_sum"][slot, latent]) / count))  # fmt: skip
+            out.append(
+                TemplateStat(
+                    int(s["tmpl_ids"][slot]),
+                    count,
+                    int(s["tmpl_fire"][slot, latent]) / count,
+                    float(s["tmpl_act_sum"][slot, latent]) / count,
+                )
+            )
         return sorted(out, key=lambda t: -t.count)
 
     def class_stats(self, latent: int) -> dict[str, tuple[int, float]]:
@@ -169,8 +183,10 @@ class FeatureData:
         names = self.meta.get("token_classes", ["text", "template", "system", "user", "assistant"])
         s = self.state
         n = s["class_tokens"].clamp_min(1)
-        return {name: (int(s["fire_count"][c, latent]), float(s["act_sum"][c, latent]) / int(n[c]))
-                for c, name in enumerate(names)}  # fmt: skip
+        return {
+            name: (int(s["fire_count"][c, latent]), float(s["act_sum"][c, latent]) / int(n[c]))
+            for c, name in enumerate(names)
+        }
 
     def logits(self, latent: int) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """(promoted, suppressed) tokens of the latent's decoder row as (token id, logit) lists."""

@@ -179,8 +179,12 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
             model.generation_config.save_pretrained(str(tmp))
         save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
         tokenizer.save_pretrained(str(tmp))
-        info = {"format": FORMAT, "gguf_file": str(gguf_path.resolve()), "transformers": transformers.__version__,
-                "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}}  # fmt: skip
+        info = {
+            "format": FORMAT,
+            "gguf_file": str(gguf_path.resolve()),
+            "transformers": transformers.__version__,
+            "files": {f.name: f.stat().st_size for f in sorted(tmp.iterdir())},
+        }
         (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
         if (directory / MARKER).is_file() and not ready(directory):
             shutil.rmtree(directory, ignore_errors=True)  # an incomplete copy of chatsae's own: replaced
@@ -188,12 +192,18 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
             os.rename(tmp, directory)
         except OSError:  # another process renamed its copy first: keep that one
             return False
-        print(f"chatsae: kept a converted copy of {gguf_path.name} ({nbytes / 2**20:,.0f} MiB) in {directory} for "
-              f"faster loads ({ENV}=0 turns this off)", file=sys.stderr)  # fmt: skip
+        print(
+            f"chatsae: kept a converted copy of {gguf_path.name} ({nbytes / 2**20:,.0f} MiB) in {directory} for "
+            f"faster loads ({ENV}=0 turns this off)",
+            file=sys.stderr,
+        )
         return True
     except OSError as err:
-        print(f"chatsae: could not keep a converted copy of {gguf_path.name} in {directory.parent} ({err}); "
-              f"loading from the GGUF file each time (set {ENV}=0 to silence this)", file=sys.stderr)  # fmt: skip
+        print(
+            f"chatsae: could not keep a converted copy of {gguf_path.name} in {directory.parent} ({err}); "
+            f"loading from the GGUF file each time (set {ENV}=0 to silence this)",
+            file=sys.stderr,
+        )
         return False
     finally:
         if tmp.exists():
@@ -202,7 +212,10 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
 
 def discard(directory: Path, err: Exception) -> None:
     """A converted copy that failed to load: say so and remove it (chatsae wrote it: its marker is there)."""
-    print(f"chatsae: the converted copy {directory} did not load ({type(err).__name__}: {err}); converting the GGUF "
-          "file again", file=sys.stderr)  # fmt: skip
+    print(
+        f"chatsae: the converted copy {directory} did not load ({type(err).__name__}: {err}); converting the GGUF "
+        "file again",
+        file=sys.stderr,
+    )
     if (directory / MARKER).is_file():
         shutil.rmtree(directory, ignore_errors=True)

@@ -176,8 +176,10 @@ def check_hook(model: nn.Module, hook: str | HookPoint) -> HookPoint:
 def check_sae_width(d_in: int, model: nn.Module, hook: str | HookPoint) -> None:
     """Error unless an SAE of input width ``d_in`` fits the activations of ``model`` at ``hook`` (width d_model)."""
     if d_in != d_model(model):
-        raise ValueError(f"the SAE takes d_in={d_in} but the model's activations at '{hook}' have width "
-                         f"{d_model(model)}: wrong --model or --hook for this SAE?")  # fmt: skip
+        raise ValueError(
+            f"the SAE takes d_in={d_in} but the model's activations at '{hook}' have width "
+            f"{d_model(model)}: wrong --model or --hook for this SAE?"
+        )
 
 
 def hook_module(model: nn.Module, hook: str | HookPoint) -> nn.Module:

@@ -71,8 +71,9 @@ def _converted(source: ModelSource) -> Path | None:
     return gguf_cache.converted_dir(Path(source.path) / source.gguf_file)
 
 
-def _from_pretrained(auto: Any, name: str | Path, source: ModelSource, what: str, revision: str | None,
-                     **kwargs: Any) -> Any:  # fmt: skip
+def _from_pretrained(
+    auto: Any, name: str | Path, source: ModelSource, what: str, revision: str | None, **kwargs: Any
+) -> Any:
     """``auto.from_pretrained`` of ``source`` (its GGUF file, ``revision``), with an error naming the model."""
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
@@ -157,8 +158,9 @@ def load_tokenizer(
         tokenizer.name_or_path = source.path
     else:
         with _parse_once(source):
-            tokenizer = _from_pretrained(AutoTokenizer, name, source, "tokenizer", revision,
-                                         trust_remote_code=trust_remote_code)  # fmt: skip
+            tokenizer = _from_pretrained(
+                AutoTokenizer, name, source, "tokenizer", revision, trust_remote_code=trust_remote_code
+            )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if key is not None:
@@ -171,8 +173,14 @@ def _parse_once(source: ModelSource) -> contextlib.AbstractContextManager[None]:
     return gguf_cache.parse_once() if source.gguf_file else contextlib.nullcontext()
 
 
-def _load_weights(name: str | Path, source: ModelSource, torch_dtype: torch.dtype, tokenizer: Any,
-                  trust_remote_code: bool, revision: str | None) -> Any:  # fmt: skip
+def _load_weights(
+    name: str | Path,
+    source: ModelSource,
+    torch_dtype: torch.dtype,
+    tokenizer: Any,
+    trust_remote_code: bool,
+    revision: str | None,
+) -> Any:
     """The model's weights in ``torch_dtype``: from the converted copy of a GGUF file when there is one, else from
     the source (a GGUF file's first load keeps a copy, see :mod:`.gguf_cache`)."""
     model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))

@@ -92,8 +92,9 @@ def _join(point: HookPoint, prefix: Checkpoint, rest: Checkpoint) -> Checkpoint:
     return Checkpoint(point, act, state, _replace_first(rest.template, state))
 
 
-def clean_forward_shared(model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                         length: int) -> tuple[SplitLogits, Checkpoint, SharedPrefix]:  # fmt: skip
+def clean_forward_shared(
+    model: nn.Module, point: HookPoint, input_ids: Tensor, attention_mask: Tensor, length: int
+) -> tuple[SplitLogits, Checkpoint, SharedPrefix]:
     """The clean pass of ``input_ids`` / ``attention_mask`` ``[B, T]`` whose rows share their first ``length``
     tokens: split logits, the whole batch's :class:`Checkpoint` at ``point`` (``[B, T, d]``, as
     :func:`~chatsae.models.resume.clean_forward` gives) and the parts for :func:`edited_forward_shared`."""
@@ -106,8 +107,9 @@ def clean_forward_shared(model: nn.Module, point: HookPoint, input_ids: Tensor, 
     return SplitLogits(head, rest), _join(point, first, second), SharedPrefix(length, first, second)
 
 
-def edited_forward_shared(model: nn.Module, shared: SharedPrefix, input_ids: Tensor, attention_mask: Tensor,
-                          new: Tensor) -> SplitLogits:  # fmt: skip
+def edited_forward_shared(
+    model: nn.Module, shared: SharedPrefix, input_ids: Tensor, attention_mask: Tensor, new: Tensor
+) -> SplitLogits:
     """Split logits of the pass whose activation at the hook is ``new`` ``[B, T, d]`` (rows identical over the
     prefix), for the inputs of :func:`clean_forward_shared` that gave ``shared``."""
     length, point = shared.length, shared.prefix.point
@@ -123,8 +125,9 @@ def edited_forward_shared(model: nn.Module, shared: SharedPrefix, input_ids: Ten
     return SplitLogits(head, tail)
 
 
-def capture_sharing_prefix(model: nn.Module, hooks: list[HookPoint], input_ids: Tensor, attention_mask: Tensor,
-                           share: bool = True) -> dict[HookPoint, Tensor]:  # fmt: skip
+def capture_sharing_prefix(
+    model: nn.Module, hooks: list[HookPoint], input_ids: Tensor, attention_mask: Tensor, share: bool = True
+) -> dict[HookPoint, Tensor]:
     """:func:`~chatsae.models.hooks.capture_many` (stopping after the last hook) of ``input_ids`` /
     ``attention_mask`` ``[B, T]``; with ``share``, where the rows share a prefix (:func:`shared_prefix_length`) and
     the model can (:func:`can_share_prefix`), the prefix runs over one row and every row over the rest against its
@@ -144,8 +147,9 @@ def capture_sharing_prefix(model: nn.Module, hooks: list[HookPoint], input_ids: 
     return {h: torch.cat([head[h].expand(rows, -1, -1), rest[h]], dim=1) for h in hooks}
 
 
-def capture_shared(model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor,
-                   share: bool = True) -> Tensor:  # fmt: skip
+def capture_shared(
+    model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor, share: bool = True
+) -> Tensor:
     """:func:`~chatsae.models.hooks.capture` (``[B, T, d]`` at ``hook``) through :func:`capture_sharing_prefix`."""
     point = check_hook(model, hook)
     return capture_sharing_prefix(model, [point], input_ids, attention_mask, share)[point]

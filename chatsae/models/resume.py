@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from .hooks import HookPoint, _first, _register, _replace_first, check_hook, decoder_layers, edit
 
-RESUMABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2",
-                       "gpt_neox"})  # fmt: skip
+RESUMABLE = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "gpt_neox"}
+)
 """``config.model_type`` values checked by the tests (restarted logits == full spliced logits)."""
 
 
@@ -96,8 +97,9 @@ def checkpointing(model: nn.Module, point: HookPoint) -> Iterator[Callable[[], C
             h.remove()
 
 
-def clean_forward(model: nn.Module, hook: str | HookPoint, input_ids: Tensor,
-                  attention_mask: Tensor | None = None) -> tuple[Tensor, Checkpoint]:  # fmt: skip
+def clean_forward(
+    model: nn.Module, hook: str | HookPoint, input_ids: Tensor, attention_mask: Tensor | None = None
+) -> tuple[Tensor, Checkpoint]:
     """One full clean forward: logits ``[B, T, V]`` and the :class:`Checkpoint` at ``hook``."""
     point = check_hook(model, hook)
     with checkpointing(model, point) as checkpoint:
@@ -107,8 +109,10 @@ def clean_forward(model: nn.Module, hook: str | HookPoint, input_ids: Tensor,
 
 def _check(point: HookPoint, got: Tensor, state: Tensor) -> None:
     if got.shape != state.shape:
-        raise ValueError(f"restart at '{point}': this pass has hidden states {tuple(got.shape)} but the checkpoint "
-                         f"has {tuple(state.shape)}; restart with the clean pass's own inputs")  # fmt: skip
+        raise ValueError(
+            f"restart at '{point}': this pass has hidden states {tuple(got.shape)} but the checkpoint "
+            f"has {tuple(state.shape)}; restart with the clean pass's own inputs"
+        )
 
 
 @contextlib.contextmanager
@@ -155,8 +159,14 @@ def resumed(model: nn.Module, ckpt: Checkpoint) -> Iterator[None]:
                 del block.forward
 
 
-def resumed_logits(model: nn.Module, ckpt: Checkpoint, input_ids: Tensor, attention_mask: Tensor | None,
-                   fn: Callable[[Tensor], Tensor], cache: Any = None) -> Tensor:  # fmt: skip
+def resumed_logits(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    fn: Callable[[Tensor], Tensor],
+    cache: Any = None,
+) -> Tensor:
     """Logits ``[B, T, V]`` of the pass with the activation at ``ckpt.point`` replaced by ``fn(act)``, restarted at
     the hook layer; the same as ``with edit(model, hook, fn): model(input_ids, attention_mask)``. ``cache``: a KV
     cache of the tokens before ``input_ids`` (``attention_mask`` then covers both), extended by this pass."""
@@ -196,6 +206,9 @@ def can_resume(model: nn.Module) -> bool:
         model._chatsae_resumable = ok  # type: ignore[assignment]  # a plain attribute, not a Module/Tensor
     if not ok and model_type not in _NOTICED:
         _NOTICED.add(model_type)
-        print(f"chatsae: cannot restart {type(model).__name__} passes at the hook layer; evaluation runs full "
-              "forward passes (slower, same results)", file=sys.stderr)  # fmt: skip
+        print(
+            f"chatsae: cannot restart {type(model).__name__} passes at the hook layer; evaluation runs full "
+            "forward passes (slower, same results)",
+            file=sys.stderr,
+        )
     return ok

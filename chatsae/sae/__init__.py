@@ -12,9 +12,7 @@ from .jumprelu import JumpReLUSAE
 from .standard import StandardSAE
 from .topk import TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE)
-}
+ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE)}
 _SEEDED = threading.Lock()
 """Seeded creation uses the process-wide RNG: one at a time (SAEs built in several threads)."""
 

@@ -51,16 +51,23 @@ class SAEConfig:
     """Free-form provenance: model name, hook name, method, context size, ... (saved in cfg.json)."""
 
     def __post_init__(self) -> None:
-        check(self.architecture in _ARCH_DEFAULTS, "architecture",
-              f"must be one of {', '.join(sorted(_ARCH_DEFAULTS))}; got {self.architecture!r}")  # fmt: skip
+        check(
+            self.architecture in _ARCH_DEFAULTS,
+            "architecture",
+            f"must be one of {', '.join(sorted(_ARCH_DEFAULTS))}; got {self.architecture!r}",
+        )
         defaults = _ARCH_DEFAULTS[self.architecture]
         if self.apply_b_dec_to_input is None:
             self.apply_b_dec_to_input = defaults[0]
         if self.decoder_unit_norm is None:
             self.decoder_unit_norm = defaults[1]
-        validate(self, positive=("d_in", "d_sae", "k", "jumprelu_bandwidth", "aux_k"),
-                 non_negative=("jumprelu_init_threshold", "aux_coef"),
-                 choices={"jumprelu_threshold_param": ("direct", "log")}, dtypes=("dtype",))  # fmt: skip
+        validate(
+            self,
+            positive=("d_in", "d_sae", "k", "jumprelu_bandwidth", "aux_k"),
+            non_negative=("jumprelu_init_threshold", "aux_coef"),
+            choices={"jumprelu_threshold_param": ("direct", "log")},
+            dtypes=("dtype",),
+        )
         if self.architecture == "topk":
             check(self.k <= self.d_sae, "k", f"must be in 1..d_sae={self.d_sae}, got {self.k}")
         if self.jumprelu_threshold_param == "log":

@@ -35,8 +35,18 @@ CHECKSUMS_FILE = "checksums.json"
 SAELENS_FORMAT_VERSION = "6.0.0"
 _CHATSAE_HOOK = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)$")
 # metadata keys that SAELens configs before 6.0 kept at the top level
-_TOP_LEVEL_METADATA = ("model_name", "hook_name", "hook_point", "context_size", "prepend_bos", "dataset_path",
-                       "model_class_name", "hook_head_index", "exclude_special_tokens", "neuronpedia_id")  # fmt: skip
+_TOP_LEVEL_METADATA = (
+    "model_name",
+    "hook_name",
+    "hook_point",
+    "context_size",
+    "prepend_bos",
+    "dataset_path",
+    "model_class_name",
+    "hook_head_index",
+    "exclude_special_tokens",
+    "neuronpedia_id",
+)
 
 
 def _saelens_hook_name(name: Any) -> Any:
@@ -73,7 +83,10 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
 
 
 def save_sae(
-    sae: SAE, path: str | Path, sparsity: torch.Tensor | None = None, extra: dict[str, Any] | None = None,
+    sae: SAE,
+    path: str | Path,
+    sparsity: torch.Tensor | None = None,
+    extra: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``sae`` to directory ``path`` (replaced atomically; see :func:`chatsae.utils.atomic_dir`: a non-empty
@@ -110,8 +123,10 @@ def verify_checksums(path: str | Path) -> None:
     for name, digest in items:
         target = path / safe_name(name, f"{f} entry")
         if target.is_file() and file_digest(target) != digest:
-            raise ValueError(f"{target}: contents changed since chatsae wrote it (checksum mismatch with {f.name}); "
-                             "the file is corrupt or was edited")  # fmt: skip
+            raise ValueError(
+                f"{target}: contents changed since chatsae wrote it (checksum mismatch with {f.name}); "
+                "the file is corrupt or was edited"
+            )
 
 
 def read_raw_cfg(path: str | Path) -> dict[str, Any]:
@@ -200,8 +215,10 @@ def _check_sizes(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], weights: Pa
         if name not in shapes:
             raise ValueError(f"{weights}: no tensor {name!r} (tensors: {', '.join(sorted(shapes)) or 'none'})")
         if shapes[name] != want:
-            raise ValueError(f"{weights}: {name} has shape {list(shapes[name])}, but {CFG_FILE} says d_in = "
-                             f"{cfg.d_in}, d_sae = {cfg.d_sae} (expected {list(want)})")  # fmt: skip
+            raise ValueError(
+                f"{weights}: {name} has shape {list(shapes[name])}, but {CFG_FILE} says d_in = "
+                f"{cfg.d_in}, d_sae = {cfg.d_sae} (expected {list(want)})"
+            )
 
 
 def _fold_decoder_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -209,8 +226,12 @@ def _fold_decoder_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     if not {"W_enc", "b_enc", "W_dec"} <= set(state):
         return state  # the shape check reports what is missing
     norms = state["W_dec"].norm(dim=-1).clamp_min(1e-8)
-    return {**state, "W_enc": state["W_enc"] * norms, "b_enc": state["b_enc"] * norms,
-            "W_dec": state["W_dec"] / norms[:, None]}  # fmt: skip
+    return {
+        **state,
+        "W_enc": state["W_enc"] * norms,
+        "b_enc": state["b_enc"] * norms,
+        "W_dec": state["W_dec"] / norms[:, None],
+    }
 
 
 def load_sparsity(path: str | Path) -> torch.Tensor | None:

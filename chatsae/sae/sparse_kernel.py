@@ -155,9 +155,17 @@ class JumpReLULoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, theta: Tensor, W_dec: Tensor, b_dec: Tensor,
-        eps: float, apply_b_dec: bool, kernel: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        ctx: Any,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        theta: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        eps: float,
+        apply_b_dec: bool,
+        kernel: str,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         B = x.shape[0]
         xin = x - b_dec if apply_b_dec else x
         z = torch.addmm(b_enc, xin, W_enc)  # [B, d_sae]
@@ -245,9 +253,18 @@ class TopKLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-        k: int, dead_idx: Tensor, k_dead: int, aux_scale: float, apply_b_dec: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        ctx: Any,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        k: int,
+        dead_idx: Tensor,
+        k_dead: int,
+        aux_scale: float,
+        apply_b_dec: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         B = x.shape[0]
         xin = x - b_dec if apply_b_dec else x
         z = torch.addmm(b_enc, xin, W_enc)  # [B, d_sae]

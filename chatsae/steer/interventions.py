@@ -196,13 +196,17 @@ class Steering:
             if past_len != total or batch != B:
                 self._prompt_len = past_len if self.fixed_prompt_len is None else self.fixed_prompt_len
                 seq = None
-            self._seq = torch.cat([seq[:, :past_len], ids.to(seq.device)], 1) if seq is not None and ids is not None \
-                else None  # fmt: skip
+            self._seq = (
+                torch.cat([seq[:, :past_len], ids.to(seq.device)], 1) if seq is not None and ids is not None else None
+            )
         else:
             extends = (
-                ids is not None and seq is not None and batch == B and seq.shape[1] < T
+                ids is not None
+                and seq is not None
+                and batch == B
+                and seq.shape[1] < T
                 and bool((ids[:, : seq.shape[1]] == seq.to(ids.device)).all())
-            )  # fmt: skip
+            )
             if not extends:
                 self._prompt_len = T if self.fixed_prompt_len is None else self.fixed_prompt_len
             self._seq = ids.clone() if ids is not None else None
@@ -245,13 +249,19 @@ class Steering:
     def delta(self, x: Tensor) -> Tensor:
         """The change ``x' - x`` for activations ``x`` [N, d_in], in the SAE's dtype. [N, d_in]"""
         dirs = self.directions(x.device)
-        coef = torch.tensor([e.value if e.mode == "add" else 0.0 for e in self.edits], dtype=dirs.dtype,
-                            device=x.device).expand(x.shape[0], -1).clone()  # fmt: skip
+        coef = (
+            torch.tensor([e.value if e.mode == "add" else 0.0 for e in self.edits], dtype=dirs.dtype, device=x.device)
+            .expand(x.shape[0], -1)
+            .clone()
+        )
         encoded = [i for i, e in enumerate(self.edits) if e.mode != "add"]
         if encoded:
             f = self.sae.encode(x.to(dirs.dtype))[:, [self.edits[i].latent for i in encoded]]
-            target = torch.tensor([self.edits[i].value if self.edits[i].mode == "clamp" else 0.0 for i in encoded],
-                                  dtype=dirs.dtype, device=x.device)  # fmt: skip
+            target = torch.tensor(
+                [self.edits[i].value if self.edits[i].mode == "clamp" else 0.0 for i in encoded],
+                dtype=dirs.dtype,
+                device=x.device,
+            )
             coef[:, encoded] = target - f
         return coef @ dirs
 

@@ -110,8 +110,9 @@ def measure_answers(
         for a, (nll, n) in zip(A, answer_nll(model, P, A, pad), strict=True):
             body = strip_eos(a, eos_ids)
             text = tokenizer.decode(body, skip_special_tokens=True)
-            out.append(AnswerMeasures(len(body), {k: repetition_rate(body, k) for k in ns}, non_ascii_share(text),
-                                      nll, n))  # fmt: skip
+            out.append(
+                AnswerMeasures(len(body), {k: repetition_rate(body, k) for k in ns}, non_ascii_share(text), nll, n)
+            )
     return out
 
 

@@ -120,8 +120,13 @@ def generate(
     device = next(model.parameters()).device
     eos = eos_ids_of(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
-              "eos_token_id": sorted(eos) or None, **gen_kwargs}  # fmt: skip
+    kwargs = {
+        "do_sample": False,
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad,
+        "eos_token_id": sorted(eos) or None,
+        **gen_kwargs,
+    }
     if not kwargs["do_sample"]:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     answers: list[list[int]] = []
@@ -184,8 +189,9 @@ def run_steering(
     for cond in conditions:
         steering = None
         if cond.edits is not None:
-            steering = Steering(model, sae, cond.edits, hook=hook, positions=positions, tokenizer=tokenizer,
-                                normalize=normalize)  # fmt: skip
+            steering = Steering(
+                model, sae, cond.edits, hook=hook, positions=positions, tokenizer=tokenizer, normalize=normalize
+            )
         answers = generate(model, tokenizer, prompt_ids, max_new_tokens, batch_size, steering)
         measures = measure_answers(model, tokenizer, prompt_ids, answers, eos, batch_size)
         summary[cond.label] = summarize(measures)
@@ -226,12 +232,17 @@ def report_markdown(report: SteeringReport) -> str:
     s = report.settings
     lines = ["# Steering report", ""]
     lines += [f"- **{k}**: `{v}`" for k, v in s.items()]
-    lines += ["", "Alpha is in raw activation units: compare it with `hook_norm_median` (median L2 norm of the hook",
-              "activation over prompt tokens, position 0 excluded) and the latents' `decoder_norms`.", "",
-              "## Summary (means over prompts)", "",
-              "| condition | answer length (tokens) | repetition 1-gram | repetition 2-gram | repetition 3-gram "
-              "| non-ASCII letter share | perplexity (clean model) | edited positions |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "Alpha is in raw activation units: compare it with `hook_norm_median` (median L2 norm of the hook",
+        "activation over prompt tokens, position 0 excluded) and the latents' `decoder_norms`.",
+        "",
+        "## Summary (means over prompts)",
+        "",
+        "| condition | answer length (tokens) | repetition 1-gram | repetition 2-gram | repetition 3-gram "
+        "| non-ASCII letter share | perplexity (clean model) | edited positions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in report.conditions:
         m = report.summary[c]
         lines.append(
@@ -239,13 +250,25 @@ def report_markdown(report: SteeringReport) -> str:
             f"{m['repetition_3']:.3f} | {m['non_ascii_share']:.3f} | {m['perplexity']:.2f} | "
             f"{int(m['edited_positions'])} |"
         )
-    lines += ["", "Repetition = 1 − distinct-n of the answer's tokens; non-ASCII letter share = share of letters that",
-              "are not ASCII (language switching / garbled bytes); perplexity of the answer under the unsteered",
-              "model. See docs/steering.md.", "", "## Generations", ""]  # fmt: skip
+    lines += [
+        "",
+        "Repetition = 1 − distinct-n of the answer's tokens; non-ASCII letter share = share of letters that",
+        "are not ASCII (language switching / garbled bytes); perplexity of the answer under the unsteered",
+        "model. See docs/steering.md.",
+        "",
+        "## Generations",
+        "",
+    ]
     by_key = {(g.prompt, g.condition): g for g in report.generations}
     for i, messages in enumerate(report.prompts):
-        lines += [f"### Prompt {i + 1}", "", "> " + _cell(messages[-1]["content"]), "",
-                  "| condition | tokens | answer |", "|---|---:|---|"]  # fmt: skip
+        lines += [
+            f"### Prompt {i + 1}",
+            "",
+            "> " + _cell(messages[-1]["content"]),
+            "",
+            "| condition | tokens | answer |",
+            "|---|---:|---|",
+        ]
         for c in report.conditions:
             g = by_key[(i, c)]
             lines.append(f"| {c} | {g.measures['length']} | {_cell(g.text)} |")

@@ -46,8 +46,14 @@ def token_key(tokenizer: Any, ids: list[int], t: int, template: list[bool], spec
     if text.strip():
         return _visible(text)
     j = t - 1
-    while (j > 0 and t - j < 8 and template[j - 1] and ids[j] not in special and ids[j - 1] not in special
-           and tokenizer.decode([int(ids[j - 1])]).strip()):  # fmt: skip
+    while (
+        j > 0
+        and t - j < 8
+        and template[j - 1]
+        and ids[j] not in special
+        and ids[j - 1] not in special
+        and tokenizer.decode([int(ids[j - 1])]).strip()
+    ):
         j -= 1
     return f"{_visible(text)} after {_visible(tokenizer.decode([int(i) for i in ids[j:t]]))}"
 
@@ -155,8 +161,10 @@ class SpecialTokenAccumulator:
             avg = st.sum_max / st.n_samples
             rate = st.fire / st.n_occurrences
             order = torch.argsort(avg, descending=True, stable=True)[:top_k]
-            rows += [TokenLatent(key, r + 1, int(k), float(avg[k]), float(rate[k]), float(other_rate[k]))
-                     for r, k in enumerate(order.tolist())]  # fmt: skip
+            rows += [
+                TokenLatent(key, r + 1, int(k), float(avg[k]), float(rate[k]), float(other_rate[k]))
+                for r, k in enumerate(order.tolist())
+            ]
         tokens = {k: {"n_samples": s.n_samples, "n_occurrences": s.n_occurrences} for k, s in self.stats.items()}
         return SpecialTokenTable(settings or {}, tokens, rows, self.n_samples, self.n_other)
 
@@ -205,16 +213,27 @@ def table_markdown(table: SpecialTokenTable) -> str:
     """The table as Markdown: settings, per-token counts, then the top latents of every token."""
     lines = ["# Latents of the chat template's special tokens", ""]
     lines += [f"- **{k}**: `{v}`" for k, v in table.settings.items()]
-    lines += ["", "Average max activation: per sample, the latent's max activation over the token's occurrences, "
-              "averaged over the samples containing the token. Firing rate: share of the token's occurrences with "
-              "the latent > 0; other-token rate: the same over all non-template tokens (position 0 excluded). "
-              "The token at position 0 (attention sink) is reported on its own.", "",
-              "| token | samples | occurrences |", "|---|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "Average max activation: per sample, the latent's max activation over the token's occurrences, "
+        "averaged over the samples containing the token. Firing rate: share of the token's occurrences with "
+        "the latent > 0; other-token rate: the same over all non-template tokens (position 0 excluded). "
+        "The token at position 0 (attention sink) is reported on its own.",
+        "",
+        "| token | samples | occurrences |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {_code(k)} | {v['n_samples']} | {v['n_occurrences']} |" for k, v in table.tokens.items()]
-    lines += ["", "| token | rank | latent | avg max activation | firing rate | other-token firing rate |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {_code(r.token)} | {r.rank} | {r.latent} | {r.avg_max_activation:.4g} | {r.firing_rate:.3f} | "
-              f"{r.other_firing_rate:.4f} |" for r in table.rows]  # fmt: skip
+    lines += [
+        "",
+        "| token | rank | latent | avg max activation | firing rate | other-token firing rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {_code(r.token)} | {r.rank} | {r.latent} | {r.avg_max_activation:.4g} | {r.firing_rate:.3f} | "
+        f"{r.other_firing_rate:.4f} |"
+        for r in table.rows
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -22,15 +22,27 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 VOLATILE: dict[str, tuple[str, ...]] = {
-    "train": ("progress", "device", "log_every", "checkpoint_every", "keep_checkpoints", "compile", "prefetch",
-              "tracking", "tracking_dir", "wandb_project"),
+    "train": (
+        "progress",
+        "device",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "compile",
+        "prefetch",
+        "tracking",
+        "tracking_dir",
+        "wandb_project",
+    ),
     "run": ("out_dir", "resume", "overwrite", "evaluate", "eval_max_samples"),
     "data": ("model_device", "skip_bad", "cache_dir"),
 }
 """Run-config fields (per section) a resumed run or a study rerun may change: they do not change the trained SAE."""
-ADDED: dict[str, dict[str, Any]] = {"data": {"cache": "disk", "hooks": None},
-                                    "train": {"tf32": True, "dead_window_cap": True},
-                                    "run": {"saes": "", "distribute_saes": False}}  # fmt: skip
+ADDED: dict[str, dict[str, Any]] = {
+    "data": {"cache": "disk", "hooks": None},
+    "train": {"tf32": True, "dead_window_cap": True},
+    "run": {"saes": "", "distribute_saes": False},
+}
 """Run-config fields added after runs were written, with the value those runs behaved as (a resume compares it)."""
 CHECKSUMS = "checksums.json"
 """File of each checkpoint holding the digest (:func:`chatsae.utils.file_digest`) of its other files."""
@@ -56,8 +68,9 @@ def config_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if key in VOLATILE.get(section, ()) or x == y:
                 continue
             if isinstance(x, dict) and isinstance(y, dict):
-                diffs += [f"{key}.{k}: {x.get(k)!r} -> {y.get(k)!r}" for k in sorted(set(x) | set(y))
-                          if x.get(k) != y.get(k)]  # fmt: skip
+                diffs += [
+                    f"{key}.{k}: {x.get(k)!r} -> {y.get(k)!r}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)
+                ]
             else:
                 diffs.append(f"{key}: {x!r} -> {y!r}")
     return diffs
@@ -74,8 +87,10 @@ def check_fresh_run(out_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         found = ", ".join(([f"{len(ckpts)} checkpoint(s)"] if ckpts else []) + (["a trained SAE"] if has_sae else []))
-        raise OutputDirError(f"{out_dir}: holds an earlier run ({found}); pass --resume to continue it, --overwrite "
-                             "to replace it, or choose another --out-dir")  # fmt: skip
+        raise OutputDirError(
+            f"{out_dir}: holds an earlier run ({found}); pass --resume to continue it, --overwrite "
+            "to replace it, or choose another --out-dir"
+        )
     for p in ckpts:
         if p.is_dir():
             shutil.rmtree(p)
@@ -122,8 +137,10 @@ def check_run_config(path: Path, run_config: dict[str, Any]) -> None:
         raise CheckpointError(f"{file}: unreadable ({e})") from e
     diffs = config_diffs(old, run_config)
     if diffs:
-        raise ValueError(f"{path}: --resume of a run with other settings ({'; '.join(diffs)}); resume with the "
-                         "same settings, or start afresh with --overwrite or another --out-dir")  # fmt: skip
+        raise ValueError(
+            f"{path}: --resume of a run with other settings ({'; '.join(diffs)}); resume with the "
+            "same settings, or start afresh with --overwrite or another --out-dir"
+        )
 
 
 def resume_latest(trainer: Trainer) -> Path | None:
@@ -158,16 +175,23 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
         return None
     path = trainer.checkpoint_dir / f"step_{trainer.step:010d}"
     with atomic_dir(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()},
-                  str(tmp / "sae.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()},
+            str(tmp / "sae.safetensors"),
+        )
         torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
         state = {
-            "step": trainer.step, "tokens": trainer.tokens, "scale": trainer.scale,
-            "input_limit": trainer.input_limit, "outliers_dropped": trainer.outliers_dropped,
-            "since_fired": trainer.since_fired.cpu(), "fire_counts": trainer.fire_counts.cpu(),
+            "step": trainer.step,
+            "tokens": trainer.tokens,
+            "scale": trainer.scale,
+            "input_limit": trainer.input_limit,
+            "outliers_dropped": trainer.outliers_dropped,
+            "since_fired": trainer.since_fired.cpu(),
+            "fire_counts": trainer.fire_counts.cpu(),
             "source": trainer.source.state_dict(),
-            "window": trainer.window_rows(trainer.window), "world_size": trainer.world,
-        }  # fmt: skip
+            "window": trainer.window_rows(trainer.window),
+            "world_size": trainer.world,
+        }
         if ranks is not None:
             state["ranks"] = ranks
         if trainer.scaler.is_enabled():
@@ -200,9 +224,11 @@ def load_checkpoint(trainer: Trainer, path: Path) -> None:
         raise CheckpointError(f"{file}: cannot resume from this checkpoint ({type(e).__name__}: {first})") from e
     theirs, world = int(state.get("world_size", 1)), trainer.world
     if theirs != world:
-        raise ValueError(f"{path}: checkpoint of a run on {theirs} process(es), this run has {world}: resume "
-                         f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
-                         "afresh with --overwrite or another --out-dir")  # fmt: skip
+        raise ValueError(
+            f"{path}: checkpoint of a run on {theirs} process(es), this run has {world}: resume "
+            f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
+            "afresh with --overwrite or another --out-dir"
+        )
     mine = state["ranks"][trainer.rank] if world > 1 else state
     trainer.step, trainer.tokens, trainer.scale = int(state["step"]), int(state["tokens"]), float(state["scale"])
     trainer.input_limit = float(state.get("input_limit", math.inf))  # older checkpoints: NaN/Inf checked only

@@ -94,23 +94,46 @@ class TrainConfig:
     def __post_init__(self) -> None:
         validate(
             self,
-            positive=("total_tokens", "batch_size", "lr", "init_sample_tokens", "dead_window_tokens", "log_every",
-                      "keep_checkpoints"),
-            non_negative=("lr_end", "lr_warmup_steps", "lr_warmup_start_factor", "adam_eps", "sparsity_coef",
-                          "sparsity_warmup_steps", "grad_clip_norm", "checkpoint_every", "seed", "prefetch"),
+            positive=(
+                "total_tokens",
+                "batch_size",
+                "lr",
+                "init_sample_tokens",
+                "dead_window_tokens",
+                "log_every",
+                "keep_checkpoints",
+            ),
+            non_negative=(
+                "lr_end",
+                "lr_warmup_steps",
+                "lr_warmup_start_factor",
+                "adam_eps",
+                "sparsity_coef",
+                "sparsity_warmup_steps",
+                "grad_clip_norm",
+                "checkpoint_every",
+                "seed",
+                "prefetch",
+            ),
             ranges={"beta1": "[0,1)", "beta2": "[0,1)"},
-            choices={"lr_decay": ("cosine", "linear", "constant"), "b_dec_init": ("geometric_median", "mean", "zeros"),
-                     "autocast": ("none", "bf16", "fp16")},
+            choices={
+                "lr_decay": ("cosine", "linear", "constant"),
+                "b_dec_init": ("geometric_median", "mean", "zeros"),
+                "autocast": ("none", "bf16", "fp16"),
+            },
             devices=("device",),
-        )  # fmt: skip
+        )
         from .tracking import check_installed, parse_backends
 
         try:
             check_installed(parse_backends(self.tracking))  # before a harvest: a missing package fails at once
         except ValueError as e:
             raise ConfigError(str(e).removeprefix("--tracking"), "tracking") from None
-        check(self.total_tokens >= self.batch_size, "total_tokens",
-              f"({self.total_tokens}) must be >= --batch-size ({self.batch_size})")  # fmt: skip
+        check(
+            self.total_tokens >= self.batch_size,
+            "total_tokens",
+            f"({self.total_tokens}) must be >= --batch-size ({self.batch_size})",
+        )
 
     @property
     def total_steps(self) -> int:

@@ -101,8 +101,10 @@ def setup(timeout_s: float = 1800.0) -> bool:
         return False
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
         if key not in os.environ:
-            raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {key} is not set: start several processes "
-                             "with torchrun (docs/scaling.md), or unset WORLD_SIZE")  # fmt: skip
+            raise ValueError(
+                f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {key} is not set: start several processes "
+                "with torchrun (docs/scaling.md), or unset WORLD_SIZE"
+            )
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
@@ -217,8 +219,10 @@ def check_batch_size(batch_size: int) -> None:
     """ValueError unless the global batch divides evenly over the ranks."""
     w = world_size()
     if batch_size % w:
-        raise ValueError(f"--batch-size {batch_size} (the global batch) does not divide over {w} processes "
-                         f"(WORLD_SIZE); use a multiple of {w}")  # fmt: skip
+        raise ValueError(
+            f"--batch-size {batch_size} (the global batch) does not divide over {w} processes "
+            f"(WORLD_SIZE); use a multiple of {w}"
+        )
 
 
 def rank_rows(t: Tensor) -> Tensor:
@@ -271,8 +275,14 @@ def global_batch(x: Tensor, x_hat: Tensor, fired: Tensor, means: Tensor) -> tupl
         total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
         return counts, x.shape[0], resid / total, fired_per_latent.sum() / x.shape[0], means
     b, d, m, k = x.shape[0], x.shape[1], counts.shape[0], means.shape[0]
-    parts = [x.double().sum(dim=0), counts.double(), means.double() * b, (x - x_hat).double().pow(2).sum()[None],
-             counts.sum().double()[None], torch.tensor([float(b)], dtype=torch.float64, device=x.device)]  # fmt: skip
+    parts = [
+        x.double().sum(dim=0),
+        counts.double(),
+        means.double() * b,
+        (x - x_hat).double().pow(2).sum()[None],
+        counts.sum().double()[None],
+        torch.tensor([float(b)], dtype=torch.float64, device=x.device),
+    ]
     flat = all_reduce_sum(torch.cat(parts))
     n = flat[-1]
     mean = (flat[:d] / n).to(x.dtype)
@@ -325,14 +335,18 @@ def check_harvest_world(directory: Path, max_tokens: int | None) -> None:
         theirs = int(old.info.get("world_size", 1))
         if theirs != w and not (old.complete and old.shortfall(max_tokens) is None):
             state = "is not finished" if not old.complete else "holds fewer vectors than this run asks for"
-            raise ValueError(f"{directory}: the activation cache was harvested by {theirs} process(es) and {state}; "
-                             f"resume or extend it {how.format(theirs)}, or use another --out-dir / --cache-dir")
+            raise ValueError(
+                f"{directory}: the activation cache was harvested by {theirs} process(es) and {state}; "
+                f"resume or extend it {how.format(theirs)}, or use another --out-dir / --cache-dir"
+            )
         return
     worlds = {int(m[2]) for p in directory.glob("manifest.rank*.json") if (m := RANK_MANIFEST.fullmatch(p.name))}
     if worlds - {w}:
         theirs = min(worlds - {w})
-        raise ValueError(f"{directory}: an interrupted harvest by {theirs} processes is here; resume it "
-                         f"{how.format(theirs)}, or use another --out-dir / --cache-dir")  # fmt: skip
+        raise ValueError(
+            f"{directory}: an interrupted harvest by {theirs} processes is here; resume it "
+            f"{how.format(theirs)}, or use another --out-dir / --cache-dir"
+        )
 
 
 def _existing_cache(directory: Path, manifest: Any, max_tokens: int | None) -> Any:
@@ -348,8 +362,10 @@ def _existing_cache(directory: Path, manifest: Any, max_tokens: int | None) -> A
     old = Manifest.read(directory)
     diffs = old.differences(manifest)
     if diffs:
-        raise ValueError(f"{directory}: the existing cache was harvested with other settings (existing -> "
-                         f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it")
+        raise ValueError(
+            f"{directory}: the existing cache was harvested with other settings (existing -> "
+            f"wanted: {'; '.join(diffs)}); use another --out-dir / --cache-dir, or delete it"
+        )
     if old.complete and old.shortfall(max_tokens) is None:
         return old
     old.complete = False  # extended by the ranks: not a finished cache until they are all done
@@ -357,9 +373,12 @@ def _existing_cache(directory: Path, manifest: Any, max_tokens: int | None) -> A
     return None
 
 
-def harvest_ranks(caches: Mapping[Any, tuple[str | Path, Any]], max_tokens: int | None, resume: bool,
-                  run: Callable[[dict[Any, Any], int | None], tuple[dict[Any, Any], Any]],
-                  ) -> tuple[dict[Any, Any], Any]:  # fmt: skip
+def harvest_ranks(
+    caches: Mapping[Any, tuple[str | Path, Any]],
+    max_tokens: int | None,
+    resume: bool,
+    run: Callable[[dict[Any, Any], int | None], tuple[dict[Any, Any], Any]],
+) -> tuple[dict[Any, Any], Any]:
     """Harvest under several processes, into one cache per key of ``caches`` (``{key: (directory, manifest)}``):
     ``run(writers, budget)`` harvests this rank's sequences into its own shards (``{key: CacheWriter}``, budget
     ``ceil(max_tokens / W)`` vectors) and returns ``(manifests, stats)``; then rank 0 writes each ``manifest.json``
@@ -388,8 +407,9 @@ def harvest_ranks(caches: Mapping[Any, tuple[str | Path, Any]], max_tokens: int 
         writers = {}
         for k in todo:
             part = dataclasses.replace(caches[k][1], shards=[], info={**caches[k][1].info, "max_tokens": budget})
-            writers[k] = CacheWriter.open(dirs[k], part, resume, name=rank_manifest_name(r, w),
-                                          prefix=f"shard_r{r:02d}_")  # fmt: skip
+            writers[k] = CacheWriter.open(
+                dirs[k], part, resume, name=rank_manifest_name(r, w), prefix=f"shard_r{r:02d}_"
+            )
         _, stats = run(writers, budget)
         totals = all_gather_objects(dict(vars(stats)))
         for key in vars(stats):
@@ -399,11 +419,20 @@ def harvest_ranks(caches: Mapping[Any, tuple[str | Path, Any]], max_tokens: int 
             for k in todo:
                 parts = [Manifest.read(dirs[k], rank_manifest_name(i, w)) for i in range(w)]
                 manifest = caches[k][1]
-                merged = dataclasses.replace(manifest, shards=[s for p in parts for s in p.shards],
-                                             n_tokens=sum(p.n_tokens for p in parts), complete=True)  # fmt: skip
-                merged.info = {**manifest.info, "max_tokens": max_tokens, "world_size": w,
-                               "exhausted": all(p.info.get("exhausted") is not False for p in parts),
-                               "rank_tokens": [p.n_tokens for p in parts], "harvest": stats.as_dict()}  # fmt: skip
+                merged = dataclasses.replace(
+                    manifest,
+                    shards=[s for p in parts for s in p.shards],
+                    n_tokens=sum(p.n_tokens for p in parts),
+                    complete=True,
+                )
+                merged.info = {
+                    **manifest.info,
+                    "max_tokens": max_tokens,
+                    "world_size": w,
+                    "exhausted": all(p.info.get("exhausted") is not False for p in parts),
+                    "rank_tokens": [p.n_tokens for p in parts],
+                    "harvest": stats.as_dict(),
+                }
                 merged.write(dirs[k])
                 found[k] = merged
             return found

@@ -80,9 +80,11 @@ def row_origin(trainer: Trainer, batch: ActivationBatch, i: int) -> str:
 
 def raise_nonfinite(trainer: Trainer, batch: ActivationBatch, nonfinite: Tensor, what: str) -> NoReturn:
     """:class:`BadInputError` naming the first row of ``batch`` set in the ``[B]`` mask ``nonfinite``."""
-    raise BadInputError(f"{row_origin(trainer, batch, int(nonfinite.nonzero()[0]))}: the input activations hold "
-                        f"NaN/Inf ({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training "
-                        "on them: check the model dtype (fp16 overflow?) and the harvested data")  # fmt: skip
+    raise BadInputError(
+        f"{row_origin(trainer, batch, int(nonfinite.nonzero()[0]))}: the input activations hold "
+        f"NaN/Inf ({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training "
+        "on them: check the model dtype (fp16 overflow?) and the harvested data"
+    )
 
 
 def screen_batch(trainer: Trainer, batch: ActivationBatch) -> Tensor:
@@ -102,10 +104,15 @@ def screen_batch(trainer: Trainer, batch: ActivationBatch) -> Tensor:
     seen = trainer.tokens + trainer.outliers_dropped
     what = f"absurd activation vector(s) (norm > {OUTLIER_FACTOR:g}x the median norm), first at {where}"
     if trainer.outliers_dropped > MAX_OUTLIER_SHARE * max(seen, trainer.cfg.init_sample_tokens):
-        raise BadInputError(f"{where}: {trainer.outliers_dropped} of {seen:,} vectors are {what} — more than "
-                            f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken")  # fmt: skip
-    print(f"WARNING: dropped {n} {what} at step {trainer.step + 1} ({trainer.outliers_dropped} dropped so far)",
-          file=sys.stderr, flush=True)  # fmt: skip
+        raise BadInputError(
+            f"{where}: {trainer.outliers_dropped} of {seen:,} vectors are {what} — more than "
+            f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken"
+        )
+    print(
+        f"WARNING: dropped {n} {what} at step {trainer.step + 1} ({trainer.outliers_dropped} dropped so far)",
+        file=sys.stderr,
+        flush=True,
+    )
     return batch.acts[~absurd]
 
 

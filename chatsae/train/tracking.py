@@ -28,15 +28,22 @@ def check_installed(backends: list[str]) -> None:
     """ValueError naming the extra to install for a backend whose package is missing."""
     for name in backends:
         if importlib.util.find_spec(name) is None:
-            raise ValueError(f"--tracking: {name} needs the {name} package, which is not installed: "
-                             f"pip install 'chatsae[{name}]'")  # fmt: skip
+            raise ValueError(
+                f"--tracking: {name} needs the {name} package, which is not installed: pip install 'chatsae[{name}]'"
+            )
 
 
 class Tracker:
     """Sends each logged row (a dict of numbers) to the chosen backends, keyed by optimizer step."""
 
-    def __init__(self, backends: list[str], out_dir: str | Path, run_config: dict[str, Any], project: str,
-                 run_name: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backends: list[str],
+        out_dir: str | Path,
+        run_config: dict[str, Any],
+        project: str,
+        run_name: str | None = None,
+    ) -> None:
         check_installed(backends)
         self.out_dir = Path(out_dir)
         self.tb: Any = None
@@ -48,8 +55,9 @@ class Tracker:
         if "wandb" in backends:
             import wandb
 
-            self.wandb_run = wandb.init(project=project, name=run_name or self.out_dir.name, dir=str(self.out_dir),
-                                        config=run_config)  # fmt: skip
+            self.wandb_run = wandb.init(
+                project=project, name=run_name or self.out_dir.name, dir=str(self.out_dir), config=run_config
+            )
 
     def log(self, row: dict[str, Any], step: int) -> None:
         scalars = {k: float(v) for k, v in row.items() if k != "step" and isinstance(v, (int, float))}

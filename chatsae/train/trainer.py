@@ -196,9 +196,11 @@ class Trainer:
                 if i < b.acts.shape[0]:
                     break
                 i -= b.acts.shape[0]
-            raise BadInputError(f"{row_origin(self, b, i)}: {n_out} of the {len(sample):,} vectors of the "
-                                f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
-                                f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken")  # fmt: skip
+            raise BadInputError(
+                f"{row_origin(self, b, i)}: {n_out} of the {len(sample):,} vectors of the "
+                f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
+                f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken"
+            )
         self.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
         sample = sample[keep] / self.scale
         if self.cfg.b_dec_init == "geometric_median":
@@ -220,9 +222,14 @@ class Trainer:
             batch = distributed.rank_batch(batch)
         x = self.screen(batch).to(self.device, non_blocking=True).float() / self.scale
         lr = lr_at(
-            self.step, self.total_steps, self.cfg.lr, self.lr_end, self.lr_warmup,
-            self.cfg.lr_warmup_start_factor, self.cfg.lr_decay,
-        )  # fmt: skip
+            self.step,
+            self.total_steps,
+            self.cfg.lr,
+            self.lr_end,
+            self.lr_warmup,
+            self.cfg.lr_warmup_start_factor,
+            self.cfg.lr_decay,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         coef = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
@@ -281,8 +288,9 @@ class Trainer:
         for i, r in enumerate(rows):
             if not all(math.isfinite(v) for v in r):
                 step = self.step - len(rows) + i + 1
-                raise RuntimeError(f"non-finite loss/metrics at step {step}: {StepMetrics(*r)}; lower --lr or check "
-                                   "inputs")  # fmt: skip
+                raise RuntimeError(
+                    f"non-finite loss/metrics at step {step}: {StepMetrics(*r)}; lower --lr or check inputs"
+                )
         return rows
 
     def _autocast(self) -> Any:
@@ -311,8 +319,9 @@ class Trainer:
         from .tracking import Tracker, parse_backends
 
         backends = parse_backends(self.cfg.tracking) if self.is_main else []
-        self.tracker = Tracker(backends, self.out_dir, self._run_config_json(), self.cfg.wandb_project) \
-            if backends else None  # fmt: skip
+        self.tracker = (
+            Tracker(backends, self.out_dir, self._run_config_json(), self.cfg.wandb_project) if backends else None
+        )
         try:
             yield
         finally:
@@ -323,8 +332,10 @@ class Trainer:
     def _fit(self, resume: bool, stop_after_steps: int | None, overwrite: bool) -> TrainResult:
         ckpt = self.resume_from_checkpoint() if resume else None
         if len(set(distributed.all_gather_objects(str(ckpt)))) > 1:
-            raise RuntimeError(f"{self.checkpoint_dir}: the ranks resumed from different checkpoints (a file system "
-                               "not shared by all nodes?)")  # fmt: skip
+            raise RuntimeError(
+                f"{self.checkpoint_dir}: the ranks resumed from different checkpoints (a file system "
+                "not shared by all nodes?)"
+            )
         if ckpt is None:
             distributed.from_rank0(lambda: check_fresh_run(self.out_dir, overwrite))
             if resume and self.is_main:
@@ -364,9 +375,13 @@ class Trainer:
     @staticmethod
     def _bar_fields(m: StepMetrics, tok_s: float) -> dict[str, str]:
         return {
-            "tok/s": f"{tok_s:,.0f}", "loss": f"{m.loss:.4f}", "mse": f"{m.mse:.4f}",
-            "fvu": f"{m.fvu:.3f}", "L0": f"{m.l0:.1f}", "dead": f"{100 * m.dead_frac:.1f}%",
-        }  # fmt: skip
+            "tok/s": f"{tok_s:,.0f}",
+            "loss": f"{m.loss:.4f}",
+            "mse": f"{m.mse:.4f}",
+            "fvu": f"{m.fvu:.3f}",
+            "L0": f"{m.l0:.1f}",
+            "dead": f"{100 * m.dead_frac:.1f}%",
+        }
 
     def _mean(self, rows: list[list[float]]) -> dict[str, float]:
         return {k: sum(r[i] for r in rows) / len(rows) for i, k in enumerate(StepMetrics._fields)}
@@ -385,11 +400,17 @@ class Trainer:
     def _summary(self, rows: list[list[float]], tok_s: float) -> dict[str, Any]:
         means = self._mean(rows) if rows else {}
         return {
-            "steps": self.step, "tokens": self.tokens, "input_scale": self.scale, "sparsity_coef": self.sparsity_coef,
-            "beta1": self.beta1, "tokens_per_s": tok_s, **{f"train_{k}": v for k, v in means.items()},
-            "outlier_rows_dropped": self.outliers_dropped, **self.summary_extra,
+            "steps": self.step,
+            "tokens": self.tokens,
+            "input_scale": self.scale,
+            "sparsity_coef": self.sparsity_coef,
+            "beta1": self.beta1,
+            "tokens_per_s": tok_s,
+            **{f"train_{k}": v for k, v in means.items()},
+            "outlier_rows_dropped": self.outliers_dropped,
+            **self.summary_extra,
             "status": "failed_quality" if means.get("fvu", 0.0) > MAX_FVU else "ok",
-        }  # fmt: skip
+        }
 
     def log10_firing_frequency(self) -> Tensor:
         """``[d_sae]`` log10 of each latent's firing frequency over the run (SAELens ``sparsity``)."""

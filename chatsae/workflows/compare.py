@@ -73,9 +73,14 @@ class CompareConfig:
 # ---- seeds and intervals -------------------------------------------------------------------------------------------
 INTERVAL_KEYS = {k: v for k, v in SUMMARY.items() if v[1] in stats.SEQUENCE_METRICS}
 """Summary keys whose per-sequence form gives a bootstrap interval (all but the dead fraction)."""
-VERDICT_METRICS = {"log2_mse_st": "MSE_st", "log2_mse_st_strict": "MSE_st (strict)", "log2_mse": "MSE",
-                   "log2_mse_st_no_pos0": "MSE_st without position 0", "log2_mse_no_pos0": "MSE without position 0",
-                   "delta_lm_loss": "delta LM loss"}  # fmt: skip
+VERDICT_METRICS = {
+    "log2_mse_st": "MSE_st",
+    "log2_mse_st_strict": "MSE_st (strict)",
+    "log2_mse": "MSE",
+    "log2_mse_st_no_pos0": "MSE_st without position 0",
+    "log2_mse_no_pos0": "MSE without position 0",
+    "delta_lm_loss": "delta LM loss",
+}
 """Metrics (lower is better) the report gives a paired verdict for."""
 METHOD_ORDER = ("fast", "bt-f", "bt-p")
 """Verdict pairs name the earlier method first (FAST vs BT(F), FAST vs BT(P), BT(F) vs BT(P))."""
@@ -133,8 +138,10 @@ def error_bounds(row: dict[str, Any], key: str) -> tuple[float, float] | None:
     return (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else None
 
 
-def method_verdicts(evals: dict[str, dict[str, list[EvalResult]]], metrics: dict[str, str] = VERDICT_METRICS,
-                    ) -> list[dict[str, Any]]:  # fmt: skip
+def method_verdicts(
+    evals: dict[str, dict[str, list[EvalResult]]],
+    metrics: dict[str, str] = VERDICT_METRICS,
+) -> list[dict[str, Any]]:
     """Paired verdicts ``evals[method][arch] -> results per seed``: for each architecture, each pair of methods and
     metric, the difference A − B with its intervals and the verdict (:func:`chatsae.eval.stats.paired_verdict`)."""
     methods = sorted(evals, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
@@ -147,8 +154,13 @@ def method_verdicts(evals: dict[str, dict[str, list[EvalResult]]], metrics: dict
                     continue
                 for key, name in metrics.items():
                     subset, metric = SUMMARY[key]
-                    v = stats.paired_verdict(evals[a][arch], evals[b][arch], subset, metric,
-                                             (METHOD_LABELS.get(a, a), METHOD_LABELS.get(b, b), name))  # fmt: skip
+                    v = stats.paired_verdict(
+                        evals[a][arch],
+                        evals[b][arch],
+                        subset,
+                        metric,
+                        (METHOD_LABELS.get(a, a), METHOD_LABELS.get(b, b), name),
+                    )
                     out.append({"arch": arch, "a": a, "b": b, "metric": key, **v})
     return out
 
@@ -157,10 +169,18 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
     """One line per verdict: the sentence, then the difference (log2 for MSEs) with its 95% intervals."""
     out = []
     for v in verdicts:
-        iv = "; ".join(f"{what} [{cell(b[0])}, {cell(b[1])}]" for what, b in
-                       (("over sequences", v["sequences"]), ("over seeds", v["seeds"])) if b) or "no interval"
-        out.append(f"- {ARCH_LABELS.get(v['arch'], v['arch'])}: {v['verdict']} (difference {label(v['metric'])} "
-                   f"{cell(v['difference'])}; 95% interval {iv}).")  # fmt: skip
+        iv = (
+            "; ".join(
+                f"{what} [{cell(b[0])}, {cell(b[1])}]"
+                for what, b in (("over sequences", v["sequences"]), ("over seeds", v["seeds"]))
+                if b
+            )
+            or "no interval"
+        )
+        out.append(
+            f"- {ARCH_LABELS.get(v['arch'], v['arch'])}: {v['verdict']} (difference {label(v['metric'])} "
+            f"{cell(v['difference'])}; 95% interval {iv})."
+        )
     return out
 
 
@@ -172,8 +192,12 @@ class CompareResult(NamedTuple):
     """report.md, report.json and the PNG charts."""
 
 
-BEST_METRICS = {"log2_mse_st": "MSE_st", "log2_mse": "MSE", "log2_mse_st_no_pos0": "MSE_st without position 0",
-                "log2_mse_no_pos0": "MSE without position 0"}  # fmt: skip
+BEST_METRICS = {
+    "log2_mse_st": "MSE_st",
+    "log2_mse": "MSE",
+    "log2_mse_st_no_pos0": "MSE_st without position 0",
+    "log2_mse_no_pos0": "MSE without position 0",
+}
 """Metrics (lower is better) the report names a best method for."""
 
 
@@ -183,8 +207,11 @@ def best_methods(results: dict[str, dict[str, dict[str, Any]]], metric: str) -> 
     archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
     best: dict[str, str | None] = {}
     for arch in archs:
-        scored = [(v, m) for m, per_arch in results.items()
-                  if isinstance(v := (per_arch.get(arch) or {}).get(metric), (int, float)) and v == v]  # fmt: skip
+        scored = [
+            (v, m)
+            for m, per_arch in results.items()
+            if isinstance(v := (per_arch.get(arch) or {}).get(metric), (int, float)) and v == v
+        ]
         best[arch] = min(scored, key=lambda t: t[0])[1] if scored else None
     return best
 
@@ -210,8 +237,15 @@ def method_data(cc: CompareConfig, data: DataConfig, method: str, out_dir: Path)
     """The data config of one method: BT(P) reads --pretrain-data (nothing held out), BT(F)/FAST --instruct-data."""
     cache = str(out_dir / "cache" / method)
     if method == "bt-p":
-        return dataclasses.replace(data, data=str(cc.pretrain_data), data_format=cc.pretrain_format, holdout=0,
-                                   text_field=cc.pretrain_text_field, method=method, cache_dir=cache)  # fmt: skip
+        return dataclasses.replace(
+            data,
+            data=str(cc.pretrain_data),
+            data_format=cc.pretrain_format,
+            holdout=0,
+            text_field=cc.pretrain_text_field,
+            method=method,
+            cache_dir=cache,
+        )
     return dataclasses.replace(data, data=cc.instruct_data, method=method, cache_dir=cache)
 
 
@@ -238,8 +272,12 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
     for method in methods:
         dcfg = method_data(cc, study.data, method, study.out_dir)
         cache_dir, manifest = study.harvest(dcfg, METHOD_LABELS[method])
-        caches[method] = {"data": dcfg.data_path, "path": str(cache_dir), "vectors": manifest.n_tokens,
-                          "passes": tc.total_tokens / max(manifest.n_tokens, 1)}  # fmt: skip
+        caches[method] = {
+            "data": dcfg.data_path,
+            "path": str(cache_dir),
+            "vectors": manifest.n_tokens,
+            "passes": tc.total_tokens / max(manifest.n_tokens, 1),
+        }
         meta = study.sae_metadata(dcfg, manifest, sets[0].path if sets[0].name == "heldout" else None)
         for arch in archs:
             for i, seed in enumerate(seeds):
@@ -256,25 +294,51 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
             results[es.name][method][arch] = row
             d_in, d_sae = per_seed[0].sae["d_in"], per_seed[0].sae["d_sae"]
     setup = {
-        "model": study.data.model, "hook": study.hook, "d_in": d_in, "d_sae": d_sae,
-        "total_tokens": tc.total_tokens, "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "seeds": seeds,
+        "model": study.data.model,
+        "hook": study.hook,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "total_tokens": tc.total_tokens,
+        "batch_size": tc.batch_size,
+        "lr": tc.lr,
+        "seed": tc.seed,
+        "seeds": seeds,
         "intervals": {"level": stats.LEVEL, "n_boot": stats.N_BOOT, "bootstrap_seed": stats.SEED},
-        "methods": methods, "archs": archs,
-        "sparsity_coefs": {a: coefs.get(a, tc.sparsity_coef if tc.sparsity_coef is not None
-                                        else DEFAULT_SPARSITY_COEF[a]) for a in archs if a != "topk"},
+        "methods": methods,
+        "archs": archs,
+        "sparsity_coefs": {
+            a: coefs.get(a, tc.sparsity_coef if tc.sparsity_coef is not None else DEFAULT_SPARSITY_COEF[a])
+            for a in archs
+            if a != "topk"
+        },
         "k": study.sae_options.get("k", SAEConfig.k) if "topk" in archs else None,
-        "instruct_data": study.data.data_path, "pretrain_data": cc.pretrain_data, "holdout": study.data.holdout,
-        "holdout_seed": 0, "max_length": study.data.max_length, "context_size": study.data.context_size,
-        "dedup_n": study.data.dedup_n, "harvest": to_dict(study.harvest_opts),
-        "eval": {"method": "fast", **to_dict(study.ev)}, "command": command,
+        "instruct_data": study.data.data_path,
+        "pretrain_data": cc.pretrain_data,
+        "holdout": study.data.holdout,
+        "holdout_seed": 0,
+        "max_length": study.data.max_length,
+        "context_size": study.data.context_size,
+        "dedup_n": study.data.dedup_n,
+        "harvest": to_dict(study.harvest_opts),
+        "eval": {"method": "fast", **to_dict(study.ev)},
+        "command": command,
         "date": now(),
-    }  # fmt: skip
-    best = {name: {arch: {metric: best_methods(per_method, metric)[arch] for metric in BEST_METRICS}
-                   for arch in archs} for name, per_method in results.items()}  # fmt: skip
+    }
+    best = {
+        name: {arch: {metric: best_methods(per_method, metric)[arch] for metric in BEST_METRICS} for arch in archs}
+        for name, per_method in results.items()
+    }
     verdicts = {name: method_verdicts(per_method) for name, per_method in evals.items()}
-    report = {"kind": "chatsae.compare", "schema_version": 2, "setup": setup, "caches": caches,
-              "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
-              "results": results, "best": best, "verdicts": verdicts}  # fmt: skip
+    report = {
+        "kind": "chatsae.compare",
+        "schema_version": 2,
+        "setup": setup,
+        "caches": caches,
+        "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
+        "results": results,
+        "best": best,
+        "verdicts": verdicts,
+    }
     return CompareResult(report, write_compare_report(report, study.out_dir))
 
 
@@ -285,8 +349,10 @@ def paper_table(results: dict[str, dict[str, dict[str, Any]]], keys: tuple[str, 
     archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
     best = {(a, k): best_methods(results, k).get(a) for a in archs for k in keys}
     headers = ["Method"] + [f"{ARCH_LABELS.get(a, a)}: {label(k)}" for a in archs for k in keys]
-    rows = [[METHOD_LABELS.get(m, m)] + [cell(per_arch.get(a, {}).get(k), best[(a, k)] == m)
-                                         for a in archs for k in keys] for m, per_arch in results.items()]  # fmt: skip
+    rows = [
+        [METHOD_LABELS.get(m, m)] + [cell(per_arch.get(a, {}).get(k), best[(a, k)] == m) for a in archs for k in keys]
+        for m, per_arch in results.items()
+    ]
     return md_table(headers, rows)
 
 
@@ -300,34 +366,58 @@ def best_lines(results: dict[str, dict[str, dict[str, Any]]], metrics: dict[str,
             winner = best_methods(results, metric).get(arch)
             if winner is None:
                 continue
-            others = ", ".join(f"{METHOD_LABELS.get(m, m)} {cell(r.get(arch, {}).get(metric))}"
-                               for m, r in results.items() if m != winner)  # fmt: skip
+            others = ", ".join(
+                f"{METHOD_LABELS.get(m, m)} {cell(r.get(arch, {}).get(metric))}"
+                for m, r in results.items()
+                if m != winner
+            )
             value = cell(results[winner][arch][metric])
-            parts.append(f"best on {name}: **{METHOD_LABELS.get(winner, winner)}** ({label(metric)} {value}; "
-                         f"{others})")
+            parts.append(f"best on {name}: **{METHOD_LABELS.get(winner, winner)}** ({label(metric)} {value}; {others})")
         out.append(f"- {ARCH_LABELS.get(arch, arch)}: " + ("; ".join(parts) or "no values") + ".")
     return out
 
 
-FIDELITY = ("l0", "l0_no_pos0", "fvu", "fvu_no_pos0", "delta_lm_loss", "delta_lm_loss_no_pos0", "ce_recovered",
-            "ce_recovered_no_pos0")  # fmt: skip
+FIDELITY = (
+    "l0",
+    "l0_no_pos0",
+    "fvu",
+    "fvu_no_pos0",
+    "delta_lm_loss",
+    "delta_lm_loss_no_pos0",
+    "ce_recovered",
+    "ce_recovered_no_pos0",
+)
 
 
 KL = ("kl", "kl_no_pos0")
-CLASS_NOTE = ("FVU, KL to the clean model and delta LM loss on the positions of each token class: chat-template tokens "
-              "(without position 0), system prompt, user and assistant content. KL measures how far the spliced "
-              "model's predictions move; delta LM loss can be negative where the reconstruction makes the actual "
-              "next token more likely (e.g. a fixed system prompt), so read both.")  # fmt: skip
+CLASS_NOTE = (
+    "FVU, KL to the clean model and delta LM loss on the positions of each token class: chat-template tokens "
+    "(without position 0), system prompt, user and assistant content. KL measures how far the spliced "
+    "model's predictions move; delta LM loss can be negative where the reconstruction makes the actual "
+    "next token more likely (e.g. a fixed system prompt), so read both."
+)
 
 
-INTERVAL_SHOW = ("log2_mse", "log2_mse_st", "log2_mse_st_strict", "log2_mse_no_pos0", "log2_mse_st_no_pos0",
-                 "l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered")  # fmt: skip
+INTERVAL_SHOW = (
+    "log2_mse",
+    "log2_mse_st",
+    "log2_mse_st_strict",
+    "log2_mse_no_pos0",
+    "log2_mse_st_no_pos0",
+    "l0_no_pos0",
+    "fvu_no_pos0",
+    "delta_lm_loss",
+    "ce_recovered",
+)
 
 
 def interval_table(results: dict[str, dict[str, dict[str, Any]]], keys: tuple[str, ...] = INTERVAL_SHOW) -> str:
     """Rows method x architecture; per metric the mean with its intervals (:func:`interval_text`)."""
-    rows = [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(interval_text(v, k) for k in keys)]
-            for m, per_arch in results.items() for a, v in per_arch.items()]  # fmt: skip
+    rows = [
+        [METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(interval_text(v, k) for k in keys)]
+        for m, per_arch in results.items()
+        for a, v in per_arch.items()
+    ]
     return md_table(["Method", "SAE", *(label(k) for k in keys)], rows)
 
 
@@ -335,39 +425,55 @@ def class_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Rows method x architecture; per token class of :data:`CLASS_SUBSETS`: FVU, KL, delta LM loss."""
     keys = [(cls, key) for cls in CLASS_SUBSETS for key in CLASS_METRICS]
     headers = ["Method", "SAE", *(f"{cls}: {label(key)}" for cls, key in keys)]
-    rows = [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(f"{key}_{cls}")) for cls, key in keys)]
-            for m, per_arch in results.items() for a, v in per_arch.items()]  # fmt: skip
+    rows = [
+        [METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(f"{key}_{cls}")) for cls, key in keys)]
+        for m, per_arch in results.items()
+        for a, v in per_arch.items()
+    ]
     return md_table(headers, rows)
 
 
-def compare_figures(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path, suffix: str,
-                    title: str) -> list[Path]:  # fmt: skip
+def compare_figures(
+    results: dict[str, dict[str, dict[str, Any]]], out_dir: Path, suffix: str, title: str
+) -> list[Path]:
     """``mse{suffix}.png`` (log2 MSE / MSE_st, with and without position 0) and ``metrics{suffix}.png`` (L0, FVU,
     delta LM loss, CE recovered; left with, right without position 0): bars grouped by method, one per architecture."""
     from ..eval.plots import BarPanel, bar_chart
 
     def panel(k: str) -> BarPanel:
-        values = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): v.get(k) for a, v in per_arch.items()}
-                  for m, per_arch in results.items()}  # fmt: skip
-        errors = {METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): error_bounds(v, k) for a, v in per_arch.items()}
-                  for m, per_arch in results.items()}  # fmt: skip
+        values = {
+            METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): v.get(k) for a, v in per_arch.items()}
+            for m, per_arch in results.items()
+        }
+        errors = {
+            METHOD_LABELS.get(m, m): {ARCH_LABELS.get(a, a): error_bounds(v, k) for a, v in per_arch.items()}
+            for m, per_arch in results.items()
+        }
         log2 = k.startswith("log2")
-        return BarPanel(label(k) + (" (lower is better)" if log2 else ""), f"{label(k).split(' (')[0]} ({unit(k)})",
-                        values, from_zero=not log2, errors=errors)  # fmt: skip
+        return BarPanel(
+            label(k) + (" (lower is better)" if log2 else ""),
+            f"{label(k).split(' (')[0]} ({unit(k)})",
+            values,
+            from_zero=not log2,
+            errors=errors,
+        )
 
     def panels(keys: tuple[str, ...]) -> list[BarPanel]:
         return [panel(k) for k in keys]
 
     mse_keys = ("log2_mse", "log2_mse_st", "log2_mse_no_pos0", "log2_mse_st_no_pos0")
-    return [bar_chart(panels(mse_keys), out_dir / f"mse{suffix}.png", f"Reconstruction error, {title}", "SAE"),
-            bar_chart(panels(FIDELITY), out_dir / f"metrics{suffix}.png", f"Sparsity and fidelity, {title}", "SAE")]
+    return [
+        bar_chart(panels(mse_keys), out_dir / f"mse{suffix}.png", f"Reconstruction error, {title}", "SAE"),
+        bar_chart(panels(FIDELITY), out_dir / f"metrics{suffix}.png", f"Sparsity and fidelity, {title}", "SAE"),
+    ]
 
 
 def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> str:
     """report.md from the content of report.json and the figure file names of each evaluation set."""
     s = report["setup"]
     lines = [
-        "# FAST comparison: BT(P) vs BT(F) vs FAST", "",
+        "# FAST comparison: BT(P) vs BT(F) vs FAST",
+        "",
         f"- model: `{s['model']}`, hook `{s['hook']}`, d_in {s['d_in']}, width {s['d_sae']} "
         f"({s['d_sae'] / max(s['d_in'], 1):g}x)",
         f"- token budget: {s['total_tokens']:,} tokens per SAE (batch {s['batch_size']}, lr {s['lr']:g}, seed "
@@ -375,10 +481,17 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
         f"- data: instruction `{s['instruct_data']}` (BT(F), FAST; {s['holdout']} records held out with seed "
         f"{s['holdout_seed']}), plain text `{s['pretrain_data']}` (BT(P)); FAST max_length {s['max_length']}, "
         f"block context_size {s['context_size']}, dedup n {s['dedup_n']}",
-        f"- date: {s['date']}", f"- command: `{s['command']}`", "",
-        md_table(["Method", "data", "cached vectors", "passes at budget"],
-                 [[METHOD_LABELS.get(m, m), f"`{c['data']}`", f"{c['vectors']:,}", f"{c['passes']:.2f}"]
-                  for m, c in report["caches"].items()]), "",
+        f"- date: {s['date']}",
+        f"- command: `{s['command']}`",
+        "",
+        md_table(
+            ["Method", "data", "cached vectors", "passes at budget"],
+            [
+                [METHOD_LABELS.get(m, m), f"`{c['data']}`", f"{c['vectors']:,}", f"{c['passes']:.2f}"]
+                for m, c in report["caches"].items()
+            ],
+        ),
+        "",
         "Every SAE is evaluated the same way, as the FAST paper does: each record rendered with the chat template and "
         "fed on its own. MSE is FAST Eq. 7 (averaged per sequence first) in raw activation units; MSE_st is the same "
         "on the template set (the tokenizer's special tokens, role names and the template's newlines), MSE_st "
@@ -391,21 +504,50 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
         f"so differences are paired per sequence), `seeds [low, high]` a t-interval over the {len(s['seeds'])} "
         "training seeds (shown with 2 or more). A verdict is stated only when every interval of the paired "
         "difference excludes 0.",
-    ]  # fmt: skip
+    ]
     for name, es in report["eval_sets"].items():
         res = report["results"][name]
         lines += [
-            "", f"## Evaluation on {es['label']}", "", "### log2 MSE and log2 MSE_st (paper layout)", "",
-            paper_table(res, ("log2_mse", "log2_mse_st")), "", *best_lines(res), "", "### Without position 0", "",
-            paper_table(res, ("log2_mse_no_pos0", "log2_mse_st_no_pos0")), "", "### Sparsity and fidelity", "",
-            md_table(["Method", "SAE", *(label(k) for k in FIDELITY + KL)],
-                     [[METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY + KL)]
-                      for m, per_arch in res.items() for a, v in per_arch.items()]), "",
-            "### By token class", "", CLASS_NOTE, "", class_table(res), "",
-            "### Intervals (mean over seeds, 95%)", "", interval_table(res), "",
-            "### Verdicts (paired differences, A − B)", "", *verdict_lines(report.get("verdicts", {}).get(name, [])),
-            "", *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
-        ]  # fmt: skip
+            "",
+            f"## Evaluation on {es['label']}",
+            "",
+            "### log2 MSE and log2 MSE_st (paper layout)",
+            "",
+            paper_table(res, ("log2_mse", "log2_mse_st")),
+            "",
+            *best_lines(res),
+            "",
+            "### Without position 0",
+            "",
+            paper_table(res, ("log2_mse_no_pos0", "log2_mse_st_no_pos0")),
+            "",
+            "### Sparsity and fidelity",
+            "",
+            md_table(
+                ["Method", "SAE", *(label(k) for k in FIDELITY + KL)],
+                [
+                    [METHOD_LABELS.get(m, m), ARCH_LABELS.get(a, a), *(cell(v.get(k)) for k in FIDELITY + KL)]
+                    for m, per_arch in res.items()
+                    for a, v in per_arch.items()
+                ],
+            ),
+            "",
+            "### By token class",
+            "",
+            CLASS_NOTE,
+            "",
+            class_table(res),
+            "",
+            "### Intervals (mean over seeds, 95%)",
+            "",
+            interval_table(res),
+            "",
+            "### Verdicts (paired differences, A − B)",
+            "",
+            *verdict_lines(report.get("verdicts", {}).get(name, [])),
+            "",
+            *(f"![{Path(f).stem}]({f})" for f in figures.get(name, [])),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -418,5 +560,6 @@ def write_compare_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
         figures[name] = [p.name for p in paths]
         files += paths
     report = {**report, "figures": figures}
-    return files + write_texts({out_dir / "report.json": dumps(report) + "\n",
-                                out_dir / "report.md": compare_markdown(report, figures)})  # fmt: skip
+    return files + write_texts(
+        {out_dir / "report.json": dumps(report) + "\n", out_dir / "report.md": compare_markdown(report, figures)}
+    )

@@ -70,8 +70,9 @@ def parse_saes(text: str | None) -> list[SAEVariant]:
                 elif key in train_types:
                     train[key] = _parse_value(train_types[key], value.strip())
                 else:
-                    raise ValueError(f"unknown field {key!r} (SAE or training options, e.g. k, d_sae, "
-                                     "sparsity_coef, lr, seed)")  # fmt: skip
+                    raise ValueError(
+                        f"unknown field {key!r} (SAE or training options, e.g. k, d_sae, sparsity_coef, lr, seed)"
+                    )
             except Exception as e:  # noqa: BLE001 -- argparse.ArgumentTypeError or ValueError, one message
                 raise ValueError(f"--saes {entry!r}: {e}") from None
         try:
@@ -104,9 +105,14 @@ def _variant_spec(spec: RunSpec, v: SAEVariant | None, out_dir: Path, **data: An
     for key in ("apply_b_dec_to_input", "decoder_unit_norm"):  # left at --arch's default: the entry's default
         if key not in opts and getattr(spec.sae, key) == getattr(old, key):
             opts[key] = None
-    return dataclasses.replace(spec, run=run, sae=dataclasses.replace(spec.sae, **opts),
-                               train=dataclasses.replace(spec.train, **v.train), d_sae=v.sae.get("d_sae", spec.d_sae),
-                               data=dataclasses.replace(spec.data, **data))  # fmt: skip
+    return dataclasses.replace(
+        spec,
+        run=run,
+        sae=dataclasses.replace(spec.sae, **opts),
+        train=dataclasses.replace(spec.train, **v.train),
+        d_sae=v.sae.get("d_sae", spec.d_sae),
+        data=dataclasses.replace(spec.data, **data),
+    )
 
 
 def train_runs(spec: RunSpec) -> list[RunResult]:
@@ -125,8 +131,10 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
     out_dir = default_out_dir(spec)
     streamed = data.cache == "none" and not run.activations
     if streamed and distributed.world_size() > 1:
-        raise ValueError("several SAEs with --cache none train in one process; under torchrun they share the disk "
-                         "cache of one harvest (drop --cache none)")  # fmt: skip
+        raise ValueError(
+            "several SAEs with --cache none train in one process; under torchrun they share the disk "
+            "cache of one harvest (drop --cache none)"
+        )
 
     def claim() -> DirLock:
         claim_dir(out_dir, "run", overwrite=run.overwrite)
@@ -142,27 +150,39 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
             from ..activations.pipeline import harvest_hooks, resolved_model_dtype
 
             label = ", ".join(map(str, hooks)) if hooks else data.hook or "the default hook"
-            spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
-                        f"hooks {label} (one forward pass), {len(variants) or 1} SAE(s) per hook -> "
-                        f"{out_dir}")  # fmt: skip
+            spec.report(
+                f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+                f"hooks {label} (one forward pass), {len(variants) or 1} SAE(s) per hook -> "
+                f"{out_dir}"
+            )
 
             dirs, _, stats, context = harvest_hooks(data, spec.harvest, out_dir, **harvest_kwargs(spec))
             if stats.sequences:
-                spec.report(f"harvested {stats.tokens_kept:,} vectors per hook at {len(dirs)} hook(s) in "
-                            f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)")  # fmt: skip
+                spec.report(
+                    f"harvested {stats.tokens_kept:,} vectors per hook at {len(dirs)} hook(s) in "
+                    f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)"
+                )
             spec = dataclasses.replace(spec, model_and_tokenizer=(context["model"], context["tokenizer"]))
-            units = [(path, {"hook": str(hook), "hooks": None, "cache_dir": str(dirs[hook])}, v)
-                     for path, hook, v in _folders(out_dir, list(dirs), variants)]  # fmt: skip
+            units = [
+                (path, {"hook": str(hook), "hooks": None, "cache_dir": str(dirs[hook])}, v)
+                for path, hook, v in _folders(out_dir, list(dirs), variants)
+            ]
         return _train_units(spec, units)
 
 
-def _folders(out_dir: Path, hooks: list[HookPoint], variants: list[SAEVariant],
-             ) -> list[tuple[Path, HookPoint, SAEVariant | None]]:  # fmt: skip
+def _folders(
+    out_dir: Path,
+    hooks: list[HookPoint],
+    variants: list[SAEVariant],
+) -> list[tuple[Path, HookPoint, SAEVariant | None]]:
     """(folder, hook, entry) of every SAE: ``OUT_DIR/<hook>/<name>``, without the hook level for one hook and without
     the name level when there are no ``--saes`` entries."""
     entries: list[SAEVariant | None] = list(variants) or [None]
-    return [((out_dir / str(hook) if len(hooks) > 1 else out_dir) / (v.name if v else ""), hook, v)
-            for hook in hooks for v in entries]  # fmt: skip
+    return [
+        ((out_dir / str(hook) if len(hooks) > 1 else out_dir) / (v.name if v else ""), hook, v)
+        for hook in hooks
+        for v in entries
+    ]
 
 
 def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
@@ -186,8 +206,12 @@ def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVaria
     return results
 
 
-def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants: list[SAEVariant],
-                  ) -> list[RunResult]:  # fmt: skip
+def _stream_units(
+    spec: RunSpec,
+    out_dir: Path,
+    hooks: list[HookPoint],
+    variants: list[SAEVariant],
+) -> list[RunResult]:
     """``--cache none``: every SAE trains in its own thread, all reading one streamed harvest (a
     :class:`~chatsae.activations.streaming.SharedStream`: one model pass per data window for every hook); then each
     is evaluated in turn."""
@@ -198,17 +222,25 @@ def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants
     train, _, _, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
     hooks = hooks or resolve_hooks(data, model)
     stream = SharedStream(model, tokenizer, hooks, lambda: sequences_for(data, train, tokenizer), spec.harvest)
-    spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
-                f"{len(hooks) * (len(variants) or 1)} SAEs "
-                f"streamed together (--cache none: one forward pass per window for hooks "
-                f"{', '.join(map(str, hooks))}) -> {out_dir}")  # fmt: skip
+    spec.report(
+        f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+        f"{len(hooks) * (len(variants) or 1)} SAEs "
+        f"streamed together (--cache none: one forward pass per window for hooks "
+        f"{', '.join(map(str, hooks))}) -> {out_dir}"
+    )
     specs = []
     for path, hook, v in _folders(out_dir, hooks, variants):
         sub = _variant_spec(spec, v, path, hook=str(hook), hooks=None)
-        specs.append(dataclasses.replace(sub, run=dataclasses.replace(sub.run, evaluate=False),
-                                         train=dataclasses.replace(sub.train, progress=False),
-                                         model_and_tokenizer=(model, tokenizer), shared_stream=stream,
-                                         report=_prefixed(spec.report, f"[{path.relative_to(out_dir)}]")))  # fmt: skip
+        specs.append(
+            dataclasses.replace(
+                sub,
+                run=dataclasses.replace(sub.run, evaluate=False),
+                train=dataclasses.replace(sub.train, progress=False),
+                model_and_tokenizer=(model, tokenizer),
+                shared_stream=stream,
+                report=_prefixed(spec.report, f"[{path.relative_to(out_dir)}]"),
+            )
+        )
     results: list[RunResult | BaseException | None] = [None] * len(specs)
 
     def work(i: int) -> None:
@@ -227,8 +259,10 @@ def _stream_units(spec: RunSpec, out_dir: Path, hooks: list[HookPoint], variants
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         raise failed[0]
-    spec.report(f"{len(specs)} SAEs trained from {stream.windows_run} window passes ({stream.stats.tokens_kept:,} "
-                f"vectors per hook)")  # fmt: skip
+    spec.report(
+        f"{len(specs)} SAEs trained from {stream.windows_run} window passes ({stream.stats.tokens_kept:,} "
+        f"vectors per hook)"
+    )
     done = [r for r in results if isinstance(r, RunResult)]
     if not spec.run.evaluate:
         return done

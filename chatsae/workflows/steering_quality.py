@@ -64,8 +64,9 @@ def final_number(text: str) -> str | None:
     return normalize_number(found[-1]) if found else None
 
 
-def matched_random_latents(scale: Tensor, latent: int, n: int, seed: int = 0, factor: float = 2.0,
-                           exclude: Sequence[int] = ()) -> list[int]:  # fmt: skip
+def matched_random_latents(
+    scale: Tensor, latent: int, n: int, seed: int = 0, factor: float = 2.0, exclude: Sequence[int] = ()
+) -> list[int]:
     """``n`` random latents (fixed ``seed``) whose activation scale (``scale[d_sae]``, e.g. the mean activation
     when firing, ``FeatureData.mean_act``) is within ``factor`` of ``latent``'s; ValueError if too few exist."""
     s = float(scale[latent])
@@ -81,8 +82,9 @@ def matched_random_latents(scale: Tensor, latent: int, n: int, seed: int = 0, fa
 
 
 @torch.no_grad()
-def activation_scale(model: nn.Module, sae: SAE, prompt_ids: Sequence[Sequence[int]], hook: Any = None,
-                     batch_size: int = 8) -> Tensor:  # fmt: skip
+def activation_scale(
+    model: nn.Module, sae: SAE, prompt_ids: Sequence[Sequence[int]], hook: Any = None, batch_size: int = 8
+) -> Tensor:
     """``[d_sae]`` mean activation of each latent over the tokens where it fires (0 if it never does), on the
     prompts' tokens with position 0 (the attention sink) excluded: the scale :func:`matched_random_latents` uses."""
     from ..models.prefix import capture_shared
@@ -109,9 +111,16 @@ def _steering(model: nn.Module, sae: SAE, latent: int, alpha: float) -> Steering
 
 
 @torch.no_grad()
-def reference_nll(model: nn.Module, sae: SAE, latent: int, alpha: float, prompts: Sequence[Sequence[int]],
-                  answers: Sequence[Sequence[int]], pad_id: int = 0,
-                  batch_size: int = 8) -> list[tuple[float, int]]:  # fmt: skip
+def reference_nll(
+    model: nn.Module,
+    sae: SAE,
+    latent: int,
+    alpha: float,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int = 0,
+    batch_size: int = 8,
+) -> list[tuple[float, int]]:
     """Per item (summed NLL of the answer tokens, their number) with ``latent`` steered by ``alpha`` at every
     position of ``prompt + answer`` (teacher forcing); alpha 0 = the clean model."""
     out: list[tuple[float, int]] = []
@@ -126,9 +135,17 @@ def reference_nll(model: nn.Module, sae: SAE, latent: int, alpha: float, prompts
     return out
 
 
-def run_quality(model: nn.Module, tokenizer: Any, sae: SAE, items: Sequence[QAItem],
-                latents: dict[str, Sequence[int]], alphas: Sequence[float] = ALPHAS, accuracy: bool = True,
-                max_new_tokens: int = 256, batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
+def run_quality(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: SAE,
+    items: Sequence[QAItem],
+    latents: dict[str, Sequence[int]],
+    alphas: Sequence[float] = ALPHAS,
+    accuracy: bool = True,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """For every group of latents (``latents[label]``, e.g. ``{"top": [k], "random": [r1, r2, r3]}``), every latent
     and alpha: per-item answer NLL under teacher forcing and (``accuracy``) greedy-answer correctness. Returns
     ``{"alphas", "groups", "items": n, "per_item": {label: {latent: {alpha: {"nll": [...], "n": [...],
@@ -150,16 +167,23 @@ def run_quality(model: nn.Module, tokenizer: Any, sae: SAE, items: Sequence[QAIt
                 nll = reference_nll(model, sae, int(k), alpha, prompts, answers, pad, batch_size)
                 row = {"nll": [v for v, _ in nll], "n": [float(n) for _, n in nll]}
                 if accuracy:
-                    gen = generate(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                   _steering(model, sae, int(k), alpha))  # fmt: skip
+                    gen = generate(
+                        model, tokenizer, prompts, max_new_tokens, batch_size, _steering(model, sae, int(k), alpha)
+                    )
                     texts = [tokenizer.decode(strip_eos(g, set(eos)), skip_special_tokens=True) for g in gen]
-                    row["correct"] = [float(it.final is not None and final_number(t) == it.final)
-                                      for it, t in zip(items, texts, strict=True)]  # fmt: skip
+                    row["correct"] = [
+                        float(it.final is not None and final_number(t) == it.final)
+                        for it, t in zip(items, texts, strict=True)
+                    ]
                 per_item[label][int(k)][alpha] = row
                 if alpha == 0:
                     clean = row
-    return {"alphas": list(alphas), "groups": {k: [int(v) for v in g] for k, g in latents.items()},
-            "items": len(items), "per_item": per_item}  # fmt: skip
+    return {
+        "alphas": list(alphas),
+        "groups": {k: [int(v) for v in g] for k, g in latents.items()},
+        "items": len(items),
+        "per_item": per_item,
+    }
 
 
 def _terms(rows: Sequence[dict[str, list[float]]], metric: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -174,8 +198,12 @@ def quality_summary(result: dict[str, Any], n_boot: int = S.N_BOOT, seed: int = 
     answer token, ``accuracy``): the group mean over its latents with a bootstrap interval over items, and its paired
     difference from alpha 0; per alpha, each pair of groups' paired difference with a verdict."""
     groups, alphas = list(result["per_item"]), result["alphas"]
-    metrics = [m for m in ("nll", "accuracy") if m == "nll" or all(
-        "correct" in row for g in result["per_item"].values() for lat in g.values() for row in lat.values())]
+    metrics = [
+        m
+        for m in ("nll", "accuracy")
+        if m == "nll"
+        or all("correct" in row for g in result["per_item"].values() for lat in g.values() for row in lat.values())
+    ]
     summary: dict[str, Any] = {"groups": {}, "pairs": []}
     for g in groups:
         lat = list(result["per_item"][g].values())
@@ -189,7 +217,8 @@ def quality_summary(result: dict[str, Any], n_boot: int = S.N_BOOT, seed: int = 
                 terms = _terms(rows, key)
                 entry[m] = S.bootstrap_mean_difference(terms, [], None, n_boot, seed)._asdict()
                 entry[f"{m}_vs_alpha_{alphas[0]:g}"] = S.bootstrap_mean_difference(
-                    terms, _terms(base, key), None, n_boot, seed)._asdict()  # fmt: skip
+                    terms, _terms(base, key), None, n_boot, seed
+                )._asdict()
             summary["groups"][g][str(alpha)] = entry
     for i, a in enumerate(groups):
         for b in groups[i + 1 :]:
@@ -201,6 +230,7 @@ def quality_summary(result: dict[str, Any], n_boot: int = S.N_BOOT, seed: int = 
                     d = S.bootstrap_mean_difference(ta, tb, None, n_boot, seed)
                     name = "answer NLL per token" if m == "nll" else "gsm8k accuracy"
                     verdict = S.verdict(a, b, f"{name} at alpha {alpha:g}", [d])
-                    summary["pairs"].append({"a": a, "b": b, "alpha": alpha, "metric": m, "difference": d._asdict(),
-                                             "verdict": verdict})  # fmt: skip
+                    summary["pairs"].append(
+                        {"a": a, "b": b, "alpha": alpha, "metric": m, "difference": d._asdict(), "verdict": verdict}
+                    )
     return summary

@@ -30,22 +30,32 @@ METHOD_LABELS = {"bt-p": "BT(P)", "bt-f": "BT(F)", "fast": "FAST"}
 ARCH_LABELS = {"standard": "Standard", "jumprelu": "JumpReLU", "topk": "TopK", "gated": "Gated"}
 SUMMARY: dict[str, tuple[str, str]] = {
     # summary key: (subset, metric) of EvalResult.metrics
-    "log2_mse": ("all", "log2_mse"), "log2_mse_st": ("special", "log2_mse"),
-    "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"), "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
+    "log2_mse": ("all", "log2_mse"),
+    "log2_mse_st": ("special", "log2_mse"),
+    "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"),
+    "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
     "log2_mse_st_strict": ("special_strict", "log2_mse"),
     "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
-    "mse": ("all", "mse"), "mse_no_pos0": ("all_no_pos0", "mse"),
-    "l0": ("all", "l0"), "l0_no_pos0": ("all_no_pos0", "l0"),
-    "fvu": ("all", "fvu"), "fvu_no_pos0": ("all_no_pos0", "fvu"),
-    "delta_lm_loss": ("all", "delta_ce"), "delta_lm_loss_no_pos0": ("all_no_pos0", "delta_ce"),
-    "ce_recovered": ("all", "ce_recovered"), "ce_recovered_no_pos0": ("all_no_pos0", "ce_recovered"),
-    "kl": ("all", "kl"), "kl_no_pos0": ("all_no_pos0", "kl"), "dead_fraction": ("all", "dead_fraction"),
-}  # fmt: skip
+    "mse": ("all", "mse"),
+    "mse_no_pos0": ("all_no_pos0", "mse"),
+    "l0": ("all", "l0"),
+    "l0_no_pos0": ("all_no_pos0", "l0"),
+    "fvu": ("all", "fvu"),
+    "fvu_no_pos0": ("all_no_pos0", "fvu"),
+    "delta_lm_loss": ("all", "delta_ce"),
+    "delta_lm_loss_no_pos0": ("all_no_pos0", "delta_ce"),
+    "ce_recovered": ("all", "ce_recovered"),
+    "ce_recovered_no_pos0": ("all_no_pos0", "ce_recovered"),
+    "kl": ("all", "kl"),
+    "kl_no_pos0": ("all_no_pos0", "kl"),
+    "dead_fraction": ("all", "dead_fraction"),
+}
 CLASS_SUBSETS = {"special": "special_no_pos0", "system": "system", "user": "user", "assistant": "assistant"}
 """Token classes a study reports apart (chat-template tokens without position 0, system, user, assistant content)."""
 CLASS_METRICS = {"fvu": "fvu", "kl": "kl", "delta_lm_loss": "delta_ce"}
-SUMMARY.update({f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items()
-                for key, metric in CLASS_METRICS.items()})  # fmt: skip
+SUMMARY.update(
+    {f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items() for key, metric in CLASS_METRICS.items()}
+)
 """The numbers a study keeps per SAE and evaluation set (per class: e.g. ``kl_user``, ``fvu_special``)."""
 HIGH_FREQ = {"freq_gt_10pct": -1.0, "freq_gt_1pct": -2.0}
 """High-frequency latents (JumpReLU paper): the share of latents firing on at least 10% / 1% of all evaluated tokens
@@ -99,9 +109,17 @@ class Study:
     """Shared machinery of compare and sweep: one loaded model, caches, trained SAEs and evaluations under
     ``out_dir``; every step skips what a previous run finished."""
 
-    def __init__(self, out_dir: str | Path, data: DataConfig, harvest: HarvestOptions, train: TrainConfig,
-                 ev: StudyEvalConfig, sae_options: dict[str, Any] | None = None, expansion_factor: int = 8,
-                 report: Callable[[str], None] = log) -> None:  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | Path,
+        data: DataConfig,
+        harvest: HarvestOptions,
+        train: TrainConfig,
+        ev: StudyEvalConfig,
+        sae_options: dict[str, Any] | None = None,
+        expansion_factor: int = 8,
+        report: Callable[[str], None] = log,
+    ) -> None:
         """``sae_options``: SAEConfig fields set for every SAE (e.g. ``d_sae``, ``k``); the others keep each
         architecture's defaults, and ``d_sae`` defaults to ``expansion_factor x d_in``."""
         self.out_dir, self.data, self.harvest_opts, self.train_cfg = Path(out_dir), data, harvest, train
@@ -120,8 +138,13 @@ class Study:
 
             d = self.data
             self.report(f"loading model {d.model} ...")
-            self._model = load_model(d.model, dtype=resolved_model_dtype(d), device=d.model_device,
-                                     gguf_file=d.gguf_file, trust_remote_code=d.trust_remote_code)  # fmt: skip
+            self._model = load_model(
+                d.model,
+                dtype=resolved_model_dtype(d),
+                device=d.model_device,
+                gguf_file=d.gguf_file,
+                trust_remote_code=d.trust_remote_code,
+            )
         return self._model
 
     def check_plan(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -129,19 +152,37 @@ class Study:
         an SAE exists, check that a rerun asks for the same ones (a ValueError names each difference)."""
         train = {k: v for k, v in to_dict(self.train_cfg).items() if k not in VOLATILE_TRAIN}
         data = {k: v for k, v in to_dict(self.data).items() if k not in ("model_device", "skip_bad")}
-        plan = json.loads(json.dumps({"data": data, "harvest": to_dict(self.harvest_opts), "train": train,
-                                      "sae": self.sae_options, "expansion_factor": self.expansion_factor,
-                                      **extra}, default=str))  # fmt: skip
+        plan = json.loads(
+            json.dumps(
+                {
+                    "data": data,
+                    "harvest": to_dict(self.harvest_opts),
+                    "train": train,
+                    "sae": self.sae_options,
+                    "expansion_factor": self.expansion_factor,
+                    **extra,
+                },
+                default=str,
+            )
+        )
         path = self.out_dir / "plan.json"
-        produced = any(self.out_dir.glob("**/manifest.json")) or any(self.out_dir.glob("*/checkpoints/step_*")) or any(
-            self.out_dir.glob("*/sae/cfg.json"))  # a plan that produced nothing yet (e.g. a typo) may be replaced
+        produced = (
+            any(self.out_dir.glob("**/manifest.json"))
+            or any(self.out_dir.glob("*/checkpoints/step_*"))
+            or any(self.out_dir.glob("*/sae/cfg.json"))
+        )  # a plan that produced nothing yet (e.g. a typo) may be replaced
         if path.is_file() and produced:
             old = json.loads(path.read_text())
-            diffs = [f"{k}: {old.get(k)!r} -> {plan.get(k)!r}" for k in sorted(set(old) | set(plan))
-                     if old.get(k) != plan.get(k)]  # fmt: skip
+            diffs = [
+                f"{k}: {old.get(k)!r} -> {plan.get(k)!r}"
+                for k in sorted(set(old) | set(plan))
+                if old.get(k) != plan.get(k)
+            ]
             if diffs:
-                raise ValueError(f"{path}: this directory holds a study with other settings ({'; '.join(diffs)}); "
-                                 "use another --out-dir, or remove it to start over")  # fmt: skip
+                raise ValueError(
+                    f"{path}: this directory holds a study with other settings ({'; '.join(diffs)}); "
+                    "use another --out-dir, or remove it to start over"
+                )
         else:
             with atomic_file(path, "w") as fh:
                 json.dump(plan, fh, indent=2)
@@ -153,21 +194,33 @@ class Study:
         from ..activations.pipeline import harvest
 
         budget = self.harvest_opts.max_tokens or self.train_cfg.total_tokens
-        self.report(f"[{tag}] activations of {data.data_path} ({data.method}) -> "
-                    f"{data.cache_dir or self.out_dir / 'activations'}")  # fmt: skip
-        cache_dir, manifest, stats, ctx = harvest(data, self.harvest_opts, self.out_dir, max_tokens=budget,
-                                                  resume=True, progress=self.train_cfg.progress,
-                                                  model_and_tokenizer=self.model_and_tokenizer)  # fmt: skip
+        self.report(
+            f"[{tag}] activations of {data.data_path} ({data.method}) -> "
+            f"{data.cache_dir or self.out_dir / 'activations'}"
+        )
+        cache_dir, manifest, stats, ctx = harvest(
+            data,
+            self.harvest_opts,
+            self.out_dir,
+            max_tokens=budget,
+            resume=True,
+            progress=self.train_cfg.progress,
+            model_and_tokenizer=self.model_and_tokenizer,
+        )
         self.hook = str(ctx["hook"])
         if stats.sequences:
-            self.report(f"[{tag}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
-                        f"{stats.seconds:.0f}s")  # fmt: skip
+            self.report(
+                f"[{tag}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
+                f"{stats.seconds:.0f}s"
+            )
         else:
             self.report(f"[{tag}] reusing the complete cache ({manifest.n_tokens:,} vectors)")
         if manifest.n_tokens < self.train_cfg.total_tokens:
-            self.report(f"[{tag}] warning: the data gives only {manifest.n_tokens:,} vectors for a budget of "
-                        f"{self.train_cfg.total_tokens:,}: training repeats them "
-                        f"({self.train_cfg.total_tokens / max(manifest.n_tokens, 1):.1f} passes)")  # fmt: skip
+            self.report(
+                f"[{tag}] warning: the data gives only {manifest.n_tokens:,} vectors for a budget of "
+                f"{self.train_cfg.total_tokens:,}: training repeats them "
+                f"({self.train_cfg.total_tokens / max(manifest.n_tokens, 1):.1f} passes)"
+            )
         return cache_dir, manifest
 
     def eval_sets(self) -> list[EvalSet]:
@@ -192,8 +245,16 @@ class Study:
         return sets
 
     # ---- SAEs --------------------------------------------------------------------------------------------------
-    def train(self, cache_dir: Path, run: str, arch: str, coef: float | None = None, k: int | None = None,
-              meta: dict[str, Any] | None = None, data: DataConfig | None = None) -> Path:  # fmt: skip
+    def train(
+        self,
+        cache_dir: Path,
+        run: str,
+        arch: str,
+        coef: float | None = None,
+        k: int | None = None,
+        meta: dict[str, Any] | None = None,
+        data: DataConfig | None = None,
+    ) -> Path:
         """Train one SAE on the cache (harvested with ``data``, default ``self.data``) into ``out_dir/run``: skipped
         if ``run/sae`` exists, resumed from its last checkpoint if interrupted; returns the SAE directory."""
         from ..activations.cache import ActivationCache
@@ -214,24 +275,49 @@ class Study:
         d_sae = opts.pop("d_sae", None) or self.expansion_factor * d_in
         sae_cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **opts)
         resume = any((out / "checkpoints").glob("step_*/state.pt"))
-        self.report(f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
-                    + (" (resuming)" if resume else "") + f" -> {out}")  # fmt: skip
-        run_cfg = RunConfig(out_dir=str(out), activations=str(cache_dir), expansion_factor=self.expansion_factor,
-                            resume=resume, evaluate=False)  # fmt: skip
-        result = train_run(RunSpec(run=run_cfg, sae=sae_cfg, train=tc, data=data or self.data,
-                                   harvest=self.harvest_opts, d_sae=d_sae, metadata=meta or {},
-                                   extra_config={"study": wanted}, report=self.report))  # fmt: skip
+        self.report(
+            f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
+            + (" (resuming)" if resume else "")
+            + f" -> {out}"
+        )
+        run_cfg = RunConfig(
+            out_dir=str(out),
+            activations=str(cache_dir),
+            expansion_factor=self.expansion_factor,
+            resume=resume,
+            evaluate=False,
+        )
+        result = train_run(
+            RunSpec(
+                run=run_cfg,
+                sae=sae_cfg,
+                train=tc,
+                data=data or self.data,
+                harvest=self.harvest_opts,
+                d_sae=d_sae,
+                metadata=meta or {},
+                extra_config={"study": wanted},
+                report=self.report,
+            )
+        )
         assert result.sae_dir is not None
         return result.sae_dir
 
     def sae_metadata(self, data: DataConfig, manifest: Any, eval_data: str | None) -> dict[str, Any]:
         """Provenance saved with each SAE (as ``chatsae train`` writes it)."""
         return {
-            "model_name": data.model, "hook_name": manifest.hook, "method": data.method, "data": data.data_path,
-            "context_size": data.context_size, "max_length": data.max_length, "eval_data": eval_data,
-            "holdout": data.holdout, "holdout_seed": 0, "cache_tokens": manifest.n_tokens,
+            "model_name": data.model,
+            "hook_name": manifest.hook,
+            "method": data.method,
+            "data": data.data_path,
+            "context_size": data.context_size,
+            "max_length": data.max_length,
+            "eval_data": eval_data,
+            "holdout": data.holdout,
+            "holdout_seed": 0,
+            "cache_tokens": manifest.n_tokens,
             **{k: v for k, v in to_dict(self.harvest_opts).items() if k.startswith("exclude")},
-        }  # fmt: skip
+        }
 
     def evaluate(self, sae_dir: Path, es: EvalSet, method: str | None = None) -> EvalResult:
         """Evaluate the SAE on ``es`` (``method`` None = the SAE's own); see :meth:`evaluate_all`."""
@@ -250,14 +336,29 @@ class Study:
         todo: dict[str, list[tuple[int, Any, EvalConfig]]] = {}  # the same settings -> evaluated together
         for i, sae_dir in enumerate(sae_dirs):
             path = sae_dir.parent / f"eval_{es.name}.json"
-            cfg = EvalConfig(model=d.model, data=es.path, method=method, max_samples=ev.eval_max_samples,
-                             max_tokens=ev.eval_max_tokens, max_length=d.max_length, context_size=d.context_size,
-                             batch_tokens=ev.eval_batch_tokens, max_batch_size=self.harvest_opts.max_batch_size,
-                             lm_loss=ev.lm_loss, share_prefix=self.harvest_opts.share_prefix, output=str(path),
-                             progress=self.train_cfg.progress)  # fmt: skip
+            cfg = EvalConfig(
+                model=d.model,
+                data=es.path,
+                method=method,
+                max_samples=ev.eval_max_samples,
+                max_tokens=ev.eval_max_tokens,
+                max_length=d.max_length,
+                context_size=d.context_size,
+                batch_tokens=ev.eval_batch_tokens,
+                max_batch_size=self.harvest_opts.max_batch_size,
+                lm_loss=ev.lm_loss,
+                share_prefix=self.harvest_opts.share_prefix,
+                output=str(path),
+                progress=self.train_cfg.progress,
+            )
             sae = load_sae(sae_dir)
-            want = {"data": es.path, "method": method or sae.cfg.metadata.get("method") or "fast",
-                    "max_samples": ev.eval_max_samples, "max_tokens": ev.eval_max_tokens, "lm_loss": ev.lm_loss}
+            want = {
+                "data": es.path,
+                "method": method or sae.cfg.metadata.get("method") or "fast",
+                "max_samples": ev.eval_max_samples,
+                "max_tokens": ev.eval_max_tokens,
+                "lm_loss": ev.lm_loss,
+            }
             if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
                 old = read_result(path)
                 if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
@@ -274,9 +375,15 @@ class Study:
                 part = group[at : at + step]
                 runs = ", ".join(sae_dirs[i].parent.name for i, _, _ in part)
                 self.report(f"[{runs}] evaluating on {es.label}")
-                results = evaluate_many([sae for _, sae, _ in part], model, tokenizer, es.records,
-                                        [cfg for _, _, cfg in part], [str(sae_dirs[i]) for i, _, _ in part],
-                                        zero_ablation_cache=self._zero_ablation)  # fmt: skip
+                results = evaluate_many(
+                    [sae for _, sae, _ in part],
+                    model,
+                    tokenizer,
+                    es.records,
+                    [cfg for _, _, cfg in part],
+                    [str(sae_dirs[i]) for i, _, _ in part],
+                    zero_ablation_cache=self._zero_ablation,
+                )
                 out.update({i: r for (i, _, _), r in zip(part, results, strict=True)})
         return [out[i] for i in range(len(sae_dirs))]
 
@@ -284,8 +391,10 @@ class Study:
 def summarize(result: EvalResult) -> dict[str, float | None]:
     """The :data:`SUMMARY` numbers of one evaluation (None where a metric does not exist)."""
     d = result.to_dict()["metrics"]
-    return {**{key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()},
-            **high_frequency_shares(result.latents)}  # fmt: skip
+    return {
+        **{key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()},
+        **high_frequency_shares(result.latents),
+    }
 
 
 def high_frequency_shares(latents: dict[str, Any]) -> dict[str, float | None]:
@@ -300,15 +409,19 @@ def high_frequency_shares(latents: dict[str, Any]) -> dict[str, float | None]:
 
 # ---- report helpers ----------------------------------------------------------------------------------------------
 LABELS = {
-    "log2_mse": ("log2 MSE", "log2 of activation units²"), "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
+    "log2_mse": ("log2 MSE", "log2 of activation units²"),
+    "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
     "log2_mse_st_strict": ("log2 MSE_st strict", "log2 of activation units²"),
-    "mse": ("MSE", "activation units²"), "l0": ("L0", "active latents per token"),
-    "fvu": ("FVU", "fraction of variance unexplained"), "delta_lm_loss": ("ΔLM loss", "nats per token"),
-    "ce_recovered": ("CE recovered", "fraction"), "kl": ("KL", "nats per token"),
+    "mse": ("MSE", "activation units²"),
+    "l0": ("L0", "active latents per token"),
+    "fvu": ("FVU", "fraction of variance unexplained"),
+    "delta_lm_loss": ("ΔLM loss", "nats per token"),
+    "ce_recovered": ("CE recovered", "fraction"),
+    "kl": ("KL", "nats per token"),
     "dead_fraction": ("dead latents", "fraction"),
     "freq_gt_10pct": ("latents on >= 10% of tokens", "fraction"),
     "freq_gt_1pct": ("latents on >= 1% of tokens", "fraction"),
-}  # fmt: skip
+}
 """Summary key (without ``_no_pos0``) -> (label, unit)."""
 
 

@@ -43,11 +43,33 @@ splice) and FVU without position 0 (the attention sink's ~20,000x norm would dom
 BOUNDED = (X_KEY, *Y_KEYS)
 """Frontier columns with 95% bounds in the CSV (``_low`` / ``_high``: the widest of the bootstrap over sequences
 and the t-interval over seeds)."""
-COLUMNS = ("eval_set", "arch", "setting", "sparsity_coef", "k", "seeds", "l0", "l0_no_pos0", "fvu", "fvu_no_pos0",
-           "mse", "mse_no_pos0", "log2_mse", "log2_mse_st", "log2_mse_st_strict", "delta_lm_loss",
-           "delta_lm_loss_no_pos0", "kl", "ce_recovered", "ce_recovered_no_pos0", "dead_fraction", "freq_gt_10pct",
-           "freq_gt_1pct",
-           *(f"{k}_{b}" for k in BOUNDED for b in ("low", "high")), "sae")  # fmt: skip
+COLUMNS = (
+    "eval_set",
+    "arch",
+    "setting",
+    "sparsity_coef",
+    "k",
+    "seeds",
+    "l0",
+    "l0_no_pos0",
+    "fvu",
+    "fvu_no_pos0",
+    "mse",
+    "mse_no_pos0",
+    "log2_mse",
+    "log2_mse_st",
+    "log2_mse_st_strict",
+    "delta_lm_loss",
+    "delta_lm_loss_no_pos0",
+    "kl",
+    "ce_recovered",
+    "ce_recovered_no_pos0",
+    "dead_fraction",
+    "freq_gt_10pct",
+    "freq_gt_1pct",
+    *(f"{k}_{b}" for k in BOUNDED for b in ("low", "high")),
+    "sae",
+)
 
 
 @dataclass
@@ -165,26 +187,53 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
         flat = study.evaluate_all([p for dirs in trained for p in dirs], es)
         for i, (s, sae_dirs) in enumerate(zip(points, trained, strict=True)):
             row = seed_row(flat[i * len(seeds) : (i + 1) * len(seeds)])
-            bounds = {f"{k}_{b}": v for k in BOUNDED for b, v in zip(("low", "high"), error_bounds(row, k) or
-                                                                     (None, None), strict=True)}  # fmt: skip
-            rows[es.name].append({"eval_set": es.name, "arch": s.arch, "setting": s.label, "sparsity_coef": s.coef,
-                                  "k": s.k, **row, **bounds, "sae": str(sae_dirs[0])})  # fmt: skip
+            bounds = {
+                f"{k}_{b}": v
+                for k in BOUNDED
+                for b, v in zip(("low", "high"), error_bounds(row, k) or (None, None), strict=True)
+            }
+            rows[es.name].append(
+                {
+                    "eval_set": es.name,
+                    "arch": s.arch,
+                    "setting": s.label,
+                    "sparsity_coef": s.coef,
+                    "k": s.k,
+                    **row,
+                    **bounds,
+                    "sae": str(sae_dirs[0]),
+                }
+            )
     gaps = {name: frontier_gaps(r) for name, r in rows.items()}
     tc = study.train_cfg
     report = {
-        "kind": "chatsae.sweep", "schema_version": 1,
-        "setup": {"model": study.data.model, "hook": study.hook, "method": study.data.method,
-                  "data": study.data.data_path, "holdout": study.data.holdout, "total_tokens": tc.total_tokens,
-                  "batch_size": tc.batch_size, "lr": tc.lr, "seed": tc.seed, "seeds": seeds,
-                  "cache_vectors": manifest.n_tokens,
-                  "d_sae": _d_sae(Path(rows[sets[0].name][0]["sae"])),
-                  "settings": [s._asdict() for s in points], "eval": to_dict(study.ev), "command": command,
-                  "date": now()},
+        "kind": "chatsae.sweep",
+        "schema_version": 1,
+        "setup": {
+            "model": study.data.model,
+            "hook": study.hook,
+            "method": study.data.method,
+            "data": study.data.data_path,
+            "holdout": study.data.holdout,
+            "total_tokens": tc.total_tokens,
+            "batch_size": tc.batch_size,
+            "lr": tc.lr,
+            "seed": tc.seed,
+            "seeds": seeds,
+            "cache_vectors": manifest.n_tokens,
+            "d_sae": _d_sae(Path(rows[sets[0].name][0]["sae"])),
+            "settings": [s._asdict() for s in points],
+            "eval": to_dict(study.ev),
+            "command": command,
+            "date": now(),
+        },
         "eval_sets": {es.name: {"label": es.label, "path": es.path, "records": len(es.records)} for es in sets},
         "rows": rows,
-        "gaps": {n: {y: {a: g._asdict() if g else None for a, g in per.items()} for y, per in by_y.items()}
-                 for n, by_y in gaps.items()},
-    }  # fmt: skip
+        "gaps": {
+            n: {y: {a: g._asdict() if g else None for a, g in per.items()} for y, per in by_y.items()}
+            for n, by_y in gaps.items()
+        },
+    }
     return report, write_sweep_report(report, study.out_dir)
 
 
@@ -194,8 +243,11 @@ def frontier_gaps(rows: list[dict[str, Any]], ref: str = "jumprelu") -> dict[str
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     if ref not in archs:
         return {}
-    return {y: {a: frontier_gap(_points(rows, ref, y), _points(rows, a, y)) for a in archs if a != ref}
-            for y in Y_KEYS if any(isinstance(r.get(y), (int, float)) for r in rows)}  # fmt: skip
+    return {
+        y: {a: frontier_gap(_points(rows, ref, y), _points(rows, a, y)) for a in archs if a != ref}
+        for y in Y_KEYS
+        if any(isinstance(r.get(y), (int, float)) for r in rows)
+    }
 
 
 def _d_sae(sae_dir: Path) -> int:
@@ -224,13 +276,23 @@ def frontier_figure(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     x_label = "L0 (active latents per token, position 0 excluded)"
 
     def errors(arch: str, y: str) -> list[tuple[Any, Any, Any, Any] | None]:
-        return [(r.get(f"{X_KEY}_low"), r.get(f"{X_KEY}_high"), r.get(f"{y}_low"), r.get(f"{y}_high"))
-                for r in rows if r["arch"] == arch]  # fmt: skip
+        return [
+            (r.get(f"{X_KEY}_low"), r.get(f"{X_KEY}_high"), r.get(f"{y}_low"), r.get(f"{y}_high"))
+            for r in rows
+            if r["arch"] == arch
+        ]
 
-    panels = [LinePanel(f"{label(y)} vs L0", x_label, f"{label(y)} ({unit(y)})",
-                        {ARCH_LABELS.get(a, a): _points(rows, a, y) for a in archs}, log_x=True,
-                        errors={ARCH_LABELS.get(a, a): errors(a, y) for a in archs})
-              for y in Y_KEYS]  # fmt: skip
+    panels = [
+        LinePanel(
+            f"{label(y)} vs L0",
+            x_label,
+            f"{label(y)} ({unit(y)})",
+            {ARCH_LABELS.get(a, a): _points(rows, a, y) for a in archs},
+            log_x=True,
+            errors={ARCH_LABELS.get(a, a): errors(a, y) for a in archs},
+        )
+        for y in Y_KEYS
+    ]
     return line_chart(panels, path, f"Sparsity-fidelity frontier, {title}", "architecture")
 
 
@@ -244,44 +306,75 @@ def gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             if g is None:
                 out.append(f"- {label(y)} vs {name}: not comparable (fewer than two points, or no shared L0 range).")
                 continue
-            out.append(f"- {label(y)} vs {name}: over L0 {g['l0_low']:.3g}-{g['l0_high']:.3g}, JumpReLU is lower at "
-                       f"{g['wins']}/{g['n_points']} matched L0 values (mean difference {cell(g['mean_diff'])} "
-                       f"{unit(y)}): **{g['verdict']}**.")  # fmt: skip
+            out.append(
+                f"- {label(y)} vs {name}: over L0 {g['l0_low']:.3g}-{g['l0_high']:.3g}, JumpReLU is lower at "
+                f"{g['wins']}/{g['n_points']} matched L0 values (mean difference {cell(g['mean_diff'])} "
+                f"{unit(y)}): **{g['verdict']}**."
+            )
         comparable = [a for a, g in per.items() if g]
         if comparable:
             who = ", ".join(ARCH_LABELS.get(a, a) for a in ahead) or "none of them"
-            out.append(f"- **Summary ({label(y)})**: JumpReLU's frontier is ahead of {who} ({len(ahead)} of "
-                       f"{len(comparable)} comparable architectures).")  # fmt: skip
+            out.append(
+                f"- **Summary ({label(y)})**: JumpReLU's frontier is ahead of {who} ({len(ahead)} of "
+                f"{len(comparable)} comparable architectures)."
+            )
     return out
 
 
 def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
     s = report["setup"]
-    keys = ("l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered", "log2_mse", "log2_mse_st", "dead_fraction",
-            "freq_gt_10pct", "freq_gt_1pct")
+    keys = (
+        "l0_no_pos0",
+        "fvu_no_pos0",
+        "delta_lm_loss",
+        "ce_recovered",
+        "log2_mse",
+        "log2_mse_st",
+        "dead_fraction",
+        "freq_gt_10pct",
+        "freq_gt_1pct",
+    )
     lines = [
-        "# Sparsity-fidelity sweep", "",
+        "# Sparsity-fidelity sweep",
+        "",
         f"- model: `{s['model']}`, hook `{s['hook']}`, width {s['d_sae']}, method {s['method']}",
         f"- data: `{s['data']}` ({s['holdout']} records held out, seed 0), {s['cache_vectors']:,} cached vectors",
         f"- token budget: {s['total_tokens']:,} per SAE (batch {s['batch_size']}, lr {s['lr']:g}, seed {s['seed']})",
-        f"- date: {s['date']}", f"- command: `{s['command']}`", "",
+        f"- date: {s['date']}",
+        f"- command: `{s['command']}`",
+        "",
         "The frontier plots L0 without position 0 (the SAEs are trained without it) against delta LM loss (position 0 "
         "kept clean in the splice) and FVU without position 0. JumpReLU is compared with each architecture by "
         "interpolating its metric linearly in log L0 at 9 log-spaced L0 values of the range both cover (means over "
         f"{len(s.get('seeds', [0]))} training seed(s)). Intervals are 95%: `[low, high]` a percentile bootstrap over "
         "the evaluation sequences, `seeds [low, high]` a t-interval over training seeds (with 2 or more); the "
         "error bars of the figure span the wider of the two.",
-    ]  # fmt: skip
+    ]
     for name, es in report["eval_sets"].items():
         rows = report["rows"][name]
-        lines += ["", f"## Evaluation on {es['label']}", "", *gap_lines(report["gaps"].get(name, {})), "",
-                  md_table(["SAE", "setting", *(label(k) for k in keys)],
-                           [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"], *(cell(r.get(k)) for k in keys)]
-                            for r in rows]), "", "95% intervals:", "",
-                  md_table(["SAE", "setting", *(label(k) for k in BOUNDED)],
-                           [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"],
-                             *(interval_text(r, k) for k in BOUNDED)] for r in rows]), "",
-                  f"![frontier]({figures[name]})"]  # fmt: skip
+        lines += [
+            "",
+            f"## Evaluation on {es['label']}",
+            "",
+            *gap_lines(report["gaps"].get(name, {})),
+            "",
+            md_table(
+                ["SAE", "setting", *(label(k) for k in keys)],
+                [[ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"], *(cell(r.get(k)) for k in keys)] for r in rows],
+            ),
+            "",
+            "95% intervals:",
+            "",
+            md_table(
+                ["SAE", "setting", *(label(k) for k in BOUNDED)],
+                [
+                    [ARCH_LABELS.get(r["arch"], r["arch"]), r["setting"], *(interval_text(r, k) for k in BOUNDED)]
+                    for r in rows
+                ],
+            ),
+            "",
+            f"![frontier]({figures[name]})",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -55,8 +55,11 @@ class RunConfig:
     alone (SAE i on rank i mod the number of ranks), instead of every SAE data-parallel on all ranks in turn."""
 
     def __post_init__(self) -> None:
-        validate(self, positive=("expansion_factor", "eval_max_samples", "synthetic_active"),
-                 non_negative=("synthetic_features",))  # fmt: skip
+        validate(
+            self,
+            positive=("expansion_factor", "eval_max_samples", "synthetic_active"),
+            non_negative=("synthetic_features",),
+        )
         if self.saes:
             from .multi_sae import parse_saes
 
@@ -146,8 +149,9 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
     if run.activations == "synthetic":
         d_in = spec.sae.d_in
         n_features = run.synthetic_features or 2 * d_in
-        source: Any = SyntheticSource(d_in=d_in, n_features=n_features, batch_size=tc.batch_size,
-                                      mean_active=run.synthetic_active, seed=tc.seed)  # fmt: skip
+        source: Any = SyntheticSource(
+            d_in=d_in, n_features=n_features, batch_size=tc.batch_size, mean_active=run.synthetic_active, seed=tc.seed
+        )
         return _Source(source, {"data": "synthetic", "hook_name": "synthetic"}, {})
     if run.activations:
         path = Path(run.activations)
@@ -157,15 +161,19 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
         return _Source(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, {})
     from ..activations.pipeline import harvest, resolved_model_dtype
 
-    spec.report(f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
-                f"method {data.method} -> {out_dir}")
+    spec.report(
+        f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
+        f"method {data.method} -> {out_dir}"
+    )
     if data.cache == "none":
         return _streaming_source(spec, out_dir)
     cache_dir, manifest, stats, context = harvest(data, spec.harvest, out_dir, **harvest_kwargs(spec))
     if stats.sequences:
-        spec.report(f"harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
-                    f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s, padding "
-                    f"{100 * stats.padding_fraction:.1f}%)")  # fmt: skip
+        spec.report(
+            f"harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
+            f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s, padding "
+            f"{100 * stats.padding_fraction:.1f}%)"
+        )
     source = CacheSource(cache_dir, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
     return _Source(source, {**_harvest_meta(spec, out_dir, context), "cache_tokens": manifest.n_tokens}, context)
 
@@ -183,14 +191,29 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
     if len(hooks) > 1:
         raise ValueError(f"--cache none streams one hook; --hooks {data.hooks} needs the disk cache (--cache disk)")
     if spec.shared_stream is not None:  # several SAEs from one streamed harvest (one process)
-        source: StreamingSource = spec.shared_stream.source(hooks[0], d_model(model), tc.batch_size,
-                                                            buffer_tokens=data.buffer_tokens, seed=tc.seed)  # fmt: skip
+        source: StreamingSource = spec.shared_stream.source(
+            hooks[0], d_model(model), tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed
+        )
     else:  # under torchrun each rank streams its own windows and its share (B / W rows) of each global batch
-        source = StreamingSource(model, tokenizer, hooks[0], lambda: sequences_for(data, train, tokenizer),
-                                 spec.harvest, d_model(model), tc.batch_size // world_size(),
-                                 buffer_tokens=data.buffer_tokens, seed=tc.seed)  # fmt: skip
-    context = {"model": model, "tokenizer": tokenizer, "hook": hooks[0], "held_out": held_out, "data_info": data_info,
-               "train_records": train}  # fmt: skip
+        source = StreamingSource(
+            model,
+            tokenizer,
+            hooks[0],
+            lambda: sequences_for(data, train, tokenizer),
+            spec.harvest,
+            d_model(model),
+            tc.batch_size // world_size(),
+            buffer_tokens=data.buffer_tokens,
+            seed=tc.seed,
+        )
+    context = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "hook": hooks[0],
+        "held_out": held_out,
+        "data_info": data_info,
+        "train_records": train,
+    }
     meta = {**_harvest_meta(spec, out_dir, context), "activations": "streamed"}
     return _Source(source, meta, context)
 
@@ -201,8 +224,12 @@ def _cache_meta(man: Any, path: Path) -> dict[str, Any]:
     the harvest excluded it, the training holdout re-derived from the data file)."""
     info = man.info or {}
     data, opts = info.get("data") or {}, info.get("options") or {}
-    meta: dict[str, Any] = {"model_name": man.model, "hook_name": man.hook, "method": man.method,
-                            "activations": str(path)}  # fmt: skip
+    meta: dict[str, Any] = {
+        "model_name": man.model,
+        "hook_name": man.hook,
+        "method": man.method,
+        "activations": str(path),
+    }
     for key in ("context_size", "max_length"):
         if info.get(key) is not None:
             meta[key] = info[key]
@@ -218,11 +245,17 @@ def _harvest_meta(spec: RunSpec, out_dir: Path, context: dict[str, Any]) -> dict
     """Provenance of an SAE trained on activations harvested from a model (the held-out records written beside it)."""
     data = spec.data
     return {
-        "model_name": data.model, "hook_name": str(context["hook"]), "method": data.method,
-        "context_size": data.context_size, "max_length": data.max_length, "data": data.data_path,
-        "eval_data": write_held_out(context["held_out"], out_dir), "holdout": data.holdout, "holdout_seed": 0,
+        "model_name": data.model,
+        "hook_name": str(context["hook"]),
+        "method": data.method,
+        "context_size": data.context_size,
+        "max_length": data.max_length,
+        "data": data.data_path,
+        "eval_data": write_held_out(context["held_out"], out_dir),
+        "holdout": data.holdout,
+        "holdout_seed": 0,
         **{k: v for k, v in to_dict(spec.harvest).items() if k.startswith("exclude")},
-    }  # fmt: skip
+    }
 
 
 def _data_dict(data: Any) -> dict[str, Any]:
@@ -234,8 +267,12 @@ def _data_dict(data: Any) -> dict[str, Any]:
 
 def harvest_kwargs(spec: RunSpec) -> dict[str, Any]:
     """Budget, resume, progress and model of a run's harvest (``pipeline.harvest`` / ``harvest_hooks`` keywords)."""
-    return {"max_tokens": spec.harvest.max_tokens or spec.train.total_tokens, "resume": spec.run.resume,
-            "progress": spec.train.progress, "model_and_tokenizer": spec.model_and_tokenizer}
+    return {
+        "max_tokens": spec.harvest.max_tokens or spec.train.total_tokens,
+        "resume": spec.run.resume,
+        "progress": spec.train.progress,
+        "model_and_tokenizer": spec.model_and_tokenizer,
+    }
 
 
 def sae_config(spec: RunSpec, d_in: int, source_meta: dict[str, Any]) -> SAEConfig:
@@ -276,8 +313,14 @@ def _train_run(spec: RunSpec) -> RunResult:
         src = _make_source(spec, out_dir)
         cfg = sae_config(spec, src.source.d_in, src.metadata)
         sae = create_sae(cfg, seed=tc.seed)
-        run_config = {"run": to_dict(run), "sae": to_dict(cfg), "train": to_dict(tc), "data": _data_dict(spec.data),
-                      "harvest": to_dict(spec.harvest), **spec.extra_config}  # fmt: skip
+        run_config = {
+            "run": to_dict(run),
+            "sae": to_dict(cfg),
+            "train": to_dict(tc),
+            "data": _data_dict(spec.data),
+            "harvest": to_dict(spec.harvest),
+            **spec.extra_config,
+        }
         trainer = Trainer(sae, tc, src.source, out_dir, run_config=run_config)
         counts = data_counts(src)
         if counts:
@@ -316,37 +359,50 @@ def data_counts(src: _Source) -> dict[str, int]:
     if not isinstance(seq, dict):
         return {}
     data = src.context.get("data_info") or info.get("data") or {}
-    return {"records_skipped_bad": int(data.get("skipped") or 0), "samples_read": seq.get("n_samples", 0),
-            "samples_dedup_dropped": seq.get("n_duplicates", 0), "samples_empty_dropped": seq.get("n_empty", 0),
-            "samples_truncated": seq.get("n_truncated", 0)}  # fmt: skip
+    return {
+        "records_skipped_bad": int(data.get("skipped") or 0),
+        "samples_read": seq.get("n_samples", 0),
+        "samples_dedup_dropped": seq.get("n_duplicates", 0),
+        "samples_empty_dropped": seq.get("n_empty", 0),
+        "samples_truncated": seq.get("n_truncated", 0),
+    }
 
 
 def warn_dropped(counts: dict[str, int], report: Callable[[str], None]) -> None:
     """Report a warning line with the reasons when more than :data:`DROP_WARN_SHARE` of the records are dropped."""
-    why = {"by the n-gram dedup (--dedup-n; 0 disables it)": counts["samples_dedup_dropped"],
-           "empty (no content token)": counts["samples_empty_dropped"],
-           "malformed, skipped (--skip-bad)": counts["records_skipped_bad"]}  # fmt: skip
+    why = {
+        "by the n-gram dedup (--dedup-n; 0 disables it)": counts["samples_dedup_dropped"],
+        "empty (no content token)": counts["samples_empty_dropped"],
+        "malformed, skipped (--skip-bad)": counts["records_skipped_bad"],
+    }
     dropped, total = sum(why.values()), counts["samples_read"] + counts["records_skipped_bad"]
     if total and dropped > DROP_WARN_SHARE * total:
         reasons = ", ".join(f"{n:,} {k}" for k, n in why.items() if n)
-        report(f"WARNING: {dropped:,} of {total:,} records ({100 * dropped / total:.1f}%) were dropped before "
-               f"training: {reasons}")  # fmt: skip
+        report(
+            f"WARNING: {dropped:,} of {total:,} records ({100 * dropped / total:.1f}%) were dropped before "
+            f"training: {reasons}"
+        )
 
 
 def count_rows(summary: dict[str, Any]) -> dict[str, str]:
     """Rows of the final table: the data counts and the outlier vectors dropped."""
     c = summary.get("data_counts") or {}
-    labels = {"records_skipped_bad": "records skipped (--skip-bad)",
-              "samples_dedup_dropped": "samples dropped by dedup", "samples_empty_dropped": "empty samples dropped",
-              "samples_truncated": "samples truncated"}  # fmt: skip
-    rows = {label: f"{c[k]:,} of {c['samples_read'] + c['records_skipped_bad']:,}" for k, label in labels.items()
-            if k in c}  # fmt: skip
+    labels = {
+        "records_skipped_bad": "records skipped (--skip-bad)",
+        "samples_dedup_dropped": "samples dropped by dedup",
+        "samples_empty_dropped": "empty samples dropped",
+        "samples_truncated": "samples truncated",
+    }
+    rows = {
+        label: f"{c[k]:,} of {c['samples_read'] + c['records_skipped_bad']:,}" for k, label in labels.items() if k in c
+    }
     rows["outlier vectors dropped"] = f"{summary.get('outlier_rows_dropped', 0):,}"
     return rows
 
 
-def judge_quality(summary: dict[str, Any], held_out_fvu: float | None, sae_dir: Path,
-                  report: Callable[[str], None]) -> None:  # fmt: skip
+def judge_quality(
+    summary: dict[str, Any], held_out_fvu: float | None, sae_dir: Path, report: Callable[[str], None]
+) -> None:
     """Mark the run ``status: failed_quality`` (with ``failure``) when the final train or held-out FVU exceeds
     ``MAX_FVU``, report it, and rewrite ``training_summary.json`` beside the SAE with the held-out FVU and status."""
     import json
@@ -360,8 +416,10 @@ def judge_quality(summary: dict[str, Any], held_out_fvu: float | None, sae_dir: 
         summary["eval_fvu"] = held_out_fvu
     summary["status"] = "failed_quality" if bad else "ok"
     if bad:
-        summary["failure"] = (f"final {' and '.join(bad)} > {MAX_FVU:g}: the SAE reconstructs worse than the mean "
-                              f"activation; it is saved in {sae_dir} but marked failed_quality")  # fmt: skip
+        summary["failure"] = (
+            f"final {' and '.join(bad)} > {MAX_FVU:g}: the SAE reconstructs worse than the mean "
+            f"activation; it is saved in {sae_dir} but marked failed_quality"
+        )
         report(f"FAILED: {summary['failure']}")
     with atomic_file(sae_dir / "training_summary.json", "w") as fh:
         fh.write(json.dumps(summary, indent=2, default=str))
@@ -378,8 +436,7 @@ def _result_rows(spec: RunSpec, sae_dir: Path, src: _Source, out_dir: Path) -> t
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
     if src.context and spec.run.evaluate and src.context["held_out"]:
-        eval_rows, fvu = _evaluate(sae_dir, src.context, spec.run.eval_max_samples, out_dir,
-                                   spec.harvest.share_prefix)  # fmt: skip
+        eval_rows, fvu = _evaluate(sae_dir, src.context, spec.run.eval_max_samples, out_dir, spec.harvest.share_prefix)
         rows.update(eval_rows)
     return rows, fvu
 
@@ -399,8 +456,13 @@ def write_held_out(records: list[Any], out_dir: Path) -> str | None:
     return str(path)
 
 
-def _evaluate(sae_dir: Path, context: dict[str, Any], max_samples: int, out_dir: Path, share_prefix: bool = True,
-              ) -> tuple[dict[str, str], float | None]:  # fmt: skip
+def _evaluate(
+    sae_dir: Path,
+    context: dict[str, Any],
+    max_samples: int,
+    out_dir: Path,
+    share_prefix: bool = True,
+) -> tuple[dict[str, str], float | None]:
     """Held-out evaluation (paper metrics) of the freshly trained SAE, sharing the prefix as the harvest did; returns
     (table rows, FVU without position 0)."""
     try:
@@ -409,8 +471,9 @@ def _evaluate(sae_dir: Path, context: dict[str, Any], max_samples: int, out_dir:
         return {}, None
     from ..sae import load_sae
 
-    cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix,
-                     output=str(out_dir / "eval.json"))  # fmt: skip
+    cfg = EvalConfig(
+        max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / "eval.json")
+    )
     res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
     fvu = res.headline.get("fvu_no_pos0")
     return res.table_rows(), None if fvu is None else float(fvu)

@@ -41,8 +41,10 @@ def main(study: Path, n: int = 50) -> None:
             cls = torch.tensor(s.token_class)
             first_user = int((cls == USER).nonzero()[0]) if (cls == USER).any() else len(cls)
             pos = torch.arange(len(cls))
-            groups = {"prefix": (cls == TEMPLATE) & (pos > 0) & (pos < first_user),
-                      "later": (cls == TEMPLATE) & (pos > first_user)}  # fmt: skip
+            groups = {
+                "prefix": (cls == TEMPLATE) & (pos > 0) & (pos < first_user),
+                "later": (cls == TEMPLATE) & (pos > first_user),
+            }
             for g, m in groups.items():
                 counts[g] += int(m.sum())
             for name, sae in saes.items():
@@ -51,8 +53,10 @@ def main(study: Path, n: int = 50) -> None:
                     if m.any():
                         sums[name][g].append(float(err[m].mean()))
     print(f"# MSE_st split: fixed template prefix vs later template tokens ({len(seqs)} held-out records, `{hook}`)\n")
-    print(f"Template tokens (position 0 left out): {counts['prefix']} in the fixed prefix, {counts['later']} later. "
-          "log2 of FAST Eq. 7 MSE; lower is better.\n")
+    print(
+        f"Template tokens (position 0 left out): {counts['prefix']} in the fixed prefix, {counts['later']} later. "
+        "log2 of FAST Eq. 7 MSE; lower is better.\n"
+    )
     print("| SAE | log2 MSE, fixed prefix (system block) | log2 MSE, later template tokens |")
     print("|---|---:|---:|")
     out = {}

@@ -51,17 +51,37 @@ def main() -> None:
     picked = split_records(records, a.n_items, seed=a.seed).heldout
     items = [gsm8k_item(r.messages[0]["content"], r.messages[1]["content"]) for r in picked]
     latents = [int(k) for k in a.latents.split(",")]
-    scale = activation_scale(model, sae, [encode_prompt(tok, [{"role": "user", "content": it.question}])
-                                          for it in items])  # fmt: skip
+    scale = activation_scale(
+        model, sae, [encode_prompt(tok, [{"role": "user", "content": it.question}]) for it in items]
+    )
     random = matched_random_latents(scale, latents[0], a.n_random, seed=a.seed, exclude=latents)
     alphas = [float(v) for v in a.alphas.split(",")]
-    res = run_quality(model, tok, sae, items, {"top": latents, "random": random}, alphas, not a.no_accuracy,
-                      a.max_new_tokens, a.batch_size)  # fmt: skip
+    res = run_quality(
+        model,
+        tok,
+        sae,
+        items,
+        {"top": latents, "random": random},
+        alphas,
+        not a.no_accuracy,
+        a.max_new_tokens,
+        a.batch_size,
+    )
     summary = quality_summary(res)
-    out = {"sae": a.sae, "data": a.data, "n_items": len(items), "seed": a.seed, "latents": latents,
-           "random_latents": random, "scale": {str(k): float(scale[k]) for k in latents + random},
-           "summary": summary, "per_item": {g: {str(k): {f"{al:g}": v for al, v in rows.items()}
-                                                for k, rows in lat.items()} for g, lat in res["per_item"].items()}}
+    out = {
+        "sae": a.sae,
+        "data": a.data,
+        "n_items": len(items),
+        "seed": a.seed,
+        "latents": latents,
+        "random_latents": random,
+        "scale": {str(k): float(scale[k]) for k in latents + random},
+        "summary": summary,
+        "per_item": {
+            g: {str(k): {f"{al:g}": v for al, v in rows.items()} for k, rows in lat.items()}
+            for g, lat in res["per_item"].items()
+        },
+    }
     Path(a.out).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
     for p in summary["pairs"]:
         d = p["difference"]

@@ -24,10 +24,14 @@ def main() -> None:
     print(f"# Steering quality: `{path.name}`\n")
     print(f"- SAE `{q['sae']}`, data `{q['data']}`, {q['n_items']} items (seed {q['seed']})")
     print(f"- top special-token latents {q['latents']}, matched random latents {q['random_latents']}")
-    print("- activation scale (mean max activation on the items' prompts): "
-          + ", ".join(f"{k}: {v:.1f}" for k, v in q["scale"].items()))  # fmt: skip
-    print("- each cell: group mean over its latents [95% bootstrap interval over items]; change: paired difference "
-          "from alpha 0\n")
+    print(
+        "- activation scale (mean max activation on the items' prompts): "
+        + ", ".join(f"{k}: {v:.1f}" for k, v in q["scale"].items())
+    )
+    print(
+        "- each cell: group mean over its latents [95% bootstrap interval over items]; change: paired difference "
+        "from alpha 0\n"
+    )
     for m in metrics:
         name = "answer NLL per token (nats)" if m == "nll" else "gsm8k accuracy (greedy)"
         print(f"## {name}\n")

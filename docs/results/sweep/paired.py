@@ -17,9 +17,14 @@ from chatsae.eval.result import read_result
 from chatsae.eval.stats import paired_verdict
 from chatsae.workflows.study import cell, md_table, summarize
 
-METRICS = {"fvu_no_pos0": "FVU without position 0", "delta_lm_loss": "delta LM loss", "kl": "KL",
-           "log2_mse_no_pos0": "log2 MSE without position 0", "l0_no_pos0": "L0 without position 0",
-           "dead_fraction": "dead latents"}  # fmt: skip
+METRICS = {
+    "fvu_no_pos0": "FVU without position 0",
+    "delta_lm_loss": "delta LM loss",
+    "kl": "KL",
+    "log2_mse_no_pos0": "log2 MSE without position 0",
+    "l0_no_pos0": "L0 without position 0",
+    "dead_fraction": "dead latents",
+}
 
 
 def main() -> None:
@@ -39,11 +44,14 @@ def main() -> None:
         v = paired_verdict(a, b, subset, metric, (args.a_label, args.b_label, name))
         mean_a = sum(summarize(r)[key] or 0.0 for r in a) / len(a)
         mean_b = sum(summarize(r)[key] or 0.0 for r in b) / len(b)
-        bounds = "; ".join(f"{what} [{cell(iv[0])}, {cell(iv[1])}]" for what in ("sequences", "seeds")
-                           if (iv := v[what]) is not None)  # fmt: skip
+        bounds = "; ".join(
+            f"{what} [{cell(iv[0])}, {cell(iv[1])}]" for what in ("sequences", "seeds") if (iv := v[what]) is not None
+        )
         rows.append([name, cell(mean_a), cell(mean_b), cell(v["difference"]), bounds, v["verdict"]])
-    print(f"{args.a_label}: {len(a)} seed(s); {args.b_label}: {len(b)} seed(s); {tokens.pop():,} evaluation tokens, "
-          f"{a[0].setup['sequences']} sequences\n")
+    print(
+        f"{args.a_label}: {len(a)} seed(s); {args.b_label}: {len(b)} seed(s); {tokens.pop():,} evaluation tokens, "
+        f"{a[0].setup['sequences']} sequences\n"
+    )
     print(md_table(["metric", args.a_label, args.b_label, "A - B", "95% intervals", "verdict"], rows))
     print("\nfiles: " + json.dumps({"a": args.a, "b": args.b}))
 
