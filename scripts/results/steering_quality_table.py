@@ -1,8 +1,9 @@
-"""Markdown tables of a steering-quality JSON (``quality.py --out``): per group (the top special-token latents, the
-matched random latents) and alpha, the mean answer NLL per token (and gsm8k accuracy when measured) with its 95%
-bootstrap interval over items, the paired change from alpha 0, and the verdicts of top vs random per alpha.
+"""Markdown tables of a steering-quality JSON (``steering_quality.py --out``): per group (the top special-token
+latents, the matched random latents) and alpha, the mean answer NLL per token (and gsm8k accuracy when measured) with
+its 95% bootstrap interval over items, the paired change from alpha 0, and the verdicts of top vs random per alpha.
 
-    python docs/results/steering/quality_table.py docs/results/steering/quality_nll.json > quality_nll.md
+    python scripts/results/steering_quality_table.py docs/results/steering/quality_nll.json \\
+        > docs/results/steering/quality_nll.md
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 
-def _iv(d: dict, digits: int = 3) -> str:
+def interval(d: dict[str, float], digits: int = 3) -> str:
     return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
 
@@ -39,12 +40,12 @@ def main() -> None:
         for g, by_alpha in s["groups"].items():
             for alpha, e in by_alpha.items():
                 change = next(v for k, v in e.items() if k.startswith(f"{m}_vs_alpha_"))
-                print(f"| {g} | {float(alpha):g} | {_iv(e[m])} | {_iv(change)} |")
+                print(f"| {g} | {float(alpha):g} | {interval(e[m])} | {interval(change)} |")
         print()
     print("## Top vs random, per alpha (paired difference top - random)\n")
     print("| metric | alpha | difference | verdict |\n|---|---:|---:|---|")
     for p in s["pairs"]:
-        print(f"| {p['metric']} | {p['alpha']:g} | {_iv(p['difference'])} | {p['verdict']} |")
+        print(f"| {p['metric']} | {p['alpha']:g} | {interval(p['difference'])} | {p['verdict']} |")
 
 
 if __name__ == "__main__":

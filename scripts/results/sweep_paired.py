@@ -3,7 +3,7 @@
 with 2+ seeds each, the t-interval over seeds; a verdict only when both intervals exclude 0
 (``chatsae.eval.stats.paired_verdict``, the code behind ``chatsae compare``'s verdicts).
 
-    python docs/results/sweep/paired.py --a runs/sweep_topk_cap/topk_k20*/eval_heldout.json --a-label "TopK cap" \\
+    python scripts/results/sweep_paired.py --a runs/sweep_topk_cap/topk_k20*/eval_heldout.json --a-label "TopK cap" \\
         --b runs/sweep_seeds/topk_k20*/eval_heldout.json --b-label "TopK" > docs/results/sweep/auxk_cap.md
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from chatsae.workflows.compare import SUMMARY
 from chatsae.eval.result import read_result
 from chatsae.eval.stats import paired_verdict
+from chatsae.workflows.compare import SUMMARY
 from chatsae.workflows.study import cell, md_table, summarize
 
 METRICS = {

@@ -7,7 +7,7 @@ tokens (`<|im_end|>` after the user turn, `<|im_start|>assistant\\n`, the final 
 This script reports FAST Eq. 7 MSE (per-sequence mean over the positions, summed over dimensions / d_in, averaged over
 sequences) on both groups for every SAE of a `chatsae compare` directory, on its held-out records (FAST-style).
 
-    python docs/results/compare/special_split.py runs/compare > docs/results/compare/special_split.md
+    python scripts/results/compare_special_split.py runs/compare > docs/results/compare/special_split.md
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(study: Path, n: int = 50) -> None:
     runs = sorted(p.parent.parent for p in study.glob("*/sae/cfg.json"))
     saes = {r.name: load_sae(r / "sae").eval() for r in runs}
     hook = next(iter(saes.values())).cfg.metadata["hook_name"]
-    sums = {name: {"prefix": [], "later": []} for name in saes}
+    sums: dict[str, dict[str, list[float]]] = {name: {"prefix": [], "later": []} for name in saes}
     counts = {"prefix": 0, "later": 0}
     with torch.inference_mode():
         for s in seqs:

@@ -1,13 +1,14 @@
-"""The steering claim, measured (chatsae.workflows.steering_quality): reference-answer NLL under teacher forcing and gsm8k
-accuracy of greedy answers per alpha, for the top special-token latent(s) against random latents of similar
+"""The steering claim, measured (chatsae.workflows.steering_quality): reference-answer NLL under teacher forcing and
+gsm8k accuracy of greedy answers per alpha, for the top special-token latent(s) against random latents of similar
 activation scale, with 95% paired bootstrap intervals over the gsm8k items.
 
-    python docs/results/steering/quality.py runs/embedded_mid_fast_jumprelu/sae --latents 3146 --n-random 3 \\
+    python scripts/results/steering_quality.py runs/embedded_mid_fast_jumprelu/sae --latents 3146 --n-random 3 \\
         --data ../shared/data/gsm8k_train.jsonl --n-items 50 --out docs/results/steering/quality.json
 
-Look the latent up first with `chatsae special-tokens` (latent ids belong to one trained SAE; README.md here). CPU
-cost: (1 + 1 + n_random) latents x 6 steered alphas x (one teacher-forced pass + greedy generation of up to
---max-new-tokens) over --n-items items, plus one clean pass; `--no-accuracy` keeps only the NLL (much faster).
+Look the latent up first with `chatsae special-tokens` (latent ids belong to one trained SAE; see
+docs/results/steering/README.md). CPU cost: (1 + 1 + n_random) latents x 6 steered alphas x (one teacher-forced pass +
+greedy generation of up to --max-new-tokens) over --n-items items, plus one clean pass; `--no-accuracy` keeps only the
+NLL (much faster).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor
 
 from chatsae.data.formats import read_records, split_records
-from chatsae.eval.result import _json_safe
 from chatsae.models import load_model
 from chatsae.sae import load_sae
+from chatsae.steer.report import encode_prompt
 from chatsae.workflows.steering_quality import (
     ALPHAS,
     activation_scale,
@@ -28,7 +32,21 @@ from chatsae.workflows.steering_quality import (
     quality_summary,
     run_quality,
 )
-from chatsae.steer.report import encode_prompt
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN); tensors and numpy scalars -> Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
 
 
 def main() -> None:
@@ -49,7 +67,11 @@ def main() -> None:
     model, tok = load_model(sae.cfg.metadata.get("model_name") or "embedded")
     records = list(read_records(a.data, fmt="qa"))
     picked = split_records(records, a.n_items, seed=a.seed).heldout
-    items = [gsm8k_item(r.messages[0]["content"], r.messages[1]["content"]) for r in picked]
+    items = []
+    for r in picked:
+        if r.messages is None or len(r.messages) < 2:
+            raise SystemExit(f"record {r.index} of {a.data} is not a question/answer pair")
+        items.append(gsm8k_item(r.messages[0]["content"], r.messages[1]["content"]))
     latents = [int(k) for k in a.latents.split(",")]
     scale = activation_scale(
         model, sae, [encode_prompt(tok, [{"role": "user", "content": it.question}]) for it in items]
@@ -82,7 +104,7 @@ def main() -> None:
             for g, lat in res["per_item"].items()
         },
     }
-    Path(a.out).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
+    Path(a.out).write_text(json.dumps(json_safe(out), indent=2) + "\n")
     for p in summary["pairs"]:
         d = p["difference"]
         print(f"{p['verdict']} (difference {d['value']:.4g} [{d['low']:.4g}, {d['high']:.4g}])")

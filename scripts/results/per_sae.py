@@ -2,7 +2,7 @@
 its settings, the headline metrics of its ``eval_<set>.json`` and its training throughput (the per-seed
 values behind the reports' means).
 
-    python docs/results/per_sae.py runs/compare_seeds > docs/results/compare/seeds/per_sae.csv
+    python scripts/results/per_sae.py runs/compare_seeds > docs/results/compare/seeds/per_sae.csv
 """
 
 from __future__ import annotations
