@@ -11,7 +11,7 @@ import torch
 
 from chatsae.activations.harvest import HarvestOptions
 from chatsae.activations.pipeline import DataConfig
-from chatsae.core.config import ConfigError, _parse_value, build, check_sections, coerce, validate
+from chatsae.core.config import ConfigError, build, check_sections, coerce, parse_value, validate
 from chatsae.core.devices import resolve_device
 from chatsae.core.utils import parse_dtype
 from chatsae.eval.config import EvalConfig
@@ -131,7 +131,7 @@ def test_check_sections_rejects_a_misspelled_section_and_lists_the_valid_ones():
     [(int, "1024", 1024), (int, "1e3", 1000), (int, "4_096", 4096), (float, "7e-5", 7e-5), (int | None, "none", None)],
 )
 def test_flag_values_parse(tp, text, expected):
-    assert _parse_value(tp, text) == expected
+    assert parse_value(tp, text) == expected
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_flag_values_parse(tp, text, expected):
 )
 def test_flag_values_reject_with_argparse_errors(tp, text, message):
     with pytest.raises(argparse.ArgumentTypeError) as e:
-        _parse_value(tp, text)
+        parse_value(tp, text)
     assert str(e.value) == message
 
 

@@ -19,10 +19,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from chatsae.activations import sharding
 from chatsae.activations.cache import ActivationCache, CacheSource, CacheWriter, Manifest
+from chatsae.core import distributed as dist_mod
 from chatsae.sae import SAEConfig, create_sae
 from chatsae.train import TrainConfig, Trainer
-from chatsae.train import distributed as dist_mod
+from chatsae.train import distributed as train_dist
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -223,7 +225,7 @@ def test_batch_must_divide_over_ranks(tmp_path: Path) -> None:
     os.environ["WORLD_SIZE"] = "3"  # no process group: only the size is read
     try:
         with pytest.raises(ValueError, match="--batch-size 64 .* does not divide over 3 processes"):
-            dist_mod.check_batch_size(64)
+            train_dist.check_batch_size(64)
     finally:
         del os.environ["WORLD_SIZE"]
 
@@ -291,17 +293,17 @@ def test_partition_balanced_covers_once_and_balances() -> None:
     for _ in range(200):
         lengths = [rng.choice([1, 3, 10, 50, 400]) * rng.randint(1, 9) for _ in range(rng.randint(0, 40))]
         parts = rng.randint(1, 5)
-        groups = dist_mod.partition_balanced(lengths, parts)
+        groups = sharding.partition_balanced(lengths, parts)
         assert len(groups) == parts
         assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every item exactly once
         assert all(g == sorted(g) for g in groups)
         totals = [sum(lengths[i] for i in g) for g in groups]
         assert max(totals) - min(totals) <= max(lengths, default=0)  # greedy bound (longest-first)
-        assert dist_mod.partition_balanced(lengths, parts) == groups  # deterministic
-    assert dist_mod.partition_balanced([5, 4, 3, 3, 1], 2) == [[0, 3], [1, 2, 4]]  # 5+3 vs 4+3+1
+        assert sharding.partition_balanced(lengths, parts) == groups  # deterministic
+    assert sharding.partition_balanced([5, 4, 3, 3, 1], 2) == [[0, 3], [1, 2, 4]]  # 5+3 vs 4+3+1
     # single-process harvests keep the stream untouched
     seqs = iter(sequences())
-    assert dist_mod.shard_sequences(seqs) is seqs
+    assert sharding.shard_sequences(seqs) is seqs
 
 
 def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
@@ -353,7 +355,7 @@ def test_cache_of_another_world_size(tmp_path: Path) -> None:
     writer = CacheWriter(
         cache,
         Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast"),
-        name=dist_mod.rank_manifest_name(1, 2),
+        name=sharding.rank_manifest_name(1, 2),
         prefix="shard_r01_",
     )
     writer.write_shard(torch.zeros(3, 2 * D_IN), {"sample_ids": torch.zeros(3, dtype=torch.long)}, windows_done=1)

@@ -236,11 +236,11 @@ def test_streamed_together_run_killed_midway_resumes_to_the_same_saes(tiny_llama
     ref = joint("whole")
     save = checkpoints.save_checkpoint
 
-    def crash(trainer):
-        path = save(trainer)
-        if trainer.out_dir.name == "b" and trainer.step == 4:
+    def crash(path, state, *args):
+        saved = save(path, state, *args)
+        if path.parent.parent.name == "b" and state.step == 4:
             raise RuntimeError("killed")
-        return path
+        return saved
 
     monkeypatch.setattr(checkpoints, "save_checkpoint", crash)
     with pytest.raises(RuntimeError, match="killed"):

@@ -61,11 +61,11 @@ def _old_step(t: Trainer, batch) -> StepMetrics:
         t.sae.clamp_threshold()
     with torch.no_grad():
         fired = out.feature_acts.float() > 1e-8
-        t.fire_counts += fired.sum(dim=0)
-        t.since_fired += x.shape[0]
-        t.since_fired[fired.any(dim=0)] = 0
-        t.step += 1
-        t.tokens += x.shape[0]
+        t.state.fire_counts += fired.sum(dim=0)
+        t.state.since_fired += x.shape[0]
+        t.state.since_fired[fired.any(dim=0)] = 0
+        t.state.step += 1
+        t.state.tokens += x.shape[0]
         resid = (x - out.x_hat.float()).pow(2).sum()
         total = (x - x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
         return StepMetrics(
@@ -121,12 +121,12 @@ def test_non_finite_metrics_are_reported_with_their_step(tmp_path: Path) -> None
     t = _trainer(tmp_path, "standard", "nan")
     t.initialise()
     stream = iter(t.source)
-    t.window = [t.train_step(next(stream)) for _ in range(2)]
+    t.state.window = [t.train_step(next(stream)) for _ in range(2)]
     with torch.no_grad():
         t.sae.W_enc.fill_(float("nan"))  # from step 3 on, the loss is NaN; read only with the window
-    t.window += [t.train_step(next(stream)) for _ in range(2)]
+    t.state.window += [t.train_step(next(stream)) for _ in range(2)]
     with pytest.raises(RuntimeError, match="non-finite loss/metrics at step 3"):
-        t.window_rows(t.window)
+        t.window_rows(t.state.window)
 
 
 def test_train_step_returns_device_metrics_without_reading_them() -> None:

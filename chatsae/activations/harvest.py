@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core import distributed as pg
 from ..core.config import validate
 from ..core.locking import DirLock
 from ..core.progress import Progress
 from ..data import TokenSequence, bucket_batches, pad_batch
 from ..models import HookPoint
 from ..models.prefix import capture_sharing_prefix
+from . import sharding
 from .cache import CacheWriter, Manifest, check_cache_dir, finished_cache
 
 
@@ -206,10 +208,9 @@ def harvest_to_caches(
     """:func:`harvest_to_cache` for several hooks from one forward pass per batch: one cache directory per hook.
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank harvests its token-balanced part of ``sequences`` into its own
-    shards of each cache, ``ceil(max_tokens / W)`` vectors at most (:func:`chatsae.train.distributed.harvest_ranks`)."""
-    from ..train import distributed
+    shards of each cache, ``ceil(max_tokens / W)`` vectors at most (:func:`chatsae.train.sharding.harvest_ranks`)."""
 
-    if distributed.world_size() > 1:
+    if pg.world_size() > 1:
 
         def run(writers: dict[HookPoint, CacheWriter], budget: int | None) -> Any:
             if not all(w.manifest.complete for w in writers.values()):
@@ -217,18 +218,18 @@ def harvest_to_caches(
             return _harvest_locked(
                 model,
                 tokenizer,
-                distributed.shard_sequences(sequences),
+                sharding.shard_sequences(sequences),
                 writers,
                 opts,
                 budget,
-                progress and distributed.rank() == 0,
+                progress and pg.rank() == 0,
             )
 
-        ms, stats = distributed.harvest_ranks(caches, max_tokens, resume, run)
+        ms, stats = sharding.harvest_ranks(caches, max_tokens, resume, run)
         return ms, stats or HarvestStats()
     for directory, manifest in caches.values():
         check_cache_dir(directory)
-        distributed.check_harvest_world(Path(directory), max_tokens)
+        sharding.check_harvest_world(Path(directory), max_tokens)
         manifest.info["max_tokens"] = max_tokens
     done = {h: finished_cache(d, m, max_tokens) for h, (d, m) in caches.items()}
     if all(m is not None for m in done.values()):  # every cache is finished: read them, no lock needed

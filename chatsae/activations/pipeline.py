@@ -184,7 +184,7 @@ def load_data_and_model(
 ) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:
     """(train records, held-out records, data info, model, tokenizer); the data is read before the model loads, so a
     bad data file fails at once."""
-    from ..train.distributed import device_name
+    from ..core.distributed import device_name
 
     train, held_out, data_info = read_split(cfg)
     model, tokenizer = model_and_tokenizer or load_model(  # under torchrun: auto/cuda -> cuda:LOCAL_RANK

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from .common import OneLineParser, error_message
 
-COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare")
+COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare", "convert")
 DISTRIBUTED_COMMANDS = ("train", "harvest")
 """Commands that run under torchrun (several processes); the others are single-process."""
 
@@ -80,7 +80,7 @@ def leave(code: int) -> NoReturn:
     destroyed by then, and in that teardown torch's C++ side (gloo) occasionally aborts a rank with SIGABRT
     (``terminate called without an active exception``; seen in ~1 of 40 two-rank CPU runs here, after
     ``destroy_process_group``), which torchrun would report as a failed job, or restart."""
-    if _launched_world() > 1:
+    if env_world_size() > 1:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing more to say
@@ -89,7 +89,7 @@ def leave(code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _launched_world() -> int:
+def env_world_size() -> int:
     """Processes torchrun started (env ``WORLD_SIZE``; 1 without it), read without importing torch."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
@@ -97,7 +97,7 @@ def _launched_world() -> int:
 def _check_world(command: str) -> None:
     """Refuse a single-process command started by torchrun with several processes: every rank would run the whole
     command and write the same files."""
-    world = _launched_world()
+    world = env_world_size()
     if world > 1 and command not in DISTRIBUTED_COMMANDS:
         several = "`torchrun ... -m chatsae train --saes A,B,... [--hooks ...] --distribute-saes`"
         raise ValueError(

@@ -127,7 +127,7 @@ def _harvest(args: argparse.Namespace) -> int:
     run, data, opts = cfgs["run"], cfgs["data"], cfgs["harvest"]
     out_dir = Path(run.out_dir) if run.out_dir else Path("runs") / f"harvest_{Path(data.model).name}_{hook_hint(data)}"
     dirs, manifests, stats, _ = harvest_hooks(data, opts, out_dir, max_tokens=opts.max_tokens, resume=run.resume)
-    from ..train.distributed import rank
+    from ..core.distributed import rank
 
     if rank() != 0:  # under torchrun rank 0 reports for all
         return 0

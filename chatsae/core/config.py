@@ -93,7 +93,7 @@ def _parse_float(text: str) -> float:
         raise ValueError(f"expected a number, got {text!r}") from None
 
 
-def _parse_value(tp: Any, text: str) -> Any:
+def parse_value(tp: Any, text: str) -> Any:
     """One command-line string -> a value of type ``tp`` (``argparse.ArgumentTypeError`` with a clear text)."""
     base, optional = _base_type(tp)
     if optional and text.lower() in ("none", "null"):
@@ -111,7 +111,7 @@ def _parse_value(tp: Any, text: str) -> Any:
             return _parse_float(text)
         if typing.get_origin(base) in (list, tuple):
             (item,) = typing.get_args(base)[:1]
-            return [_parse_value(item, t) for t in text.split(",") if t]
+            return [parse_value(item, t) for t in text.split(",") if t]
         if typing.get_origin(base) is dict or base is dict:
             value = json.loads(text)
             if not isinstance(value, dict):
@@ -147,7 +147,7 @@ def add_dataclass_args(
         group.add_argument(
             *flags,
             dest=f.name,
-            type=partial(_parse_value, tp),
+            type=partial(parse_value, tp),
             default=argparse.SUPPRESS,
             metavar=metavar,
             help=help_text,

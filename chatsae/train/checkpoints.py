@@ -5,21 +5,20 @@ naming each difference, and the refusal of a fresh run over an earlier one."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core import distributed as pg
 from ..core.locking import OutputDirError
 from ..core.utils import atomic_dir, file_digest
-from . import distributed
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from ..sae import SAE
+from .state import TrainState
 
 VOLATILE: dict[str, tuple[str, ...]] = {
     "train": (
@@ -143,107 +142,96 @@ def check_run_config(path: Path, run_config: dict[str, Any]) -> None:
         )
 
 
-def resume_latest(trainer: Trainer) -> Path | None:
-    """Load the latest intact checkpoint of ``trainer`` (a damaged one is skipped with a warning, falling back to the
-    one before); None if there is none. Refuses (ValueError naming each option) a checkpoint of other settings."""
-    ckpts = trainer.checkpoints()
+def resume_latest(checkpoint_dir: Path, load: Callable[[Path], None]) -> Path | None:
+    """Load (``load(path)``: verify the run config, then restore) the latest intact checkpoint under
+    ``checkpoint_dir``; a damaged one is skipped with a warning, falling back to the one before. None if there is
+    none; :class:`CheckpointError` when none is intact."""
+    ckpts = list_checkpoints(checkpoint_dir)
     errors = []
     for path in reversed(ckpts):
         try:
             verify_checkpoint(path)
-            trainer.check_run_config(path)
-            trainer.load_checkpoint(path)
+            load(path)
             return path
         except CheckpointError as e:
             errors.append(str(e))
             print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr)
     if ckpts:
-        raise CheckpointError(f"{trainer.checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(errors)})")
+        raise CheckpointError(f"{checkpoint_dir}: no intact checkpoint to resume from ({'; '.join(errors)})")
     return None
 
 
-def rank_state(trainer: Trainer) -> dict[str, Any]:
-    """What differs between ranks: data-stream position (with its mixing buffer and RNG), dropped-outlier count."""
-    return {"source": trainer.source.state_dict(), "outliers_dropped": trainer.outliers_dropped}
+class Checkpointed(NamedTuple):
+    """What a checkpoint holds besides the :class:`TrainState`: the SAE, its optimiser (and fp16 grad scaler), the
+    data source whose position and RNG are saved, and the run config a resume must match."""
+
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    source: Any
+    """An :class:`chatsae.activations.ActivationSource` (``state_dict()`` / ``load_state_dict()``)."""
+    run_config: dict[str, Any]
+    scaler: torch.amp.GradScaler | None = None
 
 
-def save_checkpoint(trainer: Trainer) -> Path | None:
-    """Write ``checkpoint_dir/step_N/`` atomically (SAE, optimizer, state of every rank, configs, checksums) and
-    remove all but the last ``keep_checkpoints``; the path, or None on ranks other than 0 (which only send theirs)."""
-    ranks = distributed.all_gather_objects(rank_state(trainer)) if trainer.world > 1 else None
-    if not trainer.is_main:
+def save_checkpoint(
+    path: Path, state: TrainState, parts: Checkpointed, window_rows: list[list[float]], world: int = 1
+) -> Path | None:
+    """Write checkpoint ``path`` (``.../step_N``) atomically: SAE, optimiser, training state (every rank's data-stream
+    state under torchrun), configs, checksums. Every rank calls it (the others only send their state); returns
+    ``path`` on rank 0, None elsewhere."""
+    mine = {"source": parts.source.state_dict(), "outliers_dropped": state.outliers_dropped}
+    ranks = pg.all_gather_objects(mine) if world > 1 else None
+    if pg.rank() != 0:
         return None
-    path = trainer.checkpoint_dir / f"step_{trainer.step:010d}"
     with atomic_dir(path) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()},
-            str(tmp / "sae.safetensors"),
-        )
-        torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {
-            "step": trainer.step,
-            "tokens": trainer.tokens,
-            "scale": trainer.scale,
-            "input_limit": trainer.input_limit,
-            "outliers_dropped": trainer.outliers_dropped,
-            "since_fired": trainer.since_fired.cpu(),
-            "fire_counts": trainer.fire_counts.cpu(),
-            "source": trainer.source.state_dict(),
-            "window": trainer.window_rows(trainer.window),
-            "world_size": trainer.world,
-        }
+        weights = {k: v.detach().cpu().contiguous() for k, v in parts.sae.state_dict().items()}
+        save_file(weights, str(tmp / "sae.safetensors"))
+        torch.save(parts.optimizer.state_dict(), tmp / "optimizer.pt")
+        saved = {**state.state_dict(), "source": mine["source"], "window": window_rows, "world_size": world}
         if ranks is not None:
-            state["ranks"] = ranks
-        if trainer.scaler.is_enabled():
-            state["grad_scaler"] = trainer.scaler.state_dict()
-        torch.save(state, tmp / "state.pt")
-        (tmp / "sae_config.json").write_text(json.dumps(trainer.sae.cfg.to_dict(), indent=2))
-        (tmp / "run_config.json").write_text(json.dumps(trainer._run_config_json(), indent=2))
+            saved["ranks"] = ranks
+        if parts.scaler is not None and parts.scaler.is_enabled():
+            saved["grad_scaler"] = parts.scaler.state_dict()
+        torch.save(saved, tmp / "state.pt")
+        (tmp / "sae_config.json").write_text(json.dumps(parts.sae.cfg.to_dict(), indent=2))
+        (tmp / "run_config.json").write_text(json.dumps(parts.run_config, indent=2))
         sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
-    for old in sorted(trainer.checkpoint_dir.glob("step_*"))[: -max(trainer.cfg.keep_checkpoints, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def load_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Restore ``trainer`` (weights, optimizer, counters, this rank's data-stream position and RNG) from checkpoint
-    ``path`` and drop the metrics-log lines written after it. :class:`CheckpointError` naming an unreadable file;
-    ValueError for a checkpoint of a run on another number of processes."""
+def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    """Remove all but the last ``keep`` (at least 1) complete checkpoints."""
+    for old in sorted(checkpoint_dir.glob("step_*"))[: -max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, state: TrainState, parts: Checkpointed, world: int = 1) -> None:
+    """Restore ``state``, the SAE, optimiser, grad scaler and this rank's data-stream position and RNG from checkpoint
+    ``path``. :class:`CheckpointError` naming an unreadable file; ValueError for a checkpoint of a run on another
+    number of processes."""
     file = path / "sae.safetensors"
+    device = parts.sae.W_dec.device
     try:
-        trainer.sae.load_state_dict(load_file(str(file), device=str(trainer.device)))
+        parts.sae.load_state_dict(load_file(str(file), device=str(device)))
         file = path / "optimizer.pt"
-        trainer.optimizer.load_state_dict(torch.load(file, weights_only=True))
+        parts.optimizer.load_state_dict(torch.load(file, weights_only=True))
         file = path / "state.pt"
-        state = torch.load(file, weights_only=True)
-        if not isinstance(state, dict) or not {"step", "tokens", "scale", "source"} <= set(state):
+        saved = torch.load(file, weights_only=True)
+        if not isinstance(saved, dict) or not {"step", "tokens", "scale", "source"} <= set(saved):
             raise KeyError("step, tokens, scale or source missing")
     except Exception as e:  # noqa: BLE001 -- any unreadable file: one clear line naming it
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{file}: cannot resume from this checkpoint ({type(e).__name__}: {first})") from e
-    theirs, world = int(state.get("world_size", 1)), trainer.world
+    theirs = int(saved.get("world_size", 1))
     if theirs != world:
         raise ValueError(
             f"{path}: checkpoint of a run on {theirs} process(es), this run has {world}: resume "
             f"with the same number (torchrun --nproc-per-node ...; docs/scaling.md), or start "
             "afresh with --overwrite or another --out-dir"
         )
-    mine = state["ranks"][trainer.rank] if world > 1 else state
-    trainer.step, trainer.tokens, trainer.scale = int(state["step"]), int(state["tokens"]), float(state["scale"])
-    trainer.input_limit = float(state.get("input_limit", math.inf))  # older checkpoints: NaN/Inf checked only
-    trainer.outliers_dropped = int(mine.get("outliers_dropped", 0))
-    trainer.since_fired = state["since_fired"].to(trainer.device)
-    trainer.fire_counts = state["fire_counts"].to(trainer.device)
-    trainer.window = [torch.tensor(m, dtype=torch.float32, device=trainer.device) for m in state.get("window", [])]
-    trainer._dead = trainer.dead_mask()
-    if "grad_scaler" in state:
-        trainer.scaler.load_state_dict(state["grad_scaler"])
-    trainer.source.load_state_dict(mine["source"])
-    metrics = trainer.metrics_path
-    if trainer.is_main and metrics.is_file():  # drop log lines written after the checkpoint
-        rows = [r for r in metrics.read_text().splitlines() if r.strip()]
-        kept = [r for r in rows if json.loads(r)["step"] <= trainer.step]
-        metrics.write_text("".join(r + "\n" for r in kept))
-    if trainer.is_main:
-        print(f"resumed from {path} at step {trainer.step} ({trainer.tokens:,} tokens)")
+    mine = saved["ranks"][pg.rank()] if world > 1 else saved
+    state.load_state_dict(saved, mine)
+    if "grad_scaler" in saved and parts.scaler is not None:
+        parts.scaler.load_state_dict(saved["grad_scaler"])
+    parts.source.load_state_dict(mine["source"])

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from ..core.config import ConfigError, check, validate
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
-DEFAULT_SPARSITY_COEF = {"jumprelu": 0.002, "standard": 0.1, "gated": 0.14, "topk": 0.0}
-DEFAULT_BETA1 = {"jumprelu": 0.0, "standard": 0.9, "gated": 0.9, "topk": 0.9}
+DEFAULT_SPARSITY_COEF = {
+    "jumprelu": 0.002,
+    "standard": 0.1,
+    "gated": 0.14,
+    "topk": 0.0,
+    "batchtopk": 0.0,
+    "matryoshka": 0.0,
+}
+DEFAULT_BETA1 = {"jumprelu": 0.0, "standard": 0.9, "gated": 0.9, "topk": 0.9, "batchtopk": 0.9, "matryoshka": 0.9}
 """Adam beta1 per architecture when --beta1 is not given: 0 for JumpReLU (Gemma Scope; measured on the embedded model,
 docs/results/sweep: delta LM loss 0.559 -> 0.450 at lambda 0.002, 300k tokens), 0.9 for the others (FAST paper)."""
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ..activations.source import ActivationBatch
-    from .trainer import Trainer
+from ..activations.source import ActivationBatch
+from .state import TrainState
 
 OUTLIER_FACTOR = 1e3
 """A vector whose norm exceeds this many times the median norm of the initialisation sample is absurd (dropped)."""
@@ -70,50 +69,52 @@ def bad_rows(x: Tensor, limit: float) -> tuple[Tensor, Tensor] | None:
     return nonfinite, bad & ~nonfinite
 
 
-def row_origin(trainer: Trainer, batch: ActivationBatch, i: int) -> str:
-    """Where row ``i`` of ``batch`` came from (file and row when the trainer's source can say)."""
-    describe = getattr(trainer.source, "describe_row", None)
+def row_origin(source: Any, step: int, batch: ActivationBatch, i: int) -> str:
+    """Where row ``i`` of ``batch`` (read by ``source`` for step ``step + 1``) came from: file and row when the
+    source can say."""
+    describe = getattr(source, "describe_row", None)
     if batch.rows is not None and describe is not None:
         return describe(int(batch.rows[i]))
-    return f"row {i} of the batch of step {trainer.step + 1}"
+    return f"row {i} of the batch of step {step + 1}"
 
 
-def raise_nonfinite(trainer: Trainer, batch: ActivationBatch, nonfinite: Tensor, what: str) -> NoReturn:
+def raise_nonfinite(source: Any, step: int, batch: ActivationBatch, nonfinite: Tensor, what: str) -> NoReturn:
     """:class:`BadInputError` naming the first row of ``batch`` set in the ``[B]`` mask ``nonfinite``."""
     raise BadInputError(
-        f"{row_origin(trainer, batch, int(nonfinite.nonzero()[0]))}: the input activations hold "
+        f"{row_origin(source, step, batch, int(nonfinite.nonzero()[0]))}: the input activations hold "
         f"NaN/Inf ({int(nonfinite.sum())} vector(s) in a batch of {what}); stopped before training "
         "on them: check the model dtype (fp16 overflow?) and the harvested data"
     )
 
 
-def screen_batch(trainer: Trainer, batch: ActivationBatch) -> Tensor:
-    """The raw vectors of ``batch`` (``[B', d_in]``) to train on, checked before any step with one norm reduction:
-    NaN/Inf stops the run (:class:`BadInputError` naming file and row); absurd vectors (norm > ``OUTLIER_FACTOR`` x
-    the median) are dropped, counted in ``trainer.outliers_dropped`` and reported, and the run stops when they exceed
-    ``MAX_OUTLIER_SHARE`` of the data."""
-    found = bad_rows(batch.acts, trainer.input_limit)
+def screen_batch(batch: ActivationBatch, state: TrainState, source: Any, min_count: int) -> tuple[Tensor, int]:
+    """The raw vectors of ``batch`` (``[B', d_in]``) to train on and how many were dropped, checked before any step
+    with one norm reduction: NaN/Inf stops the run (:class:`BadInputError` naming file and row); absurd vectors
+    (norm > ``OUTLIER_FACTOR`` x the median) are dropped and reported, and the run stops when, with those already
+    dropped (``state.outliers_dropped``), they exceed ``MAX_OUTLIER_SHARE`` of the data seen (at least
+    ``min_count``)."""
+    found = bad_rows(batch.acts, state.input_limit)
     if found is None:
-        return batch.acts
+        return batch.acts, 0
     nonfinite, absurd = found
     if nonfinite.any():
-        raise_nonfinite(trainer, batch, nonfinite, f"step {trainer.step + 1}")
+        raise_nonfinite(source, state.step, batch, nonfinite, f"step {state.step + 1}")
     n = int(absurd.sum())
-    trainer.outliers_dropped += n
-    where = row_origin(trainer, batch, int(absurd.nonzero()[0]))
-    seen = trainer.tokens + trainer.outliers_dropped
+    dropped = state.outliers_dropped + n
+    where = row_origin(source, state.step, batch, int(absurd.nonzero()[0]))
+    seen = state.tokens + dropped
     what = f"absurd activation vector(s) (norm > {OUTLIER_FACTOR:g}x the median norm), first at {where}"
-    if trainer.outliers_dropped > MAX_OUTLIER_SHARE * max(seen, trainer.cfg.init_sample_tokens):
+    if dropped > MAX_OUTLIER_SHARE * max(seen, min_count):
         raise BadInputError(
-            f"{where}: {trainer.outliers_dropped} of {seen:,} vectors are {what} — more than "
+            f"{where}: {dropped} of {seen:,} vectors are {what} — more than "
             f"{100 * MAX_OUTLIER_SHARE:g}%: the activations are broken"
         )
     print(
-        f"WARNING: dropped {n} {what} at step {trainer.step + 1} ({trainer.outliers_dropped} dropped so far)",
+        f"WARNING: dropped {n} {what} at step {state.step + 1} ({dropped} dropped so far)",
         file=sys.stderr,
         flush=True,
     )
-    return batch.acts[~absurd]
+    return batch.acts[~absurd], n
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..activations.source import ActivationBatch, ActivationSource
+from ..core import distributed as pg
 from ..core.config import to_dict
 from ..core.devices import resolve_device
 from ..core.locking import DirLock, claim_dir
@@ -45,6 +46,7 @@ from .init import (
     screen_batch,
 )
 from .schedule import lr_at, sparsity_coef_at, steps_from
+from .state import TrainState
 
 
 def adam(module: torch.nn.Module, **kwargs: Any) -> torch.optim.Adam:
@@ -95,9 +97,8 @@ class Trainer:
         if source.d_in != sae.cfg.d_in:
             raise ValueError(f"activation width {source.d_in} does not match the SAE's d_in {sae.cfg.d_in}")
         self.cfg = cfg
-        distributed.setup()  # under torchrun: the process group from the environment (once)
         distributed.check_batch_size(cfg.batch_size)
-        self.device = resolve_device(distributed.device_name(cfg.device))  # cuda:LOCAL_RANK under torchrun
+        self.device = resolve_device(pg.device_name(cfg.device))  # cuda:LOCAL_RANK under torchrun
         self.sae = sae.to(self.device)
         self.source = source
         self.rank_sharded = bool(getattr(source, "rank_sharded", False))
@@ -109,7 +110,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.run_config = run_config or {"train": to_dict(cfg), "sae": sae.cfg.to_dict()}
         """Settings saved beside the SAE (config.json) and in each checkpoint; a resume must match them."""
-        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.rank, self.world = pg.rank(), pg.world_size()
         self.is_main = self.rank == 0
         self.total_steps = cfg.total_steps
         self.lr_warmup = steps_from(cfg.lr_warmup_steps, self.total_steps)
@@ -119,26 +120,44 @@ class Trainer:
         self.lr_end = cfg.lr / 10 if cfg.lr_end is None else cfg.lr_end
         self.beta1 = DEFAULT_BETA1[sae.cfg.architecture] if cfg.beta1 is None else cfg.beta1
         cuda = self.device.type == "cuda"
-        if cuda:  # TF32 matmuls (on by default; --no-tf32 turns them off)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
         self.optimizer = adam(self.sae, lr=cfg.lr, betas=(self.beta1, cfg.beta2), eps=cfg.adam_eps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cuda and cfg.autocast == "fp16")
         self.loss_fn = torch.compile(self.sae.loss) if cfg.compile else self.sae.loss
-        d_sae = sae.cfg.d_sae
-        self.step = 0
-        self.tokens = 0
-        self.scale = 1.0
-        self.input_limit = math.inf
-        """Squared norm of a raw activation vector above which it is absurd (dropped); set by :meth:`initialise`."""
-        self.outliers_dropped = 0
+        self.state = TrainState.fresh(sae.cfg.d_sae, self.device)
+        """Counters, firing history, dead mask, input scale: written only here and by checkpoint loading."""
         self.summary_extra: dict[str, Any] = {}
         """Run facts merged into the summary (e.g. the data counts of :func:`chatsae.workflows.train_run.train_run`)."""
-        self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=self.device)
-        self.fire_counts = torch.zeros(d_sae, dtype=torch.long, device=self.device)
-        self._dead = torch.zeros(d_sae, dtype=torch.bool, device=self.device)  # dead_mask(), updated once per step
         self.tracker: Any = None  # a tracking.Tracker while fit() runs with --tracking (rank 0)
-        self.window: list[Tensor] = []  # [7] device metrics of the steps since the last log line
         self.last_window: list[Tensor] = []
+
+    # ---- read-only views of the state ----------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def tokens(self) -> int:
+        return self.state.tokens
+
+    @property
+    def scale(self) -> float:
+        return self.state.scale
+
+    @property
+    def input_limit(self) -> float:
+        return self.state.input_limit
+
+    @property
+    def outliers_dropped(self) -> int:
+        return self.state.outliers_dropped
+
+    @property
+    def since_fired(self) -> Tensor:
+        return self.state.since_fired
+
+    @property
+    def fire_counts(self) -> Tensor:
+        return self.state.fire_counts
 
     # ---- paths -----------------------------------------------------------------------------------------------
     @property
@@ -160,7 +179,12 @@ class Trainer:
     def resume_from_checkpoint(self) -> Path | None:
         """Load the latest intact checkpoint (a damaged one is skipped with a warning, falling back to the one before);
         None if there is none. Refuses (ValueError naming each option) a checkpoint of a run with other settings."""
-        return checkpoint_io.resume_latest(self)
+
+        def load(path: Path) -> None:
+            self.check_run_config(path)
+            self.load_checkpoint(path)
+
+        return checkpoint_io.resume_latest(self.checkpoint_dir, load)
 
     def check_run_config(self, path: Path) -> None:
         """ValueError if checkpoint ``path`` was written by a run with other settings (each differing option named)."""
@@ -180,7 +204,7 @@ class Trainer:
         for batch in self.source:
             found = bad_rows(batch.acts, math.inf)
             if found is not None and found[0].any():
-                raise_nonfinite(self, batch, found[0], "the initialisation sample")
+                raise_nonfinite(self.source, 0, batch, found[0], "the initialisation sample")
             chunks.append(batch.acts.float())
             batches.append(batch)
             n += batch.acts.shape[0]
@@ -188,7 +212,7 @@ class Trainer:
                 break
         self.source.load_state_dict(start)
         sample = torch.cat(chunks)[: self.cfg.init_sample_tokens]
-        keep, self.input_limit = inlier_mask(sample)
+        keep, self.state.input_limit = inlier_mask(sample)
         n_out = int((~keep).sum())
         if n_out > MAX_OUTLIER_SHARE * len(sample):
             i = int((~keep).nonzero()[0])
@@ -197,11 +221,11 @@ class Trainer:
                     break
                 i -= b.acts.shape[0]
             raise BadInputError(
-                f"{row_origin(self, b, i)}: {n_out} of the {len(sample):,} vectors of the "
+                f"{row_origin(self.source, 0, b, i)}: {n_out} of the {len(sample):,} vectors of the "
                 f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
                 f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken"
             )
-        self.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
+        self.state.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
         sample = sample[keep] / self.scale
         if self.cfg.b_dec_init == "geometric_median":
             self.sae.b_dec.copy_(geometric_median(sample).to(self.device))
@@ -212,7 +236,9 @@ class Trainer:
     def screen(self, batch: ActivationBatch) -> Tensor:
         """The raw vectors of ``batch`` to train on: absurd ones dropped, NaN/Inf a :class:`BadInputError`
         (:func:`chatsae.train.init.screen_batch`)."""
-        return screen_batch(self, batch)
+        acts, dropped = screen_batch(batch, self.state, self.source, self.cfg.init_sample_tokens)
+        self.state.outliers_dropped += dropped
+        return acts
 
     # ---- one step --------------------------------------------------------------------------------------------
     def train_step(self, batch: ActivationBatch) -> Tensor:
@@ -234,7 +260,7 @@ class Trainer:
             group["lr"] = lr
         coef = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
         with self._autocast():
-            out = self.loss_fn(x, coef, self._dead)
+            out = self.loss_fn(x, coef, self.state.dead)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         distributed.average_gradients(self.sae.parameters(), x.shape[0])  # before unscale_: one inf check for all
@@ -255,12 +281,8 @@ class Trainer:
                 fired = (f > FIRE_THRESHOLD).float().sum(0)
             means = torch.stack([p.detach().float() for p in (out.loss, out.mse, out.sparsity, out.aux)])
             counts, n, fvu, l0, means = distributed.global_batch(x, out.x_hat.float(), fired, means)  # all ranks' rows
-            self.fire_counts += counts
-            self.since_fired += n
-            self.since_fired.masked_fill_(counts > 0, 0)
-            self.step += 1
-            self.tokens += n
-            self._dead = self.dead_mask()
+            self.state.record_step(counts, n)
+            self.state.dead = self.dead_mask()
             loss, mse, sparsity, aux = means
             parts = (loss, mse, fvu, l0, sparsity, aux, self.silent_mask().float().mean())
             return torch.stack([p.detach().float() for p in parts])
@@ -268,19 +290,12 @@ class Trainer:
     def dead_mask(self) -> Tensor:
         """``[d_sae]`` bool, AuxK's dead latents: not fired in the last ``dead_window_tokens`` tokens (none before a
         full window has passed), or with ``dead_window_cap`` in ``min(dead_window_tokens, tokens seen)``."""
-        window = self.cfg.dead_window_tokens
-        if self.cfg.dead_window_cap:
-            if self.tokens == 0:
-                return torch.zeros_like(self.since_fired, dtype=torch.bool)
-            window = min(window, self.tokens)
-        return self.since_fired >= window
+        return self.state.dead_mask(self.cfg.dead_window_tokens, self.cfg.dead_window_cap)
 
     def silent_mask(self) -> Tensor:
         """``[d_sae]`` bool: not fired in the last ``min(dead_window_tokens, tokens seen)`` tokens (the logged dead
         share; all False before the first step)."""
-        if self.tokens == 0:
-            return torch.zeros_like(self.since_fired, dtype=torch.bool)
-        return self.since_fired >= min(self.cfg.dead_window_tokens, self.tokens)
+        return self.state.silent_mask(self.cfg.dead_window_tokens)
 
     def window_rows(self, window: list[Tensor]) -> list[list[float]]:
         """The window's step metrics on the host (one sync); RuntimeError naming the step of a non-finite value."""
@@ -310,7 +325,7 @@ class Trainer:
             claim_dir(self.out_dir, "run", overwrite=overwrite)
             return DirLock(self.out_dir, "chatsae training")
 
-        with distributed.main_lock(claim), self._tracking():  # rank 0 claims and locks for all ranks
+        with pg.main_lock(claim), self._tracking():  # rank 0 claims and locks for all ranks
             return self._fit(resume, stop_after_steps, overwrite)
 
     @contextlib.contextmanager
@@ -331,18 +346,18 @@ class Trainer:
 
     def _fit(self, resume: bool, stop_after_steps: int | None, overwrite: bool) -> TrainResult:
         ckpt = self.resume_from_checkpoint() if resume else None
-        if len(set(distributed.all_gather_objects(str(ckpt)))) > 1:
+        if len(set(pg.all_gather_objects(str(ckpt)))) > 1:
             raise RuntimeError(
                 f"{self.checkpoint_dir}: the ranks resumed from different checkpoints (a file system "
                 "not shared by all nodes?)"
             )
         if ckpt is None:
-            distributed.from_rank0(lambda: check_fresh_run(self.out_dir, overwrite))
+            pg.from_rank0(lambda: check_fresh_run(self.out_dir, overwrite))
             if resume and self.is_main:
                 print(f"no checkpoint in {self.checkpoint_dir}; starting from scratch")
             self.initialise()
-            distributed.broadcast_module(self.sae)  # every rank starts from rank 0's weights and scale
-            self.scale, self.input_limit = distributed.broadcast_object((self.scale, self.input_limit))
+            pg.broadcast_module(self.sae)  # every rank starts from rank 0's weights and scale
+            self.state.scale, self.state.input_limit = pg.broadcast_object((self.scale, self.input_limit))
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
@@ -351,14 +366,14 @@ class Trainer:
         with Progress(self.total_steps, "train", enabled=self.cfg.progress and self.is_main) as bar:
             bar.advance(self.step)
             while self.step < self.total_steps:
-                self.window.append(self.train_step(next(stream)))
-                self.last_window = self.window
+                self.state.window.append(self.train_step(next(stream)))
+                self.last_window = self.state.window
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                    rows = self.window_rows(self.window)  # the one host sync of the window
+                    rows = self.window_rows(self.state.window)  # the one host sync of the window
                     tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
                     self._log(rows, tok_s)
                     bar.advance(1, **self._bar_fields(StepMetrics(*rows[-1]), tok_s))
-                    self.window = []
+                    self.state.window = []
                 else:
                     bar.advance(1)
                 if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
@@ -366,7 +381,7 @@ class Trainer:
                 if stop_after_steps is not None and self.step >= stop_after_steps:
                     return TrainResult(None, {"stopped_at_step": self.step})
         tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
-        summary = self._summary(self.window_rows(self.window or self.last_window), tok_s)
+        summary = self._summary(self.window_rows(self.state.window or self.last_window), tok_s)
         sae_dir = self.save_final(summary) if self.is_main else None
         if self.tracker is not None:
             self.tracker.summary(summary)
@@ -435,8 +450,25 @@ class Trainer:
     # ---- checkpoints (:mod:`chatsae.train.checkpoints`) -----------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoints/step_N/`` (rank 0; returns its path, None on other ranks) and prune old ones."""
-        return checkpoint_io.save_checkpoint(self)
+        path = self.checkpoint_dir / f"step_{self.step:010d}"
+        rows = self.window_rows(self.state.window)
+        saved = checkpoint_io.save_checkpoint(path, self.state, self._checkpointed(), rows, self.world)
+        if saved is not None:
+            checkpoint_io.prune_checkpoints(self.checkpoint_dir, self.cfg.keep_checkpoints)
+        return saved
+
+    def _checkpointed(self) -> checkpoint_io.Checkpointed:
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        return checkpoint_io.Checkpointed(self.sae, self.optimizer, self.source, self._run_config_json(), scaler)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the run's state from checkpoint ``path`` (:class:`CheckpointError` naming an unreadable file)."""
-        checkpoint_io.load_checkpoint(self, path)
+        checkpoint_io.load_checkpoint(path, self.state, self._checkpointed(), self.world)
+        self.state.dead = self.dead_mask()
+        metrics = self.metrics_path
+        if self.is_main and metrics.is_file():  # drop log lines written after the checkpoint
+            rows = [r for r in metrics.read_text().splitlines() if r.strip()]
+            kept = [r for r in rows if json.loads(r)["step"] <= self.step]
+            metrics.write_text("".join(r + "\n" for r in kept))
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")

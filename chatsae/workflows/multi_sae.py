@@ -19,74 +19,16 @@ with the same options gives.
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from ..core.config import _parse_value
 from ..core.locking import DirLock, claim_dir
 from ..models import HookPoint
 from ..sae import SAEConfig
-from ..train.config import TrainConfig
+from .sae_variants import SAEVariant, parse_saes
 from .train_run import RunResult, RunSpec, default_out_dir, evaluate_run, harvest_kwargs, train_run
-
-
-class SAEVariant(NamedTuple):
-    """One entry of ``--saes``: folder ``name``, SAEConfig fields and TrainConfig fields it sets."""
-
-    name: str
-    sae: dict[str, Any]
-    train: dict[str, Any]
-
-
-def parse_saes(text: str | None) -> list[SAEVariant]:
-    """``'ARCH[:FIELD=VALUE...],...'`` -> variants (ValueError naming the entry and field at fault). The folder name
-    is ``name=...`` if given, else the architecture and the options (``jumprelu_sparsity_coef0.004``)."""
-    if not text or not text.strip():
-        return []
-    sae_types, train_types = typing.get_type_hints(SAEConfig), typing.get_type_hints(TrainConfig)
-    hidden = {"d_in", "metadata", "architecture"}
-    out: list[SAEVariant] = []
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        arch, *opts = entry.split(":")
-        sae: dict[str, Any] = {"architecture": arch.strip()}
-        train: dict[str, Any] = {}
-        name = None
-        for opt in opts:
-            key, eq, value = opt.partition("=")
-            key = key.strip().replace("-", "_")
-            if not eq:
-                raise ValueError(f"--saes {entry!r}: {opt!r} is not FIELD=VALUE")
-            try:
-                if key == "name":
-                    name = value.strip()
-                elif key in sae_types and key not in hidden:
-                    sae[key] = _parse_value(sae_types[key], value.strip())
-                elif key in train_types:
-                    train[key] = _parse_value(train_types[key], value.strip())
-                else:
-                    raise ValueError(
-                        f"unknown field {key!r} (SAE or training options, e.g. k, d_sae, sparsity_coef, lr, seed)"
-                    )
-            except Exception as e:  # noqa: BLE001 -- argparse.ArgumentTypeError or ValueError, one message
-                raise ValueError(f"--saes {entry!r}: {e}") from None
-        try:
-            SAEConfig(**sae)  # architecture and SAE fields checked here
-            dataclasses.replace(TrainConfig(), **train)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--saes {entry!r}: {e}") from None
-        given = {k: v for k, v in {**sae, **train}.items() if k != "architecture"}
-        label = "_".join([sae["architecture"], *(f"{k}{v}" for k, v in given.items())])
-        name = name or re.sub(r"[^A-Za-z0-9_.=-]", "_", label)
-        if not re.fullmatch(r"[A-Za-z0-9_.=-]+", name) or name in (v.name for v in out):
-            raise ValueError(f"--saes {entry!r}: folder name {name!r} is not a plain, unique file name")
-        out.append(SAEVariant(name, sae, train))
-    return out
 
 
 def hook_list(spec: RunSpec) -> list[HookPoint]:
@@ -118,7 +60,7 @@ def _variant_spec(spec: RunSpec, v: SAEVariant | None, out_dir: Path, **data: An
 def train_runs(spec: RunSpec) -> list[RunResult]:
     """Run ``spec``: one :func:`train_run`, or with several ``--hooks`` / ``--saes`` one harvest and one SAE per
     hook x entry (hooks outer), each in its own folder. Under ``--distribute-saes`` a rank returns only its own."""
-    from ..train import distributed
+    from ..core import distributed
 
     hooks, variants = hook_list(spec), parse_saes(spec.run.saes)
     if len(hooks) <= 1 and len(variants) <= 1:
@@ -188,7 +130,7 @@ def _folders(
 def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
     """Train each unit (folder, data fields, variant): all ranks on each in turn, or with ``--distribute-saes`` unit
     ``i`` on rank ``i mod W`` alone."""
-    from ..train import distributed
+    from ..core import distributed
 
     w = distributed.world_size()
     if not spec.run.distribute_saes or w == 1:

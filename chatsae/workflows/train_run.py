@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..core.config import to_dict, validate
+from ..core.devices import set_tf32
 from ..core.locking import DirLock, claim_dir
 from ..sae import SAEConfig
 from ..train.checkpoints import check_fresh_run
@@ -61,7 +62,7 @@ class RunConfig:
             non_negative=("synthetic_features",),
         )
         if self.saes:
-            from .multi_sae import parse_saes
+            from .sae_variants import parse_saes
 
             parse_saes(self.saes)  # a bad entry is an error before anything runs
 
@@ -182,8 +183,8 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
     """``--cache none``: the model harvests in a producer thread while the SAE trains (no activation cache)."""
     from ..activations.pipeline import load_data_and_model, resolve_hooks, sequences_for
     from ..activations.streaming import StreamingSource
+    from ..core.distributed import world_size
     from ..models import d_model
-    from ..train.distributed import world_size
 
     data, tc = spec.data, spec.train
     train, held_out, data_info, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
@@ -286,7 +287,7 @@ def train_run(spec: RunSpec) -> RunResult:
     """Run ``spec``: claim and lock the output directory, build the source, a seeded SAE (``train.seed``) and the
     trainer, train (resuming if asked) and, for a harvest, evaluate on the held-out records. Under torchrun the
     process group is set up from the environment for the run (data-parallel; docs/scaling.md)."""
-    from ..train import distributed
+    from ..core import distributed
 
     with distributed.session():
         if distributed.rank() != 0:
@@ -295,8 +296,8 @@ def train_run(spec: RunSpec) -> RunResult:
 
 
 def _train_run(spec: RunSpec) -> RunResult:
+    from ..core import distributed
     from ..sae import create_sae
-    from ..train import distributed
     from ..train.trainer import Trainer
 
     run, tc = spec.run, spec.train
@@ -321,6 +322,7 @@ def _train_run(spec: RunSpec) -> RunResult:
             "harvest": to_dict(spec.harvest),
             **spec.extra_config,
         }
+        set_tf32(tc.tf32)  # CUDA matmuls: TF32 unless --no-tf32 (no effect on CPU)
         trainer = Trainer(sae, tc, src.source, out_dir, run_config=run_config)
         counts = data_counts(src)
         if counts:
