@@ -27,14 +27,17 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/chatsae train --model-dtype $(RUN_MODEL_DTYPE) $(RUN_ARGS)
 
-test: $(STAMP)
-	$(PY) -m ruff check chatsae tests scripts benchmarks
-	$(PY) -m mypy chatsae
+LINTED := chatsae tests scripts benchmarks
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# style, types, and the pipeline's layering (import-linter contracts in pyproject.toml: no upward import, no cycle)
 lint: $(STAMP)
-	$(PY) -m ruff check chatsae tests scripts benchmarks
-	$(PY) -m mypy chatsae
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy chatsae scripts
+	$(VENV)/bin/lint-imports
 
 # SAELens compatibility check in its own environment (sae-lens pins its own dependencies; chatsae goes in --no-deps)
 SAELENS_VENV ?= .venv-saelens

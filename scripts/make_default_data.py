@@ -116,7 +116,7 @@ def main() -> None:
         ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            gen = model.generate(
+            gen = model.generate(  # type: ignore[operator]  # transformers types generate as a Tensor attribute
                 **enc,
                 max_new_tokens=args.max_new_tokens,
                 do_sample=False,
