@@ -25,7 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.utils import atomic_dir, file_digest, safe_name, safetensors_shapes
+from . import sources
 from .base import SAE, SAEConfig
+from .foreign import refuse_saelens_architecture
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -160,6 +162,7 @@ def _cfg_from_saelens(raw: dict[str, Any]) -> SAEConfig:
         if key not in raw:
             raise ValueError(f"field {key!r} is missing")
     arch = raw["architecture"]
+    refuse_saelens_architecture(arch)
     if raw.get("normalize_activations") not in ("none", None, False):
         raise ValueError(f"field 'normalize_activations' = {raw['normalize_activations']!r} is not supported")
     k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
@@ -180,7 +183,17 @@ def _cfg_from_saelens(raw: dict[str, Any]) -> SAEConfig:
     )
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+def load_sae(path: str | Path, device: str | torch.device = "cpu", hook: str | None = None) -> SAE:
+    """Load an SAE in any layout :func:`chatsae.sae.sources.locate` detects: a directory written by chatsae or
+    SAELens, an EleutherAI sparsify hookpoint folder, a dictionary_learning ``ae.pt`` folder, a Gemma Scope
+    ``params.npz``, or a Hub id ``org/repo[/subfolder]``. ``hook`` (``resid_post.15``) sets or overrides
+    ``cfg.metadata['hook_name']`` (foreign SAEs carry it only where their format says it)."""
+    fmt, path = sources.locate(path)
+    sae = load_saelens_dir(path) if fmt == sources.SAELENS else sources.load_foreign(fmt, path)
+    return sources.set_hook(sae, hook).to(device)
+
+
+def load_saelens_dir(path: str | Path) -> SAE:
     """Load an SAE directory written by chatsae (or by SAELens, for the four shared architectures)."""
     from . import create_sae
 
@@ -206,7 +219,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     except (KeyError, RuntimeError, ValueError) as e:
         raise ValueError(f"{weights}: does not match cfg.json ({e})") from e
     verify_checksums(path)  # last: a structural error above says more than "the bytes changed"
-    return sae.to(device)
+    return sae
 
 
 def _check_sizes(cfg: SAEConfig, shapes: dict[str, tuple[int, ...]], weights: Path) -> None:
