@@ -335,6 +335,21 @@ def test_bucket_batches_long_alone_and_seeded_order():
     assert a != b and sorted(map(_lengths, a)) == sorted(map(_lengths, b))
 
 
+def test_bucket_batches_max_padding_bounds_every_batch(alpaca_fast):
+    # one window of all the samples, budget far above it: without a bound, few wide batches pad a lot
+    kw = dict(max_tokens=65536, max_batch_size=1024, bucket_window=len(alpaca_fast))
+    wide, tight = BucketStats(), BucketStats()
+    assert list(bucket_batches(alpaca_fast, **kw, stats=wide)) == list(
+        bucket_batches(alpaca_fast, **kw, max_padding=None)
+    )
+    batches = list(bucket_batches(alpaca_fast, **kw, stats=tight, max_padding=0.05))
+    assert sorted(s.sample_ids[0] for b in batches for s in b) == sorted(s.sample_ids[0] for s in alpaca_fast)
+    assert all(1 - sum(_lengths(b)) / (len(b) * max(_lengths(b))) <= 0.05 for b in batches)
+    assert tight.padding_fraction <= 0.05 < wide.padding_fraction
+    with pytest.raises(ValueError, match="max_padding"):
+        next(bucket_batches(alpaca_fast, max_padding=1.0))
+
+
 def test_pad_batch_shapes_and_masks():
     seqs = [
         TokenSequence([5, 6, 7], [True, False, False], [TEMPLATE, USER, USER], [4, 4, 4]),
