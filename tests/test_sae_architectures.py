@@ -258,7 +258,7 @@ def test_fold_input_scale(random_sae, arch: str, param: str | None) -> None:
 
 
 def test_registry_and_config_errors() -> None:
-    assert set(ARCHITECTURES) == {"jumprelu", "standard", "topk", "gated"}
+    assert set(ARCHITECTURES) == {"jumprelu", "standard", "topk", "gated", "batchtopk", "matryoshka"}
     with pytest.raises(ValueError, match="architecture"):
         SAEConfig(architecture="relu2")
     with pytest.raises(ValueError, match="k"):

@@ -182,11 +182,11 @@ def test_unknown_architecture(random_sae, tmp_path: Path, where: str) -> None:
     raw = json.loads((path / CFG_FILE).read_text())
     if where == "top":
         raw.pop("chatsae")
-        raw["architecture"] = "matryoshka"
+        raw["architecture"] = "relu2"
     else:
-        raw["chatsae"]["architecture"] = "matryoshka"
+        raw["chatsae"]["architecture"] = "relu2"
     (path / CFG_FILE).write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match=r"cfg\.json.*architecture.*matryoshka"):
+    with pytest.raises(ValueError, match=r"cfg\.json.*architecture.*relu2"):
         load_sae(path)
 
 

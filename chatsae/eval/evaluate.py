@@ -60,7 +60,7 @@ from ..models.prefix import (
     shared_prefix_length,
 )
 from ..models.resume import Checkpoint, can_resume, clean_forward, resumed_logits
-from ..sae import SAE
+from ..sae import K_ARCHITECTURES, SAE
 from . import metrics as M
 from .config import EvalConfig, resolve_config
 from .result import EvalResult, write_result
@@ -417,7 +417,7 @@ def _sae_info(sae: SAE, path: str | None) -> dict[str, Any]:
         "architecture": c.architecture,
         "d_in": c.d_in,
         "d_sae": c.d_sae,
-        "k": c.k if c.architecture == "topk" else None,
+        "k": c.k if c.architecture in K_ARCHITECTURES else None,
         "metadata": dict(c.metadata),
     }
     return info

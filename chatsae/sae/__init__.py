@@ -6,13 +6,17 @@ import threading
 
 import torch
 
-from .base import SAE, LossOutput, SAEConfig
+from .base import K_ARCHITECTURES, SAE, LossOutput, SAEConfig
+from .batchtopk import BatchTopKSAE
 from .gated import GatedSAE
 from .jumprelu import JumpReLUSAE
+from .matryoshka import MatryoshkaSAE
 from .standard import StandardSAE
 from .topk import TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE)}
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.architecture: cls for cls in (JumpReLUSAE, StandardSAE, TopKSAE, GatedSAE, BatchTopKSAE, MatryoshkaSAE)
+}
 _SEEDED = threading.Lock()
 """Seeded creation uses the process-wide RNG: one at a time (SAEs built in several threads)."""
 
@@ -32,10 +36,13 @@ from .io import load_sae, save_sae  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
+    "K_ARCHITECTURES",
     "SAE",
+    "BatchTopKSAE",
     "GatedSAE",
     "JumpReLUSAE",
     "LossOutput",
+    "MatryoshkaSAE",
     "SAEConfig",
     "StandardSAE",
     "TopKSAE",

@@ -23,13 +23,14 @@ class SAEConfig:
     """Shape and architecture of a sparse autoencoder."""
 
     architecture: str = "jumprelu"
-    """Architecture: jumprelu | standard | topk | gated."""
+    """Architecture: jumprelu | standard | topk | gated | batchtopk | matryoshka."""
     d_in: int = 576
     """Width of the activations (the model's d_model for residual-stream hooks)."""
     d_sae: int = 4608
     """Number of latents (8x d_in by default, as in the FAST paper)."""
     k: int = 32
-    """TopK only: number of latents kept per token."""
+    """TopK: number of latents kept per token; batchtopk / matryoshka: mean number kept per token (k x batch rows
+    kept across the whole batch in training)."""
     apply_b_dec_to_input: bool | None = None
     """Subtract b_dec from x before encoding. None = architecture default (False for jumprelu, True otherwise)."""
     decoder_unit_norm: bool | None = None
@@ -42,9 +43,15 @@ class SAEConfig:
     jumprelu_threshold_param: str = "direct"
     """JumpReLU only: train theta directly ("direct") or as log theta ("log"); saved as theta either way."""
     aux_k: int | None = None
-    """TopK only: number of dead latents used by the AuxK loss (None = d_in // 2)."""
+    """TopK, batchtopk, matryoshka: number of dead latents used by the AuxK loss (None = d_in // 2)."""
     aux_coef: float = 1.0 / 32.0
-    """TopK only: coefficient of the AuxK loss (Gao et al.: 1/32)."""
+    """TopK, batchtopk, matryoshka: coefficient of the AuxK loss (Gao et al.: 1/32)."""
+    batchtopk_threshold_lr: float = 0.01
+    """batchtopk / matryoshka: rate of the moving average that estimates the inference threshold from each training
+    batch's smallest kept activation (SAELens's topk_threshold_lr)."""
+    matryoshka_prefixes: list[int] | None = None
+    """matryoshka only: nested dictionary widths, strictly increasing, the last = d_sae (None = d_sae/16, /8, /4, /2,
+    d_sae); the loss sums the reconstruction losses of the prefixes."""
     dtype: str = "float32"
     """Parameter dtype."""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -65,13 +72,31 @@ class SAEConfig:
             self,
             positive=("d_in", "d_sae", "k", "jumprelu_bandwidth", "aux_k"),
             non_negative=("jumprelu_init_threshold", "aux_coef"),
+            ranges={"batchtopk_threshold_lr": "(0,1]"},
             choices={"jumprelu_threshold_param": ("direct", "log")},
             dtypes=("dtype",),
         )
-        if self.architecture == "topk":
+        if self.architecture in K_ARCHITECTURES:
             check(self.k <= self.d_sae, "k", f"must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.matryoshka_prefixes is not None:  # the last width = d_sae is checked when used (d_sae may change)
+            w = self.matryoshka_prefixes
+            ok = (
+                bool(w)
+                and all(isinstance(v, int) and v > 0 for v in w)
+                and all(a < b for a, b in zip(w, w[1:], strict=False))
+            )
+            check(ok, "matryoshka_prefixes", f"must be a strictly increasing list of positive integers, got {w}")
         if self.jumprelu_threshold_param == "log":
             check(self.jumprelu_init_threshold > 0, "jumprelu_init_threshold", "must be > 0 with log thresholds")
+
+    def prefix_widths(self) -> list[int]:
+        """Matryoshka prefix widths: ``matryoshka_prefixes`` or d_sae/16, /8, /4, /2, d_sae (zeros and repeats
+        dropped); ConfigError unless strictly increasing, positive and ending at d_sae."""
+        if self.matryoshka_prefixes is None:
+            return sorted({self.d_sae // d for d in (16, 8, 4, 2, 1)} - {0})
+        widths = list(self.matryoshka_prefixes)
+        check(widths[-1] == self.d_sae, "matryoshka_prefixes", f"must end at d_sae={self.d_sae}, got {widths}")
+        return widths
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +113,11 @@ _ARCH_DEFAULTS: dict[str, tuple[bool, bool]] = {
     "standard": (True, False),
     "topk": (True, True),
     "gated": (True, True),
+    "batchtopk": (True, True),
+    "matryoshka": (True, True),
 }
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")
+"""Architectures whose sparsity is set by ``k`` (no sparsity coefficient)."""
 
 
 FIRE_THRESHOLD = 1e-8
@@ -117,6 +146,8 @@ class SAE(nn.Module, ABC):
     """Base class: encoder ``W_enc, b_enc``, decoder ``W_dec, b_dec``; subclasses add their own parameters."""
 
     architecture: ClassVar[str]
+    saelens_architecture: ClassVar[str] = ""
+    """The architecture SAELens loads a saved SAE as ("": the same as ``architecture``)."""
     scale_params: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
     """Parameters multiplied by the input scale C when folding normalisation into the weights."""
     has_b_enc: ClassVar[bool] = True

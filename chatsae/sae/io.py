@@ -67,7 +67,7 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
     if "hook_name" in metadata:
         metadata["hook_name"] = _saelens_hook_name(metadata["hook_name"])
     d: dict[str, Any] = {
-        "architecture": cfg.architecture,
+        "architecture": sae.saelens_architecture or cfg.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,

@@ -21,7 +21,7 @@ from ..activations.pipeline import DataConfig
 from ..core.config import to_dict
 from ..eval import stats
 from ..eval.result import EvalResult, dumps
-from ..sae import ARCHITECTURES, SAEConfig
+from ..sae import ARCHITECTURES, K_ARCHITECTURES, SAEConfig
 from .study import (
     ARCH_LABELS,
     CLASS_METRICS,
@@ -309,9 +309,9 @@ def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareRe
         "sparsity_coefs": {
             a: coefs.get(a, tc.sparsity_coef if tc.sparsity_coef is not None else DEFAULT_SPARSITY_COEF[a])
             for a in archs
-            if a != "topk"
+            if a not in K_ARCHITECTURES
         },
-        "k": study.sae_options.get("k", SAEConfig.k) if "topk" in archs else None,
+        "k": study.sae_options.get("k", SAEConfig.k) if set(K_ARCHITECTURES) & set(archs) else None,
         "instruct_data": study.data.data_path,
         "pretrain_data": cc.pretrain_data,
         "holdout": study.data.holdout,

@@ -20,14 +20,22 @@ from ..activations.pipeline import DataConfig, read_split
 from ..core.config import to_dict
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
+from ..data.methods import METHODS
 from ..eval.config import EvalConfig
 from ..eval.result import EvalResult, read_result
 from ..sae import SAEConfig
 from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
 
-METHOD_LABELS = {"bt-p": "BT(P)", "bt-f": "BT(F)", "fast": "FAST"}
-ARCH_LABELS = {"standard": "Standard", "jumprelu": "JumpReLU", "topk": "TopK", "gated": "Gated"}
+METHOD_LABELS: dict[str, str] = {m.name: m.label for m in METHODS.values()}
+ARCH_LABELS = {
+    "standard": "Standard",
+    "jumprelu": "JumpReLU",
+    "topk": "TopK",
+    "gated": "Gated",
+    "batchtopk": "BatchTopK",
+    "matryoshka": "Matryoshka",
+}
 SUMMARY: dict[str, tuple[str, str]] = {
     # summary key: (subset, metric) of EvalResult.metrics
     "log2_mse": ("all", "log2_mse"),

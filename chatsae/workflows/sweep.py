@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.config import to_dict
 from ..eval.result import dumps
-from ..sae import ARCHITECTURES
+from ..sae import ARCHITECTURES, K_ARCHITECTURES
 from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
 from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, unit, write_texts
 
@@ -87,7 +87,7 @@ class SweepConfig:
     gated_coefs: str | list[str] = DEFAULT_GRIDS["gated"]
     """Gated L1 coefficients lambda (normalised inputs)."""
     topk_ks: str | list[str] = DEFAULT_GRIDS["topk"]
-    """TopK k values (the L0 of a TopK SAE is k)."""
+    """k values of topk, batchtopk and matryoshka (the mean L0 of these SAEs is k)."""
     expansion_factor: int = 8
     """d_sae = expansion_factor x d_in when --width/--d-sae is not given."""
     seeds: int = 1
@@ -116,13 +116,13 @@ def settings(cfg: SweepConfig) -> list[Setting]:
     """Every (architecture, setting) of ``cfg`` in order, with clear errors for bad grid values."""
     out = []
     for arch in check_names("archs", names(cfg.archs), ARCHITECTURES):
-        option = "topk_ks" if arch == "topk" else f"{arch}_coefs"
+        option = "topk_ks" if arch in K_ARCHITECTURES else f"{arch}_coefs"
         values = names(getattr(cfg, option))
         if not values:
             raise ValueError(f"--{option.replace('_', '-')}: no values for {arch}")
         for v in values:
             try:
-                out.append(Setting(arch, k=int(v)) if arch == "topk" else Setting(arch, coef=float(v)))
+                out.append(Setting(arch, k=int(v)) if arch in K_ARCHITECTURES else Setting(arch, coef=float(v)))
             except ValueError:
                 raise ValueError(f"--{option.replace('_', '-')}: {v!r} is not a number") from None
     return out
