@@ -15,8 +15,9 @@ from ..core.config import ConfigError, validate
 from ..core.devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
 from ..core.locking import is_empty_dir, mark_dir
 from ..core.utils import file_digest
-from ..data import block_sequences, fast_sequences, read_records, split_records
+from ..data import read_records, split_records
 from ..data.formats import FORMAT_NAMES, Record
+from ..data.methods import BLOCK_CONTEXT_SIZE, FAST_MAX_LENGTH, METHOD_NAMES, data_method
 from ..data.sequences import SequenceStats
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
@@ -24,7 +25,6 @@ from .cache import Manifest
 from .harvest import HarvestOptions, HarvestStats, harvest_to_caches
 
 DEFAULT_DATA = "default"
-METHODS = ("fast", "bt-f", "bt-p")
 
 
 def default_data_path() -> Path:
@@ -68,9 +68,9 @@ class DataConfig:
     """disk: harvest into an activation cache first (resumable, reusable) | none: stream harvested activations
     straight into the mixing buffer while training runs (memory bounded by the buffer, not the budget); several
     --hooks / --saes then train together, in threads, from one streamed harvest."""
-    max_length: int = 8192
+    max_length: int = FAST_MAX_LENGTH
     """FAST: truncate each sample at this many tokens (paper: 8192)."""
-    context_size: int = 2048
+    context_size: int = BLOCK_CONTEXT_SIZE
     """BT(F)/BT(P): block length in tokens (paper: 2048)."""
     dedup_n: int = 20
     """n of the n-gram deduplication (paper: 20); 0 disables it."""
@@ -91,7 +91,7 @@ class DataConfig:
             positive=("max_length", "context_size", "max_samples", "buffer_tokens"),
             non_negative=("layer", "dedup_n", "holdout"),
             choices={
-                "method": METHODS,
+                "method": METHOD_NAMES,
                 "cache_dtype": ("float32", "float16", "bfloat16"),
                 "data_format": FORMAT_NAMES,
                 "cache": ("disk", "none"),
@@ -166,15 +166,14 @@ def sequences_for(
 ) -> Iterator[Any]:
     """Token sequences of ``records`` for the configured method (counts of dropped samples go to ``stats``)."""
     dedup = cfg.dedup_n or None
-    if cfg.method != "bt-p" and not has_chat_template(tokenizer):
+    method = data_method(cfg.method)
+    if method.chat and not has_chat_template(tokenizer):
         raise ValueError(
             f"model {cfg.model!r} has no chat template (a base model?): method {cfg.method} renders chat samples; "
             "use --method bt-p or a model/tokenizer with a chat template"
         )
-    if cfg.method == "fast":
-        return fast_sequences(records, tokenizer, max_length=cfg.max_length, dedup_n=dedup, stats=stats)
-    return block_sequences(
-        records, tokenizer, context_size=cfg.context_size, chat=cfg.method == "bt-f", dedup_n=dedup, stats=stats
+    return method.sequences(
+        records, tokenizer, max_length=cfg.max_length, context_size=cfg.context_size, dedup_n=dedup, stats=stats
     )
 
 

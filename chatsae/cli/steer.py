@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.config import check, validate
+from ..data.methods import FAST_MAX_LENGTH
 from .common import add_command, configs_from_args
 
 
@@ -38,7 +39,7 @@ class SpecialTokensOptions:
     """Latents reported per token."""
     max_tokens: int = 4096
     """Tokens per forward batch (length-bucketed)."""
-    max_length: int = 8192
+    max_length: int = FAST_MAX_LENGTH
     """Truncate samples to this many tokens."""
     dedup_n: int | None = 20
     """n-gram deduplication of samples (None: off)."""

@@ -10,6 +10,7 @@ from .formats import (
     read_records,
     split_records,
 )
+from .methods import BLOCK_CONTEXT_SIZE, FAST_MAX_LENGTH, METHOD_NAMES, METHODS, DataMethod, data_method
 from .sequences import (
     ASSISTANT,
     PAD_CLASS,
@@ -31,6 +32,12 @@ from .sequences import (
 
 __all__ = [
     "ASSISTANT",
+    "BLOCK_CONTEXT_SIZE",
+    "FAST_MAX_LENGTH",
+    "METHODS",
+    "METHOD_NAMES",
+    "DataMethod",
+    "data_method",
     "FORMATS",
     "PAD_CLASS",
     "SYSTEM",

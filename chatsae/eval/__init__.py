@@ -1,7 +1,7 @@
 """Evaluation: metrics as pure tensor functions (``metrics``), streaming accumulators (``streaming``), the driver
 (``evaluate``), typed results and their JSON (``result``) and tables (``report``). Formulas: docs/metrics.md."""
 
-from .config import METHODS, EvalConfig, resolve_config
+from .config import EvalConfig, resolve_config
 from .evaluate import LMLosses, build_sequences, evaluate, select_records, spliced_losses
 from .metrics import SUBSETS
 from .report import metrics_table, print_report
@@ -10,7 +10,6 @@ from .streaming import LMLossAccumulator, ReconstructionAccumulator, SparsityAcc
 
 __all__ = [
     "HEADLINE",
-    "METHODS",
     "SUBSETS",
     "EvalConfig",
     "EvalResult",

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import validate
-
-METHODS = ("fast", "bt-f", "bt-p")
+from ..data.methods import BLOCK_CONTEXT_SIZE, FAST_MAX_LENGTH, METHOD_NAMES
 
 
 @dataclass
@@ -84,7 +83,7 @@ class EvalConfig:
             devices=("device",),
         )
         if self.method is not None:
-            validate(self, choices={"method": METHODS})
+            validate(self, choices={"method": METHOD_NAMES})
 
 
 def _same_file(a: Any, b: Any) -> bool:
@@ -121,8 +120,8 @@ def resolve_config(cfg: EvalConfig, metadata: dict[str, Any], data_from_metadata
         if seed is None:
             seed = int(meta.get("holdout_seed", 0))
     method = cfg.method or meta.get("method") or "fast"
-    if method not in METHODS:
-        raise ValueError(f"the SAE's metadata method {method!r} is not one of {', '.join(METHODS)}; pass --method")
+    if method not in METHOD_NAMES:
+        raise ValueError(f"the SAE's metadata method {method!r} is not one of {', '.join(METHOD_NAMES)}; pass --method")
     splice0 = cfg.splice_first_position
     if splice0 is None:
         splice0 = not bool(meta.get("exclude_first_position", False))
@@ -134,7 +133,7 @@ def resolve_config(cfg: EvalConfig, metadata: dict[str, Any], data_from_metadata
         hook=cfg.hook or meta.get("hook_name"),
         holdout=holdout,
         holdout_seed=0 if seed is None else seed,
-        max_length=cfg.max_length or int(meta.get("max_length") or 8192),
-        context_size=cfg.context_size or int(meta.get("context_size") or 2048),
+        max_length=cfg.max_length or int(meta.get("max_length") or FAST_MAX_LENGTH),
+        context_size=cfg.context_size or int(meta.get("context_size") or BLOCK_CONTEXT_SIZE),
         splice_first_position=splice0,
     )

@@ -42,12 +42,11 @@ from torch import Tensor, nn
 
 from ..core.progress import Progress
 from ..data.formats import Record, split_records
+from ..data.methods import data_method
 from ..data.sequences import (
     PaddedBatch,
     TokenSequence,
-    block_sequences,
     bucket_batches,
-    fast_sequences,
     pad_batch,
 )
 from ..models import HookPoint, check_hook, check_sae_width, edit
@@ -79,14 +78,11 @@ def select_records(records: Iterable[Record], cfg: EvalConfig) -> Iterable[Recor
 def build_sequences(records: Iterable[Record], tokenizer: Any, cfg: EvalConfig) -> list[TokenSequence]:
     """Token sequences for ``cfg.method`` (fast: one per sample; bt-f / bt-p: blocks, the last partial block kept),
     cut at ``cfg.max_tokens`` in total. No dedup: every selected record is evaluated."""
-    if cfg.method == "fast":
-        seqs: Iterable[TokenSequence] = fast_sequences(
-            records, tokenizer, max_length=cfg.max_length or 8192, dedup_n=None
-        )
-    else:
-        seqs = block_sequences(
-            records, tokenizer, context_size=cfg.context_size or 2048, chat=cfg.method == "bt-f", drop_last=False
-        )
+    if cfg.method is None:
+        raise ValueError("EvalConfig.method is unset: resolve the config against the SAE first (resolve_config)")
+    seqs = data_method(cfg.method, "EvalConfig.method").sequences(
+        records, tokenizer, max_length=cfg.max_length, context_size=cfg.context_size, drop_last=False
+    )
     out: list[TokenSequence] = []
     total = 0
     for seq in seqs:

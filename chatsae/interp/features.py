@@ -27,6 +27,7 @@ from ..core.config import validate
 from ..core.devices import resolve_device
 from ..core.progress import Progress
 from ..core.utils import atomic_file
+from ..data.methods import FAST_MAX_LENGTH
 from ..models import check_hook, check_sae_width
 from ..models.prefix import capture_shared
 from ..sae import SAE
@@ -58,7 +59,7 @@ class FeaturesConfig:
     """Samples (conversations) to stream; the FAST paper uses 10,000."""
     skip_samples: int = 0
     """Skip the first N kept samples of --data (e.g. the ones the SAE was trained on)."""
-    max_length: int = 8192
+    max_length: int = FAST_MAX_LENGTH
     """Truncate each sample at this many tokens (FAST: 8192)."""
     dedup_n: int | None = 20
     """n-gram deduplication of samples (FAST: 20); None disables it."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.utils import atomic_file
+from ..data.methods import FAST_MAX_LENGTH
 from .interventions import resolve_hook, tokenizer_special_ids
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def special_token_table(
     n_samples: int = 1000,
     top_k: int = 10,
     max_tokens: int = 4096,
-    max_length: int = 8192,
+    max_length: int = FAST_MAX_LENGTH,
     hook: Any = None,
     dedup_n: int | None = 20,
     settings: dict[str, Any] | None = None,

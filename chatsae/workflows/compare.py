@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from ..activations.pipeline import DataConfig
 from ..core.config import to_dict
+from ..data.methods import METHOD_NAMES
 from ..eval import stats
 from ..eval.result import EvalResult, dumps
 from ..sae import ARCHITECTURES, K_ARCHITECTURES, SAEConfig
@@ -82,7 +83,7 @@ VERDICT_METRICS = {
     "delta_lm_loss": "delta LM loss",
 }
 """Metrics (lower is better) the report gives a paired verdict for."""
-METHOD_ORDER = ("fast", "bt-f", "bt-p")
+METHOD_ORDER = METHOD_NAMES
 """Verdict pairs name the earlier method first (FAST vs BT(F), FAST vs BT(P), BT(F) vs BT(P))."""
 
 
