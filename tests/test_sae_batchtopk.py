@@ -70,8 +70,8 @@ def test_loss_and_gradients_match_naive(kernel, with_dead):
     out = sae.loss(x, 0.0, dead)
     got_g = grads(sae, out.loss)
     assert float(out.loss.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
-    assert (float(out.aux) > 0) == with_dead
-    assert float(out.sparsity) == pytest.approx(3.0)  # k * B entries kept, all positive here
+    assert (float(out.aux.detach()) > 0) == with_dead
+    assert float(out.sparsity.detach()) == pytest.approx(3.0)  # k * B entries kept, all positive here
     assert int((out.feature_acts > 0).sum()) == 3 * 40
     for name, g in want_g.items():
         torch.testing.assert_close(got_g[name], g, rtol=1e-10, atol=1e-12, msg=name)
@@ -172,7 +172,7 @@ def test_training_reduces_loss():
         sae.remove_parallel_decoder_grad()
         opt.step()
         sae.normalize_decoder()
-        losses.append(float(out.mse))
+        losses.append(float(out.mse.detach()))
     assert sum(losses[-8:]) < 0.6 * sum(losses[:8])
     with torch.no_grad():  # inference L0 with the learnt threshold (a fast moving average here) is near k
         l0 = float((sae.encode(x) > 0).sum(-1).float().mean())
