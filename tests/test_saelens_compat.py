@@ -139,3 +139,90 @@ def test_saelens_jumprelu_with_zero_thresholds(tmp_path: Path) -> None:
     ours = load_sae(tmp_path / "z")
     assert ours.cfg.jumprelu_threshold_param == "direct"
     assert_same_outputs(ours, theirs, inputs())
+
+
+# ---- BatchTopK and Matryoshka (SAELens saves both as jumprelu) --------------------------------------------------
+K_ARCHS = [("batchtopk", {}), ("matryoshka", {"matryoshka_prefixes": [6, 24, D_SAE]})]
+
+
+def saelens_batchtopk(arch: str, **cfg_kw):
+    """SAELens's own training SAE for ``arch``."""
+    if arch == "batchtopk":
+        return sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **cfg_kw))
+    cfg = sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, matryoshka_widths=[6, 24, D_SAE], **cfg_kw
+    )
+    return sae_lens.MatryoshkaBatchTopKTrainingSAE(cfg)
+
+
+def saelens_step(sae, x: torch.Tensor, dead: torch.Tensor | None = None):
+    step = sae_lens.saes.sae.TrainStepInput(
+        sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False
+    )
+    return sae.training_forward_pass(step)
+
+
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize(("arch", "kw"), K_ARCHS)
+def test_saelens_loads_chatsae_batchtopk_as_jumprelu(random_sae, tmp_path: Path, arch: str, kw: dict, folded: bool):
+    ours = random_sae(arch, d_in=D_IN, d_sae=D_SAE, **kw)
+    ours.loss(inputs())  # sets the threshold from a batch
+    assert float(ours.threshold) > 0
+    scale = 150.0 if folded else 1.0
+    ours.fold_input_scale(scale)
+    path = save_sae(ours, tmp_path / arch)
+    theirs = sae_lens.SAE.load_from_disk(path)
+    assert type(theirs).__name__ == "JumpReLUSAE"
+    torch.testing.assert_close(theirs.threshold, ours.threshold.expand(D_SAE), rtol=0, atol=0)
+    assert_same_outputs(ours, theirs, inputs(scale))
+    back = load_sae(path)  # chatsae's own block: read back as the same architecture
+    assert back.architecture == arch and float(back.threshold) == float(ours.threshold)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "sparse"])
+@pytest.mark.parametrize(("arch", "kw"), K_ARCHS)
+def test_training_loss_and_gradients_match_saelens(random_sae, arch: str, kw: dict, kernel: str):
+    """Same weights, same batch: chatsae's loss and gradients equal SAELens's training_forward_pass (the summed
+    Matryoshka levels with b_dec in each; no dead latents: SAELens's AuxK does not ReLU the dead latents' values)."""
+    ours = random_sae(arch, d_in=D_IN, d_sae=D_SAE, k=4, **kw)
+    ours.kernel = kernel
+    theirs = saelens_batchtopk(arch, k=4, rescale_acts_by_decoder_norm=False)
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(theirs, name).copy_(getattr(ours, name))
+    x = inputs()
+    out = ours.loss(x, 0.0, torch.zeros(D_SAE, dtype=torch.bool))
+    ref = saelens_step(theirs, x, torch.zeros(D_SAE, dtype=torch.bool))
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.feature_acts, ref.feature_acts, rtol=1e-6, atol=1e-6)
+    out.loss.backward()
+    ref.loss.backward()
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(ours, name).grad, getattr(theirs, name).grad, rtol=1e-4, atol=1e-5)
+    # threshold: SAELens starts its moving average at 0, chatsae at the first batch's value; both then follow the
+    # same rule: theta <- (1 - lr) theta + lr m
+    m = float(ref.feature_acts.detach()[ref.feature_acts > 0].min())
+    assert float(theirs.topk_threshold) == pytest.approx(0.01 * m) and float(ours.topk_threshold) == pytest.approx(m)
+    ours.loss(x * 0.5)
+    ref2 = saelens_step(theirs, x * 0.5)
+    m2 = float(ref2.feature_acts.detach()[ref2.feature_acts > 0].min())
+    assert float(ours.topk_threshold) == pytest.approx(0.99 * m + 0.01 * m2, rel=1e-5)
+    assert float(theirs.topk_threshold) == pytest.approx(0.99 * 0.01 * m + 0.01 * m2, rel=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "kw"), K_ARCHS)
+def test_chatsae_loads_saelens_batchtopk_inference_save(tmp_path: Path, arch: str, kw: dict) -> None:
+    """What a SAELens BatchTopK / Matryoshka training run leaves (save_inference_model: jumprelu, the decoder norms
+    folded into the encoder) loads in chatsae as a JumpReLU SAE with the same outputs."""
+    torch.manual_seed(0)
+    theirs = saelens_batchtopk(arch, k=4)  # rescale_acts_by_decoder_norm (SAELens's default), decoder norms 0.1
+    with torch.no_grad():
+        theirs.b_enc.copy_(0.2 * torch.randn(D_SAE))
+        theirs.b_dec.copy_(0.2 * torch.randn(D_IN))
+    for _ in range(3):
+        saelens_step(theirs, inputs())
+    assert float(theirs.topk_threshold) > 0
+    theirs.save_inference_model(tmp_path / "t")
+    ours = load_sae(tmp_path / "t")
+    assert ours.architecture == "jumprelu"
+    assert_same_outputs(ours, sae_lens.SAE.load_from_disk(tmp_path / "t"), inputs())
