@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.constants import CACHE_MANIFEST_FILE
 from ..core.locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
 from ..core.utils import atomic_file, check_inside, file_digest, safe_name
 from .buffer import MixingBuffer
 from .source import ActivationBatch
 
-MANIFEST = "manifest.json"
+MANIFEST = CACHE_MANIFEST_FILE
 META_KEYS = ("token_ids", "special_mask", "token_class", "positions", "sample_ids")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import ConfigError, validate
+from ..core.constants import FLOAT_DTYPES
 from ..core.devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
 from ..core.locking import is_empty_dir, mark_dir
 from ..core.utils import file_digest
@@ -92,7 +93,7 @@ class DataConfig:
             non_negative=("layer", "dedup_n", "holdout"),
             choices={
                 "method": METHOD_NAMES,
-                "cache_dtype": ("float32", "float16", "bfloat16"),
+                "cache_dtype": FLOAT_DTYPES,
                 "data_format": FORMAT_NAMES,
                 "cache": ("disk", "none"),
             },

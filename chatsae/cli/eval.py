@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ..core.constants import EVAL_FILE
 from .common import add_command, configs_from_args
 
 HELP = (
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--hook is required: the SAE's metadata has no hook_name (e.g. --hook resid_post.15)")
     model, tokenizer = load_model(cfg.model or "embedded", dtype=cfg.dtype, device=cfg.device)
     records = read_records(cfg.data, fmt=cfg.data_format)
-    cfg = dataclasses.replace(cfg, output=cfg.output or str(sae_dir / "eval.json"))
+    cfg = dataclasses.replace(cfg, output=cfg.output or str(sae_dir / EVAL_FILE))
     result = evaluate(sae, model, tokenizer, records, cfg, sae_path=str(sae_dir))
     print_report(result)
     print(f"wrote {cfg.output}")

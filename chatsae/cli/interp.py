@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import validate
+from ..core.constants import SAE_CFG_FILE
 from .common import add_command, configs_from_args
 
 
@@ -128,7 +129,7 @@ def features_dir(path: str | Path, explicit: str | None = None) -> Path:
 def _base_dir(path: str | Path) -> Path:
     """The SAE directory for default outputs: the parent of a features directory."""
     path = Path(path)
-    return path.parent if (path / "meta.json").is_file() and not (path / "cfg.json").is_file() else path
+    return path.parent if (path / "meta.json").is_file() and not (path / SAE_CFG_FILE).is_file() else path
 
 
 def _features(args: argparse.Namespace) -> int:

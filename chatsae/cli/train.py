@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import load_config_file
+from ..core.constants import METRICS_LOG_FILE, RUN_CONFIG_FILE
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
 from ..workflows.train_run import RunConfig, hook_hint
@@ -95,8 +96,8 @@ def _report(result: Any, t0: float) -> int:
         **result.rows,
     }
     rows["SAE"] = str(result.sae_dir)
-    rows["config"] = str(result.sae_dir / "config.json")
-    rows["metrics log"] = str(result.out_dir / "metrics.jsonl")
+    rows["config"] = str(result.sae_dir / RUN_CONFIG_FILE)
+    rows["metrics log"] = str(result.out_dir / METRICS_LOG_FILE)
     rows["wall time"] = f"{time.perf_counter() - t0:.0f}s"
     failed = s.get("status") == "failed_quality"
     if failed:

@@ -14,6 +14,7 @@ from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
 import torch
 
+from .constants import DTYPE_ALIASES
 from .locking import MARKER, OutputDirError, is_chatsae_dir, is_empty_dir, refuse_foreign
 
 
@@ -190,14 +191,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return name
     if not isinstance(name, str):
         raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16")
-    aliases = {
-        "fp32": "float32",
-        "fp16": "float16",
-        "half": "float16",
-        "bf16": "bfloat16",
-        "float": "float32",
-    }
-    key = aliases.get(name.lower().replace("torch.", ""), name.lower().replace("torch.", ""))
+    key = DTYPE_ALIASES.get(name.lower().replace("torch.", ""), name.lower().replace("torch.", ""))
     dtype = getattr(torch, key, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"unknown dtype {name!r}; use float32, float16 or bfloat16")

@@ -24,15 +24,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.constants import CHECKSUMS_FILE, SAE_CFG_FILE, SAE_SPARSITY_FILE, SAE_WEIGHTS_FILE
 from ..core.utils import atomic_dir, file_digest, safe_name, safetensors_shapes
 from . import sources
 from .base import SAE, SAEConfig
 from .foreign import refuse_saelens_architecture
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-SPARSITY_FILE = "sparsity.safetensors"
-CHECKSUMS_FILE = "checksums.json"
+CFG_FILE, WEIGHTS_FILE, SPARSITY_FILE = SAE_CFG_FILE, SAE_WEIGHTS_FILE, SAE_SPARSITY_FILE
 """blake2b of the weight files, written by :func:`save_sae` and verified by :func:`load_sae` when present."""
 SAELENS_FORMAT_VERSION = "6.0.0"
 _CHATSAE_HOOK = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)$")

@@ -15,6 +15,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core import distributed as pg
+from ..core.constants import (
+    CHECKPOINT_OPTIMIZER_FILE,
+    CHECKPOINT_RUN_CONFIG_FILE,
+    CHECKPOINT_SAE_CONFIG_FILE,
+    CHECKPOINT_SAE_FILE,
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINTS_DIR,
+    CHECKSUMS_FILE,
+    METRICS_LOG_FILE,
+    SAE_CFG_FILE,
+    SAE_DIR,
+)
 from ..core.locking import OutputDirError
 from ..core.utils import atomic_dir, file_digest
 from ..sae import SAE
@@ -43,7 +55,7 @@ ADDED: dict[str, dict[str, Any]] = {
     "run": {"saes": "", "distribute_saes": False},
 }
 """Run-config fields added after runs were written, with the value those runs behaved as (a resume compares it)."""
-CHECKSUMS = "checksums.json"
+CHECKSUMS = CHECKSUMS_FILE
 """File of each checkpoint holding the digest (:func:`chatsae.utils.file_digest`) of its other files."""
 
 
@@ -79,9 +91,9 @@ def check_fresh_run(out_dir: Path, overwrite: bool) -> None:
     """A fresh run in ``out_dir`` holding an earlier run's checkpoints or SAE is refused; ``overwrite`` removes them
     (checkpoints, metrics log, SAE: only what the trainer writes)."""
     out_dir = Path(out_dir)
-    ckpts = sorted(out_dir.glob("checkpoints/step_*")) + sorted(out_dir.glob("checkpoints/.step_*"))
-    sae = out_dir / "sae"
-    has_sae = (sae / "cfg.json").is_file()
+    ckpts = sorted(out_dir.glob(f"{CHECKPOINTS_DIR}/step_*")) + sorted(out_dir.glob(f"{CHECKPOINTS_DIR}/.step_*"))
+    sae = out_dir / SAE_DIR
+    has_sae = (sae / SAE_CFG_FILE).is_file()
     if not ckpts and not has_sae:
         return
     if not overwrite:
@@ -97,7 +109,7 @@ def check_fresh_run(out_dir: Path, overwrite: bool) -> None:
             p.unlink()
     if has_sae:
         shutil.rmtree(sae)
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (out_dir / METRICS_LOG_FILE).unlink(missing_ok=True)
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -121,13 +133,13 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """The complete checkpoints (``step_*`` holding ``state.pt``) in ``checkpoint_dir``, oldest first."""
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(p for p in checkpoint_dir.glob("step_*") if (p / "state.pt").is_file())
+    return sorted(p for p in checkpoint_dir.glob("step_*") if (p / CHECKPOINT_STATE_FILE).is_file())
 
 
 def check_run_config(path: Path, run_config: dict[str, Any]) -> None:
     """ValueError if checkpoint ``path`` was written by a run with other settings than ``run_config`` (JSON form;
     each differing option named); :class:`CheckpointError` if its run config is unreadable."""
-    file = path / "run_config.json"
+    file = path / CHECKPOINT_RUN_CONFIG_FILE
     if not file.is_file():
         return  # written before run configs were stored
     try:
@@ -185,16 +197,16 @@ def save_checkpoint(
         return None
     with atomic_dir(path) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in parts.sae.state_dict().items()}
-        save_file(weights, str(tmp / "sae.safetensors"))
-        torch.save(parts.optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, str(tmp / CHECKPOINT_SAE_FILE))
+        torch.save(parts.optimizer.state_dict(), tmp / CHECKPOINT_OPTIMIZER_FILE)
         saved = {**state.state_dict(), "source": mine["source"], "window": window_rows, "world_size": world}
         if ranks is not None:
             saved["ranks"] = ranks
         if parts.scaler is not None and parts.scaler.is_enabled():
             saved["grad_scaler"] = parts.scaler.state_dict()
-        torch.save(saved, tmp / "state.pt")
-        (tmp / "sae_config.json").write_text(json.dumps(parts.sae.cfg.to_dict(), indent=2))
-        (tmp / "run_config.json").write_text(json.dumps(parts.run_config, indent=2))
+        torch.save(saved, tmp / CHECKPOINT_STATE_FILE)
+        (tmp / CHECKPOINT_SAE_CONFIG_FILE).write_text(json.dumps(parts.sae.cfg.to_dict(), indent=2))
+        (tmp / CHECKPOINT_RUN_CONFIG_FILE).write_text(json.dumps(parts.run_config, indent=2))
         sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
     return path
@@ -210,13 +222,13 @@ def load_checkpoint(path: Path, state: TrainState, parts: Checkpointed, world: i
     """Restore ``state``, the SAE, optimiser, grad scaler and this rank's data-stream position and RNG from checkpoint
     ``path``. :class:`CheckpointError` naming an unreadable file; ValueError for a checkpoint of a run on another
     number of processes."""
-    file = path / "sae.safetensors"
+    file = path / CHECKPOINT_SAE_FILE
     device = parts.sae.W_dec.device
     try:
         parts.sae.load_state_dict(load_file(str(file), device=str(device)))
-        file = path / "optimizer.pt"
+        file = path / CHECKPOINT_OPTIMIZER_FILE
         parts.optimizer.load_state_dict(torch.load(file, weights_only=True))
-        file = path / "state.pt"
+        file = path / CHECKPOINT_STATE_FILE
         saved = torch.load(file, weights_only=True)
         if not isinstance(saved, dict) or not {"step", "tokens", "scale", "source"} <= set(saved):
             raise KeyError("step, tokens, scale or source missing")

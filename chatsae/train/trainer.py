@@ -23,6 +23,7 @@ from torch import Tensor
 from ..activations.source import ActivationBatch, ActivationSource
 from ..core import distributed as pg
 from ..core.config import to_dict
+from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE, RUN_CONFIG_FILE, SAE_DIR, TRAINING_SUMMARY_FILE
 from ..core.devices import resolve_device
 from ..core.locking import DirLock, claim_dir
 from ..core.progress import Progress
@@ -162,11 +163,11 @@ class Trainer:
     # ---- paths -----------------------------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return self.out_dir / CHECKPOINTS_DIR
 
     @property
     def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
+        return self.out_dir / METRICS_LOG_FILE
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -444,8 +445,8 @@ class Trainer:
             "input_scale_folded": self.scale,
             "trained_tokens": self.tokens,
         }
-        extra = {"config.json": self.run_config, "training_summary.json": summary}
-        return save_sae(sae, self.out_dir / "sae", sparsity=self.log10_firing_frequency(), extra=extra)
+        extra = {RUN_CONFIG_FILE: self.run_config, TRAINING_SUMMARY_FILE: summary}
+        return save_sae(sae, self.out_dir / SAE_DIR, sparsity=self.log10_firing_frequency(), extra=extra)
 
     # ---- checkpoints (:mod:`chatsae.train.checkpoints`) -----------------------------------------------------
     def save_checkpoint(self) -> Path | None:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from ..activations.harvest import HarvestOptions
 from ..activations.pipeline import DataConfig, read_split
 from ..core.config import to_dict
+from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, RUN_CONFIG_FILE, SAE_CFG_FILE, SAE_DIR
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
 from ..data.methods import METHODS
@@ -270,19 +271,19 @@ class Study:
 
         out = self.out_dir / run
         wanted = {"architecture": arch, "sparsity_coef": coef, "k": k}
-        if (out / "sae" / "cfg.json").is_file():
-            saved = json.loads((out / "sae" / "config.json").read_text()).get("study", {})
+        if (out / SAE_DIR / SAE_CFG_FILE).is_file():
+            saved = json.loads((out / SAE_DIR / RUN_CONFIG_FILE).read_text()).get("study", {})
             if saved and saved != wanted:
                 raise ValueError(f"{out}: trained with {saved}, this run wants {wanted}; use another --out-dir")
             self.report(f"[{run}] trained SAE found, skipping training")
-            return out / "sae"
+            return out / SAE_DIR
         tc = self.train_cfg if coef is None else dataclasses.replace(self.train_cfg, sparsity_coef=coef)
         d_in = ActivationCache(cache_dir).d_in
         opts = {key: v for key, v in self.sae_options.items() if key not in ("architecture", "d_in")}
         opts.update({"k": k} if k is not None else {})
         d_sae = opts.pop("d_sae", None) or self.expansion_factor * d_in
         sae_cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, **opts)
-        resume = any((out / "checkpoints").glob("step_*/state.pt"))
+        resume = any((out / CHECKPOINTS_DIR).glob(f"step_*/{CHECKPOINT_STATE_FILE}"))
         self.report(
             f"[{run}] training {ARCH_LABELS.get(arch, arch)} d_sae={d_sae} on {tc.total_tokens:,} tokens"
             + (" (resuming)" if resume else "")
@@ -367,7 +368,7 @@ class Study:
                 "max_tokens": ev.eval_max_tokens,
                 "lm_loss": ev.lm_loss,
             }
-            if path.is_file() and path.stat().st_mtime >= (sae_dir / "cfg.json").stat().st_mtime:
+            if path.is_file() and path.stat().st_mtime >= (sae_dir / SAE_CFG_FILE).stat().st_mtime:
                 old = read_result(path)
                 if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
                     self.report(f"[{sae_dir.parent.name}] reusing {path.name}")

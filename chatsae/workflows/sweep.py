@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..core.config import to_dict
+from ..core.constants import SAE_CFG_FILE
 from ..eval.result import dumps
 from ..sae import ARCHITECTURES, K_ARCHITECTURES
 from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
@@ -251,7 +252,7 @@ def frontier_gaps(rows: list[dict[str, Any]], ref: str = "jumprelu") -> dict[str
 
 
 def _d_sae(sae_dir: Path) -> int:
-    return int(json.loads((sae_dir / "cfg.json").read_text())["d_sae"])
+    return int(json.loads((sae_dir / SAE_CFG_FILE).read_text())["d_sae"])
 
 
 def _points(rows: list[dict[str, Any]], arch: str, y: str) -> list[tuple[Any, Any]]:

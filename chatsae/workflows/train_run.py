@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..core.config import to_dict, validate
+from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, EVAL_FILE, TRAINING_SUMMARY_FILE
 from ..core.devices import set_tf32
 from ..core.locking import DirLock, claim_dir
 from ..sae import SAEConfig
@@ -308,7 +309,7 @@ def _train_run(spec: RunSpec) -> RunResult:
         return DirLock(out_dir, "chatsae train")
 
     with distributed.main_lock(claim):  # rank 0 claims and locks the directory for all ranks
-        if not run.resume or not any(out_dir.glob("checkpoints/step_*/state.pt")):
+        if not run.resume or not any(out_dir.glob(f"{CHECKPOINTS_DIR}/step_*/{CHECKPOINT_STATE_FILE}")):
             # refuse (or clear) an earlier run before a harvest
             distributed.from_rank0(lambda: check_fresh_run(out_dir, overwrite=run.overwrite))
         src = _make_source(spec, out_dir)
@@ -423,7 +424,7 @@ def judge_quality(
             f"activation; it is saved in {sae_dir} but marked failed_quality"
         )
         report(f"FAILED: {summary['failure']}")
-    with atomic_file(sae_dir / "training_summary.json", "w") as fh:
+    with atomic_file(sae_dir / TRAINING_SUMMARY_FILE, "w") as fh:
         fh.write(json.dumps(summary, indent=2, default=str))
 
 
@@ -473,9 +474,7 @@ def _evaluate(
         return {}, None
     from ..sae import load_sae
 
-    cfg = EvalConfig(
-        max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / "eval.json")
-    )
+    cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / EVAL_FILE))
     res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
     fvu = res.headline.get("fvu_no_pos0")
     return res.table_rows(), None if fvu is None else float(fvu)
