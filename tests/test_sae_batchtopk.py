@@ -94,20 +94,27 @@ def test_threshold_moving_average_by_hand():
     sae.kernel = "reference"
     with torch.no_grad():  # z = x exactly: W_enc = I, no biases, no b_dec subtraction effect (b_dec = 0)
         sae.W_enc.copy_(torch.eye(4))
-    assert float(sae.threshold) == 0.0 and float(sae.topk_threshold) == -1.0
+    assert float(sae.threshold) == 0.0 and int(sae.threshold_updates) == 0
     # k * B = 2 kept of [[5, 1, 0, 0], [4, 3, 0, 0]]: 5 and 4 -> the smallest kept is 4
     sae.loss(torch.tensor([[5.0, 1.0, 0.0, 0.0], [4.0, 3.0, 0.0, 0.0]]))
     assert float(sae.topk_threshold) == pytest.approx(4.0)  # the first batch sets it
     sae.loss(torch.tensor([[2.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]))  # kept 2 and 1 -> 1
-    assert float(sae.topk_threshold) == pytest.approx(0.9 * 4.0 + 0.1 * 1.0)
-    sae.loss(-torch.ones(2, 4))  # nothing positive: unchanged
-    assert float(sae.topk_threshold) == pytest.approx(3.7)
+    assert float(sae.topk_threshold) == pytest.approx((4.0 + 1.0) / 2)  # rate max(0.1, 1/2): the mean so far
+    sae.loss(-torch.ones(2, 4))  # nothing positive: unchanged, not counted
+    assert float(sae.topk_threshold) == pytest.approx(2.5) and int(sae.threshold_updates) == 2
+    for _ in range(8):  # updates 3..10 at m = 4: the mean of the ten batches
+        sae.loss(torch.tensor([[4.0, 0.0, 0.0, 0.0]]))
+    theta = (4.0 + 1.0 + 8 * 4.0) / 10
+    assert float(sae.topk_threshold) == pytest.approx(theta)
+    sae.loss(torch.tensor([[6.0, 0.0, 0.0, 0.0]]))  # the 11th: rate lr = 0.1 from now on (SAELens's rule)
+    theta = 0.9 * theta + 0.1 * 6.0
+    assert float(sae.topk_threshold) == pytest.approx(theta)
     sae.eval()
     sae.loss(torch.tensor([[9.0, 0.0, 0.0, 0.0]]))  # eval mode: no update
-    assert float(sae.topk_threshold) == pytest.approx(3.7)
-    # inference: JumpReLU with theta = 3.7
-    f = sae.encode(torch.tensor([[3.6, 3.8, -1.0, 10.0]]))
-    assert f.tolist() == [[0.0, pytest.approx(3.8), 0.0, 10.0]]
+    assert float(sae.topk_threshold) == pytest.approx(theta)
+    # inference: JumpReLU with theta (3.93)
+    f = sae.encode(torch.tensor([[3.9, 4.0, -1.0, 10.0]]))
+    assert f.tolist() == [[0.0, 4.0, 0.0, 10.0]]
 
 
 def test_sparse_kernel_updates_threshold_like_reference():
@@ -153,7 +160,7 @@ def test_checkpoint_state_holds_threshold():
     sae.loss(torch.randn(64, 12, dtype=torch.float64))
     other = make()
     other.load_state_dict(sae.state_dict())
-    assert float(other.topk_threshold) == float(sae.topk_threshold) > 0
+    assert float(other.topk_threshold) == float(sae.topk_threshold) > 0 and int(other.threshold_updates) == 1
 
 
 def test_training_reduces_loss():

@@ -199,14 +199,14 @@ def test_training_loss_and_gradients_match_saelens(random_sae, arch: str, kw: di
     ref.loss.backward()
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(getattr(ours, name).grad, getattr(theirs, name).grad, rtol=1e-4, atol=1e-5)
-    # threshold: SAELens starts its moving average at 0, chatsae at the first batch's value; both then follow the
-    # same rule: theta <- (1 - lr) theta + lr m
+    # threshold: SAELens starts its moving average at 0, chatsae averages the first 1 / lr batches; both then follow
+    # the same rule: theta <- (1 - lr) theta + lr m
     m = float(ref.feature_acts.detach()[ref.feature_acts > 0].min())
     assert float(theirs.topk_threshold) == pytest.approx(0.01 * m) and float(ours.topk_threshold) == pytest.approx(m)
     ours.loss(x * 0.5)
     ref2 = saelens_step(theirs, x * 0.5)
     m2 = float(ref2.feature_acts.detach()[ref2.feature_acts > 0].min())
-    assert float(ours.topk_threshold) == pytest.approx(0.99 * m + 0.01 * m2, rel=1e-5)
+    assert float(ours.topk_threshold) == pytest.approx((m + m2) / 2, rel=1e-5)
     assert float(theirs.topk_threshold) == pytest.approx(0.99 * 0.01 * m + 0.01 * m2, rel=1e-5)
 
 

@@ -1,12 +1,14 @@
 """BatchTopK SAE (Bussmann, Leask & Nanda 2024): in training, keep the ``k * B`` largest ReLU'd pre-activations of the
 whole batch of ``B`` tokens (k per token on average); at inference, a JumpReLU with one scalar threshold.
 
-Threshold: after each training step ``theta <- (1 - lr) * theta + lr * m``, ``m`` the smallest positive kept
-activation of the batch (SAELens's ``BatchTopKTrainingSAE.update_topk_threshold``, ``lr`` =
-``batchtopk_threshold_lr``, default 0.01, float64). The first batch sets ``theta = m`` (dictionary_learning's rule:
-SAELens starts the average at 0, which leaves theta biased low for the first few hundred steps). The buffer
-``topk_threshold`` is -1 until then; the threshold used and saved is ``max(theta, 0)`` (0: a plain ReLU). Under
-torchrun each step's ``m`` is the minimum over the ranks, so every rank holds the same theta.
+Threshold: after each training step ``theta <- (1 - r) * theta + r * m``, ``m`` the smallest positive kept
+activation of the batch, ``r = max(lr, 1 / n)`` at the n-th update (``lr`` = ``batchtopk_threshold_lr``, default
+0.01; float64). From ``n = 1 / lr`` on this is SAELens's ``BatchTopKTrainingSAE.update_topk_threshold``; before, theta
+is the plain mean of the batches seen (SAELens starts its average at 0, which leaves theta biased low for the first
+few hundred steps; dictionary_learning starts at the first batch's value, which then weighs on it for as long).
+Buffers ``topk_threshold`` (theta, 0 = a plain ReLU) and ``threshold_updates`` (n; 0 after loading a saved SAE, so a
+fine-tuning run starts a new estimate). Under torchrun each step's ``m`` is the minimum over the ranks, so every rank
+holds the same theta.
 
 Inference: ``f = ReLU(z) * (z > theta)``; it is saved as a SAELens ``jumprelu`` SAE (``threshold`` = theta for every
 latent, as SAELens saves its BatchTopK SAEs), with chatsae's own config kept under ``chatsae`` in cfg.json so that
@@ -39,15 +41,17 @@ class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
     topk_threshold: Tensor
+    threshold_updates: Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        self.register_buffer("topk_threshold", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("topk_threshold", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
 
     @property
     def threshold(self) -> Tensor:
         """The inference threshold theta (a 0-dim tensor in the parameter dtype, >= 0)."""
-        return self.topk_threshold.clamp_min(0).to(self.W_enc.dtype)
+        return self.topk_threshold.to(self.W_enc.dtype)
 
     def encode_with_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z = self.encoder_input(x) @ self.W_enc + self.b_enc
@@ -100,15 +104,16 @@ class BatchTopKSAE(TopKSAE):
         m = min_kept.detach().to(torch.float64).reshape(())
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(m, op=dist.ReduceOp.MIN)
-        t, lr = self.topk_threshold, self.cfg.batchtopk_threshold_lr
-        new = torch.where(t < 0, m, (1 - lr) * t + lr * m)
-        self.topk_threshold.copy_(torch.where(torch.isfinite(m), new, t))
+        t = self.topk_threshold
+        rate = (1.0 / (self.threshold_updates + 1).to(torch.float64)).clamp_min(self.cfg.batchtopk_threshold_lr)
+        seen = torch.isfinite(m)
+        self.topk_threshold.copy_(torch.where(seen, t + rate * (m - t), t))
+        self.threshold_updates.add_(seen.to(torch.long))
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
         super().fold_input_scale(scale)
-        if float(self.topk_threshold) > 0:  # -1 (not yet estimated) stays
-            self.topk_threshold.mul_(scale)
+        self.topk_threshold.mul_(scale)
 
     def saelens_state_dict(self) -> dict[str, Tensor]:
         state = {name: getattr(self, name).detach() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
@@ -124,3 +129,4 @@ class BatchTopKSAE(TopKSAE):
             for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
                 getattr(self, name).copy_(state[name])
             self.topk_threshold.fill_(float(theta[0]))
+            self.threshold_updates.zero_()
