@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from .common import OneLineParser, error_message
 
-COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare", "convert")
+COMMAND_MODULES = ("train", "eval", "interp", "steer", "compare", "convert", "bench")
 DISTRIBUTED_COMMANDS = ("train", "harvest")
 """Commands that run under torchrun (several processes); the others are single-process."""
 
