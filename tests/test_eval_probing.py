@@ -15,6 +15,7 @@ from chatsae.eval.probing import (
     fit_logistic,
     mean_pool,
     one_vs_rest,
+    probe_task,
     reservoir_sample,
     sparse_probe,
     top_k_mean_diff,
@@ -130,3 +131,31 @@ def test_reservoir_sample_keeps_order():
     picked = reservoir_sample(range(1000), 5, random.Random(0))
     assert len(picked) == 5 and picked == sorted(picked)
     assert reservoir_sample(range(3), 5, random.Random(0)) == [0, 1, 2]
+
+
+def test_probe_task_keys_positives_and_skipped():
+    gen = torch.Generator().manual_seed(0)
+
+    def items(cls: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = torch.randn(n, 4, generator=gen) * 0.1
+        raw[:, cls] += 3.0
+        lat = torch.zeros(n, 8)
+        lat[:, 2 * cls] = 1.0 + torch.rand(n, generator=gen)  # latent 2*cls marks the class
+        return raw, lat
+
+    raw: dict[str, dict[str, torch.Tensor]] = {"train": {}, "test": {}}
+    lat: dict[str, dict[str, torch.Tensor]] = {"train": {}, "test": {}}
+    for split, n in (("train", 20), ("test", 6)):
+        for cls, name in enumerate(["x", "y", "z"]):
+            raw[split][name], lat[split][name] = items(cls, n)
+    raw["test"]["w"], lat["test"]["w"] = items(3, 2)  # no train items: skipped
+    res = probe_task(raw, lat, ks=[1, 2, 10], seed=0)
+    assert res["positives"] == ["x", "y", "z"] and res["skipped"] == ["w"]
+    x = res["classes"]["x"]
+    assert set(x) == {"llm", "llm_top_1", "llm_top_2", "sae", "sae_top_1", "sae_top_2", "sae_top_10"}
+    assert "llm_top_10" not in x  # k above the 4 raw dimensions
+    assert x["sae_top_1"].features == [0] and x["sae_top_1"].accuracy == 1.0 and x["sae_top_1"].n == 12
+    assert res["mean"]["sae_top_1"]["accuracy"] == 1.0 and res["mean"]["sae_top_1"]["n"] == 36
+    pick = lambda d: {s: {k: d[s][k] for k in "xy"} for s in d}  # noqa: E731
+    two = probe_task(pick(raw), pick(lat), [1])
+    assert two["positives"] == ["x"]

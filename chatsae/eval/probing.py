@@ -246,8 +246,8 @@ def probe_task(
     corrects: dict[str, list[Tensor]] = {}
     gen = torch.Generator().manual_seed(seed)
     d = next(iter(train_raw.values())).shape[1] if train_raw else 0
+    joined = {s: {k: torch.cat([raw[s][k], latents[s][k]], 1) for k in usable} for s in ("train", "test")}
     for cls in positives if len(usable) >= 2 else []:
-        joined = {s: {k: torch.cat([raw[s][k], latents[s][k]], 1) for k in usable} for s in ("train", "test")}
         xtr, ytr = one_vs_rest(joined["train"], cls, gen)
         xte, yte = one_vs_rest(joined["test"], cls, gen)
         scores: dict[str, ProbeScore] = {}

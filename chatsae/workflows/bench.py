@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.config import validate
+from ..core.devices import resolve_device
 from ..core.locking import DirLock, claim_dir
 from ..core.utils import atomic_file
 from ..eval.absorption import PROMPT_TEMPLATE, AbsorptionConfig, absorption_eval, alpha_tokens, first_letter_prompts
@@ -177,9 +178,8 @@ def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> d
     claim_dir(out, "bench", cfg.overwrite, "--out-dir")
     with DirLock(out, "chatsae bench"):
         t0 = time.perf_counter()
-        device = "cpu" if cfg.device == "auto" and not torch.cuda.is_available() else cfg.device
-        device = "cuda" if device == "auto" else device
-        model, tokenizer = load_model(model_name, dtype=cfg.dtype, device=device)
+        device = resolve_device(cfg.device)
+        model, tokenizer = load_model(model_name, dtype=cfg.dtype, device=str(device))
         hook = HookPoint.parse(hook_name)
         check_sae_width(sae.cfg.d_in, model, hook)
         sae = sae.to(device)

@@ -13,7 +13,9 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
-SAEBENCH_DEFINITIONS = "adamkarvonen/SAEBench main, read 2026-12 (sae_bench/evals/sparse_probing, absorption)"
+SAEBENCH_DEFINITIONS = (
+    "adamkarvonen/SAEBench 8042bb3828c6340da8d12062324e92b2077c571c (sae_bench/evals/sparse_probing, absorption)"
+)
 
 
 def _key_name(key: str) -> str:
