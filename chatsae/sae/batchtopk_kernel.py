@@ -23,7 +23,7 @@ from torch import Tensor
 from .base import FIRE_THRESHOLD
 from .sparse_kernel import decode_bag, sddmm
 
-SAMPLE_ROWS = 256
+SAMPLE_ROWS = 128
 """Rows of the batch sampled to place the candidate floor."""
 MARGIN = 1.2
 """The floor is set so that about this many times ``k * B`` entries exceed it (a too-high floor costs a second pass)."""
@@ -40,7 +40,7 @@ def batch_topk_entries(z: Tensor, n: int) -> tuple[Tensor, Tensor]:
     want = int(MARGIN * n * sample.numel() / flat.numel()) + 64
     floor = 0.0
     if want < sample.numel():
-        floor = max(float(torch.kthvalue(sample, sample.numel() - want).values), 0.0)
+        floor = max(float(sample.topk(want, sorted=False).values.min()), 0.0)  # faster than kthvalue here
     idx = (flat > floor).nonzero().squeeze(1)
     if idx.numel() < n and floor > 0:
         idx = (flat > 0).nonzero().squeeze(1)
