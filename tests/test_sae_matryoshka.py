@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_sae_batchtopk import grads, make, naive_loss
 
+from chatsae.cli import main
 from chatsae.core.config import ConfigError
 from chatsae.sae import MatryoshkaSAE, SAEConfig, create_sae, load_sae, save_sae
 
@@ -92,3 +93,14 @@ def test_training_reduces_loss_and_orders_latents():
     with torch.no_grad():  # the first prefix must reconstruct alone: its latents fire more often than the rest
         fired = (sae.encode(x) > 0).float().mean(0)
     assert float(fired[:8].mean()) > 2 * float(fired[8:].mean())
+
+
+def test_cli_trains_and_saves_matryoshka(tmp_path):
+    args = ["train", "--arch", "matryoshka", "--activations", "synthetic", "--d-in", "16", "--width", "64"]
+    args += ["--k", "4", "--matryoshka-prefixes", "8,16,64", "--total-tokens", "2048", "--batch-size", "256"]
+    args += ["--init-sample-tokens", "256", "--no-progress", "--out-dir", str(tmp_path / "run")]
+    assert main(args) == 0
+    sae = load_sae(tmp_path / "run" / "sae")
+    assert isinstance(sae, MatryoshkaSAE) and sae.levels() == [8, 16, 64] and sae.cfg.k == 4
+    assert float(sae.threshold) > 0  # estimated in training, saved in raw-activation units
+    assert main([*args[:-2], "--out-dir", str(tmp_path / "bad"), "--matryoshka-prefixes", "8,16"]) == 1
