@@ -398,13 +398,13 @@ def test_single_process_commands_refuse_torchrun(command, monkeypatch, capsys, t
 
 
 def test_train_is_not_refused_under_torchrun_env(monkeypatch):
-    from chatsae.cli import _check_world
+    from chatsae.cli import check_world
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    _check_world("train")
-    _check_world("harvest")
+    check_world("train")
+    check_world("harvest")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    _check_world("compare")
+    check_world("compare")
 
 
 class _Exited(Exception):

@@ -130,5 +130,7 @@ def test_evaluate_takes_the_short_pass_and_matches_full_passes(tiny_llama, monke
     fast, full = out[True], out[False]
     for subset in ("all", "special", "assistant"):
         for key in ("ce_zero", "ce_recovered", "ce_spliced", "kl"):
-            assert fast[subset][key] == pytest.approx(full[subset][key], rel=1e-5, abs=1e-6), (subset, key)
+            # CE recovered is a ratio of two CE differences: float rounding of order 1e-6 in its terms moves it ~1e-5
+            rel = 1e-4 if key == "ce_recovered" else 1e-5
+            assert fast[subset][key] == pytest.approx(full[subset][key], rel=rel, abs=1e-6), (subset, key)
     assert abs(full["all"]["ce_zero"] - full["all"]["ce_clean"]) > 1e-3  # the ablation changes the losses

@@ -18,7 +18,7 @@ from test_models_hooks import VOCAB
 from chatsae.eval import EvalConfig, evaluate
 from chatsae.eval import metrics as M
 from chatsae.eval.config import resolve_config
-from chatsae.eval.evaluate import _by_part, evaluate_many
+from chatsae.eval.evaluate import evaluate_many, loss_by_part
 from chatsae.models import KINDS, HookPoint, capture_many, d_model, decoder_layers, edit, mlp_module
 from chatsae.models import prefix as P
 from chatsae.models.resume import clean_forward
@@ -142,7 +142,7 @@ def test_losses_of_split_logits_equal_those_of_whole_logits():
     b[:, :length] = b[:1, :length]
     labels, valid = M.next_token_labels(ids, mask)
     whole = M.paired_losses(a, b, labels, valid)
-    split = _by_part(
+    split = loss_by_part(
         M.paired_losses,
         [P.SplitLogits(a[:1, :length], a[:, length:]), P.SplitLogits(b[:1, :length], b[:, length:])],
         labels,

@@ -126,7 +126,7 @@ def activations_for_batch(
     return (kept if isinstance(hook, list) else kept[hook]), meta
 
 
-def _windows(sequences: Iterable[TokenSequence], window_tokens: int) -> Iterator[list[TokenSequence]]:
+def length_windows(sequences: Iterable[TokenSequence], window_tokens: int) -> Iterator[list[TokenSequence]]:
     window: list[TokenSequence] = []
     n = 0
     for s in sequences:
@@ -311,7 +311,7 @@ def _harvest_locked(
                 },
             )
 
-        for w, window in enumerate(_windows(sequences, opts.shard_tokens)):
+        for w, window in enumerate(length_windows(sequences, opts.shard_tokens)):
             if w < start:
                 continue
             if max_tokens is not None and n_tokens >= max_tokens:

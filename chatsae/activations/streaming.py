@@ -22,7 +22,7 @@ from torch import Tensor
 from ..data import TokenSequence
 from ..models import HookPoint
 from .buffer import MixingBuffer
-from .harvest import HarvestOptions, HarvestStats, _windows, window_activations
+from .harvest import HarvestOptions, HarvestStats, length_windows, window_activations
 from .source import ActivationBatch
 
 BATCH_KEYS = ("token_ids", "special_mask", "positions", "sample_ids")
@@ -142,7 +142,7 @@ class StreamingSource:
     ) -> Iterator[tuple[int, int, dict[str, Tensor]]]:
         while True:
             n = 0
-            for w, window in enumerate(_windows(self.sequences(), self.opts.shard_tokens)):
+            for w, window in enumerate(length_windows(self.sequences(), self.opts.shard_tokens)):
                 if w < start or w % self.world_size != self.rank % self.world_size:
                     continue
                 got = window_activations(
@@ -317,7 +317,7 @@ class SharedStream:
         if self._n_windows is not None and w >= self._n_windows:
             return None
         if self._walk is None or self._walk[0] > w:
-            self._walk = (0, enumerate(_windows(self.sequences(), self.opts.shard_tokens)))
+            self._walk = (0, enumerate(length_windows(self.sequences(), self.opts.shard_tokens)))
         for i, window in self._walk[1]:
             self._walk = (i + 1, self._walk[1])
             if i == w:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        _check_world(args.command)
+        check_world(args.command)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; completed checkpoints are kept (use --resume)", file=sys.stderr)
@@ -94,7 +94,7 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def _check_world(command: str) -> None:
+def check_world(command: str) -> None:
     """Refuse a single-process command started by torchrun with several processes: every rank would run the whole
     command and write the same files."""
     world = env_world_size()

@@ -161,7 +161,7 @@ def _proxies(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..eval.result import _json_safe
+    from ..eval.result import json_safe
     from ..interp.proxies import compare_proxies, proxies, proxy_lines
     from ..interp.store import FeatureData
 
@@ -179,7 +179,7 @@ def _proxies(args: argparse.Namespace) -> int:
     comparison = compare_proxies(named)
     print("\n".join(proxy_lines(comparison)))
     if args.out:
-        Path(args.out).write_text(json.dumps(_json_safe({"proxies": named, "comparison": comparison}), indent=2))
+        Path(args.out).write_text(json.dumps(json_safe({"proxies": named, "comparison": comparison}), indent=2))
         print(f"wrote {args.out}")
     return 0
 

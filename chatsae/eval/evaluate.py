@@ -151,7 +151,7 @@ def spliced_losses(
 Logits = Tensor | SplitLogits
 
 
-def _by_part(
+def loss_by_part(
     loss: Callable[..., tuple[Tensor, ...]], logits: list[Logits], labels: Tensor, mask: Tensor
 ) -> tuple[Tensor, ...]:
     """``loss(*logits, labels, mask)`` (per-position ``[B, T]`` tensors); for :class:`SplitLogits` the prefix's
@@ -217,14 +217,14 @@ def spliced_losses_many(
     losses = []
     for fn in fns:
         splice = fn if splice_first_position else keep_first(fn)
-        losses.append(_by_part(M.paired_losses, [clean, edited(splice)], labels, mask))
+        losses.append(loss_by_part(M.paired_losses, [clean, edited(splice)], labels, mask))
     del clean
     if zero_ablation and ce_zero is None and restart:  # one short pass instead (module chatsae.eval.zero_ablation)
         ce_zero = zero_ablated_losses(
             model, point, input_ids, attention_mask, labels, mask, splice_first_position, ckpt
         )
     if zero_ablation and ce_zero is None:
-        (ce_zero,) = _by_part(
+        (ce_zero,) = loss_by_part(
             lambda lg, lab, m: (M.token_cross_entropy(lg, lab, m),),
             [edited(zeroing(splice_first_position))],
             labels,

@@ -96,7 +96,7 @@ class EvalResult:
         the SAE was trained for (no position 0) first, then a labelled block with position 0 included."""
         rows = {}
         for name, subset, metric in TABLE_ROWS:
-            v = _json_safe(self.metrics.get(subset, {}).get(metric)) if subset else None
+            v = json_safe(self.metrics.get(subset, {}).get(metric)) if subset else None
             rows[name] = SECTION_NOTES[name] if not subset else "-" if v is None else f"{v:.4g}"
         return rows
 
@@ -110,7 +110,7 @@ class EvalResult:
             "latents": self.latents,
             "per_sequence": self.per_sequence,
         }
-        return _json_safe(out)
+        return json_safe(out)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalResult:
@@ -120,14 +120,14 @@ class EvalResult:
         return cls(d["sae"], d["setup"], d["metrics"], d.get("latents", {}), d.get("per_sequence", {}))
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/inf -> None (JSON has no NaN); tensors and numpy scalars -> Python numbers."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, Tensor):
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         obj = obj.item()
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):

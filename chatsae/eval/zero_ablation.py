@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import HookPoint, edit
-from ..models.hooks import _replace_first
+from ..models.hooks import replace_first_output
 from ..models.resume import RESUMABLE, Checkpoint, resumed_logits
 from . import metrics as M
 
@@ -106,7 +106,7 @@ def zero_ablated_losses(
     ids = input_ids[reps]
     if ckpt is not None:
         state = ckpt.state[reps]
-        rows = Checkpoint(ckpt.point, ckpt.act[reps], state, _replace_first(ckpt.template, state))
+        rows = Checkpoint(ckpt.point, ckpt.act[reps], state, replace_first_output(ckpt.template, state))
         logits = resumed_logits(model, rows, ids, None, zero)
     else:
         with edit(model, point, zero):

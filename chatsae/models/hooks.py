@@ -193,11 +193,11 @@ def hook_module(model: nn.Module, hook: str | HookPoint) -> nn.Module:
     return attention_module(block) if point.kind == "attn_out" else mlp_module(block)
 
 
-def _first(value: Any) -> Tensor:
+def first_output(value: Any) -> Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def _replace_first(value: Any, new: Tensor) -> Any:
+def replace_first_output(value: Any, new: Tensor) -> Any:
     if isinstance(value, tuple):
         return (new, *value[1:])
     if isinstance(value, list):
@@ -205,7 +205,7 @@ def _replace_first(value: Any, new: Tensor) -> Any:
     return new
 
 
-def _register(
+def register_hook(
     model: nn.Module, point: HookPoint, fn: Callable[[Tensor], Tensor | None]
 ) -> torch.utils.hooks.RemovableHandle:
     """Register ``fn(act)`` at ``point``; a returned tensor replaces the activation, None leaves it."""
@@ -225,8 +225,8 @@ def _register(
         return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def post_hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        new = fn(_first(output))
-        return None if new is None else _replace_first(output, new)
+        new = fn(first_output(output))
+        return None if new is None else replace_first_output(output, new)
 
     return module.register_forward_hook(post_hook)
 
@@ -273,7 +273,7 @@ def capture_many(
 
     try:
         for key, point in points.items():
-            handles.append(_register(model, point, make(key)))
+            handles.append(register_hook(model, point, make(key)))
         with torch.inference_mode(), contextlib.suppress(_StopForward):
             _run(model, input_ids, attention_mask, forward_kwargs)
     finally:
@@ -315,7 +315,7 @@ def edit(model: nn.Module, hook: str | HookPoint, fn: Callable[[Tensor], Tensor]
             raise ValueError(f"edit function for '{point}' changed the shape {tuple(act.shape)} -> {tuple(new.shape)}")
         return new.to(dtype=act.dtype, device=act.device)
 
-    handle = _register(model, point, replace)
+    handle = register_hook(model, point, replace)
     try:
         yield point
     finally:

@@ -27,8 +27,8 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from .hooks import HookPoint, _replace_first, capture_many, check_hook, edit
-from .resume import RESUMABLE, Checkpoint, _logits, cache_argument, checkpointing, resumed
+from .hooks import HookPoint, capture_many, check_hook, edit, replace_first_output
+from .resume import RESUMABLE, Checkpoint, cache_argument, checkpointing, model_logits, resumed
 
 SHARES_PREFIX = RESUMABLE
 """``config.model_type`` values whose prefix-shared passes the tests compare with plain ones (transformers >= 5)."""
@@ -89,7 +89,7 @@ def _join(point: HookPoint, prefix: Checkpoint, rest: Checkpoint) -> Checkpoint:
     rows = rest.state.shape[0]
     state = torch.cat([prefix.state.expand(rows, -1, -1), rest.state], dim=1)
     act = state if rest.act is rest.state else torch.cat([prefix.act.expand(rows, -1, -1), rest.act], dim=1)
-    return Checkpoint(point, act, state, _replace_first(rest.template, state))
+    return Checkpoint(point, act, state, replace_first_output(rest.template, state))
 
 
 def clean_forward_shared(
@@ -102,7 +102,7 @@ def clean_forward_shared(
         head, cache = _forward_cached(model, input_ids[:1, :length])
     first = checkpoint()
     with checkpointing(model, point) as checkpoint:
-        rest = _logits(model, input_ids[:, length:], attention_mask, _repeat(cache, input_ids.shape[0]))
+        rest = model_logits(model, input_ids[:, length:], attention_mask, _repeat(cache, input_ids.shape[0]))
     second = checkpoint()
     return SplitLogits(head, rest), _join(point, first, second), SharedPrefix(length, first, second)
 
@@ -121,7 +121,7 @@ def edited_forward_shared(
         head, cache = _forward_cached(model, input_ids[:1, :length])
     rest = new[:, length:]
     with resumed(model, shared.rest), edit(model, point, part(rest)):
-        tail = _logits(model, input_ids[:, length:], attention_mask, _repeat(cache, input_ids.shape[0]))
+        tail = model_logits(model, input_ids[:, length:], attention_mask, _repeat(cache, input_ids.shape[0]))
     return SplitLogits(head, tail)
 
 

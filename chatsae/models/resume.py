@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .hooks import HookPoint, _first, _register, _replace_first, check_hook, decoder_layers, edit
+from .hooks import HookPoint, check_hook, decoder_layers, edit, first_output, register_hook, replace_first_output
 
 RESUMABLE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "gpt_neox"}
@@ -58,7 +58,7 @@ def cache_argument(model: nn.Module) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in names), None)
 
 
-def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cache: Any = None) -> Tensor:
+def model_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, cache: Any = None) -> Tensor:
     kwargs: dict[str, Any] = {"use_cache": cache is not None}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
@@ -84,12 +84,12 @@ def checkpointing(model: nn.Module, point: HookPoint) -> Iterator[Callable[[], C
         seen["act"] = act
 
     def result() -> Checkpoint:
-        state = _first(seen["out"]) if point.kind == "resid_post" else seen["pre"]
+        state = first_output(seen["out"]) if point.kind == "resid_post" else seen["pre"]
         return Checkpoint(point, seen.get("act", state), state, seen["out"])
 
     handles = [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]
     if point.kind in ("attn_out", "mlp_out"):
-        handles.append(_register(model, point, read))
+        handles.append(register_hook(model, point, read))
     try:
         yield result
     finally:
@@ -103,7 +103,7 @@ def clean_forward(
     """One full clean forward: logits ``[B, T, V]`` and the :class:`Checkpoint` at ``hook``."""
     point = check_hook(model, hook)
     with checkpointing(model, point) as checkpoint:
-        logits = _logits(model, input_ids, attention_mask)
+        logits = model_logits(model, input_ids, attention_mask)
     return logits, checkpoint()
 
 
@@ -129,7 +129,7 @@ def resumed(model: nn.Module, ckpt: Checkpoint) -> Iterator[None]:
         def forward(*args: Any, **kwargs: Any) -> Any:
             hidden = args[0] if args else kwargs["hidden_states"]
             _check(point, hidden, ckpt.state)
-            return _replace_first(ckpt.template, ckpt.state if last else hidden)
+            return replace_first_output(ckpt.template, ckpt.state if last else hidden)
 
         return forward
 
@@ -171,7 +171,7 @@ def resumed_logits(
     the hook layer; the same as ``with edit(model, hook, fn): model(input_ids, attention_mask)``. ``cache``: a KV
     cache of the tokens before ``input_ids`` (``attention_mask`` then covers both), extended by this pass."""
     with resumed(model, ckpt), edit(model, ckpt.point, fn):
-        return _logits(model, input_ids, attention_mask, cache)
+        return model_logits(model, input_ids, attention_mask, cache)
 
 
 _NOTICED: set[str] = set()
