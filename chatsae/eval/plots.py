@@ -46,7 +46,7 @@ def _finite(v: object) -> TypeGuard[float]:
 
 
 def _figure(n_panels: int, title: str, panel_size: tuple[float, float] = (5.0, 3.8)) -> tuple[Any, list[Any]]:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib loads only for plots (~1 s)
 
     cols = min(n_panels, 2)
     rows = math.ceil(n_panels / cols)
@@ -169,7 +169,7 @@ def line_chart(panels: Sequence[LinePanel], path: str | Path, title: str, legend
                     alpha=0.7,
                 )
         if panel.log_x and drawn:
-            from matplotlib.ticker import LogFormatter
+            from matplotlib.ticker import LogFormatter  # matplotlib loads only for plots
 
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(LogFormatter())  # plain numbers (10, 20, 50), not 2x10^1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,13 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import httpx
 import torch
 
 from ..core.config import ConfigError, validate
 from ..core.progress import Progress
-from ..core.redact import redact, register_secret
+from ..core.redact import redact, redact_url, register_secret, register_url
 from ..core.utils import atomic_file
+from ..models import load_model
 from .prompts import Messages, ParseError
+from .transport import DeadlineTransport
+
+MAX_ANSWER_CHARS = 1_000_000
+"""Longest answer kept from a judge: a longer one is cut here and flagged (see :func:`cap_answer`)."""
+_TRUNCATED = re.compile(r"\n\[chatsae: answer truncated: [\d,]+ characters, the first [\d,]+ kept\]$")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,7 +68,8 @@ class JudgeConfig:
     http_retries: int = 4
     """Retries of failed HTTP requests (429, 5xx, connection errors) by the client, with exponential backoff."""
     timeout: float = 120.0
-    """Seconds before a request times out."""
+    """Seconds one HTTP attempt may take in whole (connect, headers and body, even from a server that trickles
+    bytes); failed attempts are retried --http-retries times."""
     cache_dir: str | None = None
     """On-disk cache of answers. None = FEATURES_DIR/judge_cache; 'none' disables the cache."""
     judge_device: str = "cpu"
@@ -78,6 +87,18 @@ class JudgeConfig:
             dtypes=("judge_dtype",),
             devices=("judge_device",),
         )
+
+
+def cap_answer(text: str, limit: int = MAX_ANSWER_CHARS) -> str:
+    """``text``, or its first ``limit`` characters followed by a line saying it was truncated (idempotent)."""
+    if len(text) <= limit or is_truncated(text):
+        return text
+    return f"{text[:limit]}\n[chatsae: answer truncated: {len(text):,} characters, the first {limit:,} kept]"
+
+
+def is_truncated(text: str) -> bool:
+    """Whether :func:`cap_answer` cut ``text``."""
+    return _TRUNCATED.search(text[-200:]) is not None
 
 
 class RateLimiter:
@@ -112,7 +133,7 @@ class OpenAIJudge:
         max_retries: int = 4,
         requests_per_minute: float | None = None,
     ) -> None:
-        from openai import OpenAI
+        from openai import OpenAI  # loaded only when a judge runs
 
         key = api_key or os.environ.get(api_key_env)
         if not key:
@@ -122,17 +143,19 @@ class OpenAIJudge:
                 )
             key = "not-needed"
         register_secret(key)
+        register_url(base_url)  # a password or token in the URL is a secret too
         self.model = model
-        self.name = f"openai:{base_url or 'api.openai.com'}:{model}"
+        self.name = f"openai:{redact_url(base_url) if base_url else 'api.openai.com'}:{model}"
         self.prefills = False  # the OpenAI API answers a trailing assistant message with a new message
-        self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        http = httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout)  # one deadline per attempt
+        self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries, http_client=http)
         self.limiter = RateLimiter(requests_per_minute)
         self._tokens_key = "max_tokens"
 
     def complete(
         self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512, seed: int | None = None
     ) -> str:
-        from openai import BadRequestError
+        from openai import BadRequestError  # loaded only when a judge runs
 
         self.limiter.acquire()
         kwargs: dict[str, Any] = {
@@ -153,7 +176,7 @@ class OpenAIJudge:
             response = self.client.chat.completions.create(**kwargs)
         if not response.choices:
             raise RuntimeError("the endpoint returned no choices")
-        return response.choices[0].message.content or ""
+        return cap_answer(response.choices[0].message.content or "")
 
 
 class LocalJudge:
@@ -182,7 +205,6 @@ class LocalJudge:
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
-            from ..models import load_model
 
             name, device, dtype = self._spec
             self._model, self._tokenizer = load_model(name, dtype=dtype, device=device)
@@ -252,8 +274,10 @@ class CachedJudge:
                 return answer
             except (json.JSONDecodeError, KeyError, OSError):
                 pass  # a damaged entry is recomputed
-        answer = self.judge.complete(messages, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        answer = cap_answer(self.judge.complete(messages, temperature=temperature, max_tokens=max_tokens, seed=seed))
         entry = {"judge": self.name, "messages": messages, "temperature": temperature, "seed": seed, "answer": answer}
+        if is_truncated(answer):
+            entry["truncated"] = True
         with atomic_file(path, "w") as fh:
             fh.write(redact(json.dumps(entry)))
         with self._lock:
@@ -294,11 +318,13 @@ def ask(
         start = prefill if i > 0 and prefill and getattr(judge, "prefills", False) else ""
         request = [*messages, {"role": "assistant", "content": start}] if start else messages
         try:
-            text = start + judge.complete(
-                request,
-                temperature=temperature if i == 0 else retry_temperature,
-                max_tokens=max_tokens,
-                seed=None if i == 0 else i,
+            text = start + cap_answer(
+                judge.complete(
+                    request,
+                    temperature=temperature if i == 0 else retry_temperature,
+                    max_tokens=max_tokens,
+                    seed=None if i == 0 else i,
+                )
             )
         except Exception as e:  # noqa: BLE001 - a failed request is recorded, the run goes on
             raw.append(redact(f"error: {type(e).__name__}: {e}"))  # endpoints may echo the API key
@@ -369,6 +395,8 @@ __all__ = [
     "ParseError",
     "RateLimiter",
     "ask",
+    "cap_answer",
+    "is_truncated",
     "make_judge",
     "redact",
     "run_concurrent",

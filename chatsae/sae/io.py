@@ -193,7 +193,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", hook: str | N
 
 def load_saelens_dir(path: str | Path) -> SAE:
     """Load an SAE directory written by chatsae (or by SAELens, for the four shared architectures)."""
-    from . import create_sae
+    from . import create_sae  # chatsae.sae imports this module: resolved at call time
 
     path = Path(path)
     cfg = read_cfg(path)

@@ -49,11 +49,11 @@ class Tracker:
         self.tb: Any = None
         self.wandb_run: Any = None
         if "tensorboard" in backends:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency (.[tensorboard])
 
             self.tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         if "wandb" in backends:
-            import wandb
+            import wandb  # optional dependency (.[wandb])
 
             self.wandb_run = wandb.init(
                 project=project, name=run_name or self.out_dir.name, dir=str(self.out_dir), config=run_config

@@ -8,19 +8,40 @@ their SAEs with it; distribution, streaming and several SAEs per run belong here
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..activations import SyntheticSource, TensorSource, feature_recovery
+from ..activations.cache import CacheSource
+from ..activations.harvest import HarvestOptions
+from ..activations.pipeline import (
+    DataConfig,
+    harvest,
+    load_data_and_model,
+    resolve_hooks,
+    resolved_model_dtype,
+    sequences_for,
+)
+from ..activations.streaming import StreamingSource
+from ..core import distributed
 from ..core.config import to_dict, validate
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, EVAL_FILE, TRAINING_SUMMARY_FILE
 from ..core.devices import set_tf32
+from ..core.distributed import world_size
 from ..core.locking import DirLock, claim_dir
-from ..sae import SAEConfig
+from ..core.utils import atomic_file
+from ..eval import EvalConfig, evaluate
+from ..models import d_model
+from ..sae import SAEConfig, create_sae, load_sae
 from ..train.checkpoints import check_fresh_run
 from ..train.config import TrainConfig
+from ..train.init import MAX_FVU
+from ..train.trainer import Trainer
+from .sae_variants import parse_saes
 
 
 @dataclass
@@ -63,7 +84,6 @@ class RunConfig:
             non_negative=("synthetic_features",),
         )
         if self.saes:
-            from .sae_variants import parse_saes
 
             parse_saes(self.saes)  # a bad entry is an error before anything runs
 
@@ -97,8 +117,6 @@ class RunSpec:
     report: Callable[[str], None] = _stderr
 
     def __post_init__(self) -> None:
-        from ..activations.harvest import HarvestOptions
-        from ..activations.pipeline import DataConfig
 
         self.data = DataConfig() if self.data is None else self.data
         self.harvest = HarvestOptions() if self.harvest is None else self.harvest
@@ -144,8 +162,6 @@ def default_out_dir(spec: RunSpec) -> Path:
 
 def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
     """The activation source of ``spec`` (harvesting into ``out_dir`` when training on a model)."""
-    from ..activations import SyntheticSource, TensorSource
-    from ..activations.cache import CacheSource
 
     run, tc, data = spec.run, spec.train, spec.data
     if run.activations == "synthetic":
@@ -161,7 +177,6 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
             source = CacheSource(path, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
             return _Source(source, _cache_meta(source.cache.manifest, path), {})
         return _Source(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, {})
-    from ..activations.pipeline import harvest, resolved_model_dtype
 
     spec.report(
         f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
@@ -182,10 +197,6 @@ def _make_source(spec: RunSpec, out_dir: Path) -> _Source:
 
 def _streaming_source(spec: RunSpec, out_dir: Path) -> _Source:
     """``--cache none``: the model harvests in a producer thread while the SAE trains (no activation cache)."""
-    from ..activations.pipeline import load_data_and_model, resolve_hooks, sequences_for
-    from ..activations.streaming import StreamingSource
-    from ..core.distributed import world_size
-    from ..models import d_model
 
     data, tc = spec.data, spec.train
     train, held_out, data_info, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)
@@ -262,7 +273,6 @@ def _harvest_meta(spec: RunSpec, out_dir: Path, context: dict[str, Any]) -> dict
 
 def _data_dict(data: Any) -> dict[str, Any]:
     """The data section of the run config, with ``model_dtype`` resolved (``auto`` -> the dtype used)."""
-    from ..activations.pipeline import resolved_model_dtype
 
     return {**to_dict(data), "model_dtype": resolved_model_dtype(data)}
 
@@ -288,7 +298,6 @@ def train_run(spec: RunSpec) -> RunResult:
     """Run ``spec``: claim and lock the output directory, build the source, a seeded SAE (``train.seed``) and the
     trainer, train (resuming if asked) and, for a harvest, evaluate on the held-out records. Under torchrun the
     process group is set up from the environment for the run (data-parallel; docs/scaling.md)."""
-    from ..core import distributed
 
     with distributed.session():
         if distributed.rank() != 0:
@@ -297,9 +306,6 @@ def train_run(spec: RunSpec) -> RunResult:
 
 
 def _train_run(spec: RunSpec) -> RunResult:
-    from ..core import distributed
-    from ..sae import create_sae
-    from ..train.trainer import Trainer
 
     run, tc = spec.run, spec.train
     out_dir = default_out_dir(spec)
@@ -408,10 +414,7 @@ def judge_quality(
 ) -> None:
     """Mark the run ``status: failed_quality`` (with ``failure``) when the final train or held-out FVU exceeds
     ``MAX_FVU``, report it, and rewrite ``training_summary.json`` beside the SAE with the held-out FVU and status."""
-    import json
 
-    from ..core.utils import atomic_file
-    from ..train.init import MAX_FVU
 
     fvus = {"train": summary.get("train_fvu"), "held-out": held_out_fvu}
     bad = [f"{k} FVU {v:.4g}" for k, v in fvus.items() if v is not None and not v <= MAX_FVU]
@@ -433,8 +436,6 @@ def _result_rows(spec: RunSpec, sae_dir: Path, src: _Source, out_dir: Path) -> t
     rows: dict[str, str] = {}
     fvu = None
     if spec.run.activations == "synthetic":
-        from ..activations import feature_recovery
-        from ..sae import load_sae
 
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
@@ -448,9 +449,7 @@ def write_held_out(records: list[Any], out_dir: Path) -> str | None:
     """Write the held-out records as JSONL (messages or text) so `chatsae eval SAE_DIR` finds them by itself."""
     if not records:
         return None
-    import json
 
-    from ..core.utils import atomic_file
 
     path = out_dir / "heldout.jsonl"
     with atomic_file(path, "w") as fh:
@@ -468,12 +467,6 @@ def _evaluate(
 ) -> tuple[dict[str, str], float | None]:
     """Held-out evaluation (paper metrics) of the freshly trained SAE, sharing the prefix as the harvest did; returns
     (table rows, FVU without position 0)."""
-    try:
-        from ..eval import EvalConfig, evaluate
-    except ImportError:  # evaluation package not available in this build
-        return {}, None
-    from ..sae import load_sae
-
     cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / EVAL_FILE))
     res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
     fvu = res.headline.get("fvu_no_pos0")
