@@ -1,4 +1,7 @@
-"""The ``chatsae`` command. Each command group lives in its own module with a ``register(subparsers)`` function."""
+"""The ``chatsae`` command. Each command group lives in its own module with a ``register(subparsers)`` function.
+
+Command handlers import the workflows they run inside the handler: ``chatsae --help`` and the parsing of every
+command stay fast (no torch or transformers import before a command runs)."""
 
 from __future__ import annotations
 
