@@ -108,8 +108,10 @@ def test_verdict():
     assert S.verdict("FAST", "BT(F)", "MSE_st", [lower]) == "FAST lower MSE_st than BT(F)"
     assert S.verdict("FAST", "BT(F)", "MSE_st", [lower, nan]) == "FAST lower MSE_st than BT(F)"
     assert S.verdict("A", "B", "L0", [S.Interval(1, 0.5, 2, 5)]) == "A higher L0 than B"
-    for diffs in ([lower, straddle], [nan], []):
-        assert S.verdict("FAST", "BT(F)", "MSE_st", diffs).endswith(S.NO_DIFFERENCE)
+    zero_width = S.Interval(4.411, 4.411, 4.411, 50)  # every sequence the same: a degenerate bootstrap
+    for diffs in ([lower, straddle], [nan], [], [zero_width], [lower, zero_width]):
+        assert S.verdict("FAST", "BT(F)", "MSE_st", diffs).endswith(S.NO_VERDICT)
+    assert S.Interval(4.411, 4.4109, 4.4112, 50).degenerate() and not S.Interval(4.4, 4.3, 4.5, 50).degenerate()
 
 
 # ---- per-sequence sums ---------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_unpaired_difference_and_verdicts():
     comp = compare_proxies(named)
     verdicts = {p["proxy"]: p["verdict"] for p in comp["pairs"]}
     assert verdicts["explanation_auc"] == "FAST higher token-explanation AUC than BT(P)"
-    assert verdicts["template_selective_share"].endswith("no difference at this budget")  # 5/10 vs 4/10
+    assert verdicts["template_selective_share"].endswith("no verdict at this budget")  # 5/10 vs 4/10
     assert comp["saes"]["FAST"]["template_selective_share"]["value"] == pytest.approx(0.5)
     assert any(line.startswith("FAST: token-explanation AUC") for line in proxy_lines(comp))
 
@@ -103,6 +103,6 @@ def test_proxies_of_a_features_run_and_the_command(interp_features, tmp_path, ca
     args = ["proxies", str(data.root), str(data.root), "--labels", "A,B", "--n-tokens", "3", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "A: " in printed and "no difference at this budget" in printed  # the same SAE twice
+    assert "A: " in printed and "no verdict at this budget" in printed  # the same SAE twice
     assert set(json.loads(out.read_text())["proxies"]) == {"A", "B"}
     assert main(["proxies", str(data.root), "--labels", "A,B"]) == 1

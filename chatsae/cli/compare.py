@@ -19,14 +19,16 @@ COMPARE_HELP = (
     "same way (FAST-style) on held-out chat records, and write report.md (log2 MSE / MSE_st table in the paper's "
     "layout, L0, FVU, delta LM loss, CE recovered, with and without position 0), report.json and PNG charts. "
     "With --seeds N every SAE is trained with N seeds; reports give means with 95 per cent intervals (over seeds, "
-    "and a bootstrap over evaluation sequences) and state a verdict only when the interval of the paired difference "
-    "excludes 0. Caches and trained SAEs are reused: rerun the same command to resume."
+    "and a bootstrap over evaluation sequences) and state a verdict only with 3 or more seeds and when both intervals "
+    "of the paired difference exclude 0 (else 'no verdict at this budget'). Caches and trained SAEs are reused: "
+    "rerun the same command to resume."
 )
 SWEEP_HELP = (
     "Sparsity-fidelity frontiers: harvest once, train each architecture at several sparsity settings (lambda grids, "
     "TopK k grid), evaluate all on the same held-out records, and write frontier.csv, frontier.png (delta LM loss and "
-    "FVU vs L0, with 95 per cent error bars) and report.md saying whether JumpReLU's frontier is ahead; --seeds N "
-    "trains every setting with N seeds. Rerun the same command to resume."
+    "FVU vs L0, with 95 per cent error bars) and report.md saying whether JumpReLU's frontier is ahead (a verdict "
+    "only with --seeds 3 or more and intervals over seeds and sequences that exclude 0). Rerun the same command to "
+    "resume."
 )
 PROXIES_HELP = (
     "Judge-free interpretability proxies from `chatsae features` outputs: token-explanation AUC (a latent explained by "
@@ -143,6 +145,7 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from ..eval.stats import MIN_SEEDS
     from ..workflows.compare import best_lines, paper_table, run_compare, verdict_lines
 
     cc, study = _study(args, COMPARE_FIXED, "compare")
@@ -151,7 +154,10 @@ def _compare(args: argparse.Namespace) -> int:
         res = result.report["results"][name]
         print(f"\n{es['label']}\n\n{paper_table(res, ('log2_mse', 'log2_mse_st'))}\n")
         print("\n".join(best_lines(res)))
-        print("\nVerdicts (95% intervals of paired differences; a verdict only when they exclude 0):")
+        print(
+            f"\nVerdicts (95% intervals of paired differences; a finding only with {MIN_SEEDS}+ seeds and intervals "
+            "over sequences and seeds that exclude 0):"
+        )
         print("\n".join(verdict_lines(result.report["verdicts"][name])))
     print("\nwrote " + ", ".join(str(p) for p in result.files))
     return 0

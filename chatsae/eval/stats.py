@@ -20,7 +20,15 @@ import numpy as np
 N_BOOT = 1000
 LEVEL = 0.95
 SEED = 0
-NO_DIFFERENCE = "no difference at this budget"
+NO_VERDICT = "no verdict at this budget"
+NO_DIFFERENCE = NO_VERDICT
+"""What a comparison says when its intervals do not support a finding (the older name kept for callers)."""
+MIN_SEEDS = 3
+"""Training seeds per side a paired comparison of SAE kinds needs before it may state a finding."""
+DEGENERATE_WIDTH = 1e-3
+"""An interval narrower than this fraction of its largest bound is degenerate (zero width at 3 significant digits):
+the units behind it do not vary, e.g. every sequence carries the same position-0 error, and it says nothing about the
+spread of the difference; it never supports a verdict."""
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -37,11 +45,20 @@ class Interval(NamedTuple):
     def excludes_zero(self) -> bool:
         return bool(self.low > 0 or self.high < 0)
 
+    def degenerate(self) -> bool:
+        """True when the interval has (close to) zero width: see :data:`DEGENERATE_WIDTH`."""
+        return is_degenerate(self.low, self.high)
+
     def text(self, fmt: Callable[[float], str] = lambda v: f"{v:.4g}") -> str:
         """``"1.23 [1.1, 1.4]"``, or the value alone when there is no interval."""
         if math.isnan(self.low) or math.isnan(self.high):
             return fmt(self.value)
         return f"{fmt(self.value)} [{fmt(self.low)}, {fmt(self.high)}]"
+
+
+def is_degenerate(low: float, high: float) -> bool:
+    """``high − low <= DEGENERATE_WIDTH · max(|low|, |high|)`` (an interval of width 0 at any scale included)."""
+    return bool(high - low <= DEGENERATE_WIDTH * max(abs(low), abs(high)))
 
 
 def _identity(v: np.ndarray) -> np.ndarray:
@@ -90,6 +107,24 @@ def _percentiles(point: float, reps: np.ndarray, n: int, level: float) -> Interv
         return Interval(point, float("nan"), float("nan"), n)
     lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
     return Interval(point, float(lo), float(hi), n)
+
+
+def percentile_interval(point: float, reps: np.ndarray, n: int, level: float = LEVEL) -> Interval:
+    """``point`` with the ``level`` percentile interval of the finite bootstrap replicates ``reps`` of ``n`` units
+    (NaN bounds with fewer than two units or no finite replicate)."""
+    return _percentiles(point, np.asarray(reps, dtype=np.float64), n, level)
+
+
+def seed_mean_replicates(
+    terms: Sequence[tuple[Any, Any]], transform: Transform | None = None, n_boot: int = N_BOOT, seed: int = SEED
+) -> np.ndarray:
+    """``[n_boot]`` bootstrap replicates over sequences of ``mean_s transform(Σ num_s / Σ den_s)``: several SAEs
+    (e.g. seeds) evaluated on the same S sequences, one shared resampling per replicate (that of
+    :func:`bootstrap_counts`, so replicates of different SAE kinds on the same sequences are paired)."""
+    t = transform or _identity
+    arrs = [(np.asarray(n, dtype=np.float64), np.asarray(d, dtype=np.float64)) for n, d in terms]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(t(_replicates(arrs, bootstrap_counts(len(arrs[0][0]), n_boot, seed))).mean(axis=0))
 
 
 def bootstrap_ratio(
@@ -177,13 +212,16 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 def verdict(a: str, b: str, metric: str, diffs: Sequence[Interval]) -> str:
     """``"A lower METRIC than B"`` / ``"A higher ..."`` when every interval of the difference A − B excludes 0 on the
-    same side (e.g. the sequence bootstrap and the t-interval over seeds), else :data:`NO_DIFFERENCE`."""
+    same side (e.g. the sequence bootstrap and the t-interval over seeds), else :data:`NO_VERDICT`. A degenerate
+    (zero-width) interval never yields a verdict."""
     usable = [d for d in diffs if not (math.isnan(d.low) or math.isnan(d.high))]
+    if any(d.degenerate() for d in usable):
+        return f"{a} vs {b} on {metric}: {NO_VERDICT}"
     if usable and all(d.high < 0 for d in usable):
         return f"{a} lower {metric} than {b}"
     if usable and all(d.low > 0 for d in usable):
         return f"{a} higher {metric} than {b}"
-    return f"{a} vs {b} on {metric}: {NO_DIFFERENCE}"
+    return f"{a} vs {b} on {metric}: {NO_VERDICT}"
 
 
 # ---- metrics as ratios of per-sequence sums ------------------------------------------------------------------------
@@ -293,11 +331,15 @@ def paired_verdict(
     n_boot: int = N_BOOT,
     seed: int = SEED,
     level: float = LEVEL,
+    min_seeds: int = MIN_SEEDS,
 ) -> dict[str, Any]:
     """Compare SAE kind A (its seeds' results ``a``) with B on ``metric`` of ``subset``, all evaluated on the same
     sequences: the paired bootstrap over sequences of ``mean_s f(A_s) − mean_s f(B_s)`` and, with two or more seeds
     each, the t-interval over seeds of ``f(A_s) − f(B_s)``. ``names`` = (A label, B label, metric label).
-    Returns ``{"difference", "sequences", "seeds", "verdict"}``."""
+
+    A finding ("A lower ... than B") needs ``min_seeds`` seeds on each side and both intervals, neither degenerate,
+    excluding 0 on the same side; otherwise the verdict ends with :data:`NO_VERDICT` and ``why`` says what is
+    missing. Returns ``{"difference", "sequences", "seeds", "n_seeds", "verdict", "why"}``."""
     ta, tb = [result_terms(r, subset, metric) for r in a], [result_terms(r, subset, metric) for r in b]
     pa, pb = [t for t in ta if t is not None], [t for t in tb if t is not None]
     boot = None
@@ -307,11 +349,33 @@ def paired_verdict(
     vb = [r.metrics.get(subset, {}).get(metric) for r in b]
     pairs = [x - y for x, y in zip(va, vb, strict=False) if isinstance(x, (int, float)) and isinstance(y, (int, float))]
     seeds = t_interval(pairs, level) if min(len(a), len(b)) >= 2 else None
-    diffs = [iv for iv in (boot, seeds) if iv is not None]
     mean = float(np.mean(pairs)) if pairs else None
+    n_seeds = min(len(a), len(b))
+    no = f"{names[0]} vs {names[1]} on {names[2]}: {NO_VERDICT}"
+    why = verdict_gate(n_seeds, boot, seeds, min_seeds)
     return {
         "difference": boot.value if boot is not None else mean,
         "sequences": _bounds(boot),
         "seeds": _bounds(seeds),
-        "verdict": verdict(*names, diffs),
+        "n_seeds": n_seeds,
+        "verdict": no if why else verdict(*names, [iv for iv in (boot, seeds) if iv is not None]),
+        "why": why or None,
     }
+
+
+def verdict_gate(n_seeds: int, items: Interval | None, over_seeds: Interval | None, min_seeds: int = MIN_SEEDS) -> str:
+    """Why a paired comparison may not state a finding ('' when it may): fewer than ``min_seeds`` seeds, an interval
+    over items (sequences) or over seeds missing or degenerate (zero width), or an interval that includes 0."""
+    if n_seeds < min_seeds:
+        return f"{n_seeds} seed{'s' * (n_seeds != 1)}; a finding needs {min_seeds} or more"
+    for what, iv in (("sequences", items), ("seeds", over_seeds)):
+        if iv is None or math.isnan(iv.low) or math.isnan(iv.high):
+            return f"no interval over {what}"
+        if iv.degenerate():
+            return f"the interval over {what} has zero width"
+    assert items is not None and over_seeds is not None  # checked in the loop
+    if not (items.excludes_zero() and over_seeds.excludes_zero()):
+        return "an interval includes 0"
+    if (items.low > 0) != (over_seeds.low > 0):
+        return "the intervals exclude 0 on opposite sides"
+    return ""

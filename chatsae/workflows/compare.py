@@ -21,8 +21,10 @@ from ..activations.pipeline import DataConfig
 from ..core.config import to_dict
 from ..data.methods import METHOD_NAMES
 from ..eval import stats
+from ..eval.plots import BarPanel, bar_chart
 from ..eval.result import EvalResult, dumps
 from ..sae import ARCHITECTURES, K_ARCHITECTURES, SAEConfig
+from ..train.config import DEFAULT_SPARSITY_COEF
 from .study import (
     ARCH_LABELS,
     CLASS_METRICS,
@@ -178,9 +180,10 @@ def verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
             )
             or "no interval"
         )
+        why = f"; {v['why']}" if v.get("why") else ""
         out.append(
             f"- {ARCH_LABELS.get(v['arch'], v['arch'])}: {v['verdict']} (difference {label(v['metric'])} "
-            f"{cell(v['difference'])}; 95% interval {iv})."
+            f"{cell(v['difference'])}; 95% interval {iv}{why})."
         )
     return out
 
@@ -253,7 +256,6 @@ def method_data(cc: CompareConfig, data: DataConfig, method: str, out_dir: Path)
 def run_compare(cc: CompareConfig, study: Study, command: str = "") -> CompareResult:
     """Train every method x architecture at the same token budget, evaluate all SAEs FAST-style on the same
     records, write the report (see the module docstring)."""
-    from ..train.config import DEFAULT_SPARSITY_COEF
 
     methods = check_names("methods", names(cc.methods), METHOD_LABELS)
     archs = check_names("archs", names(cc.archs), ARCHITECTURES)
@@ -358,7 +360,8 @@ def paper_table(results: dict[str, dict[str, dict[str, Any]]], keys: tuple[str, 
 
 
 def best_lines(results: dict[str, dict[str, dict[str, Any]]], metrics: dict[str, str] = BEST_METRICS) -> list[str]:
-    """One sentence per architecture: which method is lowest on each metric, with every method's value."""
+    """One sentence per architecture: which method is lowest on each metric, with every method's value (point values,
+    not findings: only :func:`method_verdicts` states a difference)."""
     archs = list(dict.fromkeys(a for per_arch in results.values() for a in per_arch))
     out = []
     for arch in archs:
@@ -373,7 +376,9 @@ def best_lines(results: dict[str, dict[str, dict[str, Any]]], metrics: dict[str,
                 if m != winner
             )
             value = cell(results[winner][arch][metric])
-            parts.append(f"best on {name}: **{METHOD_LABELS.get(winner, winner)}** ({label(metric)} {value}; {others})")
+            parts.append(
+                f"lowest on {name}: **{METHOD_LABELS.get(winner, winner)}** ({label(metric)} {value}; {others})"
+            )
         out.append(f"- {ARCH_LABELS.get(arch, arch)}: " + ("; ".join(parts) or "no values") + ".")
     return out
 
@@ -439,7 +444,6 @@ def compare_figures(
 ) -> list[Path]:
     """``mse{suffix}.png`` (log2 MSE / MSE_st, with and without position 0) and ``metrics{suffix}.png`` (L0, FVU,
     delta LM loss, CE recovered; left with, right without position 0): bars grouped by method, one per architecture."""
-    from ..eval.plots import BarPanel, bar_chart
 
     def panel(k: str) -> BarPanel:
         values = {
@@ -503,8 +507,10 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
         f"Intervals are {100 * s['intervals']['level']:g}%: `[low, high]` is a percentile bootstrap over the "
         f"evaluation sequences ({s['intervals']['n_boot']} resamples; every SAE is evaluated on the same sequences, "
         f"so differences are paired per sequence), `seeds [low, high]` a t-interval over the {len(s['seeds'])} "
-        "training seeds (shown with 2 or more). A verdict is stated only when every interval of the paired "
-        "difference excludes 0.",
+        f"training seeds (shown with 2 or more). A difference is stated as a finding only with {stats.MIN_SEEDS} or "
+        "more seeds and when both intervals of the paired difference (over sequences and over seeds) exclude 0 and "
+        f"neither has zero width; otherwise the verdict is '{stats.NO_VERDICT}'. 'Lowest on' lines and bold cells "
+        "name the lowest point value, not a finding.",
     ]
     for name, es in report["eval_sets"].items():
         res = report["results"][name]

@@ -13,19 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from ..core.config import to_dict
 from ..core.constants import SAE_CFG_FILE
-from ..eval.result import dumps
+from ..eval import stats
+from ..eval.plots import LinePanel, line_chart
+from ..eval.result import EvalResult, dumps
 from ..sae import ARCHITECTURES, K_ARCHITECTURES
 from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
-from .study import ARCH_LABELS, Study, cell, check_names, label, md_table, names, now, unit, write_texts
+from .frontier import FrontierGap, Side, frontier_gap, with_intervals
+from .study import ARCH_LABELS, SUMMARY, Study, cell, check_names, label, md_table, names, now, unit, write_texts
 
 DEFAULT_GRIDS = {
     "jumprelu": "0.0003,0.0008,0.002,0.005,0.012",
@@ -129,44 +129,6 @@ def settings(cfg: SweepConfig) -> list[Setting]:
     return out
 
 
-class FrontierGap(NamedTuple):
-    """How a reference frontier compares with another one at matched L0 (log-spaced points of the shared range)."""
-
-    l0_low: float
-    l0_high: float
-    n_points: int
-    wins: int
-    """Points where the reference is lower (better)."""
-    mean_diff: float
-    """Mean of reference minus other (negative: the reference is better)."""
-    verdict: str
-    """ahead (lower at every point) | behind (higher at every point) | mixed."""
-
-
-def _clean(points: list[tuple[Any, Any]]) -> list[tuple[float, float]]:
-    ok = [(float(x), float(y)) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
-    return sorted((x, y) for x, y in ok if math.isfinite(x) and math.isfinite(y) and x > 0)
-
-
-def frontier_gap(ref: list[tuple[Any, Any]], other: list[tuple[Any, Any]], n_points: int = 9) -> FrontierGap | None:
-    """Compare two frontiers given as ``(L0, y)`` points (lower y is better): y is linearly interpolated in log L0
-    at ``n_points`` log-spaced L0 values of the range both frontiers cover. None if either has fewer than two
-    usable points or the ranges do not overlap."""
-    a, b = _clean(ref), _clean(other)
-    if len(a) < 2 or len(b) < 2:
-        return None
-    low, high = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
-    if not low < high:
-        return None
-    grid = np.log(np.geomspace(low, high, n_points))
-    ya = np.interp(grid, np.log([x for x, _ in a]), [y for _, y in a])
-    yb = np.interp(grid, np.log([x for x, _ in b]), [y for _, y in b])
-    diff = ya - yb
-    wins = int((diff < 0).sum())
-    verdict = "ahead" if wins == n_points else "behind" if (diff > 0).all() else "mixed"
-    return FrontierGap(low, high, n_points, wins, float(diff.mean()), verdict)
-
-
 def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[str, Any], list[Path]]:
     """Harvest once, train and evaluate every setting, write the outputs; returns (report.json content, files)."""
     points = settings(sc)
@@ -176,6 +138,7 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
     cache_dir, manifest = study.harvest(study.data, "sweep")
     meta = study.sae_metadata(study.data, manifest, sets[0].path if sets[0].name == "heldout" else None)
     rows: dict[str, list[dict[str, Any]]] = {es.name: [] for es in sets}
+    evals: dict[str, list[list[EvalResult]]] = {es.name: [] for es in sets}
     trained: list[list[Path]] = []
     for i, s in enumerate(points, 1):
         study.report(f"[sweep {i}/{len(points)}] {ARCH_LABELS.get(s.arch, s.arch)} {s.label}")
@@ -187,7 +150,8 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
     for es in sets:  # every SAE on the same records, several per clean forward pass
         flat = study.evaluate_all([p for dirs in trained for p in dirs], es)
         for i, (s, sae_dirs) in enumerate(zip(points, trained, strict=True)):
-            row = seed_row(flat[i * len(seeds) : (i + 1) * len(seeds)])
+            evals[es.name].append(flat[i * len(seeds) : (i + 1) * len(seeds)])
+            row = seed_row(evals[es.name][-1])
             bounds = {
                 f"{k}_{b}": v
                 for k in BOUNDED
@@ -205,7 +169,7 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
                     "sae": str(sae_dirs[0]),
                 }
             )
-    gaps = {name: frontier_gaps(r) for name, r in rows.items()}
+    gaps = {name: frontier_gaps(r, evals=evals[name]) for name, r in rows.items()}
     tc = study.train_cfg
     report = {
         "kind": "chatsae.sweep",
@@ -238,17 +202,42 @@ def run_sweep(sc: SweepConfig, study: Study, command: str = "") -> tuple[dict[st
     return report, write_sweep_report(report, study.out_dir)
 
 
-def frontier_gaps(rows: list[dict[str, Any]], ref: str = "jumprelu") -> dict[str, dict[str, FrontierGap | None]]:
+def frontier_gaps(
+    rows: list[dict[str, Any]], ref: str = "jumprelu", evals: list[list[EvalResult]] | None = None
+) -> dict[str, dict[str, FrontierGap | None]]:
     """``{metric: {arch: gap of ref against arch}}`` for the metrics of :data:`Y_KEYS` that were computed (empty
-    when ``ref`` is not among the rows' architectures)."""
+    when ``ref`` is not among the rows' architectures). With ``evals`` (per row, its seeds' results) each gap gets
+    its intervals over sequences and seeds and a verdict (:func:`chatsae.workflows.frontier.with_intervals`)."""
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     if ref not in archs:
         return {}
-    return {
-        y: {a: frontier_gap(_points(rows, ref, y), _points(rows, a, y)) for a in archs if a != ref}
-        for y in Y_KEYS
-        if any(isinstance(r.get(y), (int, float)) for r in rows)
-    }
+    out: dict[str, dict[str, FrontierGap | None]] = {}
+    for y in Y_KEYS:
+        if not any(isinstance(r.get(y), (int, float)) for r in rows):
+            continue
+        out[y] = {}
+        for a in archs:
+            if a == ref:
+                continue
+            gap = frontier_gap(_points(rows, ref, y), _points(rows, a, y))
+            if gap is not None and evals is not None:
+                gap = with_intervals(gap, _side(rows, evals, ref, y), _side(rows, evals, a, y))
+            out[y][a] = gap
+    return out
+
+
+def _side(rows: list[dict[str, Any]], evals: list[list[EvalResult]], arch: str, y: str) -> Side:
+    subset, metric = SUMMARY[y]
+    x_subset, x_metric = SUMMARY[X_KEY]
+    mine = [(r, e) for r, e in zip(rows, evals, strict=True) if r["arch"] == arch]
+    return Side(
+        [r[X_KEY] for r, _ in mine],
+        [
+            [(ev.metrics.get(x_subset, {}).get(x_metric), ev.metrics.get(subset, {}).get(metric)) for ev in e]
+            for _, e in mine
+        ],
+        [[stats.result_terms(ev, subset, metric) for ev in e] for _, e in mine],
+    )
 
 
 def _d_sae(sae_dir: Path) -> int:
@@ -271,7 +260,6 @@ def frontier_csv(rows: list[dict[str, Any]]) -> str:
 
 def frontier_figure(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Two panels, delta LM loss and FVU against L0 (log x), one line per architecture, with 95% error bars."""
-    from ..eval.plots import LinePanel, line_chart
 
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     x_label = "L0 (active latents per token, position 0 excluded)"
@@ -307,17 +295,20 @@ def gap_lines(gaps: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             if g is None:
                 out.append(f"- {label(y)} vs {name}: not comparable (fewer than two points, or no shared L0 range).")
                 continue
+            ivs = "; ".join(f"{w} [{cell(g[w][0])}, {cell(g[w][1])}]" for w in ("sequences", "seeds") if g.get(w))
             out.append(
                 f"- {label(y)} vs {name}: over L0 {g['l0_low']:.3g}-{g['l0_high']:.3g}, JumpReLU is lower at "
                 f"{g['wins']}/{g['n_points']} matched L0 values (mean difference {cell(g['mean_diff'])} "
-                f"{unit(y)}): **{g['verdict']}**."
+                f"{unit(y)}; 95% intervals {ivs or 'none'}): **{g['verdict']}**"
+                + (f" ({g['why']})." if g.get("why") else ".")
             )
         comparable = [a for a, g in per.items() if g]
         if comparable:
             who = ", ".join(ARCH_LABELS.get(a, a) for a in ahead) or "none of them"
             out.append(
                 f"- **Summary ({label(y)})**: JumpReLU's frontier is ahead of {who} ({len(ahead)} of "
-                f"{len(comparable)} comparable architectures)."
+                f"{len(comparable)} comparable architectures; 'ahead' is a finding: 3 or more seeds and intervals "
+                "over sequences and seeds that exclude 0)."
             )
     return out
 
@@ -349,7 +340,9 @@ def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
         "interpolating its metric linearly in log L0 at 9 log-spaced L0 values of the range both cover (means over "
         f"{len(s.get('seeds', [0]))} training seed(s)). Intervals are 95%: `[low, high]` a percentile bootstrap over "
         "the evaluation sequences, `seeds [low, high]` a t-interval over training seeds (with 2 or more); the "
-        "error bars of the figure span the wider of the two.",
+        "error bars of the figure span the wider of the two. A frontier is called ahead or behind only with 3 or "
+        "more seeds and when the mean difference's intervals over sequences and over seeds both exclude 0 (neither "
+        f"of zero width); otherwise '{stats.NO_VERDICT}'.",
     ]
     for name, es in report["eval_sets"].items():
         rows = report["rows"][name]
