@@ -43,10 +43,17 @@ def test_atomic_dir_refuses_a_foreign_dir_and_overwrite_keeps_its_files(tmp_path
     after = _tree(tmp_path / "out")
     assert {k: after[k] for k in before} == before and after["index.html"] == b"x"
     assert json.loads(after[MARKER])["files"] == ["index.html"]
-    # --overwrite replaces exactly the files chatsae writes (same relative path) and merges directories
+    # --overwrite merges directories but never replaces a user's file of the same name: refused before anything moves
     (tmp_path / "other" / "data").mkdir(parents=True)
     (tmp_path / "other" / "data" / "mine.csv").write_text("keep")
     (tmp_path / "other" / "index.html").write_text("old")
+    mine = rf"{tmp_path / 'other' / 'index.html'}: a file chatsae did not write"
+    with pytest.raises(OutputDirError, match=mine), atomic_dir(tmp_path / "other", overwrite=True) as tmp:
+        (tmp / "data").mkdir()
+        (tmp / "data" / "index.js").write_text("js")
+        (tmp / "index.html").write_text("new")
+    assert _tree(tmp_path / "other") == {"data/mine.csv": b"keep", "index.html": b"old"}
+    (tmp_path / "other" / "index.html").unlink()
     with atomic_dir(tmp_path / "other", overwrite=True) as tmp:
         (tmp / "data").mkdir()
         (tmp / "data" / "index.js").write_text("js")
@@ -57,6 +64,10 @@ def test_atomic_dir_refuses_a_foreign_dir_and_overwrite_keeps_its_files(tmp_path
         "data/index.js": b"js",
         "index.html": b"new",
     }
+    # chatsae's own files (recorded with their digests) are replaced by a later --overwrite; a user's edit is not
+    with atomic_dir(tmp_path / "other", overwrite=True) as tmp:
+        (tmp / "index.html").write_text("newer")
+    assert (tmp_path / "other" / "index.html").read_text() == "newer"
     # a file where chatsae needs a directory: refused before anything moves
     (tmp_path / "third").mkdir()
     (tmp_path / "third" / "data").write_text("a file")

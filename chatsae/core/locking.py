@@ -16,22 +16,25 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-MARKER = ".chatsae"
-"""Marker file in every output directory chatsae made (JSON: what wrote it)."""
+from .ownership import MARKER, check_output_place, is_chatsae_dir, is_empty_dir
+
+__all__ = [
+    "LOCK",
+    "MARKER",
+    "DirLock",
+    "OutputDirError",
+    "claim_dir",
+    "is_chatsae_dir",
+    "is_empty_dir",
+    "mark_dir",
+    "refuse_foreign",
+]
+
 LOCK = ".chatsae.lock"
 
 
 class OutputDirError(ValueError):
     """An output directory that chatsae may not write into (foreign, or locked by another process)."""
-
-
-def is_chatsae_dir(path: str | Path) -> bool:
-    return (Path(path) / MARKER).is_file()
-
-
-def is_empty_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and not any(path.iterdir())
 
 
 def mark_dir(path: str | Path, kind: str) -> None:
@@ -43,16 +46,49 @@ def mark_dir(path: str | Path, kind: str) -> None:
         marker.write_text(json.dumps({"written_by": "chatsae", "kind": kind}) + "\n")
 
 
-def claim_dir(path: str | Path, kind: str, overwrite: bool = False, option: str = "--out-dir") -> Path:
+def claim_dir(
+    path: str | Path, kind: str, overwrite: bool = False, option: str = "--out-dir", inputs: tuple[object, ...] = ()
+) -> Path:
     """Make ``path`` an output directory of chatsae: fine if missing, empty or already chatsae's; a non-empty
-    directory without the marker is refused (:class:`OutputDirError` naming it) unless ``overwrite``."""
+    directory without the marker is refused (:class:`OutputDirError` naming it) unless ``overwrite``; a dangling
+    symbolic link, a path at or inside one of ``inputs`` (paths) or inside chatsae's directory of another output
+    (:func:`chatsae.core.ownership.check_output_place`) is refused."""
     path = Path(path)
+    try:
+        check_output_place(path, option, [str(i) for i in inputs if i], kind)
+    except ValueError as e:
+        raise OutputDirError(str(e)) from None
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{path}: {option} is a file, not a directory")
     if path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path):
         refuse_foreign(path, option, overwrite)
+    top = next((d for d in reversed((path, *path.parents)) if not d.exists()), None)
     mark_dir(path, kind)
+    if top is not None:
+        _CREATED[str(path.resolve())] = top
     return path
+
+
+_CREATED: dict[str, Path] = {}
+"""Directories :func:`claim_dir` created in this process -> the topmost folder it had to create for them."""
+
+
+def release_unused(path: str | Path) -> None:
+    """Remove ``path`` again, with the parent folders made for it, if :func:`claim_dir` created it in this process and
+    nothing but its marker is in it (a command that failed on its inputs leaves no output directory behind)."""
+    path = Path(path)
+    top = _CREATED.get(str(path.resolve()))
+    if top is None or not path.is_dir() or {p.name for p in path.iterdir()} - {MARKER}:
+        return
+    _CREATED.pop(str(path.resolve()), None)
+    (path / MARKER).unlink(missing_ok=True)
+    for d in (path, *path.parents):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+        if d == top:
+            break
 
 
 def refuse_foreign(path: str | Path, option: str, overwrite: bool) -> None:
@@ -60,7 +96,8 @@ def refuse_foreign(path: str | Path, option: str, overwrite: bool) -> None:
     if not overwrite:
         raise OutputDirError(
             f"{path}: {option} is a non-empty directory that chatsae did not write (no {MARKER} marker); "
-            "choose another directory, or pass --overwrite to write into it (files chatsae does not write are kept)"
+            "choose another directory, or pass --overwrite to add chatsae's files to it (it never replaces or removes "
+            "a file it did not write)"
         )
 
 
@@ -134,6 +171,7 @@ class DirLock:
                 if self._read().get("pid") == os.getpid():
                     self.path.unlink()
             self._owner = False
+            release_unused(self.dir)
 
     def __enter__(self) -> DirLock:
         return self.acquire()

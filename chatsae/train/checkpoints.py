@@ -5,7 +5,6 @@ naming each difference, and the refusal of a fresh run over an earlier one."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,9 @@ from ..core.constants import (
     SAE_CFG_FILE,
     SAE_DIR,
 )
+from ..core.faults import DiskFullError
 from ..core.locking import OutputDirError
+from ..core.ownership import is_chatsae_dir, is_empty_dir, owns, read_marker, remove_owned
 from ..core.utils import atomic_dir, file_digest
 from ..sae import SAE
 from .state import TrainState
@@ -88,28 +89,38 @@ def config_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_fresh_run(out_dir: Path, overwrite: bool) -> None:
-    """A fresh run in ``out_dir`` holding an earlier run's checkpoints or SAE is refused; ``overwrite`` removes them
-    (checkpoints, metrics log, SAE: only what the trainer writes)."""
+    """A fresh run in ``out_dir`` holding an earlier run's checkpoints or SAE is refused; ``overwrite`` removes only
+    the files chatsae wrote there (recorded in their markers, bytes unchanged: :mod:`chatsae.core.ownership`). A
+    folder or file of a user where the run writes (``sae/``, ``checkpoints/step_N``, ``metrics.jsonl`` that
+    chatsae did not write) is refused, ``overwrite`` or not, before anything is removed."""
     out_dir = Path(out_dir)
-    ckpts = sorted(out_dir.glob(f"{CHECKPOINTS_DIR}/step_*")) + sorted(out_dir.glob(f"{CHECKPOINTS_DIR}/.step_*"))
-    sae = out_dir / SAE_DIR
-    has_sae = (sae / SAE_CFG_FILE).is_file()
+    steps = sorted(p for p in out_dir.glob(f"{CHECKPOINTS_DIR}/step_*") if p.is_dir() and not p.is_symlink())
+    sae, metrics = out_dir / SAE_DIR, out_dir / METRICS_LOG_FILE
+    legacy_log = "files" not in read_marker(out_dir) and "written" not in read_marker(out_dir)  # older run markers
+    foreign = [p for p in steps if not is_chatsae_dir(p) and not is_empty_dir(p)]
+    foreign += [sae] if (sae.exists() or sae.is_symlink()) and not is_chatsae_dir(sae) and not is_empty_dir(sae) else []
+    if metrics.exists() and not (owns(out_dir, METRICS_LOG_FILE) or (legacy_log and is_chatsae_dir(out_dir))):
+        foreign.append(metrics)
+    if foreign:
+        raise OutputDirError(
+            f"{foreign[0]}: chatsae did not write it, and the run writes there; move it away or choose another "
+            "--out-dir"
+        )
+    ckpts = [p for p in steps if is_chatsae_dir(p)]
+    has_sae = is_chatsae_dir(sae) and (sae / SAE_CFG_FILE).is_file()
     if not ckpts and not has_sae:
         return
     if not overwrite:
         found = ", ".join(([f"{len(ckpts)} checkpoint(s)"] if ckpts else []) + (["a trained SAE"] if has_sae else []))
         raise OutputDirError(
             f"{out_dir}: holds an earlier run ({found}); pass --resume to continue it, --overwrite "
-            "to replace it, or choose another --out-dir"
+            "to replace it (only the files chatsae wrote are removed), or choose another --out-dir"
         )
-    for p in ckpts:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-    if has_sae:
-        shutil.rmtree(sae)
-    (out_dir / METRICS_LOG_FILE).unlink(missing_ok=True)
+    kept = [f"{p.name}/{k}" for p in ckpts for k in remove_owned(p)] + [f"{SAE_DIR}/{k}" for k in remove_owned(sae)]
+    if metrics.exists():
+        metrics.unlink()
+    if kept:
+        print(f"--overwrite: kept {len(kept)} file(s) chatsae did not write ({', '.join(kept[:3])})", file=sys.stderr)
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -195,11 +206,33 @@ def save_checkpoint(
     ranks = pg.all_gather_objects(mine) if world > 1 else None
     if pg.rank() != 0:
         return None
-    with atomic_dir(path) as tmp:
+    try:
+        write_checkpoint(path, state, parts, mine["source"], window_rows, world, ranks)
+    except DiskFullError as e:
+        earlier = list_checkpoints(path.parent)
+        last = f"from {earlier[-1]}" if earlier else "from the start (no earlier checkpoint)"
+        raise DiskFullError(
+            f"{e}; training stopped at step {state.step}: free space and rerun with --resume {last}"
+        ) from e
+    return path
+
+
+def write_checkpoint(
+    path: Path,
+    state: TrainState,
+    parts: Checkpointed,
+    source_state: Any,
+    window_rows: list[list[float]],
+    world: int,
+    ranks: list[Any] | None,
+) -> None:
+    """The files of checkpoint ``path``, written atomically (a full disk leaves the earlier checkpoints intact)."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in parts.sae.state_dict().values())
+    with atomic_dir(path, kind="checkpoint", needed=3 * weight_bytes) as tmp:  # weights + Adam's two moments
         weights = {k: v.detach().cpu().contiguous() for k, v in parts.sae.state_dict().items()}
         save_file(weights, str(tmp / CHECKPOINT_SAE_FILE))
         torch.save(parts.optimizer.state_dict(), tmp / CHECKPOINT_OPTIMIZER_FILE)
-        saved = {**state.state_dict(), "source": mine["source"], "window": window_rows, "world_size": world}
+        saved = {**state.state_dict(), "source": source_state, "window": window_rows, "world_size": world}
         if ranks is not None:
             saved["ranks"] = ranks
         if parts.scaler is not None and parts.scaler.is_enabled():
@@ -209,13 +242,13 @@ def save_checkpoint(
         (tmp / CHECKPOINT_RUN_CONFIG_FILE).write_text(json.dumps(parts.run_config, indent=2))
         sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
-    return path
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
-    """Remove all but the last ``keep`` (at least 1) complete checkpoints."""
-    for old in sorted(checkpoint_dir.glob("step_*"))[: -max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Remove all but the last ``keep`` (at least 1) complete checkpoints: only the files chatsae wrote in them."""
+    for old in list_checkpoints(checkpoint_dir)[: -max(keep, 1)]:
+        if is_chatsae_dir(old):
+            remove_owned(old)
 
 
 def load_checkpoint(path: Path, state: TrainState, parts: Checkpointed, world: int = 1) -> None:

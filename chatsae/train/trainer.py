@@ -26,6 +26,7 @@ from ..core.config import to_dict
 from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE, RUN_CONFIG_FILE, SAE_DIR, TRAINING_SUMMARY_FILE
 from ..core.devices import resolve_device
 from ..core.locking import DirLock, claim_dir
+from ..core.ownership import record
 from ..core.progress import Progress
 from ..sae import SAE, save_sae
 from ..sae.base import FIRE_THRESHOLD
@@ -362,6 +363,7 @@ class Trainer:
             if self.is_main:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")
+                record(self.out_dir, METRICS_LOG_FILE, log=True)  # chatsae's log: a later --overwrite may remove it
         t0, tokens0 = time.perf_counter(), self.tokens
         stream: Iterator[ActivationBatch] = iter(self.source)
         with Progress(self.total_steps, "train", enabled=self.cfg.progress and self.is_main) as bar:

@@ -1,0 +1,93 @@
+"""The one ownership rule (chatsae.core.ownership): chatsae replaces or removes only files it wrote, never a folder
+wholesale, never writes an output into another output's SAE/cache/features/run directory or into its inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chatsae.cli import main
+from chatsae.core.locking import MARKER, OutputDirError, claim_dir
+from chatsae.core.ownership import check_output_place, check_replace, owns, record, remove_owned
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def train(out: Path, *extra: str) -> int:
+    args = ["train", "--activations", "synthetic", "--d-in", "8", "--width", "24", "--total-tokens", "256"]
+    args += ["--batch-size", "32", "--init-sample-tokens", "64", "--no-progress", "--checkpoint-every", "4"]
+    return main([*args, "--out-dir", str(out), *extra])
+
+
+def test_train_overwrite_keeps_user_files_inside_sae_and_checkpoint_folders(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train(out) == 0
+    step = sorted((out / "checkpoints").glob("step_*"))[-1]
+    (out / "sae" / "notes.md").write_text("my notes on this SAE")
+    (step / "why.txt").write_text("I keep this checkpoint")
+    assert train(out, "--overwrite", "--lr", "0.001") == 0
+    assert (out / "sae" / "notes.md").read_text() == "my notes on this SAE"
+    assert (step / "why.txt").read_text() == "I keep this checkpoint"
+    assert (out / "sae" / "cfg.json").is_file() and (out / "metrics.jsonl").read_text()
+
+
+def test_a_folder_with_chatsae_file_names_is_not_taken_for_chatsae_own(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert train(out) == 0
+    # a user replaces the SAE folder by one of their own that merely holds a cfg.json
+    for f in (out / "sae").iterdir():
+        f.unlink()
+    (out / "sae").rmdir()
+    (out / "sae").mkdir()
+    (out / "sae" / "cfg.json").write_text("{}")
+    (out / "sae" / "mine.bin").write_bytes(b"\x00" * 10)
+    capsys.readouterr()
+    assert train(out, "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'sae'}: chatsae did not write it" in err and "--overwrite" not in err
+    assert sorted(p.name for p in (out / "sae").iterdir()) == ["cfg.json", "mine.bin"]
+    # a foreign directory holding a file named like chatsae's: --overwrite keeps every user file
+    user = tmp_path / "user"
+    (user / "sae").mkdir(parents=True)
+    (user / "sae" / "cfg.json").write_text("{}")
+    (user / "metrics.jsonl").write_text("mine\n")
+    assert train(user) == 1 and train(user, "--overwrite") == 1
+    assert (user / "sae" / "cfg.json").read_text() == "{}" and (user / "metrics.jsonl").read_text() == "mine\n"
+
+
+def test_remove_owned_removes_only_recorded_unchanged_files(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    claim_dir(d, "run")
+    (d / "a.json").write_text("a")
+    (d / "b.json").write_text("b")
+    (d / "user.txt").write_text("u")
+    record(d, "a.json", "b.json")
+    (d / "b.json").write_text("edited by a user")
+    assert owns(d, "a.json") and not owns(d, "b.json") and not owns(d, "user.txt")
+    assert remove_owned(d) == ["b.json", "user.txt"]
+    assert not (d / "a.json").exists() and (d / MARKER).is_file()
+    (d / "b.json").unlink()
+    (d / "user.txt").unlink()
+    assert remove_owned(d) == [] and not d.exists()
+
+
+def test_output_place_refuses_inputs_other_outputs_and_dangling_links(tmp_path: Path) -> None:
+    sae = tmp_path / "sae"
+    claim_dir(sae, "sae")
+    with pytest.raises(ValueError, match=r"--output lies inside .*a sae directory of chatsae"):
+        check_output_place(sae / "x.json", "--output")
+    with pytest.raises(ValueError, match="--out lies inside the input"):
+        check_output_place(tmp_path / "data" / "o", "--out", [tmp_path / "data"])
+    with pytest.raises(ValueError, match="--out is the input"):
+        check_output_place(tmp_path / "data", "--out", [tmp_path / "data"])
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError, match="is a symbolic link to .*gone, which does not exist"):
+        check_output_place(tmp_path / "link", "--out-dir")
+    with pytest.raises(OutputDirError, match="which does not exist"):
+        claim_dir(tmp_path / "link", "run")
+    (tmp_path / "mine.md").write_text("user")
+    with pytest.raises(ValueError, match="chatsae did not write it"):
+        check_replace(tmp_path / "mine.md", "--out")
+    assert json.loads((sae / MARKER).read_text())["kind"] == "sae"
