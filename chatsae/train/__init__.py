@@ -2,6 +2,7 @@
 
 from .config import TrainConfig
 from .init import geometric_median, input_scale
-from .trainer import StepMetrics, Trainer, TrainResult
+from .steplog import StepMetrics
+from .trainer import Trainer, TrainResult
 
 __all__ = ["StepMetrics", "TrainConfig", "TrainResult", "Trainer", "geometric_median", "input_scale"]

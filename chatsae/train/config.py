@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import ConfigError, check, validate
+from .tracking import check_installed, parse_backends
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
 DEFAULT_SPARSITY_COEF = {
@@ -130,7 +131,6 @@ class TrainConfig:
             },
             devices=("device",),
         )
-        from .tracking import check_installed, parse_backends
 
         try:
             check_installed(parse_backends(self.tracking))  # before a harvest: a missing package fails at once

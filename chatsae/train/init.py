@@ -8,6 +8,7 @@ of the vectors that are not absurd: on ordinary data (no such vector) exactly ``
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from typing import Any, NoReturn
@@ -15,7 +16,9 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
-from ..activations.source import ActivationBatch
+from ..activations.source import ActivationBatch, ActivationSource
+from ..sae import SAE
+from .config import TrainConfig
 from .state import TrainState
 
 OUTLIER_FACTOR = 1e3
@@ -135,3 +138,44 @@ def geometric_median(x: Tensor, max_iter: int = 100, tol: float = 1e-7, eps: flo
             break
         prev = obj
     return y.float()
+
+
+@torch.no_grad()
+def initialise_from_sample(sae: SAE, source: ActivationSource, cfg: TrainConfig) -> tuple[float, float]:
+    """Estimate the input scale and b_dec (set in ``sae``) from the first ``cfg.init_sample_tokens`` of ``source``,
+    then rewind it; returns ``(scale, input_limit)``. Draws no numbers from the global torch RNG (the SAE, the source
+    and its mixing buffer have their own seeded generators), so SAEs trained in threads cannot disturb each other."""
+    start = copy.deepcopy(source.state_dict())
+    chunks, batches, n = [], [], 0
+    for batch in source:
+        found = bad_rows(batch.acts, math.inf)
+        if found is not None and found[0].any():
+            raise_nonfinite(source, 0, batch, found[0], "the initialisation sample")
+        chunks.append(batch.acts.float())
+        batches.append(batch)
+        n += batch.acts.shape[0]
+        if n >= cfg.init_sample_tokens:
+            break
+    source.load_state_dict(start)
+    sample = torch.cat(chunks)[: cfg.init_sample_tokens]
+    keep, input_limit = inlier_mask(sample)
+    n_out = int((~keep).sum())
+    if n_out > MAX_OUTLIER_SHARE * len(sample):
+        i = int((~keep).nonzero()[0])
+        for b in batches:  # the batch holding sample row i
+            if i < b.acts.shape[0]:
+                break
+            i -= b.acts.shape[0]
+        raise BadInputError(
+            f"{row_origin(source, 0, b, i)}: {n_out} of the {len(sample):,} vectors of the "
+            f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
+            f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken"
+        )
+    scale = input_scale(sample) if cfg.normalize_activations else 1.0
+    sample = sample[keep] / scale
+    device = sae.b_dec.device
+    if cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(sample).to(device))
+    elif cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(sample.mean(dim=0).to(device))
+    return scale, input_limit

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..activations.source import ActivationBatch, ActivationSource
+from ..activations.streaming import Prefetcher
 from ..core import distributed as pg
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE, RUN_CONFIG_FILE, SAE_DIR, TRAINING_SUMMARY_FILE
@@ -34,21 +34,11 @@ from . import checkpoints as checkpoint_io
 from . import distributed
 from .checkpoints import check_fresh_run
 from .config import DEFAULT_BETA1, DEFAULT_SPARSITY_COEF, TrainConfig
-from .init import (
-    MAX_FVU,
-    MAX_OUTLIER_SHARE,
-    OUTLIER_FACTOR,
-    BadInputError,
-    bad_rows,
-    geometric_median,
-    inlier_mask,
-    input_scale,
-    raise_nonfinite,
-    row_origin,
-    screen_batch,
-)
+from .init import MAX_FVU, initialise_from_sample, screen_batch
 from .schedule import lr_at, sparsity_coef_at, steps_from
 from .state import TrainState
+from .steplog import StepMetrics, bar_fields, host_rows, mean_metrics
+from .tracking import Tracker, parse_backends
 
 
 def adam(module: torch.nn.Module, **kwargs: Any) -> torch.optim.Adam:
@@ -59,19 +49,6 @@ def adam(module: torch.nn.Module, **kwargs: Any) -> torch.optim.Adam:
         return torch.optim.Adam(module.parameters(), fused=True, **kwargs)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(module.parameters(), **kwargs)
-
-
-class StepMetrics(NamedTuple):
-    """Metrics of one optimizer step (normalised units when normalisation is on). :meth:`Trainer.train_step` returns
-    them as one ``[7]`` float32 tensor on the training device, in this field order (no host sync per step)."""
-
-    loss: float
-    mse: float
-    fvu: float
-    l0: float
-    sparsity: float
-    aux: float
-    dead_frac: float
 
 
 class TrainResult(NamedTuple):
@@ -106,8 +83,6 @@ class Trainer:
         self.rank_sharded = bool(getattr(source, "rank_sharded", False))
         """Under torchrun the source yields this rank's own rows (else every rank slices the same global batch)."""
         if self.device.type == "cuda" and cfg.prefetch:  # read ahead into pinned memory: overlaps the SAE step
-            from ..activations.streaming import Prefetcher
-
             self.source = Prefetcher(source, cfg.prefetch, pin=True)
         self.out_dir = Path(out_dir)
         self.run_config = run_config or {"train": to_dict(cfg), "sae": sae.cfg.to_dict()}
@@ -196,43 +171,10 @@ class Trainer:
         return json.loads(json.dumps(self.run_config, default=str))
 
     # ---- initialisation --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def initialise(self) -> None:
-        """Estimate the input scale and b_dec from the first ``init_sample_tokens`` of the stream, then rewind. Training
-        draws no numbers from the global torch RNG (the SAE, the source and its mixing buffer have their own seeded
-        generators), so it neither seeds nor restores it: SAEs trained in threads cannot disturb each other."""
-        start = copy.deepcopy(self.source.state_dict())
-        chunks, batches, n = [], [], 0
-        for batch in self.source:
-            found = bad_rows(batch.acts, math.inf)
-            if found is not None and found[0].any():
-                raise_nonfinite(self.source, 0, batch, found[0], "the initialisation sample")
-            chunks.append(batch.acts.float())
-            batches.append(batch)
-            n += batch.acts.shape[0]
-            if n >= self.cfg.init_sample_tokens:
-                break
-        self.source.load_state_dict(start)
-        sample = torch.cat(chunks)[: self.cfg.init_sample_tokens]
-        keep, self.state.input_limit = inlier_mask(sample)
-        n_out = int((~keep).sum())
-        if n_out > MAX_OUTLIER_SHARE * len(sample):
-            i = int((~keep).nonzero()[0])
-            for b in batches:  # the batch holding sample row i
-                if i < b.acts.shape[0]:
-                    break
-                i -= b.acts.shape[0]
-            raise BadInputError(
-                f"{row_origin(self.source, 0, b, i)}: {n_out} of the {len(sample):,} vectors of the "
-                f"initialisation sample have a norm above {OUTLIER_FACTOR:g}x the median (more than "
-                f"{100 * MAX_OUTLIER_SHARE:g}%): the activations are broken"
-            )
-        self.state.scale = input_scale(sample) if self.cfg.normalize_activations else 1.0
-        sample = sample[keep] / self.scale
-        if self.cfg.b_dec_init == "geometric_median":
-            self.sae.b_dec.copy_(geometric_median(sample).to(self.device))
-        elif self.cfg.b_dec_init == "mean":
-            self.sae.b_dec.copy_(sample.mean(dim=0).to(self.device))
+        """Estimate the input scale and b_dec from the first ``init_sample_tokens`` of the stream, then rewind
+        (:func:`chatsae.train.init.initialise_from_sample`)."""
+        self.state.scale, self.state.input_limit = initialise_from_sample(self.sae, self.source, self.cfg)
 
     # ---- input checks ----------------------------------------------------------------------------------------
     def screen(self, batch: ActivationBatch) -> Tensor:
@@ -301,14 +243,7 @@ class Trainer:
 
     def window_rows(self, window: list[Tensor]) -> list[list[float]]:
         """The window's step metrics on the host (one sync); RuntimeError naming the step of a non-finite value."""
-        rows = torch.stack(window).tolist() if window else []
-        for i, r in enumerate(rows):
-            if not all(math.isfinite(v) for v in r):
-                step = self.step - len(rows) + i + 1
-                raise RuntimeError(
-                    f"non-finite loss/metrics at step {step}: {StepMetrics(*r)}; lower --lr or check inputs"
-                )
-        return rows
+        return host_rows(window, self.step)
 
     def _autocast(self) -> Any:
         if self.cfg.autocast == "none" or self.device.type != "cuda":
@@ -333,7 +268,6 @@ class Trainer:
     @contextlib.contextmanager
     def _tracking(self) -> Iterator[None]:
         """``self.tracker`` (TensorBoard / W&B, ``--tracking``) on rank 0 for the block; closed after it."""
-        from .tracking import Tracker, parse_backends
 
         backends = parse_backends(self.cfg.tracking) if self.is_main else []
         self.tracker = (
@@ -375,7 +309,7 @@ class Trainer:
                     rows = self.window_rows(self.state.window)  # the one host sync of the window
                     tok_s = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
                     self._log(rows, tok_s)
-                    bar.advance(1, **self._bar_fields(StepMetrics(*rows[-1]), tok_s))
+                    bar.advance(1, **bar_fields(StepMetrics(*rows[-1]), tok_s))
                     self.state.window = []
                 else:
                     bar.advance(1)
@@ -390,24 +324,10 @@ class Trainer:
             self.tracker.summary(summary)
         return TrainResult(sae_dir, summary)
 
-    @staticmethod
-    def _bar_fields(m: StepMetrics, tok_s: float) -> dict[str, str]:
-        return {
-            "tok/s": f"{tok_s:,.0f}",
-            "loss": f"{m.loss:.4f}",
-            "mse": f"{m.mse:.4f}",
-            "fvu": f"{m.fvu:.3f}",
-            "L0": f"{m.l0:.1f}",
-            "dead": f"{100 * m.dead_frac:.1f}%",
-        }
-
-    def _mean(self, rows: list[list[float]]) -> dict[str, float]:
-        return {k: sum(r[i] for r in rows) / len(rows) for i, k in enumerate(StepMetrics._fields)}
-
     def _log(self, rows: list[list[float]], tok_s: float) -> None:
         if not self.is_main:
             return
-        row = {"step": self.step, "tokens": self.tokens, **self._mean(rows), "tokens_per_s": tok_s}
+        row = {"step": self.step, "tokens": self.tokens, **mean_metrics(rows), "tokens_per_s": tok_s}
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["sparsity_coef"] = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
         with open(self.metrics_path, "a") as fh:
@@ -416,7 +336,7 @@ class Trainer:
             self.tracker.log(row, self.step)
 
     def _summary(self, rows: list[list[float]], tok_s: float) -> dict[str, Any]:
-        means = self._mean(rows) if rows else {}
+        means = mean_metrics(rows) if rows else {}
         return {
             "steps": self.step,
             "tokens": self.tokens,
