@@ -11,6 +11,7 @@ from typing import Any
 
 from ..core.config import validate
 from ..core.constants import SAE_CFG_FILE
+from ..core.redact import redact
 from .common import add_command, configs_from_args
 
 
@@ -167,7 +168,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _autointerp(args: argparse.Namespace) -> int:
-    from ..interp.autointerp import run_autointerp
+    from ..interp.autointerp import failure_summary, run_autointerp
     from ..interp.judges import make_judge
     from ..interp.store import FeatureData
 
@@ -180,6 +181,10 @@ def _autointerp(args: argparse.Namespace) -> int:
     doc = run_autointerp(data, judge, acfg, concurrency=concurrency)
     _print_summary(doc["summary"])
     print(f"wrote {acfg.out or fdir / 'autointerp.json'}")
+    failed = failure_summary(doc)
+    if failed:
+        print(f"chatsae autointerp: FAILED: {redact(failed)}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -42,6 +42,8 @@ from .prompts import (
 from .store import AUTOINTERP_FILE, Context, FeatureData
 
 PROTOCOLS = ("fast", "detection", "fuzzing")
+MAX_FAILED_SHARE = 0.5
+"""``chatsae autointerp`` fails (exit 1) when more than this share of the judgements had only failed requests."""
 
 
 @dataclass
@@ -331,3 +333,22 @@ def run_autointerp(
     with atomic_file(path, "w") as fh:
         fh.write(redact(text))  # no API key in the file, even if a judge echoed one
     return doc
+
+
+def failure_summary(doc: dict[str, Any], ids: list[int] | None = None) -> str | None:
+    """One line when every judgement of the latents ``ids`` (default: the last run's) failed, or more than
+    :data:`MAX_FAILED_SHARE` of them: counts and the first error; None otherwise. A judgement is one protocol's (or
+    the explanation's) result for one latent; it failed when every request for it failed (status ``error``)."""
+    if ids is None:
+        ids = doc["runs"][-1]["latents"] if doc.get("runs") else []
+    results = [r for i in ids for r in doc["latents"].get(str(i), {}).values() if isinstance(r, dict)]
+    judged = [r for r in results if r.get("status") not in ("insufficient", "no_explanation")]
+    failed = [r for r in judged if r.get("status") == "error"]
+    if not judged or len(failed) <= MAX_FAILED_SHARE * len(judged) and len(failed) < len(judged):
+        return None
+    errors = [raw for r in failed for raw in r.get("raw", []) if raw.startswith("error: ")]
+    first = errors[0].removeprefix("error: ").splitlines()[0][:300] if errors else "unknown"
+    return (
+        f"{len(failed)} of {len(judged)} judgements ({100 * len(failed) / len(judged):.0f}%) got no answer from the "
+        f"judge (more than {100 * MAX_FAILED_SHARE:.0f}% allowed); first error: {first}"
+    )

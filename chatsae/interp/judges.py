@@ -148,7 +148,13 @@ class OpenAIJudge:
         self.name = f"openai:{redact_url(base_url) if base_url else 'api.openai.com'}:{model}"
         self.prefills = False  # the OpenAI API answers a trailing assistant message with a new message
         http = httpx.Client(transport=DeadlineTransport(timeout), timeout=timeout)  # one deadline per attempt
-        self.client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries, http_client=http)
+        self.client = OpenAI(
+            api_key=key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http,  # type: ignore[arg-type,unused-ignore]  # openai>=2 types httpx2, takes httpx clients
+        )
         self.limiter = RateLimiter(requests_per_minute)
         self._tokens_key = "max_tokens"
 
