@@ -14,6 +14,7 @@ from typing import Any
 from ..core.config import ConfigError, validate
 from ..core.constants import FLOAT_DTYPES
 from ..core.devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
+from ..core.distributed import device_name
 from ..core.locking import is_empty_dir, mark_dir
 from ..core.utils import file_digest
 from ..data import read_records, split_records
@@ -184,7 +185,6 @@ def load_data_and_model(
 ) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:
     """(train records, held-out records, data info, model, tokenizer); the data is read before the model loads, so a
     bad data file fails at once."""
-    from ..core.distributed import device_name
 
     train, held_out, data_info = read_split(cfg)
     model, tokenizer = model_and_tokenizer or load_model(  # under torchrun: auto/cuda -> cuda:LOCAL_RANK

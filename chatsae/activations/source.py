@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 
@@ -87,7 +88,6 @@ class TensorSource:
         if path.suffix == ".npy":
             acts: Tensor | np.ndarray = np.load(path, mmap_mode="r")
         elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
 
             d = load_file(str(path))
             if "acts" not in d:

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from .devices import resolve_device
+from .utils import parse_dtype
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -358,8 +361,6 @@ def validate(
         value = getattr(obj, name)
         check(value in allowed, name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
     for name in dtypes:
-        from .utils import parse_dtype
-
         value = getattr(obj, name)
         try:
             dtype = parse_dtype(value)
@@ -367,8 +368,6 @@ def validate(
             raise ConfigError(f": {e}", name) from None
         setattr(obj, name, str(dtype).removeprefix("torch."))
     for name in devices:
-        from .devices import resolve_device
-
         try:
             resolve_device(getattr(obj, name), option=name)
         except ValueError as e:

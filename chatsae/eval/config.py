@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..activations.pipeline import default_data_path
 from ..core.config import validate
+from ..data.formats import FORMAT_NAMES
 from ..data.methods import BLOCK_CONTEXT_SIZE, FAST_MAX_LENGTH, METHOD_NAMES
 
 
@@ -71,7 +73,6 @@ class EvalConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        from ..data.formats import FORMAT_NAMES
 
         validate(
             self,
@@ -112,7 +113,6 @@ def resolve_config(cfg: EvalConfig, metadata: dict[str, Any], data_from_metadata
         if data is None and meta.get("holdout") and meta.get("data"):
             data = meta["data"]  # the held-out part of the training data
         if data == "default":
-            from ..activations.pipeline import default_data_path
 
             data = str(default_data_path())
         if holdout is None and meta.get("holdout") and _same_file(data, meta.get("data")):

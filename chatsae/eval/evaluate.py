@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.progress import Progress
+from ..data.chat_template import tokenizer_info
 from ..data.formats import Record, split_records
 from ..data.methods import data_method
 from ..data.sequences import (
@@ -401,7 +402,6 @@ def _eval_batch(
 
 def special_ids(tokenizer: Any) -> list[int]:
     """The tokenizer's special token ids (the strict MSE_st set), as the chat renderer collects them."""
-    from ..data.chat_template import tokenizer_info
 
     return sorted(tokenizer_info(tokenizer, chat=False).special_ids)
 

@@ -8,7 +8,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .metrics import SUBSETS
+from ..data.chat_template import render_chat, tokenizer_info
+from .metrics import SUBSETS, TEMPLATE
 from .result import EvalResult
 
 TABLE_ROWS: dict[str, str] = {
@@ -89,8 +90,6 @@ EXAMPLE_CHAT = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "
 def token_sets_example(tokenizer: Any, messages: list[dict[str, str]] = EXAMPLE_CHAT) -> str:
     """A Markdown table of ``messages`` rendered with the tokenizer's chat template: each token, its class and
     whether it is in the strict / template special set (position 0 marked), as docs/metrics.md shows it."""
-    from ..data.chat_template import render_chat, tokenizer_info
-    from .metrics import TEMPLATE
 
     seq = render_chat(messages, tokenizer)
     strict = tokenizer_info(tokenizer, chat=True).special_ids

@@ -27,6 +27,8 @@ from ..core.config import validate
 from ..core.devices import resolve_device
 from ..core.progress import Progress
 from ..core.utils import atomic_file
+from ..data import bucket_batches, pad_batch
+from ..data.formats import FORMAT_NAMES
 from ..data.methods import FAST_MAX_LENGTH
 from ..models import check_hook, check_sae_width
 from ..models.prefix import capture_shared
@@ -106,7 +108,6 @@ class FeaturesConfig:
         )
 
     def __post_init__(self) -> None:
-        from ..data.formats import FORMAT_NAMES
 
         validate(
             self,
@@ -221,7 +222,6 @@ def collect_features(
 ) -> FeatureData:
     """Run the collection over ``sequences`` (``chatsae.data.TokenSequence``, e.g. from ``fast_sequences``) and
     return the loaded results. ``stop_after`` ends the run after that many new batches (for tests of resuming)."""
-    from ..data import bucket_batches, pad_batch
 
     out = Path(out)
     hook = str(check_hook(model, hook or cfg.hook or sae.cfg.metadata.get("hook_name", "")))

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors.torch import save_model
 
 from .transformers_compat import DTYPE_KW
 
@@ -161,7 +162,6 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
     """Write the converted copy of a float32 ``model`` (and its ``tokenizer``) to ``directory``; False when skipped
     (not float32, too large, or another process got there first). Never raises for a full disk or a read-only
     cache: the load goes on without a copy, with a notice."""
-    from safetensors.torch import save_model
 
     params = list(model.parameters())
     if not params or any(p.dtype != torch.float32 for p in params):

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 import transformers
 from torch import Tensor, nn
+from transformers import DynamicCache
 
 from .hooks import HookPoint, capture_many, check_hook, edit, replace_first_output
 from .resume import RESUMABLE, Checkpoint, cache_argument, checkpointing, model_logits, resumed
@@ -136,7 +137,6 @@ def capture_sharing_prefix(
     length = shared_prefix_length(input_ids, attention_mask) if share and reaches_attention else 0
     if not length or not can_share_prefix(model):
         return capture_many(model, hooks, input_ids, attention_mask)
-    from transformers import DynamicCache
 
     name, rows = cache_argument(model) or "past_key_values", input_ids.shape[0]
     config: Any = model.config

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..models import HookPoint, edit
+
 if TYPE_CHECKING:
     from ..sae import SAE
 
@@ -106,7 +108,6 @@ def template_probe_ids(tokenizer: Any) -> set[int]:
 
 
 def resolve_hook(sae: SAE, hook: Any) -> Any:
-    from ..models import HookPoint
 
     if hook is None:
         hook = getattr(sae.cfg, "metadata", {}).get("hook_name")
@@ -281,7 +282,6 @@ class Steering:
 
     # ---- context manager -----------------------------------------------------------------------------------
     def __enter__(self) -> Steering:
-        from ..models import edit
 
         if self._stack is not None:
             raise RuntimeError("Steering: already active")

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from ..core.utils import atomic_file
+from ..data import read_records
+from ..models.prefix import capture_shared
 from .interventions import LatentEdit, Steering, make_edits, resolve_hook
 from .measures import AnswerMeasures, measure_answers, pad_ids, summarize
 
@@ -76,7 +78,6 @@ def _num(v: float) -> str:
 def load_prompts(path: str | Path, limit: int | None = None) -> list[list[dict]]:
     """Prompts as chat messages: a ``.txt`` file (one prompt per line) or any format of ``read_records`` (chat
     records are cut after their last user message; plain text becomes one user message)."""
-    from ..data import read_records
 
     prompts = []
     for rec in read_records(path, text_split="line", limit=limit):
@@ -149,7 +150,6 @@ def hook_norm(
 ) -> float:
     """Median L2 norm of the hook activations over the prompts' tokens, position 0 (attention sink) excluded:
     the scale against which alpha should be read."""
-    from ..models.prefix import capture_shared
 
     device = next(model.parameters()).device
     norms = []

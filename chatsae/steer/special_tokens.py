@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.utils import atomic_file
+from ..data import TEMPLATE, bucket_batches, fast_sequences, pad_batch
 from ..data.methods import FAST_MAX_LENGTH
+from ..models.prefix import capture_shared
 from .interventions import resolve_hook, tokenizer_special_ids
 
 if TYPE_CHECKING:
@@ -186,10 +189,7 @@ def special_token_table(
     """Stream the first ``n_samples`` chat samples of ``records`` (FAST: one conversation per sequence) through the
     model up to the SAE's hook, in length-bucketed batches of at most ``max_tokens`` tokens, and rank latents per
     template token. Memory is bounded by one batch plus ``[n_keys, d_sae]`` accumulators."""
-    from itertools import islice
 
-    from ..data import TEMPLATE, bucket_batches, fast_sequences, pad_batch
-    from ..models.prefix import capture_shared
 
     hook = resolve_hook(sae, hook)
     device = next(model.parameters()).device

@@ -24,6 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..activations.pipeline import (
+    harvest_hooks,
+    load_data_and_model,
+    resolve_hooks,
+    resolved_model_dtype,
+    sequences_for,
+)
+from ..activations.streaming import SharedStream
+from ..core import distributed
 from ..core.locking import DirLock, claim_dir
 from ..models import HookPoint
 from ..sae import SAEConfig
@@ -60,7 +69,6 @@ def _variant_spec(spec: RunSpec, v: SAEVariant | None, out_dir: Path, **data: An
 def train_runs(spec: RunSpec) -> list[RunResult]:
     """Run ``spec``: one :func:`train_run`, or with several ``--hooks`` / ``--saes`` one harvest and one SAE per
     hook x entry (hooks outer), each in its own folder. Under ``--distribute-saes`` a rank returns only its own."""
-    from ..core import distributed
 
     hooks, variants = hook_list(spec), parse_saes(spec.run.saes)
     if len(hooks) <= 1 and len(variants) <= 1:
@@ -89,8 +97,6 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
         if run.activations:  # saved activations: nothing to harvest
             units = [(out_dir / v.name, {}, v) for v in variants]
         else:
-            from ..activations.pipeline import harvest_hooks, resolved_model_dtype
-
             label = ", ".join(map(str, hooks)) if hooks else data.hook or "the default hook"
             spec.report(
                 f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
@@ -130,7 +136,6 @@ def _folders(
 def _train_units(spec: RunSpec, units: list[tuple[Path, dict[str, Any], SAEVariant | None]]) -> list[RunResult]:
     """Train each unit (folder, data fields, variant): all ranks on each in turn, or with ``--distribute-saes`` unit
     ``i`` on rank ``i mod W`` alone."""
-    from ..core import distributed
 
     w = distributed.world_size()
     if not spec.run.distribute_saes or w == 1:
@@ -157,8 +162,6 @@ def _stream_units(
     """``--cache none``: every SAE trains in its own thread, all reading one streamed harvest (a
     :class:`~chatsae.activations.streaming.SharedStream`: one model pass per data window for every hook); then each
     is evaluated in turn."""
-    from ..activations.pipeline import load_data_and_model, resolve_hooks, resolved_model_dtype, sequences_for
-    from ..activations.streaming import SharedStream
 
     data = spec.data
     train, _, _, model, tokenizer = load_data_and_model(data, spec.model_and_tokenizer)

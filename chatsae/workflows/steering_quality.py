@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from ..eval import stats as S
-from ..steer.interventions import Steering, make_edits
-from ..steer.measures import answer_nll, strip_eos
+from ..models.prefix import capture_shared
+from ..steer.interventions import Steering, make_edits, resolve_hook
+from ..steer.measures import answer_nll, pad_ids, strip_eos
 from ..steer.report import encode_prompt, generate
 
 if TYPE_CHECKING:
@@ -87,9 +88,6 @@ def activation_scale(
 ) -> Tensor:
     """``[d_sae]`` mean activation of each latent over the tokens where it fires (0 if it never does), on the
     prompts' tokens with position 0 (the attention sink) excluded: the scale :func:`matched_random_latents` uses."""
-    from ..models.prefix import capture_shared
-    from ..steer.interventions import resolve_hook
-    from ..steer.measures import pad_ids
 
     hook = resolve_hook(sae, hook)
     device = next(model.parameters()).device

@@ -84,7 +84,6 @@ class RunConfig:
             non_negative=("synthetic_features",),
         )
         if self.saes:
-
             parse_saes(self.saes)  # a bad entry is an error before anything runs
 
 
@@ -415,7 +414,6 @@ def judge_quality(
     """Mark the run ``status: failed_quality`` (with ``failure``) when the final train or held-out FVU exceeds
     ``MAX_FVU``, report it, and rewrite ``training_summary.json`` beside the SAE with the held-out FVU and status."""
 
-
     fvus = {"train": summary.get("train_fvu"), "held-out": held_out_fvu}
     bad = [f"{k} FVU {v:.4g}" for k, v in fvus.items() if v is not None and not v <= MAX_FVU]
     if held_out_fvu is not None:
@@ -436,7 +434,6 @@ def _result_rows(spec: RunSpec, sae_dir: Path, src: _Source, out_dir: Path) -> t
     rows: dict[str, str] = {}
     fvu = None
     if spec.run.activations == "synthetic":
-
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
     if src.context and spec.run.evaluate and src.context["held_out"]:
@@ -449,7 +446,6 @@ def write_held_out(records: list[Any], out_dir: Path) -> str | None:
     """Write the held-out records as JSONL (messages or text) so `chatsae eval SAE_DIR` finds them by itself."""
     if not records:
         return None
-
 
     path = out_dir / "heldout.jsonl"
     with atomic_file(path, "w") as fh:
