@@ -14,9 +14,10 @@ probe's accuracy; a percentile bootstrap over test items for a mean over several
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,8 @@ from torch import Tensor
 
 T = TypeVar("T")
 Z95 = 1.959963984540054
+SMALL = 4_000_000
+"""Probe fits on fewer than this many input values run single-threaded."""
 
 
 @dataclass
@@ -65,14 +68,26 @@ def fit_logistic(
     def closure() -> Tensor:
         opt.zero_grad()
         z = xd @ w + b
-        logloss = torch.nn.functional.binary_cross_entropy_with_logits(z, yd, reduction="none")
+        logloss = torch.nn.functional.softplus(z) - yd * z  # = BCE with logits
         loss = (c * (weights * logloss).sum() + 0.5 * (w * w).sum()) / n
         loss.backward()
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _threads(1 if xd.numel() < SMALL else torch.get_num_threads()):
         opt.step(closure)
     return LogisticProbe(w.detach().clone(), float(b.detach()))
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads, then restore the count: the many small kernels of one probe fit are ~10x
+    slower multi-threaded on a busy CPU (OpenMP start-up and spin-waits dominate vectors of a few hundred)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def top_k_mean_diff(x: Tensor, y: Tensor, k: int) -> Tensor:

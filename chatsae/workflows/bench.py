@@ -63,7 +63,7 @@ class BenchConfig:
     """Also fit a probe on all SAE latents (SAEBench's sae_test_accuracy)."""
     absorption: bool = True
     """Run the first-letter absorption evaluation."""
-    absorption_words: int = 1500
+    absorption_words: int = 1000
     """Vocabulary words (single tokens) sampled for absorption; 80/20 train/test (SAEBench: the whole vocabulary)."""
     absorption_icl: int = 10
     """In-context examples per absorption prompt (SAEBench: 10)."""
