@@ -186,3 +186,41 @@ def test_cli_train_on_local_model_dir_end_to_end(tiny_llama, tmp_path):
     assert rows[-1]["step"] == 8
     man = Manifest.read(out / "activations")
     assert man.complete and man.method == "fast" and man.hook == "resid_post.1"
+
+
+def test_max_padding_bounds_every_model_batch_and_keeps_the_vectors(tiny_llama, tmp_path):
+    """--max-padding reaches the harvest's length bucketing: with wide model batches over samples of very different
+    lengths, each batch's padding share stays under the bound (the whole harvest's too), and the cached vectors are the
+    same set as without the bound (batching changes no vector beyond float rounding)."""
+    from chatsae.activations.harvest import HarvestStats, window_activations
+
+    model, tok = tiny_llama
+    seqs = list(fast_sequences(_records(40), tok, dedup_n=None))
+    free, bounded = HarvestStats(), HarvestStats()
+    wide = {"shard_tokens": 100_000, "batch_tokens": 4096, "max_batch_size": 64}
+    seen: list[tuple[int, int]] = []
+
+    def batch_padding(stats: HarvestStats):
+        def on_batch(_n: int) -> None:
+            seen.append((stats.tokens_real, stats.tokens_padded))
+
+        return on_batch
+
+    out_free = window_activations(model, tok, [HOOK], seqs, HarvestOptions(**wide), free)
+    out_bound = window_activations(
+        model, tok, [HOOK], seqs, HarvestOptions(**wide, max_padding=0.05), bounded, batch_padding(bounded)
+    )
+    assert out_free is not None and out_bound is not None
+    assert free.padding_fraction > 0.10  # the case the bound is for: a wide batch over mixed lengths
+    assert bounded.padding_fraction <= 0.05
+    steps = [(r1 - r0, p1 - p0) for (r0, p0), (r1, p1) in zip([(0, 0), *seen], seen, strict=False)]
+    assert len(steps) > 1 and all(1 - real / padded <= 0.05 + 1e-9 for real, padded in steps)
+    a, b = out_free[0][HOOK], out_bound[0][HOOK]
+    assert a.shape == b.shape
+    order = lambda m: torch.argsort(m["sample_ids"] * 10_000 + m["positions"])  # noqa: E731
+    torch.testing.assert_close(a[order(out_free[1])], b[order(out_bound[1])], rtol=1e-4, atol=1e-4)
+
+
+def test_max_padding_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="max.padding"):
+        HarvestOptions(max_padding=1.5)

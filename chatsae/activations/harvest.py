@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core import distributed as pg
-from ..core.config import validate
+from ..core.config import check, validate
 from ..core.locking import DirLock
 from ..core.progress import Progress
 from ..data import TokenSequence, bucket_batches, pad_batch
@@ -46,6 +46,10 @@ class HarvestOptions:
     """Sequences per model forward at most."""
     shard_tokens: int = 65_536
     """Tokens per cache shard (and per resumable harvest window)."""
+    max_padding: float | None = None
+    """Start a new model batch when the next sequence would raise its padding share above this (e.g. 0.05 with a GPU's
+    large --batch-tokens, where length bucketing inside a shard window alone pads 14-35% on chat data); None: no
+    bound. Batches then hold fewer tokens: raise --shard-tokens with --batch-tokens to keep them full."""
     max_tokens: int | None = None
     """Stop harvesting after this many vectors (train: default --total-tokens; harvest: all the data)."""
     share_prefix: bool = True
@@ -55,6 +59,8 @@ class HarvestOptions:
 
     def __post_init__(self) -> None:
         validate(self, positive=("batch_tokens", "max_batch_size", "shard_tokens", "max_tokens"))
+        bound = self.max_padding
+        check(bound is None or 0.0 <= bound < 1.0, "max_padding", f"must be in [0, 1), got {bound}")
 
 
 class HarvestStats:
@@ -155,7 +161,11 @@ def window_activations(
     parts: dict[HookPoint, list[Tensor]] = {h: [] for h in hooks}
     metas = []
     for batch in bucket_batches(
-        window, max_tokens=opts.batch_tokens, max_batch_size=opts.max_batch_size, bucket_window=len(window)
+        window,
+        max_tokens=opts.batch_tokens,
+        max_batch_size=opts.max_batch_size,
+        bucket_window=len(window),
+        max_padding=opts.max_padding,
     ):
         acts, meta = activations_for_batch(model, list(hooks), batch, pad_id, opts, tokenizer.bos_token_id, stats)
         for h in hooks:

@@ -54,6 +54,7 @@ ADDED: dict[str, dict[str, Any]] = {
     "data": {"cache": "disk", "hooks": None},
     "train": {"tf32": True, "dead_window_cap": True},
     "run": {"saes": "", "distribute_saes": False},
+    "harvest": {"max_padding": None},
 }
 """Run-config fields added after runs were written, with the value those runs behaved as (a resume compares it)."""
 CHECKSUMS = CHECKSUMS_FILE
