@@ -11,13 +11,18 @@ from rich.table import Table
 from ..data.chat_template import render_chat, tokenizer_info
 from .metrics import SUBSETS, TEMPLATE
 from .result import EvalResult
+from .robust import position0_norm_ratio
 
 TABLE_ROWS: dict[str, str] = {
     "tokens": "tokens",
     "mse": "MSE (Eq. 7)",
     "log2_mse": "log2 MSE",
     "fvu": "FVU",
+    "fvu_no_dominant": "FVU w/o dominant ch.",
+    "fvu_standardized": "FVU per-ch. std.",
     "cosine_similarity": "cos(x, x̂)",
+    "cosine_median": "median cos",
+    "dominant_share": "dominant ch. share",
     "relative_norm": "‖x̂‖/‖x‖",
     "mean_sq_norm": "E‖x‖²",
     "l0": "L0",
@@ -70,6 +75,8 @@ def summary_lines(result: EvalResult) -> list[str]:
     hist = lat.get("firing_histogram", {})
     edges, counts = hist.get("log10_bin_edges", []), hist.get("counts", [])
     bins = " ".join(f"[{edges[i]:g},{edges[i + 1]:g}):{c}" for i, c in enumerate(counts) if c)
+    ratio = position0_norm_ratio(result.metrics)
+    p0 = "-" if ratio is None else f"{ratio:,.4g}x"
     return [
         f"log2 MSE {fmt(h['log2_mse'])}  log2 MSE_st {fmt(h['log2_mse_st'])}  (without position 0: "
         f"{fmt(h['log2_mse_no_pos0'])} / {fmt(h['log2_mse_st_no_pos0'])}); MSE_st = template set, strict set "
@@ -80,6 +87,10 @@ def summary_lines(result: EvalResult) -> list[str]:
         f"latents {lat.get('d_sae')}: dead {lat.get('dead')}, dense (> {result.setup.get('dense_threshold')}) "
         f"{lat.get('dense')}",
         f"log10 firing frequency histogram: {bins or '-'}",
+        f"robust (without position 0): median cosine {fmt(h.get('cosine_median_no_pos0'))}, FVU without the dominant "
+        f"channels {fmt(h.get('fvu_no_dominant_no_pos0'))}, per-channel standardised FVU "
+        f"{fmt(h.get('fvu_standardized_no_pos0'))}; position-0 squared norm {p0} the other tokens' (measured)",
+        *(f"WARNING: {w}" for w in result.warnings()),
     ]
 
 

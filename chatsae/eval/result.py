@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from ..core.utils import atomic_file
+from .robust import fidelity_warnings, position0_norm_ratio
 
 SCHEMA_VERSION = 2
 """2: ``per_sequence`` sums and the strict special subsets (``special_strict*``) added."""
@@ -28,6 +29,9 @@ HEADLINE = {
     "fvu": ("all", "fvu"),
     "fvu_no_pos0": ("all_no_pos0", "fvu"),
     "cosine_similarity": ("all", "cosine_similarity"),
+    "cosine_median_no_pos0": ("all_no_pos0", "cosine_median"),
+    "fvu_no_dominant_no_pos0": ("all_no_pos0", "fvu_no_dominant"),
+    "fvu_standardized_no_pos0": ("all_no_pos0", "fvu_standardized"),
     "l0": ("all", "l0"),
     "dead_fraction": ("all", "dead_fraction"),
     "dense_fraction": ("all", "dense_fraction"),
@@ -49,6 +53,9 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("eval log2 mse_st", "special_no_pos0", "log2_mse"),
     ("eval log2 mse_st strict", "special_strict_no_pos0", "log2_mse"),
     ("eval cosine", "all_no_pos0", "cosine_similarity"),
+    ("eval cosine median", "all_no_pos0", "cosine_median"),
+    ("eval fvu without dominant channels", "all_no_pos0", "fvu_no_dominant"),
+    ("eval fvu per-channel standardised", "all_no_pos0", "fvu_standardized"),
     ("eval delta CE", "all", "delta_ce"),
     ("eval KL", "all", "kl"),
     ("eval CE recovered", "all", "ce_recovered"),
@@ -62,9 +69,13 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
 """The rows of ``chatsae train``'s final table."""
 SECTION_NOTES = {
     "held-out eval, position 0 excluded": "the tokens the SAE was trained on (LM-loss rows: the splice as trained)",
-    "with position 0 (attention sink)": "position 0 is the attention sink (squared norm ~20,000x other tokens), which "
-    "the SAE is not trained on; one such token per sequence dominates MSE and FVU when included",
+    "with position 0 (attention sink)": "position 0 (squared norm {ratio} the other tokens', measured on this "
+    "evaluation) is not trained on; where it is an attention sink, one such token per sequence dominates MSE and FVU "
+    "when included",
 }
+"""Section notes; ``{ratio}``: the measured position-0 norm ratio (:func:`chatsae.eval.robust.position0_norm_ratio`)."""
+WARN_SUBSETS = {"all_no_pos0": "no pos 0", "all": "pos 0 incl."}
+"""Subsets whose FVU is checked against the robust measures in the summary (:meth:`EvalResult.warnings`)."""
 
 
 @dataclass
@@ -94,11 +105,21 @@ class EvalResult:
     def table_rows(self) -> dict[str, str]:
         """:data:`TABLE_ROWS` formatted for a two-column summary table (label -> text): the metrics on the tokens
         the SAE was trained for (no position 0) first, then a labelled block with position 0 included."""
+        ratio = position0_norm_ratio(self.metrics)
+        measured = "not measured" if ratio is None else f"{ratio:,.4g}x"
         rows = {}
         for name, subset, metric in TABLE_ROWS:
             v = json_safe(self.metrics.get(subset, {}).get(metric)) if subset else None
-            rows[name] = SECTION_NOTES[name] if not subset else "-" if v is None else f"{v:.4g}"
+            note = SECTION_NOTES[name].format(ratio=measured) if not subset else ""
+            rows[name] = note if not subset else "-" if v is None else f"{v:.4g}"
+        for i, line in enumerate(self.warnings(), 1):
+            rows[f"WARNING {i}"] = line
         return rows
+
+    def warnings(self) -> list[str]:
+        """Where FVU disagrees with the robust measures, and the dominant channels, on :data:`WARN_SUBSETS`
+        (:func:`chatsae.eval.robust.fidelity_warnings`)."""
+        return [w for s, where in WARN_SUBSETS.items() for w in fidelity_warnings(self.metrics.get(s) or {}, where)]
 
     def to_dict(self) -> dict[str, Any]:
         out = {

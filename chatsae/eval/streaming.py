@@ -5,7 +5,9 @@ Each accumulator keeps O(H + d_sae + number of sequences) state, in float64 on t
 - :class:`ReconstructionAccumulator`: per-sequence squared-error sums and token counts (FAST Eq. 7 exactly, even if
   a sequence spans batches), the token mean and the sum of squared deviations about it merged batch by batch with
   Chan et al.'s parallel formula (FVU about the mean without the cancellation of ``E[x²] − E[x]²``), cosine and
-  relative-norm sums.
+  relative-norm sums; per channel the squared error and the squared deviation about the mean, and a histogram of
+  per-token cosines, for the measures of :mod:`chatsae.eval.robust` (dominant channels, FVU without them,
+  standardised FVU, median cosine).
 - :class:`SparsityAccumulator`: firing counts per latent and the exact L0 distribution (a bincount).
 - :class:`LMLossAccumulator`: sums of per-token CE clean / spliced / zero-ablated and KL.
 - :class:`SubsetAccumulator`: all three for every token subset of :data:`~chatsae.eval.metrics.SUBSETS`.
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from . import metrics as M
+from . import robust as R
 
 Result = dict[str, Any]
 
@@ -76,6 +79,9 @@ class ReconstructionAccumulator:
         self.rel: Tensor | None = None
         self.sq_norm: Tensor | None = None
         self.centre: Tensor | None = None  # [H] the first batch's mean: per-sequence squares are taken about it
+        self.m2_ch: Tensor | None = None  # [H] Σ (x_k − mean_k)² per channel
+        self.sse_ch: Tensor | None = None  # [H] Σ (x_k − x̂_k)² per channel
+        self.cos_hist: Tensor | None = None  # [COSINE_BINS] per-token cosines
         self.seq = SequenceSums()  # n, sse, sq_c = Σ ||x − centre||² per sequence
 
     def update(self, x: Tensor, x_hat: Tensor, seq_ids: Tensor) -> None:
@@ -88,11 +94,18 @@ class ReconstructionAccumulator:
             self.sse, self.m2, self.cos, self.rel, self.sq_norm = (zero.clone() for _ in range(5))
             self.mean = torch.zeros(self.d, dtype=torch.float64, device=dev)
             self.centre = x.double().mean(dim=0)
+            self.m2_ch = torch.zeros(self.d, dtype=torch.float64, device=dev)
+            self.sse_ch = torch.zeros(self.d, dtype=torch.float64, device=dev)
+            self.cos_hist = torch.zeros(R.COSINE_BINS, dtype=torch.int64, device=dev)
         assert self.sse is not None and self.m2 is not None and self.centre is not None
         assert self.cos is not None and self.rel is not None and self.sq_norm is not None
+        assert self.m2_ch is not None and self.sse_ch is not None and self.cos_hist is not None
         err = M.squared_error(x, x_hat)
         self.sse += err.sum()
-        self.cos += M.cosine_similarity(x, x_hat).sum()
+        cos = M.cosine_similarity(x, x_hat)
+        self.cos += cos.sum()
+        self.cos_hist += R.cosine_histogram(cos)
+        self.sse_ch += R.channel_sse(x, x_hat)
         self.rel += M.relative_norm(x, x_hat).sum()
         xd = x.double()
         self.sq_norm += xd.pow(2).sum()
@@ -103,6 +116,7 @@ class ReconstructionAccumulator:
         n = self.n + n_b
         delta = mean_b - self.mean
         self.m2 += m2_b + delta.pow(2).sum() * (self.n * n_b / n)
+        self.m2_ch += (xd - mean_b).pow(2).sum(dim=0) + delta.pow(2) * (self.n * n_b / n)
         self.mean += delta * (n_b / n)
         self.n = n
         # per-sequence sums: Eq. 7 and the bootstrap
@@ -120,8 +134,10 @@ class ReconstructionAccumulator:
 
     def result(self) -> Result:
         """tokens, sequences, mse (Eq. 7), log2_mse, mse_token (flat), fvu, explained_variance, cosine_similarity,
-        relative_norm, mean_sq_norm; NaN metrics when the subset had no token."""
+        relative_norm, mean_sq_norm and the robust measures (:func:`chatsae.eval.robust.robust_result`); NaN metrics
+        when the subset had no token."""
         nan = float("nan")
+        robust = R.robust_result(self.sse_ch, self.m2_ch, self.cos_hist)
         if self.n == 0:
             keys = (
                 "mse",
@@ -133,7 +149,7 @@ class ReconstructionAccumulator:
                 "relative_norm",
                 "mean_sq_norm",
             )
-            return {"tokens": 0, "sequences": 0, **dict.fromkeys(keys, nan)}
+            return {"tokens": 0, "sequences": 0, **dict.fromkeys(keys, nan), **robust}
         assert self.sse is not None and self.m2 is not None  # set by the first non-empty update
         assert self.cos is not None and self.rel is not None and self.sq_norm is not None
         seq_n, seq_sse = self.seq.get("n"), self.seq.get("sse")
@@ -152,6 +168,7 @@ class ReconstructionAccumulator:
             "cosine_similarity": _float(self.cos) / self.n,
             "relative_norm": _float(self.rel) / self.n,
             "mean_sq_norm": _float(self.sq_norm) / self.n,
+            **robust,
         }
 
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from ..core.config import to_dict
 from ..core.constants import SAE_CFG_FILE
+from ..core.ownership import check_replace
 from ..eval import stats
 from ..eval.plots import LinePanel, line_chart
 from ..eval.result import EvalResult, dumps
@@ -40,7 +41,8 @@ the default lr 3e-3 (L0 without position 0): jumprelu lambda 0.0005 / 0.03 -> 75
 X_KEY = "l0_no_pos0"
 Y_KEYS = ("delta_lm_loss", "fvu_no_pos0")
 """The frontier: L0 (position 0 excluded, as in training) against delta LM loss (position 0 kept clean in the
-splice) and FVU without position 0 (the attention sink's ~20,000x norm would dominate it)."""
+splice) and FVU without position 0 (an attention sink at position 0 would dominate it: on the embedded model its
+squared norm is ~20,000x other tokens'; evaluations state the ratio measured on the model at hand)."""
 BOUNDED = (X_KEY, *Y_KEYS)
 """Frontier columns with 95% bounds in the CSV (``_low`` / ``_high``: the widest of the bootstrap over sequences
 and the t-interval over seeds)."""
@@ -79,6 +81,8 @@ class SweepConfig:
 
     out_dir: str = "runs/sweep"
     """Output directory: the cache, one training run per setting, frontier.csv/png and report.md/json."""
+    overwrite: bool = False
+    """Write into a non-empty --out-dir chatsae did not write (its files are kept: none is replaced or removed)."""
     archs: str | list[str] = "jumprelu,topk,standard,gated"
     """Architectures to sweep: jumprelu, topk, standard, gated."""
     jumprelu_coefs: str | list[str] = DEFAULT_GRIDS["jumprelu"]
@@ -375,6 +379,12 @@ def sweep_markdown(report: dict[str, Any], figures: dict[str, str]) -> str:
 def write_sweep_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """frontier[_<set>].csv / .png for every evaluation set, report.json and report.md; returns their paths."""
     figures, texts = {}, {}
+    for path in [
+        f"frontier{'' if i == 0 else f'_{n}'}.{e}" for i, n in enumerate(report["eval_sets"]) for e in ["png", "csv"]
+    ]:
+        check_replace(out_dir / path, "--out-dir")
+    for path in ("report.json", "report.md"):
+        check_replace(out_dir / path, "--out-dir")
     for i, (name, es) in enumerate(report["eval_sets"].items()):
         suffix = "" if i == 0 else f"_{name}"
         figures[name] = frontier_figure(report["rows"][name], out_dir / f"frontier{suffix}.png", es["label"]).name
