@@ -91,3 +91,67 @@ def test_output_place_refuses_inputs_other_outputs_and_dangling_links(tmp_path: 
     with pytest.raises(ValueError, match="chatsae did not write it"):
         check_replace(tmp_path / "mine.md", "--out")
     assert json.loads((sae / MARKER).read_text())["kind"] == "sae"
+
+
+def test_compare_and_sweep_refuse_a_user_directory_and_never_replace_its_files(tmp_path: Path) -> None:
+    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.pipeline import DataConfig
+    from chatsae.train.config import TrainConfig
+    from chatsae.workflows.study import Study, StudyEvalConfig, write_texts
+
+    def study(out: Path, overwrite: bool = False) -> Study:
+        cfgs = (DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=4096), StudyEvalConfig())
+        return Study(out, *cfgs, overwrite=overwrite)
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "report.md").write_text("my report")
+    with pytest.raises(OutputDirError, match=rf"{user}: --out-dir is a non-empty directory that chatsae did not"):
+        study(user).check_plan({})
+    assert sorted(p.name for p in user.iterdir()) == ["report.md"]
+    study(user, overwrite=True).check_plan({})  # --overwrite: chatsae's files are added, the user's kept
+    with pytest.raises(ValueError, match=r"report.md: exists and chatsae did not write it"):
+        write_texts({user / "report.json": "{}", user / "report.md": "chatsae's"})
+    assert (user / "report.md").read_text() == "my report" and not (user / "report.json").exists()
+    write_texts({user / "report.json": "{}"})
+    write_texts({user / "report.json": "{ }"})  # chatsae's own file: replaced
+    assert (user / "report.json").read_text() == "{ }"
+
+
+def saved_sae(path: Path) -> Path:
+    from chatsae.sae import SAEConfig, create_sae, save_sae
+
+    return save_sae(create_sae(SAEConfig(d_in=8, d_sae=16), seed=0), path)
+
+
+def test_output_options_never_write_into_an_sae_folder_or_replace_a_user_file(tmp_path: Path, capsys) -> None:
+    from chatsae.core.utils import atomic_dir
+    from chatsae.sae import load_sae
+
+    sae = saved_sae(tmp_path / "sae")
+    before = {p.name: p.read_bytes() for p in sae.iterdir()}
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    for target in ("cfg.json", "sae_weights.safetensors"):
+        assert (
+            main(["eval", str(sae), "--output", str(sae / target), "--data", str(data), "--hook", "resid_post.1"]) == 1
+        )
+        assert "--output lies inside the input" in capsys.readouterr().err
+    with (
+        pytest.raises(OutputDirError, match="--out is chatsae's sae directory"),
+        atomic_dir(sae, True, "dashboard", "--out") as t,
+    ):
+        (t / "index.html").write_text("x")
+    user = tmp_path / "steering"
+    user.mkdir()
+    (user / "steering.md").write_text("my own notes")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    for extra in ([], ["--overwrite"]):
+        assert main(["steer", str(sae), "--latent", "0", "--prompts", str(prompts), "--out", str(user), *extra]) == 1
+        err = capsys.readouterr().err
+        assert str(user) in err and ("chatsae did not write it" in err or "--overwrite" in err)
+    assert main(["steer", str(sae), "--latent", "0", "--prompts", str(prompts), "--out", str(sae)]) == 1
+    assert "--out is the input" in capsys.readouterr().err
+    assert (user / "steering.md").read_text() == "my own notes"
+    assert {p.name: p.read_bytes() for p in sae.iterdir()} == before and load_sae(sae).cfg.d_sae == 16

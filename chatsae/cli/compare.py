@@ -140,6 +140,7 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
         cfgs["eval"],
         sae_options=_sae_options(args, cfgs["sae"], file_cfg),
         expansion_factor=own.expansion_factor,
+        overwrite=own.overwrite,
     )
     return own, study
 

@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 
 from ..core.constants import EVAL_FILE
+from ..core.ownership import record
+from ..core.utils import check_output_file
 from .common import add_command, configs_from_args
 
 HELP = (
@@ -33,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     sae_dir = Path(args.sae_dir)
     cfg = configs_from_args(args)["eval"]  # options are checked before anything is loaded
+    given = cfg.output
+    check_output_file(given or sae_dir / EVAL_FILE, "--output", (sae_dir if given else None, cfg.data), not given)
     sae = load_sae(sae_dir)
     cfg = resolve_config(cfg, sae.cfg.metadata, data_from_metadata=True)
     if cfg.data is None:
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     records = read_records(cfg.data, fmt=cfg.data_format)
     cfg = dataclasses.replace(cfg, output=cfg.output or str(sae_dir / EVAL_FILE))
     result = evaluate(sae, model, tokenizer, records, cfg, sae_path=str(sae_dir))
+    written = Path(cfg.output or sae_dir / EVAL_FILE)
+    record(written.parent, written.name)  # chatsae's file: a rerun may replace it
     print_report(result)
     print(f"wrote {cfg.output}")
     return 0

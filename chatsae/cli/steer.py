@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..core.config import check, validate
+from ..core.locking import check_claim
+from ..core.ownership import check_replace
 from ..data.methods import FAST_MAX_LENGTH
 from .common import add_command, configs_from_args
 
@@ -48,6 +52,8 @@ class SpecialTokensOptions:
     """n-gram deduplication of samples (None: off)."""
     out: str = "special_tokens"
     """Output directory for special_tokens.md and special_tokens.json."""
+    overwrite: bool = False
+    """Write into a non-empty --out chatsae did not write (its files are kept: none is replaced or removed)."""
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -81,6 +87,8 @@ class SteerOptions:
     """Use only the first N prompts."""
     out: str = "steering"
     """Output directory for steering.md and steering.json."""
+    overwrite: bool = False
+    """Write into a non-empty --out chatsae did not write (its files are kept: none is replaced or removed)."""
 
     def __post_init__(self) -> None:
         from ..steer.interventions import MODES, POSITIONS
@@ -106,6 +114,14 @@ class _Extend(argparse.Action):
         setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *values])
 
 
+def check_outputs(out: str, kind: str, overwrite: bool, inputs: tuple[str, ...], stem: str) -> None:
+    """Before anything loads: ``--out`` may be claimed (not an input, not another output's directory, not a user's
+    non-empty directory without --overwrite) and its two files are not a user's."""
+    check_claim(out, kind, overwrite, "--out", inputs)
+    for ext in ("md", "json"):
+        check_replace(Path(out) / f"{stem}.{ext}", "--out")
+
+
 def _load(sae_dir: str, opts: ModelOptions) -> tuple[Any, Any, Any, str]:
     """(sae, model, tokenizer, model name) for a command."""
     from ..models import load_model
@@ -128,6 +144,7 @@ def _special_tokens(args: argparse.Namespace) -> int:
 
     cfg = configs_from_args(args)
     opts: SpecialTokensOptions = cfg["special_tokens"]
+    check_outputs(opts.out, "special-tokens", opts.overwrite, (args.sae_dir, opts.data), "special_tokens")
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
     settings = {"sae": str(args.sae_dir), "model": name, "data": opts.data}
     table = special_token_table(
@@ -142,7 +159,7 @@ def _special_tokens(args: argparse.Namespace) -> int:
         dedup_n=opts.dedup_n,
         settings=settings,
     )
-    md, js = write_table(table, opts.out)
+    md, js = write_table(table, opts.out, opts.overwrite)
     print(f"{table.n_samples} samples, {len(table.tokens)} template tokens -> {md}, {js}")
     return 0
 
@@ -152,6 +169,7 @@ def _steer(args: argparse.Namespace) -> int:
 
     cfg = configs_from_args(args)
     opts: SteerOptions = cfg["steer"]
+    check_outputs(opts.out, "steering", opts.overwrite, (args.sae_dir, opts.prompts), "steering")
     prompts = load_prompts(opts.prompts, limit=opts.n_prompts)
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
     settings = {"sae": str(args.sae_dir), "model": name, "prompts_file": opts.prompts}
@@ -169,7 +187,7 @@ def _steer(args: argparse.Namespace) -> int:
         batch_size=opts.batch_size,
         settings=settings,
     )
-    md, js = write_report(report, opts.out)
+    md, js = write_report(report, opts.out, opts.overwrite)
     print(f"{len(prompts)} prompts x {len(report.conditions)} conditions -> {md}, {js}")
     return 0
 

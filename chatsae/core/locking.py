@@ -23,6 +23,7 @@ __all__ = [
     "MARKER",
     "DirLock",
     "OutputDirError",
+    "check_claim",
     "claim_dir",
     "is_chatsae_dir",
     "is_empty_dir",
@@ -53,15 +54,7 @@ def claim_dir(
     directory without the marker is refused (:class:`OutputDirError` naming it) unless ``overwrite``; a dangling
     symbolic link, a path at or inside one of ``inputs`` (paths) or inside chatsae's directory of another output
     (:func:`chatsae.core.ownership.check_output_place`) is refused."""
-    path = Path(path)
-    try:
-        check_output_place(path, option, [str(i) for i in inputs if i], kind)
-    except ValueError as e:
-        raise OutputDirError(str(e)) from None
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"{path}: {option} is a file, not a directory")
-    if path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path):
-        refuse_foreign(path, option, overwrite)
+    path = check_claim(path, kind, overwrite, option, inputs)
     top = next((d for d in reversed((path, *path.parents)) if not d.exists()), None)
     mark_dir(path, kind)
     if top is not None:
@@ -89,6 +82,22 @@ def release_unused(path: str | Path) -> None:
             break
         if d == top:
             break
+
+
+def check_claim(
+    path: str | Path, kind: str, overwrite: bool = False, option: str = "--out-dir", inputs: tuple[object, ...] = ()
+) -> Path:
+    """The checks of :func:`claim_dir` without creating anything (run them before a model loads)."""
+    path = Path(path)
+    try:
+        check_output_place(path, option, [str(i) for i in inputs if i], kind)
+    except ValueError as e:
+        raise OutputDirError(str(e)) from None
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{path}: {option} is a file, not a directory")
+    if path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path):
+        refuse_foreign(path, option, overwrite)
+    return path
 
 
 def refuse_foreign(path: str | Path, option: str, overwrite: bool) -> None:

@@ -183,7 +183,7 @@ def check_output_place(
 ) -> Path:
     """``path`` if an output may go there: a :class:`ValueError` naming ``option`` when it equals or lies inside one
     of ``inputs``, is a dangling symbolic link, or lies in (or is) an SAE, cache, features, run or checkpoint
-    directory of chatsae (unless that directory is of ``kind``, the output's own)."""
+    directory of chatsae (unless that directory is of ``kind``, the output's own; ``"*"``: any)."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ValueError(f"{path}: {option} is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -196,7 +196,7 @@ def check_output_place(
             what = "is" if real == src else "lies inside"
             raise ValueError(f"{path}: {option} {what} the input {given}; choose an output path outside the inputs")
     found = enclosing_output(real)
-    if found is not None and found[1] != kind:
+    if found is not None and found[1] != kind and kind != "*":
         where, what = found
         raise ValueError(
             f"{path}: {option} lies inside {where}, a {what} directory of chatsae; choose a path outside it "

@@ -16,9 +16,28 @@ import torch
 from .constants import CHECKSUMS_FILE, DTYPE_ALIASES
 from .faults import DiskFullError, disk_full, is_disk_full, tree_bytes
 from .locking import MARKER, OutputDirError, is_chatsae_dir, is_empty_dir, refuse_foreign
-from .ownership import file_digest, intact, read_json, read_marker, record, written
+from .ownership import (
+    check_output_place,
+    check_replace,
+    file_digest,
+    intact,
+    read_json,
+    read_marker,
+    record,
+    written,
+)
 
-__all__ = ["atomic_dir", "atomic_file", "check_inside", "file_digest", "parse_dtype", "safe_name", "safetensors_shapes"]
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "check_inside",
+    "check_output_file",
+    "file_digest",
+    "parse_dtype",
+    "safe_name",
+    "safetensors_shapes",
+    "write_output_file",
+]
 
 
 def safe_name(value: str, option: str) -> str:
@@ -89,6 +108,9 @@ def atomic_dir(
         )
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{path}: {option} is a file, not a directory")
+    theirs = str(read_marker(path).get("kind", "")) if is_chatsae_dir(path) else ""
+    if theirs not in ("", kind, "output"):  # e.g. a dashboard --out naming an SAE directory: its files stay
+        raise OutputDirError(f"{path}: {option} is chatsae's {theirs} directory, not a {kind}; choose another {option}")
     foreign = path.is_dir() and not is_empty_dir(path) and not is_chatsae_dir(path)
     if foreign:
         refuse_foreign(path, option, overwrite)
@@ -238,6 +260,27 @@ def _atomic_file(path: str | Path, mode: str, needed: int | None, keep_record: b
         if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_disk_full(e):
             raise disk_full(path, max(needed or 0, size) or None) from e
         raise
+
+
+def check_output_file(path: str | Path, option: str, inputs: tuple[object, ...] = (), own_place: bool = False) -> Path:
+    """Run before anything loads, for an output-file option: ``path`` must not be (or lie in) one of ``inputs`` nor,
+    unless ``own_place`` (the command's default place, e.g. ``eval.json`` beside the SAE), lie inside an SAE,
+    cache, features, run or checkpoint directory; an existing file there must be one chatsae wrote."""
+    path = Path(path)
+    check_output_place(path, option, [str(i) for i in inputs if i], None if not own_place else "*")
+    check_replace(path, option)
+    return path
+
+
+def write_output_file(path: str | Path, text: str, option: str) -> Path:
+    """Write the text output ``path`` (checked again: a file chatsae did not write is never replaced) atomically and
+    record it as chatsae's (:func:`chatsae.core.ownership.record`), so a rerun may replace it."""
+    path = Path(path)
+    check_replace(path, option)
+    with atomic_file(path, "w", keep_record=False) as fh:
+        fh.write(text)
+    record(path.parent, path.name)
+    return path
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:

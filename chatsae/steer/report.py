@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..core.utils import atomic_file
+from ..core.locking import claim_dir
+from ..core.ownership import check_replace
+from ..core.utils import write_output_file
 from ..data import read_records
 from ..models.prefix import capture_shared
 from .interventions import LatentEdit, Steering, make_edits, resolve_hook
@@ -276,12 +278,13 @@ def report_markdown(report: SteeringReport) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: SteeringReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``steering.md`` and ``steering.json`` into ``out_dir`` (atomically); returns their paths."""
-    out = Path(out_dir)
+def write_report(report: SteeringReport, out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``steering.md`` and ``steering.json`` into ``out_dir`` (claimed as chatsae's; a user's file of either
+    name is never replaced; atomically); returns their paths."""
+    out = claim_dir(out_dir, "steering", overwrite, "--out")
     md, js = out / "steering.md", out / "steering.json"
-    with atomic_file(md, "w") as fh:
-        fh.write(report_markdown(report))
-    with atomic_file(js, "w") as fh:
-        json.dump(asdict(report), fh, indent=1, ensure_ascii=False)
+    for path in (md, js):
+        check_replace(path, "--out")
+    write_output_file(md, report_markdown(report), "--out")
+    write_output_file(js, json.dumps(asdict(report), indent=1, ensure_ascii=False), "--out")
     return md, js

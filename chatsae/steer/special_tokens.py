@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..core.utils import atomic_file
+from ..core.locking import claim_dir
+from ..core.ownership import check_replace
+from ..core.utils import write_output_file
 from ..data import TEMPLATE, bucket_batches, fast_sequences, pad_batch
 from ..data.methods import FAST_MAX_LENGTH
 from ..models.prefix import capture_shared
@@ -243,12 +245,13 @@ def _code(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`"
 
 
-def write_table(table: SpecialTokenTable, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``special_tokens.md`` and ``special_tokens.json`` into ``out_dir`` (atomically)."""
-    out = Path(out_dir)
+def write_table(table: SpecialTokenTable, out_dir: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``special_tokens.md`` and ``special_tokens.json`` into ``out_dir`` (claimed as chatsae's; a user's file
+    of either name is never replaced; atomically)."""
+    out = claim_dir(out_dir, "special-tokens", overwrite, "--out")
     md, js = out / "special_tokens.md", out / "special_tokens.json"
-    with atomic_file(md, "w") as fh:
-        fh.write(table_markdown(table))
-    with atomic_file(js, "w") as fh:
-        json.dump(asdict(table), fh, indent=1, ensure_ascii=False)
+    for path in (md, js):
+        check_replace(path, "--out")
+    write_output_file(md, table_markdown(table), "--out")
+    write_output_file(js, json.dumps(asdict(table), indent=1, ensure_ascii=False), "--out")
     return md, js

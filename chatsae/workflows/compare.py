@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from ..activations.pipeline import DataConfig
 from ..core.config import to_dict
+from ..core.ownership import check_replace
 from ..data.methods import METHOD_NAMES
 from ..eval import stats
 from ..eval.plots import BarPanel, bar_chart
@@ -51,6 +52,8 @@ class CompareConfig:
 
     out_dir: str = "runs/compare"
     """Output directory: caches, one training run per method x architecture, report.md/json and charts."""
+    overwrite: bool = False
+    """Write into a non-empty --out-dir chatsae did not write (its files are kept: none is replaced or removed)."""
     instruct_data: str = "default"
     """Instruction (chat) data for BT(F) and FAST, and the held-out evaluation records ('default' = chatsae's own)."""
     pretrain_data: str | None = None
@@ -562,6 +565,11 @@ def write_compare_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write report.json, the charts of every evaluation set and report.md; returns their paths."""
     figures: dict[str, list[str]] = {}
     files = []
+    for i, name in enumerate(report["eval_sets"]):
+        for stem in ("mse", "metrics"):
+            check_replace(out_dir / f"{stem}{'' if i == 0 else f'_{name}'}.png", "--out-dir")
+    for path in ("report.json", "report.md"):
+        check_replace(out_dir / path, "--out-dir")
     for i, (name, es) in enumerate(report["eval_sets"].items()):
         paths = compare_figures(report["results"][name], out_dir, "" if i == 0 else f"_{name}", es["label"])
         figures[name] = [p.name for p in paths]

@@ -12,13 +12,17 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..activations.cache import ActivationCache
 from ..activations.harvest import HarvestOptions
-from ..activations.pipeline import DataConfig, read_split
+from ..activations.pipeline import DataConfig, harvest, read_split, resolved_model_dtype
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, RUN_CONFIG_FILE, SAE_CFG_FILE, SAE_DIR
+from ..core.locking import claim_dir
+from ..core.ownership import check_replace
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
 from ..data.methods import METHODS
@@ -128,9 +132,12 @@ class Study:
         sae_options: dict[str, Any] | None = None,
         expansion_factor: int = 8,
         report: Callable[[str], None] = log,
+        overwrite: bool = False,
     ) -> None:
         """``sae_options``: SAEConfig fields set for every SAE (e.g. ``d_sae``, ``k``); the others keep each
-        architecture's defaults, and ``d_sae`` defaults to ``expansion_factor x d_in``."""
+        architecture's defaults, and ``d_sae`` defaults to ``expansion_factor x d_in``. ``overwrite``: write into a
+        non-empty directory chatsae did not write (its files are kept; none is replaced)."""
+        self.overwrite = overwrite
         self.out_dir, self.data, self.harvest_opts, self.train_cfg = Path(out_dir), data, harvest, train
         self.ev, self.sae_options, self.expansion_factor = ev, dict(sae_options or {}), expansion_factor
         self.report = report
@@ -175,6 +182,7 @@ class Study:
             )
         )
         path = self.out_dir / "plan.json"
+        claim_dir(self.out_dir, "study", self.overwrite, "--out-dir", inputs=(self.data.data, self.data.cache_dir))
         produced = (
             any(self.out_dir.glob("**/manifest.json"))
             or any(self.out_dir.glob("*/checkpoints/step_*"))
@@ -193,6 +201,7 @@ class Study:
                     "use another --out-dir, or remove it to start over"
                 )
         else:
+            check_replace(path, "--out-dir")
             with atomic_file(path, "w") as fh:
                 json.dump(plan, fh, indent=2)
         return plan
@@ -468,7 +477,10 @@ def check_names(option: str, given: list[str], allowed: Any) -> list[str]:
 
 
 def write_texts(files: dict[Path, str]) -> list[Path]:
-    """Write each text file atomically; returns the paths."""
+    """Write each text file atomically (none replaces a file chatsae did not write: checked first); returns the
+    paths."""
+    for path in files:
+        check_replace(path, "--out-dir")
     for path, text in files.items():
         with atomic_file(path, "w") as fh:
             fh.write(text)
