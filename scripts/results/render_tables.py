@@ -1,0 +1,227 @@
+"""Render the tables of docs/results/*/README.md from the committed JSON files beside them.
+
+Each generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in its README; this script
+rewrites those blocks (``--check``: exit 1 and name the READMEs whose blocks differ, writing nothing). Verdict cells
+are recomputed with the current rule (:func:`chatsae.eval.stats.verdict_gate`: 3+ seeds and intervals over sequences
+and seeds that exclude 0 and are not degenerate) from the intervals the JSON holds. tests/test_results_docs.py
+checks that the committed READMEs equal the rendered ones.
+
+    python scripts/results/render_tables.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chatsae.eval import stats
+
+ROOT = Path(__file__).resolve().parents[2] / "docs" / "results"
+METHODS = {"bt-p": "BT(P)", "bt-f": "BT(F)", "fast": "FAST"}
+ARCHS = {"standard": "Standard", "jumprelu": "JumpReLU"}
+SETS = {"heldout": "alpaca", "gsm8k_train": "gsm8k"}
+
+
+def load(rel: str) -> Any:
+    return json.loads((ROOT / rel).read_text())
+
+
+def num(v: Any, digits: int = 3) -> str:
+    """A figure with ``digits`` decimals (fewer for large ones), a true minus sign; a dash for None."""
+    if v is None:
+        return "-"
+    v = float(v)
+    text = f"{v:,.{digits if abs(v) < 10 else 1}f}"
+    return text.replace("-", "−")
+
+
+def interval(b: list[float] | None, digits: int = 3) -> str:
+    return "" if not b else f" [{num(b[0], digits)}, {num(b[1], digits)}]"
+
+
+def table(headers: list[str], rows: list[list[str]], right: int = 1) -> str:
+    align = ["---"] * right + ["---:"] * (len(headers) - right)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# ---- compare/ ------------------------------------------------------------------------------------------------------
+SEED_KEYS = ("l0_no_pos0", "log2_mse_no_pos0", "log2_mse_st_no_pos0", "fvu_no_pos0", "delta_lm_loss", "ce_recovered")
+WITH_INTERVAL = {"log2_mse_no_pos0", "log2_mse_st_no_pos0", "delta_lm_loss"}
+
+
+def compare_seeds(eval_set: str) -> Callable[[], str]:
+    def render() -> str:
+        res = load("compare/seeds/report.json")["results"][eval_set]
+        rows = []
+        for arch in ARCHS:
+            for m in METHODS:
+                r = res[m][arch]
+                cells = []
+                for k in SEED_KEYS:
+                    iv = (r.get("intervals") or {}).get(k) or {}
+                    digits = 1 if k == "l0_no_pos0" else 3
+                    cells.append(num(r.get(k), digits) + (interval(iv.get("sequences")) if k in WITH_INTERVAL else ""))
+                rows.append([METHODS[m], ARCHS[arch], *cells])
+        headers = ["Method", "SAE", "L0", "log2 MSE", "log2 MSE_st", "FVU", "ΔLM loss", "CE recovered"]
+        return table(headers, rows, right=2)
+
+    return render
+
+
+VERDICT_KEYS = {"log2_mse_no_pos0": "log2 MSE", "log2_mse_st_no_pos0": "log2 MSE_st", "delta_lm_loss": "ΔLM loss"}
+
+
+def verdict_cell(v: dict[str, Any], n_seeds: int) -> str:
+    def iv(b: list[float] | None) -> stats.Interval | None:
+        return None if not b else stats.Interval(v["difference"], b[0], b[1], 0)
+
+    why = stats.verdict_gate(n_seeds, iv(v.get("sequences")), iv(v.get("seeds")))
+    diff = num(v["difference"])
+    seeds = f"; seeds{interval(v.get('seeds'))}" if v.get("seeds") else ""
+    if why:
+        return f"{diff}{interval(v.get('sequences'))}{seeds}: no verdict ({why})"
+    side = "lower" if v["sequences"][1] < 0 else "higher"
+    return f"**{diff}**{interval(v.get('sequences'))}{seeds}: {METHODS[v['a']]} {side}"
+
+
+def compare_verdicts() -> str:
+    report = load("compare/seeds/report.json")
+    n_seeds = len(report["setup"]["seeds"])
+    rows = []
+    for a, b in (("fast", "bt-f"), ("fast", "bt-p"), ("bt-f", "bt-p")):
+        for arch in ("jumprelu", "standard"):
+            for name, short in SETS.items():
+                by_metric = {
+                    v["metric"]: v
+                    for v in report["verdicts"][name]
+                    if v["arch"] == arch and v["a"] == a and v["b"] == b
+                }
+                pair = f"{ARCHS[arch]} {METHODS[a]} − {METHODS[b]}"
+                rows.append([pair, short, *(verdict_cell(by_metric[k], n_seeds) for k in VERDICT_KEYS)])
+    return table(["pair", "set", *VERDICT_KEYS.values()], rows, right=5)
+
+
+def compare_single_seed() -> str:
+    res = load("compare/report.json")["results"]["heldout"]
+    rows = [
+        [METHODS[m], *(num(res[m][a][k]) for a in ARCHS for k in ("log2_mse_no_pos0", "log2_mse_st_no_pos0"))]
+        for m in METHODS
+    ]
+    headers = ["Method", *(f"{ARCHS[a]}: log2 {k}" for a in ARCHS for k in ("MSE", "MSE_st"))]
+    return table(headers, rows)
+
+
+def compare_single_seed_fidelity() -> str:
+    res = load("compare/report.json")["results"]["heldout"]
+    keys = ("l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "kl_no_pos0", "ce_recovered")
+    rows = [
+        [METHODS[m], ARCHS[a], *(num(res[m][a][k], 1 if k.startswith("l0") else 3) for k in keys)]
+        for m in METHODS
+        for a in ARCHS
+    ]
+    return table(["Method", "SAE", "L0", "FVU", "ΔLM loss", "KL", "CE recovered"], rows, right=2)
+
+
+def compare_beta1_0() -> str:
+    res = load("compare/report_jumprelu_beta1_0.json")["results"]
+    keys = ("log2_mse_no_pos0", "log2_mse_st_no_pos0", "l0_no_pos0", "fvu_no_pos0", "delta_lm_loss", "kl_no_pos0")
+    rows = [
+        [f"{METHODS[m]}, {short}", *(num(res[s][m]["jumprelu"][k], 1 if k.startswith("l0") else 3) for k in keys)]
+        + [num(res[s][m]["jumprelu"]["ce_recovered"])]
+        for s, short in SETS.items()
+        for m in METHODS
+    ]
+    headers = ["JumpReLU, β1 = 0", "log2 MSE", "log2 MSE_st", "L0", "FVU", "ΔLM loss", "KL", "CE recovered"]
+    return table(headers, rows)
+
+
+# ---- main_job/ -----------------------------------------------------------------------------------------------------
+def main_job_figures() -> str:
+    ev, ts = load("main_job/eval.json"), load("main_job/training_summary.json")
+    a, s = ev["metrics"]["all_no_pos0"], ev["metrics"]["special_no_pos0"]
+    held = [a["l0"], a["fvu"], a["log2_mse"], s["log2_mse"], a["delta_ce"], a["kl"], a["ce_recovered"]]
+    rows = [
+        [
+            "training",
+            f"{ts['tokens']:,} tokens, {ts['tokens_per_s']:,.0f} tok/s",
+            "`training_summary.json` `tokens`, `tokens_per_s`",
+        ],
+        ["train L0 / FVU", f"{num(ts['train_l0'], 2)} / {num(ts['train_fvu'])}", "`training_summary.json`"],
+        [
+            "held-out, position 0 excluded: L0, FVU, log2 MSE, log2 MSE_st (template set), delta CE, KL, CE recovered",
+            ", ".join(num(v, 2 if i == 0 else 3) for i, v in enumerate(held)),
+            "`eval.json` `metrics.all_no_pos0`, `metrics.special_no_pos0`",
+        ],
+        ["evaluation time", f"{ev['setup']['seconds']:.0f} s", "`eval.json` `setup.seconds`"],
+    ]
+    return table(["what", "figure", "where in the files"], rows, right=3)
+
+
+def main_job_rerun() -> str:
+    runs = [("main_job/rerun_2", "this rerun"), ("main_job", "the clean-clone run above")]
+    evs = [load(f"{d}/eval.json") for d, _ in runs]
+    tss = [load(f"{d}/training_summary.json") for d, _ in runs]
+
+    def held(ev: dict[str, Any]) -> str:
+        m = ev["metrics"]
+        return " / ".join(
+            num(v) for v in (m["all_no_pos0"]["fvu"], m["all"]["delta_ce"], m["all"]["kl"], m["all"]["ce_recovered"])
+        )
+
+    rows = [
+        [f"training ({tss[0]['tokens']:,} tokens)", *(f"{t['tokens_per_s']:,.0f} tok/s" for t in tss)],
+        ["evaluation (`eval.json` `setup.seconds`)", *(f"{e['setup']['seconds']:.0f} s" for e in evs)],
+        ["held-out FVU (no pos 0) / ΔLM loss / KL / CE recovered", *(held(e) for e in evs)],
+    ]
+    return table(["", *(name for _, name in runs)], rows, right=3)
+
+
+TABLES: dict[str, dict[str, Callable[[], str]]] = {
+    "compare/README.md": {
+        "compare_seeds_heldout": compare_seeds("heldout"),
+        "compare_seeds_verdicts": compare_verdicts,
+        "compare_single_seed_heldout": compare_single_seed,
+        "compare_single_seed_fidelity": compare_single_seed_fidelity,
+        "compare_beta1_0": compare_beta1_0,
+    },
+    "main_job/README.md": {"main_job_figures": main_job_figures, "main_job_rerun": main_job_rerun},
+}
+"""README (relative to docs/results/) -> its generated tables."""
+
+
+def render(text: str, tables: dict[str, Callable[[], str]]) -> str:
+    """``text`` with every ``<!-- table:NAME -->`` block replaced by its rendered table (each must be present)."""
+    for name, fn in tables.items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"no <!-- table:{name} --> ... <!-- /table:{name} --> block")
+        text = pattern.sub(lambda m, t=fn(): m.group(1) + t + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if a README differs from its rendering")
+    args = ap.parse_args(argv)
+    stale = []
+    for rel, tables in TABLES.items():
+        path = ROOT / rel
+        old = path.read_text()
+        new = render(old, tables)
+        if new != old:
+            stale.append(rel)
+            if not args.check:
+                path.write_text(new)
+    if stale:
+        print(("stale: " if args.check else "rewrote: ") + ", ".join(stale))
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
