@@ -161,7 +161,7 @@ def test_validate_helper_messages():
         ({"opt": 0}, "--opt must be a positive integer, got 0"),
         ({"n": 1.5}, "--n must be an integer, got 1.5"),
         ({"lr": "fast"}, "--lr must be a number, got 'fast'"),
-        ({"lr": float("nan")}, "--lr must be a number, got nan"),
+        ({"lr": float("nan")}, "--lr must be a finite number, got nan"),
     ]:
         with pytest.raises(ConfigError) as e:
             Demo(**kwargs)

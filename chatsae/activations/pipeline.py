@@ -99,6 +99,7 @@ class DataConfig:
                 "cache": ("disk", "none"),
             },
             devices=("model_device",),
+            paths=("data", "cache_dir"),
         )
         if self.model_dtype not in MODEL_DTYPE_POLICIES:
             validate(self, dtypes=("model_dtype",))

@@ -9,7 +9,7 @@ import shlex
 import sys
 from typing import Any
 
-from ..core.config import load_config_file
+from ..core.config import load_config_file, positive_int
 from .common import add_command, configs_from_args
 
 ALIASES = {"d_sae": ["width"]}
@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
     p = add_command(sub, "proxies", PROXIES_HELP, _proxies)
     p.add_argument("features", nargs="+", help="features directories (`chatsae features` output), one per SAE")
     p.add_argument("--labels", default=None, help="comma-separated names of the SAEs (default: the directories)")
-    p.add_argument("--n-tokens", type=int, default=5, help="tokens in each latent's explanation (default 5)")
+    p.add_argument("--n-tokens", type=positive_int, default=5, help="tokens in each latent's explanation (default 5)")
     p.add_argument("--out", default=None, help="write every proxy and comparison to this JSON file")
 
 

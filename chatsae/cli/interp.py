@@ -37,7 +37,12 @@ class DashboardConfig:
     """Write into an existing --out directory chatsae did not write (same-named files replaced, others kept)."""
 
     def __post_init__(self) -> None:
-        validate(self, positive=("chunk_size",), non_negative=("show_quantile", "show_random"))
+        validate(
+            self,
+            positive=("chunk_size",),
+            non_negative=("show_quantile", "show_random"),
+            paths=("features", "out", "autointerp"),
+        )
 
 
 @dataclass

@@ -15,6 +15,9 @@ from ..core.ownership import check_replace
 from ..data.methods import FAST_MAX_LENGTH
 from .common import add_command, configs_from_args
 
+MAX_ALPHA = 10_000.0
+"""Largest steering strength (or clamp value) accepted: beyond it a generation is noise, most likely a typo."""
+
 
 @dataclass
 class ModelOptions:
@@ -58,7 +61,12 @@ class SpecialTokensOptions:
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("--data is required (a chat dataset)")
-        validate(self, positive=("n_samples", "top_k", "max_tokens", "max_length"), non_negative=("dedup_n",))
+        validate(
+            self,
+            positive=("n_samples", "top_k", "max_tokens", "max_length"),
+            non_negative=("dedup_n",),
+            paths=("data", "out"),
+        )
 
 
 @dataclass
@@ -103,8 +111,19 @@ class SteerOptions:
             raise ValueError(f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if self.mode != "ablate" and not self.alphas:
             raise ValueError("--alphas needs at least one value")
-        validate(self, positive=("max_new_tokens", "batch_size", "n_prompts"))
+        validate(
+            self,
+            positive=("max_new_tokens", "batch_size", "n_prompts"),
+            paths=("prompts", "out"),
+            unique=("latent", "alphas"),
+        )
         check(all(i >= 0 for i in self.latent), "latent", f"must be latent ids >= 0, got {self.latent}")
+        absurd = [a for a in self.alphas if not math.isfinite(a) or abs(a) > MAX_ALPHA]
+        check(
+            not absurd,
+            "alphas",
+            f"must be finite with |alpha| <= {MAX_ALPHA:,.0f} (the FAST paper steers with up to 200), got {absurd}",
+        )
 
 
 class _Extend(argparse.Action):

@@ -12,7 +12,7 @@ from ..core.config import load_config_file
 from ..core.constants import METRICS_LOG_FILE, RUN_CONFIG_FILE
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
-from ..workflows.train_run import RunConfig, hook_hint
+from ..workflows.train_run import RunConfig, count_rows, harvest_counts, hook_hint, warn_dropped
 from .common import add_command, configs_from_args
 
 ALIASES = {"architecture": ["arch"], "d_sae": ["width"]}
@@ -126,12 +126,23 @@ def _harvest(args: argparse.Namespace) -> int:
 
     cfgs = configs_from_args(args)
     run, data, opts = cfgs["run"], cfgs["data"], cfgs["harvest"]
+    if data.cache == "none":
+        raise ValueError(
+            "--cache none does not apply to chatsae harvest: a harvest writes the activation cache; drop it (or use "
+            "`chatsae train --cache none` to train while harvesting, without a cache)"
+        )
+    if run.activations:
+        raise ValueError("--activations does not apply to chatsae harvest: it harvests from --model; drop it")
     out_dir = Path(run.out_dir) if run.out_dir else Path("runs") / f"harvest_{Path(data.model).name}_{hook_hint(data)}"
-    dirs, manifests, stats, _ = harvest_hooks(data, opts, out_dir, max_tokens=opts.max_tokens, resume=run.resume)
+    dirs, manifests, stats, context = harvest_hooks(data, opts, out_dir, max_tokens=opts.max_tokens, resume=run.resume)
     from ..core.distributed import rank
 
     if rank() != 0:  # under torchrun rank 0 reports for all
         return 0
+    counts = harvest_counts(context, next(iter(manifests.values())).info)
+    if counts:
+        warn_dropped(counts, lambda line: print(line, file=sys.stderr, flush=True))
+    rows = {k: v for k, v in count_rows({"data_counts": counts}).items() if k != "outlier vectors dropped"}
     for hook, manifest in manifests.items():  # one cache per hook (--hooks: all from the same forward passes)
         _print_table(
             "chatsae harvest",
@@ -143,6 +154,17 @@ def _harvest(args: argparse.Namespace) -> int:
                 "tokens": f"{manifest.n_tokens:,}",
                 "shards": len(manifest.shards),
                 **stats.as_dict(),
+                **rows,
             },
         )
+    empty = [str(hook) for hook, manifest in manifests.items() if manifest.n_tokens == 0]
+    if empty:
+        print(
+            f"chatsae harvest: FAILED: 0 vectors harvested at {', '.join(empty)}"
+            + (f" ({'; '.join(f'{k}: {v}' for k, v in rows.items())})" if rows else "")
+            + "; check --data, --dedup-n, --skip-bad and --exclude-* options",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     return 0

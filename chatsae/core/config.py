@@ -11,6 +11,9 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
+import os
+import re
 import textwrap
 import types
 import typing
@@ -91,9 +94,23 @@ def _parse_int(text: str) -> int:
 
 def _parse_float(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts: an integer > 0 (``argparse.ArgumentTypeError`` otherwise)."""
+    try:
+        value = _parse_int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def parse_value(tp: Any, text: str) -> Any:
@@ -157,17 +174,44 @@ def add_dataclass_args(
         )
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ValueError(f"key {key!r} is given twice in one mapping, on lines {seen[key] + 1} and {line}")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook refusing a key given twice in one object."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice in one object")
+        out[key] = value
+    return out
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict, with a clear error."""
+    """Read a YAML or JSON config file into a dict, with a clear error (a key given twice in one mapping is one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
         text = path.read_text(encoding="utf-8-sig")
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        else:
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
+    except (yaml.YAMLError, ValueError) as e:
         raise ValueError(f"{path}: cannot parse config ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
@@ -213,6 +257,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be an integer, got {_kind(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value}")
             return value
         if isinstance(value, str):
             try:
@@ -312,8 +358,21 @@ def _number(obj: Any, name: str) -> float | None:
     if value is None:
         return None
     check(isinstance(value, (int, float)) and not isinstance(value, bool), name, f"must be a number, got {value!r}")
-    check(value == value, name, "must be a number, got nan")
+    check(math.isfinite(value), name, f"must be a finite number, got {value}")
     return value
+
+
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(value: str, option: str) -> str:
+    """A path option's value with ``~`` and ``$VAR`` / ``${VAR}`` expanded (a config file's values reach chatsae
+    unexpanded); an empty value or an unset variable is a ConfigError naming the option."""
+    check(bool(value.strip()), option, "must not be empty (leave the option out for its default)")
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = [m.group(0) for m in _VAR.finditer(expanded) if m.group(0) in value]
+    check(not unset, option, f"{value!r}: environment variable {', '.join(unset)} is not set")
+    return expanded
 
 
 def _interval(text: str) -> tuple[float, float, bool, bool]:
@@ -330,15 +389,26 @@ def validate(
     choices: dict[str, tuple[str, ...]] | None = None,
     dtypes: tuple[str, ...] = (),
     devices: tuple[str, ...] = (),
+    paths: tuple[str, ...] = (),
+    unique: tuple[str, ...] = (),
 ) -> None:
     """Declarative checks of a config dataclass's fields (None values are skipped: they mean "default").
 
     ``positive`` / ``non_negative``: numbers > 0 / >= 0 (integer fields are also checked to be integers);
     ``ranges``: ``{"beta1": "[0,1)"}``; ``choices``: ``{"lr_decay": ("cosine", ...)}``; ``dtypes``: float dtype names
     (normalised in place to the canonical name, e.g. ``bf16`` -> ``bfloat16``); ``devices``: device names that must
-    exist on this machine (``cuda`` without CUDA is an error).
+    exist on this machine (``cuda`` without CUDA is an error); ``paths``: file/directory names, expanded in place
+    (:func:`expand_path`: ``~``, ``$VAR``; empty is an error); ``unique``: lists without repeated values.
     """
     hints = typing.get_type_hints(type(obj))
+    for name in paths:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            setattr(obj, name, expand_path(value, name))
+    for name in unique:
+        values = list(getattr(obj, name) or [])
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        check(not repeated, name, f"lists {', '.join(map(str, repeated))} more than once")
     for name in (*positive, *non_negative):
         value = _number(obj, name)
         if value is None:

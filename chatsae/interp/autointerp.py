@@ -85,6 +85,8 @@ class AutointerpConfig:
             self,
             positive=("n_latents", "n_examples", "n_test", "test_batch", "attempts", "max_tokens"),
             non_negative=("temperature", "retry_temperature"),
+            paths=("out",),
+            unique=("latents",),
         )
         check(
             all(isinstance(i, int) and i >= 0 for i in self.latents or []),

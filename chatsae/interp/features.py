@@ -35,7 +35,7 @@ from ..models.prefix import capture_shared
 from ..sae import SAE
 from .collector import BatchView, CollectorSpec, FeatureCollector
 from .statelog import BASE_FILE, LOG_DIR, StateLog, diff_state
-from .store import AUTOINTERP_FILE, LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData
+from .store import AUTOINTERP_FILE, LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData, seal
 
 FORMAT_VERSION = 2
 """2: non-activating contexts are quiet windows (1: quiet whole samples). Part of the fingerprint, so results of
@@ -124,6 +124,7 @@ class FeaturesConfig:
             choices={"data_format": FORMAT_NAMES},
             dtypes=("dtype",),
             devices=("device",),
+            paths=("data", "out"),
         )
 
 
@@ -348,5 +349,6 @@ def _finish(
             **(provenance or {}),
         }
     )
+    shutil.rmtree(out / "log", ignore_errors=True)  # the base holds every step now
+    seal(out, meta)
     _write_json(out / META_FILE, meta)
-    shutil.rmtree(out / "log", ignore_errors=True)

@@ -86,6 +86,7 @@ class JudgeConfig:
             non_negative=("http_retries",),
             dtypes=("judge_dtype",),
             devices=("judge_device",),
+            paths=("cache_dir",),
         )
 
 

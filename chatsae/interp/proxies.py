@@ -102,6 +102,11 @@ def proxies(
     data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELECTIVE, min_fires: int = MIN_FIRES
 ) -> dict[str, Any]:
     """All proxies of one SAE's features (see the module docstring); per-latent values under ``latents``."""
+    if not (isinstance(n_tokens, int) and n_tokens > 0 and min_fires >= 0 and 0 <= selective <= 1):
+        raise ValueError(
+            f"proxies: n_tokens must be a positive integer (got {n_tokens!r}), min_fires >= 0 (got {min_fires!r}) "
+            f"and selective in [0, 1] (got {selective!r})"
+        )
     scores = latent_scores(data, n_tokens)
     freq = data.frequency
     live = data.fire_count > 0

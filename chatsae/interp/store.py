@@ -7,7 +7,9 @@ while a run is in progress, ``log/`` (per-batch diffs, see :mod:`chatsae.interp.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,13 +18,64 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .collector import TEMPLATE_CLASS
-from .statelog import StateLog
+from .statelog import BASE_FILE, StateLog
 
 META_FILE = "meta.json"
 TOKENS_FILE = "tokens.json"
 LOGITS_FILE = "logit_lens.safetensors"
 AUTOINTERP_FILE = "autointerp.json"
 KINDS = ("top", "quantile", "random")
+CHECKED_FILES = (BASE_FILE, LOGITS_FILE, TOKENS_FILE)
+"""Files of a finished features run whose digests ``meta.json`` holds (``checksums``); ``meta.json`` holds its own
+(``meta_digest``, over its content without that key)."""
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _file_digest(path: Path) -> str:
+    """blake2b-128 of a file, computed once per process for a given (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return _VERIFIED[key]
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = h.hexdigest()
+    return h.hexdigest()
+
+
+def meta_digest(meta: dict) -> str:
+    """Digest of ``meta`` as read back from JSON, without its ``meta_digest`` key."""
+    body = {k: v for k, v in json.loads(json.dumps(meta, default=str)).items() if k != "meta_digest"}
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def seal(root: Path, meta: dict) -> None:
+    """Add to ``meta`` (in place, before it is written) the digests of the run's files and of itself."""
+    meta["checksums"] = {
+        "algorithm": "blake2b-128",
+        "files": {name: _file_digest(root / name) for name in CHECKED_FILES if (root / name).is_file()},
+    }
+    meta["meta_digest"] = meta_digest(meta)
+
+
+def verify(root: Path, meta: dict) -> None:
+    """Compare a finished run's files with the digests of its ``meta.json`` (runs written before them: unchecked)."""
+    if "meta_digest" in meta and meta_digest(meta) != meta["meta_digest"]:
+        raise ValueError(f"{root / META_FILE}: its content changed since it was written (digest mismatch)")
+    for name, digest in (meta.get("checksums") or {}).get("files", {}).items():
+        path = root / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (listed in {root / META_FILE}); rerun `chatsae features`")
+        if _file_digest(path) != digest:
+            raise ValueError(
+                f"{path}: its bytes changed since `chatsae features` wrote it (checksum mismatch); rerun it with "
+                "--overwrite"
+            )
 
 
 class Context(NamedTuple):
@@ -68,6 +121,8 @@ class FeatureData:
             raise ValueError(f"{meta_path}: invalid JSON ({e})") from e
         if not self.meta.get("complete") and not allow_incomplete:
             raise ValueError(f"{self.root}: the features run is not complete; rerun `chatsae features` to resume it")
+        if self.meta.get("complete"):
+            verify(self.root, self.meta)
         self.state, self.progress = StateLog(self.root).load()
         lens = self.root / LOGITS_FILE
         self.lens: dict[str, Tensor] | None = load_file(str(lens)) if lens.is_file() else None

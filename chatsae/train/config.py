@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import ConfigError, check, validate
+from ..core.devices import resolve_device
 from .tracking import check_installed, parse_backends
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
@@ -136,6 +137,18 @@ class TrainConfig:
             check_installed(parse_backends(self.tracking))  # before a harvest: a missing package fails at once
         except ValueError as e:
             raise ConfigError(str(e).removeprefix("--tracking"), "tracking") from None
+        for name in ("lr_warmup_steps", "sparsity_warmup_steps"):
+            value = getattr(self, name)
+            check(
+                value < 1 or float(value).is_integer(),
+                name,
+                f"must be a whole number of steps (>= 1) or a fraction of the run (< 1), got {value}",
+            )
+        check(
+            self.autocast == "none" or resolve_device(self.device).type == "cuda",
+            "autocast",
+            f"{self.autocast} has no effect on --device {self.device} (autocast runs on CUDA only); drop it",
+        )
         check(
             self.total_tokens >= self.batch_size,
             "total_tokens",

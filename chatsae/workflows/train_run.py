@@ -82,6 +82,7 @@ class RunConfig:
             self,
             positive=("expansion_factor", "eval_max_samples", "synthetic_active"),
             non_negative=("synthetic_features",),
+            paths=("out_dir", "activations"),
         )
         if self.saes:
             parse_saes(self.saes)  # a bad entry is an error before anything runs
@@ -119,6 +120,23 @@ class RunSpec:
 
         self.data = DataConfig() if self.data is None else self.data
         self.harvest = HarvestOptions() if self.harvest is None else self.harvest
+        check_ignored(self.run, self.data)
+
+
+def check_ignored(run: RunConfig, data: Any) -> None:
+    """Refuse model options that saved or synthetic activations (``--activations``) would silently ignore."""
+    if not run.activations:
+        return
+    what = "synthetic activations" if run.activations == "synthetic" else f"saved activations ({run.activations})"
+    if data.hooks:
+        raise ValueError(
+            f"--hooks does not apply to --activations: {what} come from no model hook; drop --hooks, or drop "
+            "--activations to harvest those hooks from a model"
+        )
+    if data.cache == "none":
+        raise ValueError(
+            f"--cache none does not apply to --activations: {what} are read, not harvested; drop --cache none"
+        )
 
 
 class RunResult(NamedTuple):
@@ -362,11 +380,15 @@ def data_counts(src: _Source) -> dict[str, int]:
     n-gram dedup or as empty, samples truncated at ``--max-length``; from this run's harvest, else from the cache's
     manifest ({} when unknown: tensor files, synthetic data, caches written before these counts existed)."""
     cache = getattr(src.source, "cache", None)
-    info = cache.manifest.info if cache is not None else {}
-    seq = src.context.get("sequence_stats") or info.get("sequences")
+    return harvest_counts(src.context, cache.manifest.info if cache is not None else {})
+
+
+def harvest_counts(context: dict[str, Any], info: dict[str, Any]) -> dict[str, int]:
+    """:func:`data_counts` from a harvest's ``context`` (this run's counts), else a cache manifest's ``info``."""
+    seq = context.get("sequence_stats") or info.get("sequences")
     if not isinstance(seq, dict):
         return {}
-    data = src.context.get("data_info") or info.get("data") or {}
+    data = context.get("data_info") or info.get("data") or {}
     return {
         "records_skipped_bad": int(data.get("skipped") or 0),
         "samples_read": seq.get("n_samples", 0),
