@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from ..core.config import COMMAND_LINE, add_dataclass_args, build, check_sections, load_config_file
+from ..core.faults import DiskFullError, disk_full, is_disk_full
 from ..core.redact import redact
 
 ALL_SECTIONS: set[str] = set()
@@ -120,6 +121,8 @@ def error_message(exc: BaseException) -> str:
 
 def _describe(exc: BaseException) -> str:
     hint = "rerun with --debug for the traceback"
+    if is_disk_full(exc) and not isinstance(exc, DiskFullError):  # a library's own text (safetensors: IoError)
+        return str(disk_full(_file_in(exc.__traceback__) or getattr(exc, "filename", None) or "a file", None))
     fmt = _format_error(exc)
     if fmt is not None:
         what, why = fmt

@@ -40,6 +40,7 @@ import torch
 import transformers
 from safetensors.torch import save_model
 
+from ..core.faults import is_disk_full
 from .transformers_compat import DTYPE_KW
 
 ENV = "CHATSAE_GGUF_CACHE"
@@ -199,7 +200,9 @@ def save(model: Any, tokenizer: Any, directory: Path, gguf_path: Path) -> bool:
             file=sys.stderr,
         )
         return True
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 -- a full disk raised by safetensors is no OSError
+        if not (isinstance(err, OSError) or is_disk_full(err)):
+            raise
         print(
             f"chatsae: could not keep a converted copy of {gguf_path.name} in {directory.parent} ({err}); "
             f"loading from the GGUF file each time (set {ENV}=0 to silence this)",
