@@ -147,7 +147,7 @@ def test_bench_refusals(setup, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_embedded_small(embedded, tmp_path, capsys):
-    """The embedded SmolLM2 at its middle layer with a random SAE: a handful of records, absorption on 300 words."""
+    """The embedded SmolLM2 at its middle layer with a random SAE: a handful of records, absorption on 150 words."""
     model, _ = embedded
     meta = {"model_name": "embedded", "hook_name": "resid_post.15", "method": "fast"}
     torch.manual_seed(0)
@@ -155,11 +155,11 @@ def test_bench_embedded_small(embedded, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
         ["bench", str(tmp_path / "sae"), "--out-dir", str(out), "--device", "cpu", "--records", "12"]
-        + ["--tokens-per-class", "60", "--ks", "1,5", "--absorption-words", "300", "--absorption-min-letters", "1"]
+        + ["--tokens-per-class", "60", "--ks", "1,5", "--absorption-words", "150", "--absorption-min-letters", "1"]
         + ["--max-length", "256"]
     )
     assert rc == 0
     result = json.loads((out / "bench.json").read_text())
     # the template-vs-content task is easy for the real model's raw activations
-    assert result["tasks"]["template"]["mean"]["llm"]["accuracy"] > 0.85
+    assert result["tasks"]["template"]["mean"]["llm"]["accuracy"] > 0.8
     assert result["absorption"]["letters"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ def _absorption(h: Harvester, cfg: BenchConfig, rng: random.Random) -> tuple[dic
             ids = prompts.ids[i : i + cfg.max_batch_size].to(next(h.model.parameters()).device)
             rows.append(capture(h.model, h.hook, ids, torch.ones_like(ids))[:, position].float().cpu())
         acts[split], letters[split] = torch.cat(rows), prompts.letters
+    _say(f"absorption: {len(words)} words of {len(vocab)} harvested; fitting probes")
     acfg = AbsorptionConfig(min_letters=cfg.absorption_min_letters, max_k=cfg.absorption_max_k, probe_c=cfg.probe_c)
     res = absorption_eval(acts["train"], letters["train"], acts["test"], letters["test"], h.sae, acfg)
     setup = {
@@ -159,6 +161,10 @@ def _absorption(h: Harvester, cfg: BenchConfig, rng: random.Random) -> tuple[dic
         "letters": [r.as_dict() for r in res.letters],
     }
     return out, setup
+
+
+def _say(text: str) -> None:
+    print(f"chatsae bench: {text}", file=sys.stderr, flush=True)
 
 
 def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> dict[str, Any]:
@@ -198,10 +204,12 @@ def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> d
                 t1 = time.perf_counter()
                 datasets.append((spec, harvest_text_task(spec, h, cfg, rng)))
                 timings[f"harvest_{spec.name}"] = time.perf_counter() - t1
+                _say(f"{spec.name}: harvested {datasets[-1][1].counts()} in {timings[f'harvest_{spec.name}']:.0f}s")
             for specs in by_file.values():
                 t1 = time.perf_counter()
                 datasets.extend(zip(specs, harvest_token_tasks(specs, h, cfg, rng), strict=True))
                 timings["harvest_" + "+".join(s.name for s in specs)] = time.perf_counter() - t1
+                _say(f"{'+'.join(s.name for s in specs)}: harvested in {time.perf_counter() - t1:.0f}s")
         for spec, data in datasets:
             t1 = time.perf_counter()
             res = probe_task(data.raw, data.latents, cfg.ks, cfg.probe_c, cfg.seed, cfg.dense_sae_probe)
@@ -213,6 +221,7 @@ def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> d
             res["kind"] = data.kind
             task_results[spec.name] = res
             timings[f"probe_{spec.name}"] = time.perf_counter() - t1
+            _say(f"{spec.name}: probes fitted in {timings[f'probe_{spec.name}']:.0f}s")
         absorption = absorption_setup = None
         if cfg.absorption:
             t1 = time.perf_counter()
