@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_harvest_pipeline import interrupted
 
-from chatsae import locking
 from chatsae.activations.cache import MANIFEST, ActivationCache, Manifest
 from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
 from chatsae.activations.pipeline import DataConfig, harvest
+from chatsae.core import locking
 from chatsae.core.locking import LOCK, MARKER, OutputDirError
 from chatsae.data import fast_sequences
 from chatsae.data.formats import Record
@@ -61,10 +61,9 @@ def _pipeline(tiny_llama, data, out, max_tokens=None, resume=False):
 
 @contextlib.contextmanager
 def lock_held_elsewhere(directory, what):
-    """Another process holds ``directory``'s lock for the block (locking.py loaded on its own: no torch import)."""
+    """Another process holds ``directory``'s lock for the block ."""
     code = (
-        "import importlib.util as u, sys; s = u.spec_from_file_location('locking', sys.argv[2]); "
-        "m = u.module_from_spec(s); s.loader.exec_module(m); m.DirLock(sys.argv[1], sys.argv[3]).acquire(); "
+        "import sys; from chatsae.core.locking import DirLock; DirLock(sys.argv[1], sys.argv[3]).acquire(); "
         "print('ready', flush=True); sys.stdin.read()"
     )
     holder = subprocess.Popen(
