@@ -415,6 +415,7 @@ def test_help_and_early_errors(study_files, capsys):
 def test_plan_guards_a_study_once_it_produced_something(tmp_path):
     from chatsae.activations.harvest import HarvestOptions
     from chatsae.activations.pipeline import DataConfig
+    from chatsae.sae import SAEConfig, create_sae, save_sae
     from chatsae.train.config import TrainConfig
     from chatsae.workflows.study import Study, StudyEvalConfig
 
@@ -432,8 +433,7 @@ def test_plan_guards_a_study_once_it_produced_something(tmp_path):
     assert json.loads((tmp_path / "plan.json").read_text())["train"]["total_tokens"] == 4096
     study(8192).check_plan({"x": 1})  # nothing produced yet (say the first try had a typo): replaced
     assert json.loads((tmp_path / "plan.json").read_text())["train"]["total_tokens"] == 8192
-    (tmp_path / "run" / "sae").mkdir(parents=True)
-    (tmp_path / "run" / "sae" / "cfg.json").write_text("{}")
+    save_sae(create_sae(SAEConfig(d_in=8, d_sae=16), seed=0), tmp_path / "run" / "sae")  # chatsae's SAE: produced
     study(8192).check_plan({"x": 1})  # the same settings: fine
     with pytest.raises(ValueError, match=r"plan.json: .*sae: \{'d_sae': 64\} -> \{'d_sae': 128\}.*x: 1 -> 2"):
         study(8192, width=128).check_plan({"x": 2})

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..core.constants import CACHE_MANIFEST_FILE
 from ..core.locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
+from ..core.ownership import read_marker
 from ..core.utils import atomic_file, check_inside, file_digest, safe_name
 from .buffer import MixingBuffer
 from .source import ActivationBatch
@@ -130,7 +131,7 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             manifest = cls(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
+        except (json.JSONDecodeError, TypeError, RecursionError) as e:
             raise ValueError(f"{path}: corrupt manifest ({e})") from e
         for i, s in enumerate(manifest.shards):
             if not (
@@ -150,17 +151,26 @@ class Manifest:
 
 
 def check_cache_dir(directory: str | Path) -> None:
-    """Refuse a non-empty directory that is neither a chatsae cache (manifest) nor marked as chatsae's."""
+    """Refuse a non-empty directory that chatsae's marker does not name an activation cache (kind ``cache``): a
+    user's folder holding a file named ``manifest.json`` is neither read nor extended."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise OutputDirError(f"{directory}: the activation cache directory is a file")
-    if directory.is_dir() and not (
-        {p.name for p in directory.iterdir()} <= {LOCK} or is_chatsae_dir(directory) or (directory / MANIFEST).is_file()
-    ):
+    if not directory.is_dir() or {p.name for p in directory.iterdir()} <= {LOCK}:
+        return
+    kind = read_marker(directory).get("kind") if is_chatsae_dir(directory) else None
+    if kind == "cache":
+        return
+    if kind is not None:
         raise OutputDirError(
-            f"{directory}: a non-empty directory that is not a chatsae activation cache (no "
-            f"{MANIFEST}, no {MARKER} marker); choose another --out-dir / --cache-dir"
+            f"{directory}: a chatsae {kind} directory, not an activation cache ({MARKER} says kind {kind!r}); "
+            "choose another --out-dir / --cache-dir"
         )
+    found = f"; its {MANIFEST} was not written by chatsae" if (directory / MANIFEST).exists() else ""
+    raise OutputDirError(
+        f"{directory}: a non-empty directory that is not a chatsae activation cache (no {MARKER} marker of kind "
+        f"'cache'{found}); choose another --out-dir / --cache-dir"
+    )
 
 
 def check_same_harvest(directory: Path, old: Manifest, manifest: Manifest) -> None:
@@ -178,6 +188,7 @@ def finished_cache(directory: str | Path, manifest: Manifest, max_tokens: int | 
     read without the writer's lock (nothing writes a finished cache), so several processes can start from it at once
     (``--distribute-saes``). A cache of other settings is the ValueError of :meth:`CacheWriter.open`."""
     directory = Path(directory)
+    check_cache_dir(directory)
     if not (directory / MANIFEST).is_file():
         return None
     old = Manifest.read(directory)
@@ -292,6 +303,10 @@ class ActivationCache:
     def d_in(self) -> int:
         return self.manifest.d_in
 
+    def where(self) -> str:
+        """The file that says what this cache holds (named in errors about its width)."""
+        return str(self.dir / MANIFEST)
+
     def __len__(self) -> int:
         return int(self.starts[-1])
 
@@ -309,8 +324,17 @@ class ActivationCache:
             except (OSError, ValueError, zipfile.BadZipFile) as e:
                 self._acts.pop(i, None)
                 raise ValueError(f"{f}: unreadable shard ({e})") from e
-            if self._acts[i].shape != (s["n"], self.d_in):
-                raise ValueError(f"{self.dir / s['acts']}: shape {self._acts[i].shape}, manifest says {s['n']} rows")
+            shape = tuple(self._acts[i].shape)
+            if len(shape) != 2 or shape[1] != self.d_in:
+                self._acts.pop(i, None)
+                width = shape[1] if len(shape) == 2 else f"shape {shape}"
+                raise ValueError(
+                    f"{self.dir / MANIFEST}: d_in mismatch: the manifest says d_in {self.d_in}, its shard "
+                    f"{s['acts']} holds vectors of width {width}; the manifest does not belong to these shards"
+                )
+            if shape[0] != s["n"]:
+                self._acts.pop(i, None)
+                raise ValueError(f"{self.dir / s['acts']}: {shape[0]} rows, {MANIFEST} says {s['n']} rows")
         return self._acts[i], self._meta[i]
 
     def _verify(self, path: Path, digest: str | None) -> None:
@@ -412,6 +436,9 @@ class CacheSource:
 
     def describe_row(self, row: int) -> str:
         return self.cache.describe_row(row)
+
+    def where(self) -> str:
+        return self.cache.where()
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "buffer": self.buffer.state_dict()}

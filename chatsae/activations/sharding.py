@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.distributed import all_gather_objects, barrier, from_rank0, main_lock, rank, setup, world_size
 from ..core.locking import DirLock, mark_dir
-from .cache import MANIFEST, CacheWriter, Manifest
+from .cache import MANIFEST, CacheWriter, Manifest, check_cache_dir
 
 
 class HasIds(Protocol):
@@ -87,6 +87,7 @@ def existing_cache_for_ranks(directory: Path, manifest: Any, max_tokens: int | N
     """The complete cache of the same harvest at ``directory`` to reuse, or None after making it ready for the
     ranks' harvest (an unfinished or too small cache of this world size is marked unfinished)."""
 
+    check_cache_dir(directory)
     mark_dir(directory, "cache")
     check_harvest_world(directory, max_tokens)
     if not (directory / MANIFEST).is_file():

@@ -6,6 +6,8 @@ metadata) that can report and restore its position, so that training can resume 
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
+
+from ..core.faults import is_disk_full
 
 
 class ActivationBatch(NamedTuple):
@@ -47,6 +51,39 @@ class ActivationSource(Protocol):
 
 
 _META_KEYS = ("token_ids", "special_mask", "positions", "sample_ids")
+_NOT_VALID = {
+    ".npy": "not a valid .npy file (expected a float [N, d_in] array written by numpy.save; truncated?)",
+    ".safetensors": "not a valid safetensors file (truncated?)",
+    ".pt": "not a valid PyTorch file (truncated, or not written by torch.save?)",
+    ".pth": "not a valid PyTorch file (truncated, or not written by torch.save?)",
+}
+
+
+def read_tensor_file(path: Path) -> tuple[Any, dict[str, Tensor]]:
+    """(activations, metadata tensors) of an activation file (``.npy`` memory-mapped); a file the library cannot
+    read is a :class:`ValueError` naming it and what it should hold."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False), {}
+        if path.suffix == ".safetensors":
+            d: dict[str, Any] = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict):
+                return obj, {}
+            d = obj
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if is_disk_full(e):
+            raise
+        raise ValueError(f"{path}: {_NOT_VALID[path.suffix]}") from e
+    except Exception as e:  # safetensors' own error type is not importable under one name in every release
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{path}: {_NOT_VALID[path.suffix]}") from e
+    if "acts" not in d:
+        what = "no tensor named 'acts'" if path.suffix == ".safetensors" else "dict without an 'acts' entry"
+        raise ValueError(f"{path}: {what} (found {sorted(map(str, d))})")
+    return d["acts"], {k: d[k] for k in _META_KEYS if k in d}
 
 
 class TensorSource:
@@ -84,25 +121,18 @@ class TensorSource:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: activation file not found")
-        meta: dict[str, Tensor] = {}
-        if path.suffix == ".npy":
-            acts: Tensor | np.ndarray = np.load(path, mmap_mode="r")
-        elif path.suffix == ".safetensors":
-
-            d = load_file(str(path))
-            if "acts" not in d:
-                raise ValueError(f"{path}: no tensor named 'acts' (found {sorted(d)})")
-            acts, meta = d.pop("acts"), {k: d[k] for k in _META_KEYS if k in d}
-        elif path.suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                if "acts" not in obj:
-                    raise ValueError(f"{path}: dict without an 'acts' entry (found {sorted(obj)})")
-                acts, meta = obj["acts"], {k: obj[k] for k in _META_KEYS if k in obj}
-            else:
-                acts = obj
-        else:
+        if path.suffix not in (".npy", ".safetensors", ".pt", ".pth"):
             raise ValueError(f"{path}: unknown activation file type {path.suffix!r} (.safetensors, .pt or .npy)")
+        acts, meta = read_tensor_file(path)
+        if not isinstance(acts, (Tensor, np.ndarray)) or not (
+            acts.dtype.is_floating_point if isinstance(acts, Tensor) else np.issubdtype(acts.dtype, np.floating)
+        ):
+            got = (
+                f"{type(acts).__name__} of {acts.dtype}"
+                if isinstance(acts, (Tensor, np.ndarray))
+                else type(acts).__name__
+            )
+            raise ValueError(f"{path}: expected a float [N, d_in] activation array, got {got}")
         try:
             source = cls(acts, batch_size, seed=seed, meta=meta)
         except ValueError as e:
@@ -140,6 +170,10 @@ class TensorSource:
     def describe_row(self, row: int) -> str:
         """Where row ``row`` of the activations is (``FILE, row N``)."""
         return f"{self.path or 'activation tensor'}, row {row}"
+
+    def where(self) -> str:
+        """The file the activations came from (named in errors about their width)."""
+        return str(self.path or "activation tensor")
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "index": self.index}

@@ -106,6 +106,8 @@ def _format_error(exc: BaseException) -> tuple[str, str] | None:
         return "not a valid PyTorch file", "truncated, or not written by torch.save?"
     if isinstance(exc, zipfile.BadZipFile):
         return "not a valid .npz/zip file", "truncated?"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read", "expected a file of chatsae's format, not one of 1000s of nested levels"
     return None
 
 

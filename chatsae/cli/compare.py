@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..core.config import load_config_file, positive_int
+from ..core.utils import check_output_file, write_output_file
 from .common import add_command, configs_from_args
 
 ALIASES = {"d_sae": ["width"]}
@@ -175,6 +176,8 @@ def _proxies(args: argparse.Namespace) -> int:
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else [Path(f).name for f in args.features]
     if len(labels) != len(args.features) or len(set(labels)) != len(labels):
         raise ValueError(f"--labels: give {len(args.features)} distinct names, one per features directory")
+    if args.out:  # before anything is read: not inside an input or a chatsae output folder, never a user's file
+        check_output_file(args.out, "--out", inputs=tuple(args.features))
     named = {lab: proxies(FeatureData(f), n_tokens=args.n_tokens) for lab, f in zip(labels, args.features, strict=True)}
     for lab, p in named.items():
         auc = "-" if p["explanation_auc"] is None else f"{p['explanation_auc']:.3f}"
@@ -186,7 +189,9 @@ def _proxies(args: argparse.Namespace) -> int:
     comparison = compare_proxies(named)
     print("\n".join(proxy_lines(comparison)))
     if args.out:
-        Path(args.out).write_text(json.dumps(json_safe({"proxies": named, "comparison": comparison}), indent=2))
+        write_output_file(
+            args.out, json.dumps(json_safe({"proxies": named, "comparison": comparison}), indent=2), "--out"
+        )
         print(f"wrote {args.out}")
     return 0
 

@@ -34,6 +34,9 @@ T = TypeVar("T", bound="DataclassInstance")
 
 
 COMMAND_LINE = "command line"
+SEED_MAX = 2**32 - 1
+"""Largest seed: seeds are combined with epochs/indices (``seed * 1_000_003 + epoch``) and must stay within the range
+``torch.manual_seed`` takes; 0 .. 2**32 - 1 is also numpy's seed range."""
 
 
 class ConfigError(ValueError):
@@ -211,7 +214,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text, object_pairs_hook=_unique_pairs)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (yaml.YAMLError, ValueError) as e:
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise ValueError(f"{path}: cannot parse config ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
@@ -353,6 +356,17 @@ def check(cond: bool, option: str, msg: str) -> None:
         raise ConfigError(f" {msg}", option)
 
 
+def check_seed(value: object, option: str = "seed", count: int = 1) -> None:
+    """``ConfigError`` naming ``option`` unless ``value`` (and the ``count - 1`` seeds after it) are integers in
+    0 .. :data:`SEED_MAX`."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value + max(count, 1) - 1 <= SEED_MAX
+    if not ok:
+        top = SEED_MAX - max(count, 1) + 1
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:36]}..."
+        extra = f" (with {count} seeds counted up from it)" if count > 1 else ""
+        raise ConfigError(f" must be an integer in [0, {top}]{extra}, got {shown}", option)
+
+
 def _number(obj: Any, name: str) -> float | None:
     value = getattr(obj, name)
     if value is None:
@@ -391,6 +405,7 @@ def validate(
     devices: tuple[str, ...] = (),
     paths: tuple[str, ...] = (),
     unique: tuple[str, ...] = (),
+    seeds: tuple[str, ...] = (),
 ) -> None:
     """Declarative checks of a config dataclass's fields (None values are skipped: they mean "default").
 
@@ -398,7 +413,8 @@ def validate(
     ``ranges``: ``{"beta1": "[0,1)"}``; ``choices``: ``{"lr_decay": ("cosine", ...)}``; ``dtypes``: float dtype names
     (normalised in place to the canonical name, e.g. ``bf16`` -> ``bfloat16``); ``devices``: device names that must
     exist on this machine (``cuda`` without CUDA is an error); ``paths``: file/directory names, expanded in place
-    (:func:`expand_path`: ``~``, ``$VAR``; empty is an error); ``unique``: lists without repeated values.
+    (:func:`expand_path`: ``~``, ``$VAR``; empty is an error); ``unique``: lists without repeated values; ``seeds``:
+    integers in 0 .. :data:`SEED_MAX`.
     """
     hints = typing.get_type_hints(type(obj))
     for name in paths:
@@ -420,6 +436,10 @@ def validate(
             check(value > 0, name, f"must be a positive {'integer' if is_int else 'number'}, got {value}")
         else:
             check(value >= 0, name, f"must be >= 0, got {value}")
+    for name in seeds:
+        value = getattr(obj, name)
+        if value is not None:
+            check_seed(value, name)
     for name, text in (ranges or {}).items():
         value = _number(obj, name)
         if value is None:

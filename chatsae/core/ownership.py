@@ -166,6 +166,21 @@ def remove_owned(directory: str | Path, legacy: Iterable[str] = ()) -> list[str]
     return kept
 
 
+def produced_outputs(root: str | Path, kinds: Iterable[str]) -> list[Path]:
+    """Directories under ``root`` (not ``root`` itself) that chatsae made for an output of one of ``kinds`` and that
+    still hold a file chatsae wrote there, unchanged (:func:`owns`): what a command already produced, by the record
+    rather than by file names (a user's ``sae/cfg.json`` does not count)."""
+    root, wanted = Path(root), set(kinds)
+    found = []
+    for marker in sorted(root.rglob(MARKER)) if root.is_dir() else []:
+        d = marker.parent
+        if d == root or d.is_symlink() or str(read_marker(d).get("kind", "")) not in wanted:
+            continue
+        if any(intact(d, rel, digest) for rel, digest in written(d).items()):
+            found.append(d)
+    return found
+
+
 def enclosing_output(path: str | Path) -> tuple[Path, str] | None:
     """(directory, kind) of the nearest directory at or above ``path`` that chatsae made for a protected output
     (:data:`PROTECTED_KINDS`), else None."""

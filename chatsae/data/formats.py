@@ -17,6 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+from ..core.faults import is_disk_full
+
 ROLE_ALIASES = {
     "system": "system",
     "user": "user",
@@ -207,6 +209,8 @@ def _jsonl(path: Path) -> Iterator[RawItem]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 rec = _Bad(None, f"invalid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                rec = _Bad(None, "JSON nested too deeply to read (expected a record object of fields)")
             yield n, lineno, rec
             n += 1
 
@@ -221,6 +225,10 @@ def _json(path: Path) -> Iterator[RawItem]:
             yield from _jsonl(path)
             return
         raise DataFormatError(f"{path.name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataFormatError(
+            f"{path.name}: JSON nested too deeply to read; expected a list of records (or JSON lines)"
+        ) from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
         if len(lists) != 1:
@@ -238,10 +246,19 @@ def _parquet(path: Path) -> Iterator[RawItem]:
     except ImportError:
         raise ImportError(f"{path.name}: reading Parquet needs pyarrow: pip install pyarrow") from None
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for rec in batch.to_pylist():
-            yield n, None, rec
-            n += 1
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for rec in batch.to_pylist():
+                yield n, None, rec
+                n += 1
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError are ValueError / OSError
+        if is_disk_full(e):
+            raise
+        why = " ".join(str(e).split())[:160]
+        raise DataFormatError(
+            f"{path.name}: not a valid Parquet file after {n} records (truncated or damaged?): {why}"
+        ) from None
 
 
 def _txt(path: Path, text_split: str) -> Iterator[RawItem]:

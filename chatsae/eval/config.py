@@ -77,7 +77,8 @@ class EvalConfig:
         validate(
             self,
             positive=("max_samples", "max_tokens", "max_length", "context_size", "batch_tokens", "max_batch_size"),
-            non_negative=("holdout", "holdout_seed"),
+            non_negative=("holdout",),
+            seeds=("holdout_seed",),
             ranges={"dense_threshold": "[0,1]"},
             choices={"data_format": FORMAT_NAMES},
             dtypes=("dtype",),

@@ -192,5 +192,5 @@ def read_result(path: str | Path) -> EvalResult:
         raise FileNotFoundError(f"{path}: no such evaluation result")
     try:
         return EvalResult.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValueError) as e:
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"{path}: {e}") from e

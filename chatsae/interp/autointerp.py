@@ -87,6 +87,7 @@ class AutointerpConfig:
             non_negative=("temperature", "retry_temperature"),
             paths=("out",),
             unique=("latents",),
+            seeds=("seed",),
         )
         check(
             all(isinstance(i, int) and i >= 0 for i in self.latents or []),

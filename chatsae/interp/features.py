@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from ..core.config import validate
 from ..core.devices import resolve_device
+from ..core.locking import mark_dir
+from ..core.ownership import MARKER, is_chatsae_dir, read_marker
 from ..core.progress import Progress
 from ..core.utils import atomic_file
 from ..data import bucket_batches, pad_batch
@@ -125,6 +127,7 @@ class FeaturesConfig:
             dtypes=("dtype",),
             devices=("device",),
             paths=("data", "out"),
+            seeds=("seed",),
         )
 
 
@@ -201,6 +204,18 @@ def _fingerprint(cfg: FeaturesConfig, sae: SAE, hook: str, plan: list[list[int]]
     return h.hexdigest()[:32]
 
 
+def check_features_dir(out: Path, meta: Any) -> None:
+    """Refuse ``out`` holding a ``meta.json`` when it is not chatsae's features directory: its marker names another
+    kind, or (no marker) the file lacks the fields chatsae writes (an older features directory has them)."""
+    kind = read_marker(out).get("kind") if is_chatsae_dir(out) else None
+    if meta is None or kind == "features":
+        return
+    legacy = kind is None and isinstance(meta, dict) and {"format_version", "fingerprint"} <= set(meta)
+    if not legacy:
+        what = f"a chatsae {kind} directory" if kind else f"its {META_FILE} was not written by chatsae"
+        raise ValueError(f"{out}: not a chatsae features directory ({what}); choose another --out")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     with atomic_file(path, "w") as fh:
         json.dump(obj, fh, indent=1, default=str)
@@ -237,6 +252,7 @@ def collect_features(
     spec = cfg.spec(sae.cfg.d_sae)
     log, meta_path = StateLog(out), out / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    check_features_dir(out, meta)
     if meta is not None and not cfg.overwrite:
         if meta.get("fingerprint") != fp:
             raise ValueError(
@@ -249,6 +265,7 @@ def collect_features(
     if meta is not None and cfg.resume and not cfg.overwrite and log.exists():
         state, saved = log.load(device)
         start_step = int(saved.get("step", 0))
+        mark_dir(out, "features")  # an older features directory gets its marker now
     else:
         if meta is not None:  # our own directory (it has meta.json): remove only the files of its features
             for name in (META_FILE, TOKENS_FILE, LOGITS_FILE, BASE_FILE, LOG_DIR, AUTOINTERP_FILE):
@@ -257,9 +274,10 @@ def collect_features(
                     shutil.rmtree(target)
                 elif target.exists() or target.is_symlink():
                     target.unlink()
-        elif out.is_dir() and any(out.iterdir()):
+        elif out.is_dir() and {p.name for p in out.iterdir()} - {MARKER}:
             raise ValueError(f"{out}: exists, is not empty and holds no {META_FILE}; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
+        mark_dir(out, "features")
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "complete": False}
         _write_json(meta_path, meta)
         log.checkpoint(FeatureCollector(spec).state, {"step": 0, "samples": 0, "tokens": 0})

@@ -117,7 +117,7 @@ class FeatureData:
             raise FileNotFoundError(f"{meta_path}: not found; run `chatsae features` first")
         try:
             self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{meta_path}: invalid JSON ({e})") from e
         if not self.meta.get("complete") and not allow_incomplete:
             raise ValueError(f"{self.root}: the features run is not complete; rerun `chatsae features` to resume it")

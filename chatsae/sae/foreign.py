@@ -65,7 +65,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: missing; {what}")
     try:
         raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ValueError(f"{path}: invalid JSON ({e}); {what}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}; {what}")

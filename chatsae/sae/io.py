@@ -136,7 +136,7 @@ def read_raw_cfg(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{cfg_path}: no cfg.json here; is {path} an SAE directory?")
     try:
         raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(raw).__name__}")

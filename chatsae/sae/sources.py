@@ -52,7 +52,7 @@ def _peek(f: Path) -> dict:
     """A JSON object's keys for detection ({} if absent or unreadable: the reader reports errors)."""
     try:
         raw = json.loads(f.read_text()) if f.is_file() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return raw if isinstance(raw, dict) else {}
 

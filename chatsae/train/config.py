@@ -121,9 +121,9 @@ class TrainConfig:
                 "sparsity_warmup_steps",
                 "grad_clip_norm",
                 "checkpoint_every",
-                "seed",
                 "prefetch",
             ),
+            seeds=("seed",),
             ranges={"beta1": "[0,1)", "beta2": "[0,1)"},
             choices={
                 "lr_decay": ("cosine", "linear", "constant"),

@@ -74,7 +74,10 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
     ) -> None:
         if source.d_in != sae.cfg.d_in:
-            raise ValueError(f"activation width {source.d_in} does not match the SAE's d_in {sae.cfg.d_in}")
+            where = source.where() if callable(getattr(source, "where", None)) else "the activations"  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{where}: d_in mismatch: the activations have d_in {source.d_in}, the SAE's d_in is {sae.cfg.d_in}"
+            )
         self.cfg = cfg
         distributed.check_batch_size(cfg.batch_size)
         self.device = resolve_device(pg.device_name(cfg.device))  # cuda:LOCAL_RANK under torchrun

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..activations.pipeline import DataConfig
-from ..core.config import to_dict
+from ..core.config import check_seed, to_dict
 from ..core.ownership import check_replace
 from ..data.methods import METHOD_NAMES
 from ..eval import stats
@@ -92,10 +92,16 @@ METHOD_ORDER = METHOD_NAMES
 """Verdict pairs name the earlier method first (FAST vs BT(F), FAST vs BT(P), BT(F) vs BT(P))."""
 
 
+MAX_SEEDS = 1000
+"""Most training seeds per SAE (``--seeds``)."""
+
+
 def seed_list(n: int, base: int) -> list[int]:
-    """``n`` training seeds from ``base`` (``--seeds``), with a clear error for ``n < 1``."""
-    if n < 1:
-        raise ValueError(f"--seeds: {n}; give at least 1")
+    """``n`` training seeds from ``base`` (``--seeds``), with a clear error for ``n`` outside 1 .. :data:`MAX_SEEDS`
+    and for seeds past :data:`chatsae.core.config.SEED_MAX`."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SEEDS:
+        raise ValueError(f"--seeds: {n}; give an integer in [1, {MAX_SEEDS}]")
+    check_seed(base, "seed", n)
     return [base + i for i in range(n)]
 
 
