@@ -77,7 +77,7 @@ def test_bench_end_to_end(setup, tmp_path, capsys):
     args = ["bench", str(root / "sae"), "--out-dir", str(out), "--device", "cpu", "--ks", "1,2"]
     args += ["--task", f"role={chat}", "--task", f"template={chat}", "--task", f"source={chat},{maths}"]
     args += ["--task", f"genre={brown}", "--per-class", "8", "--chunks-per-text", "2", "--context-length", "24"]
-    args += ["--tokens-per-class", "30", "--absorption-words", "200", "--absorption-icl", "3"]
+    args += ["--tokens-per-class", "30", "--absorption-words", "100", "--absorption-icl", "3"]
     args += ["--absorption-min-letters", "1", "--absorption-max-k", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -114,7 +114,7 @@ def test_bench_end_to_end(setup, tmp_path, capsys):
     assert sp["sae_bench_commit_hash"] is None and sp["sae_lens_id"] == "custom_sae"
     assert sp["sae_cfg_dict"]["d_sae"] == 96
     ab = result["absorption"]
-    assert result["absorption_setup"]["test_words"] == 40 and len(ab["letters"]) > 5
+    assert result["absorption_setup"]["test_words"] == 20 and len(ab["letters"]) > 5
     if ab["metrics"] is not None:
         doc = json.loads((out / "saebench_absorption_first_letter.json").read_text())
         assert set(doc) == SAEBENCH_FIELDS and doc["eval_type_id"] == "absorption_first_letter"
@@ -126,7 +126,7 @@ def test_bench_refusals(setup, tmp_path, capsys):
     root, chat, _, _ = setup
     sae = str(root / "sae")
     assert main(["bench", sae, "--out-dir", str(root / "sae" / "inside"), "--no-absorption"]) == 1
-    assert "overlaps the input" in capsys.readouterr().err
+    assert "--out-dir lies inside the input" in capsys.readouterr().err
     assert main(["bench", sae, "--task", f"colour={chat}"]) == 1
     assert "NAME one of genre, source, role, template" in capsys.readouterr().err
     assert main(["bench", sae, "--task", f"source={chat}"]) == 1
@@ -163,3 +163,10 @@ def test_bench_embedded_small(embedded, tmp_path, capsys):
     # the template-vs-content task is easy for the real model's raw activations
     assert result["tasks"]["template"]["mean"]["llm"]["accuracy"] > 0.8
     assert result["absorption"]["letters"]
+
+
+def test_sae_label(tmp_path):
+    from chatsae.workflows.bench_report import sae_label
+
+    assert sae_label(tmp_path / "run7" / "sae") == "run7_sae"
+    assert sae_label(tmp_path / "my_sae") == "my_sae"

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..workflows.bench import run_bench
     from ..workflows.bench_data import parse_task
-    from ..workflows.bench_report import format_table
+    from ..workflows.bench_report import format_table, sae_label
 
     tasks_given = args.__dict__.pop("task", None)
     no_tasks = args.__dict__.pop("no_tasks", False)
@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--task: each task at most once, got {', '.join(names)}")
     result = run_bench(Path(args.sae_dir), specs, cfg)
     print(format_table(result))
-    out = cfg.out_dir or f"bench_{Path(args.sae_dir).resolve().name}"
+    out = cfg.out_dir or f"bench_{sae_label(args.sae_dir)}"
     print(f"wrote {Path(out) / 'bench.json'}")
     return 0

@@ -22,7 +22,8 @@ import torch
 
 from ..core.config import validate
 from ..core.devices import resolve_device
-from ..core.locking import DirLock, claim_dir
+from ..core.locking import DirLock, check_claim, claim_dir
+from ..core.ownership import check_replace
 from ..core.utils import atomic_file
 from ..eval.absorption import PROMPT_TEMPLATE, AbsorptionConfig, absorption_eval, alpha_tokens, first_letter_prompts
 from ..eval.probing import probe_task
@@ -31,7 +32,7 @@ from ..models.hooks import capture, check_sae_width
 from ..sae import load_sae
 from ..sae.io import saelens_cfg
 from .bench_data import Harvester, TaskSpec, harvest_text_task, harvest_token_tasks
-from .bench_report import format_table, saebench_absorption, saebench_sparse_probing
+from .bench_report import format_table, sae_label, saebench_absorption, saebench_sparse_probing
 
 
 @dataclass
@@ -85,7 +86,8 @@ class BenchConfig:
     dtype: str = "float32"
     """Model dtype: float32 | bfloat16 | float16."""
     out_dir: str | None = None
-    """Output directory. None = bench_<SAE directory name> in the current directory."""
+    """Output directory. None = bench_<SAE name> in the current directory (the SAE directory's name; RUN_sae for a
+    chatsae train run's RUN/sae)."""
     overwrite: bool = False
     """Write into a non-empty directory chatsae did not make."""
 
@@ -110,21 +112,23 @@ class BenchConfig:
             ranges={"test_fraction": "(0,1)"},
             dtypes=("dtype",),
             devices=("device",),
+            seeds=("seed",),
         )
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")
 
 
-def _inside(path: Path, other: Path) -> bool:
-    p, o = path.resolve(), other.resolve()
-    return p == o or o in p.parents
+BENCH_FILES = ("bench.json", "saebench_sparse_probing.json", "saebench_absorption_first_letter.json", "report.txt")
+"""The files ``chatsae bench`` writes into ``--out-dir``."""
 
 
-def check_output(out: Path, inputs: list[Path]) -> None:
-    """Refuse an output directory that is, or lies inside, an input (file or directory)."""
-    for src in inputs:
-        if _inside(out, src):
-            raise ValueError(f"--out-dir {out}: overlaps the input {src}; choose a directory outside the inputs")
+def check_output(out: Path, inputs: list[Path], overwrite: bool = False) -> None:
+    """Before anything loads (:mod:`chatsae.core.ownership`): refuse an output directory that is, or lies inside, an
+    input or an SAE/cache/features/run/checkpoint directory of chatsae, a user's non-empty directory unless
+    ``overwrite``, and a user's file of one of :data:`BENCH_FILES` in it always."""
+    check_claim(out, "bench", overwrite, "--out-dir", inputs=tuple(inputs))
+    for name in BENCH_FILES:
+        check_replace(out / name, "--out-dir")
 
 
 def _absorption(h: Harvester, cfg: BenchConfig, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -170,11 +174,11 @@ def _say(text: str) -> None:
 def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> dict[str, Any]:
     """Run the suite; writes the outputs (see module docstring) and returns chatsae's result dictionary."""
     sae_dir = Path(sae_dir)
-    out = Path(cfg.out_dir or f"bench_{sae_dir.resolve().name}")
+    out = Path(cfg.out_dir or f"bench_{sae_label(sae_dir)}")
     inputs = [sae_dir] + [Path(f) for t in tasks for f in t.files]
     if cfg.model and Path(cfg.model).exists():
         inputs.append(Path(cfg.model))
-    check_output(out, inputs)
+    check_output(out, inputs, cfg.overwrite)
     sae = load_sae(sae_dir)
     meta = sae.cfg.metadata or {}
     hook_name = cfg.hook or meta.get("hook_name")
@@ -244,7 +248,7 @@ def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> d
 
 
 def _write(out: Path, result: dict[str, Any], sae: Any, cfg: BenchConfig, model_name: str) -> None:
-    name = Path(result["sae"]).resolve().name
+    name = sae_label(result["sae"])
     now = int(time.time() * 1000)
     sae_cfg = saelens_cfg(sae)
     docs: dict[str, Any] = {"bench.json": result}
@@ -256,8 +260,10 @@ def _write(out: Path, result: dict[str, Any], sae: Any, cfg: BenchConfig, model_
     if absorption is not None:
         docs["saebench_absorption_first_letter.json"] = absorption
     for file, doc in docs.items():
+        check_replace(out / file, "--out-dir")
         with atomic_file(out / file, "w") as fh:
             json.dump(doc, fh, indent=2, default=str)
             fh.write("\n")
+    check_replace(out / "report.txt", "--out-dir")
     with atomic_file(out / "report.txt", "w") as fh:
         fh.write(format_table(result) + "\n")

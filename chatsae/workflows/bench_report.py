@@ -10,12 +10,20 @@ eval_result_unstructured / eval_config notes) and sae_lens_version (SAELens is n
 
 from __future__ import annotations
 
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
 SAEBENCH_DEFINITIONS = (
     "adamkarvonen/SAEBench 8042bb3828c6340da8d12062324e92b2077c571c (sae_bench/evals/sparse_probing, absorption)"
 )
+
+
+def sae_label(sae_dir: str | Path) -> str:
+    """A name for the SAE: its directory's name, with the parent's in front when that name is just ``sae`` (a
+    ``chatsae train`` run keeps its SAE in ``RUN/sae``)."""
+    path = Path(sae_dir).resolve()
+    return f"{path.parent.name}_{path.name}" if path.name == "sae" and path.parent.name else path.name
 
 
 def _key_name(key: str) -> str:
@@ -164,6 +172,14 @@ def format_table(result: dict[str, Any]) -> str:
     if ab is not None:
         if ab["metrics"] is None:
             lines.append(f"absorption (first letter): not scored: {ab['reason']}")
+            ev = [r for r in ab["letters"] if r["letter"] in ab["evaluated_letters"]]
+            if ev:
+                lines.append(
+                    f"  (over those {len(ev)} letters, for information: mean absorption fraction "
+                    f"{mean(r['mean_absorption_fraction'] for r in ev):.3f}, full absorption "
+                    f"{mean(r['full_absorption_rate'] for r in ev):.3f}, split features "
+                    f"{mean(r['num_split_features'] for r in ev):.2f})"
+                )
         else:
             m = ab["metrics"]
             lines.append(
