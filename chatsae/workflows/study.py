@@ -22,7 +22,7 @@ from ..activations.pipeline import DataConfig, harvest, read_split, resolved_mod
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, RUN_CONFIG_FILE, SAE_CFG_FILE, SAE_DIR
 from ..core.locking import claim_dir
-from ..core.ownership import check_replace
+from ..core.ownership import check_replace, produced_outputs
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
 from ..data.methods import METHODS
@@ -183,11 +183,9 @@ class Study:
         )
         path = self.out_dir / "plan.json"
         claim_dir(self.out_dir, "study", self.overwrite, "--out-dir", inputs=(self.data.data, self.data.cache_dir))
-        produced = (
-            any(self.out_dir.glob("**/manifest.json"))
-            or any(self.out_dir.glob("*/checkpoints/step_*"))
-            or any(self.out_dir.glob("*/sae/cfg.json"))
-        )  # a plan that produced nothing yet (e.g. a typo) may be replaced
+        # a plan that produced nothing yet (e.g. a typo) may be replaced; what was produced is read from chatsae's
+        # record (a cache, checkpoint or SAE folder holding a file chatsae wrote, unchanged), not from file names
+        produced = bool(produced_outputs(self.out_dir, ("cache", "checkpoint", "sae")))
         if path.is_file() and produced:
             old = json.loads(path.read_text())
             diffs = [
