@@ -93,6 +93,8 @@ def test_bench_end_to_end(setup, tmp_path, capsys):
     assert tasks["genre"]["counts"]["test"] == {"genre_a": 2, "genre_b": 2, "genre_j": 2}
     assert tasks["genre"]["counts"]["train"] == {"genre_a": 6, "genre_b": 6, "genre_j": 6}
     assert sum(tasks["role"]["counts"]["train"].values()) + sum(tasks["role"]["counts"]["test"].values()) == 90
+    # source: 8 of the 10 chat records (reservoir) and all 8 maths records, 20% held out per class
+    assert tasks["source"]["counts"] == {"train": {"chat": 6, "maths": 6}, "test": {"chat": 2, "maths": 2}}
     for res in tasks.values():
         for scores in res["classes"].values():
             assert set(scores) == {"llm", "llm_top_1", "llm_top_2", "sae", "sae_top_1", "sae_top_2"}
@@ -170,3 +172,29 @@ def test_sae_label(tmp_path):
 
     assert sae_label(tmp_path / "run7" / "sae") == "run7_sae"
     assert sae_label(tmp_path / "my_sae") == "my_sae"
+
+
+def test_saebench_absorption_layout():
+    from types import SimpleNamespace
+
+    from chatsae.workflows.bench_report import saebench_absorption
+
+    letter = {"mean_absorption_fraction": 0.25, "full_absorption_rate": 0.1, "num_full_absorption": 1}
+    letters = [
+        {"letter": "a", **letter, "num_probe_true_positives": 10, "num_split_features": 2},
+        {"letter": "b", **letter, "num_probe_true_positives": 0, "num_split_features": 1},
+    ]
+    setup = {"word_position": 81, "prompt_length": 87, "train_words": 800, "test_words": 200}
+    setup["config"] = {"f1_jump_threshold": 0.03, "max_k": 10, "l1_decay": 0.01, "l1_steps": 300}
+    setup["config"].update(min_probe_f1=0.6, min_letters=1)
+    metrics = {"mean_absorption_fraction_score": 0.25}
+    result = {"absorption": {"metrics": metrics, "evaluated_letters": ["a"], "letters": letters}}
+    result["absorption_setup"] = setup
+    cfg = SimpleNamespace(seed=1, absorption_template="{word}:", max_batch_size=8, dtype="float32")
+    doc = saebench_absorption(result, cfg, "embedded", "run_sae", {"d_sae": 4}, "id", 5)
+    assert doc is not None and set(doc) == SAEBENCH_FIELDS
+    assert doc["eval_config"]["prompt_token_pos"] == -6  # SAEBench's position for its template
+    assert [d["first_letter"] for d in doc["eval_result_details"]] == ["a"]
+    assert doc["eval_result_metrics"] == {"mean": metrics} and doc["eval_result_unstructured"] is None
+    result["absorption"]["metrics"] = None
+    assert saebench_absorption(result, cfg, "embedded", "run_sae", {}, "id", 5) is None
