@@ -80,7 +80,9 @@ def test_frontier_gap_matches_hand_computation():
     crossing = frontier_gap(ref, [(10, 0.5), (100, 0.5)], n_points=8)
     assert crossing.pattern == "mixed" and crossing.wins == 4 and crossing.mean_diff == pytest.approx(0.0, abs=1e-12)
     behind = frontier_gap([(10, 3.0), (100, 2.0)], [(5, 1.0), (50, 1.0)])  # overlap [10, 50] only
-    assert behind.pattern == "higher at every point" and behind.wins == 0 and (behind.l0_low, behind.l0_high) == (10, 50)
+    assert (
+        behind.pattern == "higher at every point" and behind.wins == 0 and (behind.l0_low, behind.l0_high) == (10, 50)
+    )
     grid = [10 * 5 ** (i / 8) for i in range(9)]  # naive: interpolate by hand at the log-spaced points
     naive = [(3 - math.log10(x / 10)) - 1.0 for x in grid]
     assert behind.mean_diff == pytest.approx(sum(naive) / 9)

@@ -122,8 +122,7 @@ def test_frontier_verdict_needs_three_seeds(n_seeds, verdict):
     if n_seeds >= 2:
         # each seed's own mean difference (both frontiers share the L0 values, so no interpolation), t over seeds
         per_seed = [
-            float(np.mean([ref.per_seed[k][i][1] - other.per_seed[k][i][1] for k in range(2)]))
-            for i in range(n_seeds)
+            float(np.mean([ref.per_seed[k][i][1] - other.per_seed[k][i][1] for k in range(2)])) for i in range(n_seeds)
         ]
         iv = S.t_interval(per_seed)
         assert full.seeds == pytest.approx([iv.low, iv.high])

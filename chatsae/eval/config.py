@@ -114,7 +114,6 @@ def resolve_config(cfg: EvalConfig, metadata: dict[str, Any], data_from_metadata
         if data is None and meta.get("holdout") and meta.get("data"):
             data = meta["data"]  # the held-out part of the training data
         if data == "default":
-
             data = str(default_data_path())
         if holdout is None and meta.get("holdout") and _same_file(data, meta.get("data")):
             holdout = float(meta["holdout"])

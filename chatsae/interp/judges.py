@@ -212,7 +212,6 @@ class LocalJudge:
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
-
             name, device, dtype = self._spec
             self._model, self._tokenizer = load_model(name, dtype=dtype, device=device)
         return self._model, self._tokenizer

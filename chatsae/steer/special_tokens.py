@@ -192,7 +192,6 @@ def special_token_table(
     model up to the SAE's hook, in length-bucketed batches of at most ``max_tokens`` tokens, and rank latents per
     template token. Memory is bounded by one batch plus ``[n_keys, d_sae]`` accumulators."""
 
-
     hook = resolve_hook(sae, hook)
     device = next(model.parameters()).device
     sae_dtype = sae.W_dec.dtype

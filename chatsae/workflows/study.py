@@ -26,11 +26,15 @@ from ..core.ownership import check_replace, produced_outputs
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
 from ..data.methods import METHODS
-from ..eval.config import EvalConfig
+from ..eval.config import EvalConfig, resolve_config
+from ..eval.evaluate import evaluate_many
+from ..eval.report import fmt
 from ..eval.result import EvalResult, read_result
-from ..sae import SAEConfig
+from ..models import load_model
+from ..sae import SAEConfig, load_sae
 from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
+from ..workflows.train_run import RunConfig, RunSpec, train_run
 
 METHOD_LABELS: dict[str, str] = {m.name: m.label for m in METHODS.values()}
 ARCH_LABELS = {
@@ -149,9 +153,6 @@ class Study:
     @property
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         if self._model is None:
-            from ..activations.pipeline import resolved_model_dtype
-            from ..models import load_model
-
             d = self.data
             self.report(f"loading model {d.model} ...")
             self._model = load_model(
@@ -207,7 +208,6 @@ class Study:
     # ---- data --------------------------------------------------------------------------------------------------
     def harvest(self, data: DataConfig, tag: str) -> tuple[Path, Any]:
         """Harvest the training split of ``data`` into its cache (once: a complete cache is reused)."""
-        from ..activations.pipeline import harvest
 
         budget = self.harvest_opts.max_tokens or self.train_cfg.total_tokens
         self.report(
@@ -273,8 +273,6 @@ class Study:
     ) -> Path:
         """Train one SAE on the cache (harvested with ``data``, default ``self.data``) into ``out_dir/run``: skipped
         if ``run/sae`` exists, resumed from its last checkpoint if interrupted; returns the SAE directory."""
-        from ..activations.cache import ActivationCache
-        from ..workflows.train_run import RunConfig, RunSpec, train_run
 
         out = self.out_dir / run
         wanted = {"architecture": arch, "sparsity_coef": coef, "k": k}
@@ -343,9 +341,6 @@ class Study:
         """Evaluate every SAE on ``es`` (``method`` None = each SAE's own), in order. An ``eval_<set>.json`` newer
         than its SAE and made with the same settings is reused; the others are evaluated together, up to
         ``eval_together`` SAEs per clean forward pass (:func:`~chatsae.eval.evaluate.evaluate_many`)."""
-        from ..eval.config import resolve_config
-        from ..eval.evaluate import evaluate_many
-        from ..sae import load_sae
 
         ev, d = self.ev, self.data
         out: dict[int, EvalResult] = {}
@@ -454,7 +449,6 @@ def unit(key: str) -> str:
 
 def cell(v: Any, bold: bool = False) -> str:
     """A table cell: a number with 4 significant digits (bold if asked), '-' for a missing value."""
-    from ..eval.report import fmt
 
     text = fmt(v) if isinstance(v, (int, float)) and v == v else "-"
     return f"**{text}**" if bold and text != "-" else text
@@ -487,6 +481,5 @@ def write_texts(files: dict[Path, str]) -> list[Path]:
 
 def now() -> str:
     """The current UTC time, ISO 8601 to the second (report dates)."""
-    from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -201,7 +201,12 @@ def render(text: str, tables: dict[str, Callable[[], str]]) -> str:
         pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"no <!-- table:{name} --> ... <!-- /table:{name} --> block")
-        text = pattern.sub(lambda m, t=fn(): m.group(1) + t + m.group(2), text)
+        table = fn()
+
+        def replace(m: re.Match[str], table: str = table) -> str:
+            return m.group(1) + table + m.group(2)
+
+        text = pattern.sub(replace, text)
     return text
 
 
