@@ -213,3 +213,12 @@ def test_cli_bad_input(saved, capsys):
     assert "--mode must be one of" in capsys.readouterr().err
     assert main(["steer", str(saved / "sae"), "--latent", "1", "--prompts", str(saved / "missing.txt")]) == 1
     assert "missing.txt" in capsys.readouterr().err
+
+
+def test_cli_special_tokens_reads_the_bundled_data_as_default(saved, capsys):
+    """`--data default` (as in the README's quick start) is chatsae's own chat data, not a file or dataset name."""
+    out = saved / "st_default"
+    code = main(["special-tokens", str(saved / "sae"), "--data", "default", "--n-samples", "3", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "special_tokens.json").read_text())
+    assert data["n_samples"] == 3 and data["settings"]["data"].endswith("default_chat.jsonl")

@@ -42,7 +42,8 @@ class SpecialTokensOptions:
     """Ranking latents by their average max activation on each chat-template token."""
 
     data: str = ""
-    """Chat data (any format read_records reads: JSON/JSONL/Parquet/HF dataset; messages, ShareGPT, Alpaca, Q/A)."""
+    """Chat data (any format read_records reads: JSON/JSONL/Parquet/HF dataset; messages, ShareGPT, Alpaca, Q/A);
+    'default' = chatsae's own bundled chat data."""
     n_samples: int = 1000
     """Number of samples (conversations, each fed on its own) to analyse."""
     top_k: int = 10
@@ -158,11 +159,14 @@ def _load(sae_dir: str, opts: ModelOptions) -> tuple[Any, Any, Any, str]:
 
 
 def _special_tokens(args: argparse.Namespace) -> int:
+    from ..activations.pipeline import DEFAULT_DATA, default_data_path
     from ..data import read_records
     from ..steer.special_tokens import special_token_table, write_table
 
     cfg = configs_from_args(args)
     opts: SpecialTokensOptions = cfg["special_tokens"]
+    if opts.data == DEFAULT_DATA:
+        opts.data = str(default_data_path())
     check_outputs(opts.out, "special-tokens", opts.overwrite, (args.sae_dir, opts.data), "special_tokens")
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
     settings = {"sae": str(args.sae_dir), "model": name, "data": opts.data}
