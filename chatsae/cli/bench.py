@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--task: each task at most once, got {', '.join(names)}")
     result = run_bench(Path(args.sae_dir), specs, cfg)
     print(format_table(result))
-    out = cfg.out_dir or f"bench_{sae_label(args.sae_dir)}"
+    out = cfg.out_dir or f"runs/bench/{sae_label(args.sae_dir)}"
     print(f"wrote {Path(out) / 'bench.json'}")
     return 0

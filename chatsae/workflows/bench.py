@@ -86,8 +86,8 @@ class BenchConfig:
     dtype: str = "float32"
     """Model dtype: float32 | bfloat16 | float16."""
     out_dir: str | None = None
-    """Output directory. None = bench_<SAE name> in the current directory (the SAE directory's name; RUN_sae for a
-    chatsae train run's RUN/sae)."""
+    """Output directory. None = runs/bench/<SAE name> (the SAE directory's name; RUN_sae for a chatsae train run's
+    RUN/sae)."""
     overwrite: bool = False
     """Write into a non-empty directory chatsae did not make."""
 
