@@ -54,7 +54,7 @@ class SpecialTokensOptions:
     """Truncate samples to this many tokens."""
     dedup_n: int | None = 20
     """n-gram deduplication of samples (None: off)."""
-    out: str = "special_tokens"
+    out: str = "runs/special_tokens"
     """Output directory for special_tokens.md and special_tokens.json."""
     overwrite: bool = False
     """Write into a non-empty --out chatsae did not write (its files are kept: none is replaced or removed)."""
@@ -94,7 +94,7 @@ class SteerOptions:
     """Prompts generated together (left-padded)."""
     n_prompts: int | None = None
     """Use only the first N prompts."""
-    out: str = "steering"
+    out: str = "runs/steering"
     """Output directory for steering.md and steering.json."""
     overwrite: bool = False
     """Write into a non-empty --out chatsae did not write (its files are kept: none is replaced or removed)."""
