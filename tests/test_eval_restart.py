@@ -124,7 +124,7 @@ def test_unknown_family_is_probed(monkeypatch, capsys):
     monkeypatch.setattr(resume, "RESUMABLE", frozenset())
     assert can_resume(model) and model._chatsae_resumable  # the probe passes on a plain Llama
     del model._chatsae_resumable
-    monkeypatch.setattr(resume, "_replace_first", lambda template, new: 2 * new)  # skipped blocks now change it
+    monkeypatch.setattr(resume, "replace_first_output", lambda template, new: 2 * new)  # skipped blocks now change it
     monkeypatch.setattr(resume, "_NOTICED", set())
     assert not can_resume(model)
     assert "cannot restart LlamaForCausalLM" in capsys.readouterr().err

@@ -189,8 +189,8 @@ def test_resolve_device():
 
 def test_model_dtype_policies(monkeypatch):
     """auto keeps float32 off CUDA; fast takes bfloat16 exactly where the device multiplies it natively."""
-    from chatsae import devices
     from chatsae.activations.pipeline import DataConfig, resolved_model_dtype
+    from chatsae.core import devices
 
     cpu = torch.device("cpu")
     for has_bf16 in (True, False):

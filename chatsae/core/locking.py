@@ -90,7 +90,7 @@ def check_claim(
     """The checks of :func:`claim_dir` without creating anything (run them before a model loads)."""
     path = Path(path)
     try:
-        check_output_place(path, option, [str(i) for i in inputs if i], kind)
+        check_output_place(path, option, [str(i) for i in inputs if i], kind, subdir=True)
     except ValueError as e:
         raise OutputDirError(str(e)) from None
     if path.exists() and not path.is_dir():

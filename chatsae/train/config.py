@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..core.config import ConfigError, check, validate
 from ..core.devices import resolve_device
-from .tracking import check_installed, parse_backends
+from . import tracking
 
 # sparsity coefficient per architecture, for inputs normalised to E||x||^2 = 1
 DEFAULT_SPARSITY_COEF = {
@@ -134,7 +134,8 @@ class TrainConfig:
         )
 
         try:
-            check_installed(parse_backends(self.tracking))  # before a harvest: a missing package fails at once
+            # before a harvest: a missing package fails at once (looked up at call time: tests stand a module in)
+            tracking.check_installed(tracking.parse_backends(self.tracking))
         except ValueError as e:
             raise ConfigError(str(e).removeprefix("--tracking"), "tracking") from None
         for name in ("lr_warmup_steps", "sparsity_warmup_steps"):
