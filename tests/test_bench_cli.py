@@ -198,3 +198,17 @@ def test_saebench_absorption_layout():
     assert doc["eval_result_metrics"] == {"mean": metrics} and doc["eval_result_unstructured"] is None
     result["absorption"]["metrics"] = None
     assert saebench_absorption(result, cfg, "embedded", "run_sae", {}, "id", 5) is None
+
+
+def test_bench_default_output_is_under_runs_and_is_what_it_prints(setup, tmp_path, monkeypatch, capsys):
+    """Without --out-dir the files go to runs/bench/<SAE name> (git-ignored), the place the command prints."""
+    from chatsae.workflows.bench_report import sae_label
+
+    root, chat, _, _ = setup
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", str(root / "sae"), "--device", "cpu", "--ks", "1", "--no-absorption"]
+    assert main([*args, "--task", f"template={chat}", "--tokens-per-class", "20"]) == 0
+    printed = capsys.readouterr().out
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("bench.json"))
+    expected = f"runs/bench/{sae_label(root / 'sae')}/bench.json"
+    assert written == [expected] and f"wrote {expected}" in printed

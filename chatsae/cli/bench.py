@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..workflows.bench import run_bench
+    from ..workflows.bench import default_out_dir, run_bench
     from ..workflows.bench_data import parse_task
-    from ..workflows.bench_report import format_table, sae_label
+    from ..workflows.bench_report import format_table
 
     tasks_given = args.__dict__.pop("task", None)
     no_tasks = args.__dict__.pop("no_tasks", False)
@@ -48,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--task: each task at most once, got {', '.join(names)}")
     result = run_bench(Path(args.sae_dir), specs, cfg)
     print(format_table(result))
-    out = cfg.out_dir or f"runs/bench/{sae_label(args.sae_dir)}"
-    print(f"wrote {Path(out) / 'bench.json'}")
+    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(args.sae_dir)
+    print(f"wrote {out / 'bench.json'}")
     return 0

@@ -118,6 +118,11 @@ class BenchConfig:
             raise ValueError(f"--ks must be positive integers, got {self.ks}")
 
 
+def default_out_dir(sae_dir: str | Path) -> Path:
+    """Where ``chatsae bench`` writes without ``--out-dir``: ``runs/bench/<SAE name>``."""
+    return Path("runs") / "bench" / sae_label(sae_dir)
+
+
 BENCH_FILES = ("bench.json", "saebench_sparse_probing.json", "saebench_absorption_first_letter.json", "report.txt")
 """The files ``chatsae bench`` writes into ``--out-dir``."""
 
@@ -174,7 +179,7 @@ def _say(text: str) -> None:
 def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> dict[str, Any]:
     """Run the suite; writes the outputs (see module docstring) and returns chatsae's result dictionary."""
     sae_dir = Path(sae_dir)
-    out = Path(cfg.out_dir or f"bench_{sae_label(sae_dir)}")
+    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(sae_dir)
     inputs = [sae_dir] + [Path(f) for t in tasks for f in t.files]
     if cfg.model and Path(cfg.model).exists():
         inputs.append(Path(cfg.model))
