@@ -155,3 +155,18 @@ def test_output_options_never_write_into_an_sae_folder_or_replace_a_user_file(tm
     assert "--out is the input" in capsys.readouterr().err
     assert (user / "steering.md").read_text() == "my own notes"
     assert {p.name: p.read_bytes() for p in sae.iterdir()} == before and load_sae(sae).cfg.d_sae == 16
+
+
+def test_an_output_directory_may_be_a_new_sub_directory_of_an_sae_directory(tmp_path):
+    """SAE/neuronpedia (the export's default) replaces none of the SAE's files: allowed; a sub-directory named like one
+    of the SAE's own files, the SAE directory itself, or a new directory inside a cache are refused."""
+    from chatsae.core.ownership import check_output_place
+    from chatsae.sae import SAEConfig, create_sae, save_sae
+
+    sae_dir = save_sae(create_sae(SAEConfig(d_in=8, d_sae=16), seed=0), tmp_path / "sae")
+    assert check_output_place(sae_dir / "neuronpedia", "--out", subdir=True) == sae_dir / "neuronpedia"
+    for bad in (sae_dir, sae_dir / "cfg.json"):
+        with pytest.raises(ValueError, match="a sae directory of chatsae"):
+            check_output_place(bad, "--out", subdir=True)
+    with pytest.raises(ValueError, match="a sae directory of chatsae"):
+        check_output_place(sae_dir / "neuronpedia", "--out")  # a file output is never allowed there

@@ -203,8 +203,9 @@ def check_output_place(
     """``path`` if an output may go there: a :class:`ValueError` naming ``option`` when it equals or lies inside one
     of ``inputs``, is a dangling symbolic link, or lies in (or is) an SAE, cache, features, run or checkpoint
     directory of chatsae (unless that directory is of ``kind``, the output's own; ``"*"``: any). ``subdir``: the
-    output is a directory, allowed as a new sub-directory of such a directory (e.g. ``SAE/neuronpedia``) whose name
-    is none of the files chatsae wrote there: it replaces none of them."""
+    output is a directory, allowed as a new sub-directory of an SAE directory (e.g. ``SAE/neuronpedia``, where
+    features, dashboards and exports go by default) whose name is none of the files chatsae wrote there: it replaces
+    none of them."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ValueError(f"{path}: {option} is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -217,7 +218,7 @@ def check_output_place(
             what = "is" if real == src else "lies inside"
             raise ValueError(f"{path}: {option} {what} the input {given}; choose an output path outside the inputs")
     found = enclosing_output(real)
-    if found is not None and subdir and real != found[0]:
+    if found is not None and subdir and found[1] == "sae" and real != found[0]:
         top = real.relative_to(found[0]).parts[0]
         if top not in written(found[0]) and not (found[0] / top).is_file():
             found = None  # a sub-directory of its own: none of that directory's files is touched
