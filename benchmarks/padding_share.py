@@ -13,9 +13,9 @@ share and real tokens per batch.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
+from chatsae.activations.harvest import length_windows
 from chatsae.activations.pipeline import default_data_path
 from chatsae.data.formats import read_records
 from chatsae.data.sequences import BucketStats, TokenSequence, bucket_batches, fast_sequences
@@ -30,25 +30,11 @@ DATA = {
 }
 
 
-def windows(seqs: list[TokenSequence], tokens: int) -> Iterator[list[TokenSequence]]:
-    """Consecutive windows of at least ``tokens`` tokens (the last one shorter), as the harvest cuts them."""
-    window: list[TokenSequence] = []
-    n = 0
-    for s in seqs:
-        window.append(s)
-        n += len(s.input_ids)
-        if n >= tokens:
-            yield window
-            window, n = [], 0
-    if window:
-        yield window
-
-
 def share(
     seqs: list[TokenSequence], budget: int, window: int, max_batch_size: int, max_padding: float | None
 ) -> BucketStats:
     stats = BucketStats()
-    for w in windows(seqs, window):
+    for w in length_windows(seqs, window):
         for _ in bucket_batches(w, budget, max_batch_size, len(w), stats=stats, max_padding=max_padding):
             pass
     return stats

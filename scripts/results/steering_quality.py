@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-from torch import Tensor
 
 from chatsae.data.formats import read_records, split_records
+from chatsae.eval.result import json_safe
 from chatsae.models import load_model
 from chatsae.sae import load_sae
 from chatsae.steer.report import encode_prompt
@@ -32,21 +30,6 @@ from chatsae.workflows.steering_quality import (
     quality_summary,
     run_quality,
 )
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN/inf -> None (JSON has no NaN); tensors and numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, Tensor):
-        return json_safe(obj.tolist())
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    return obj
 
 
 def main() -> None:
