@@ -1,0 +1,94 @@
+"""What a training run reports beyond the trainer's metrics: the records and samples the data lost before training
+(with a warning when too many), the rows of the final table, and the quality verdict (``status: failed_quality``
+when the SAE reconstructs worse than the mean activation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.constants import TRAINING_SUMMARY_FILE
+from ..core.utils import atomic_file
+from ..train.init import MAX_FVU
+from .run_source import RunSource
+
+DROP_WARN_SHARE = 0.05
+"""A warning line is printed when more than this share of the records is dropped before training."""
+
+
+def data_counts(src: RunSource) -> dict[str, int]:
+    """What the data lost before training: records skipped as malformed (``--skip-bad``), samples dropped by the
+    n-gram dedup or as empty, samples truncated at ``--max-length``; from this run's harvest, else from the cache's
+    manifest ({} when unknown: tensor files, synthetic data, caches written before these counts existed)."""
+    cache = getattr(src.source, "cache", None)
+    return harvest_counts(src.context, cache.manifest.info if cache is not None else {})
+
+
+def harvest_counts(context: dict[str, Any], info: dict[str, Any]) -> dict[str, int]:
+    """:func:`data_counts` from a harvest's ``context`` (this run's counts), else a cache manifest's ``info``."""
+    seq = context.get("sequence_stats") or info.get("sequences")
+    if not isinstance(seq, dict):
+        return {}
+    data = context.get("data_info") or info.get("data") or {}
+    return {
+        "records_skipped_bad": int(data.get("skipped") or 0),
+        "samples_read": seq.get("n_samples", 0),
+        "samples_dedup_dropped": seq.get("n_duplicates", 0),
+        "samples_empty_dropped": seq.get("n_empty", 0),
+        "samples_truncated": seq.get("n_truncated", 0),
+    }
+
+
+def warn_dropped(counts: dict[str, int], report: Callable[[str], None]) -> None:
+    """Report a warning line with the reasons when more than :data:`DROP_WARN_SHARE` of the records are dropped."""
+    why = {
+        "by the n-gram dedup (--dedup-n; 0 disables it)": counts["samples_dedup_dropped"],
+        "empty (no content token)": counts["samples_empty_dropped"],
+        "malformed, skipped (--skip-bad)": counts["records_skipped_bad"],
+    }
+    dropped, total = sum(why.values()), counts["samples_read"] + counts["records_skipped_bad"]
+    if total and dropped > DROP_WARN_SHARE * total:
+        reasons = ", ".join(f"{n:,} {k}" for k, n in why.items() if n)
+        report(
+            f"WARNING: {dropped:,} of {total:,} records ({100 * dropped / total:.1f}%) were dropped before "
+            f"training: {reasons}"
+        )
+
+
+def count_rows(summary: dict[str, Any]) -> dict[str, str]:
+    """Rows of the final table: the data counts and the outlier vectors dropped."""
+    c = summary.get("data_counts") or {}
+    labels = {
+        "records_skipped_bad": "records skipped (--skip-bad)",
+        "samples_dedup_dropped": "samples dropped by dedup",
+        "samples_empty_dropped": "empty samples dropped",
+        "samples_truncated": "samples truncated",
+    }
+    rows = {
+        label: f"{c[k]:,} of {c['samples_read'] + c['records_skipped_bad']:,}" for k, label in labels.items() if k in c
+    }
+    rows["outlier vectors dropped"] = f"{summary.get('outlier_rows_dropped', 0):,}"
+    return rows
+
+
+def judge_quality(
+    summary: dict[str, Any], held_out_fvu: float | None, sae_dir: Path, report: Callable[[str], None]
+) -> None:
+    """Mark the run ``status: failed_quality`` (with ``failure``) when the final train or held-out FVU exceeds
+    ``MAX_FVU``, report it, and rewrite ``training_summary.json`` beside the SAE with the held-out FVU and status."""
+
+    fvus = {"train": summary.get("train_fvu"), "held-out": held_out_fvu}
+    bad = [f"{k} FVU {v:.4g}" for k, v in fvus.items() if v is not None and not v <= MAX_FVU]
+    if held_out_fvu is not None:
+        summary["eval_fvu"] = held_out_fvu
+    summary["status"] = "failed_quality" if bad else "ok"
+    if bad:
+        summary["failure"] = (
+            f"final {' and '.join(bad)} > {MAX_FVU:g}: the SAE reconstructs worse than the mean "
+            f"activation; it is saved in {sae_dir} but marked failed_quality"
+        )
+        report(f"FAILED: {summary['failure']}")
+    with atomic_file(sae_dir / TRAINING_SUMMARY_FILE, "w") as fh:
+        fh.write(json.dumps(summary, indent=2, default=str))
