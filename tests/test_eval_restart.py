@@ -165,13 +165,13 @@ def test_evaluate_without_zero_ablation_skips_one_pass_and_keeps_the_other_losse
     tests/test_eval_zero_ablation.py.)"""
     import importlib
 
-    evaluate_module = importlib.import_module("chatsae.eval.evaluate")
+    passes_module = importlib.import_module("chatsae.eval.spliced_passes")  # where the forward passes run
 
     model, tok = tiny_llama
     sae = small_sae("mlp_out.1")
     records = [chat(i) for i in range(4)]
     # edited passes: restarted, or prefix-shared (these records share their system prompt: chatsae.models.prefix)
-    calls = [record_calls(monkeypatch, evaluate_module, name) for name in ("resumed_logits", "edited_forward_shared")]
+    calls = [record_calls(monkeypatch, passes_module, name) for name in ("resumed_logits", "edited_forward_shared")]
     out = {}
     for zero in (True, False):
         for seen in calls:

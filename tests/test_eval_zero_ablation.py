@@ -114,13 +114,13 @@ def test_evaluate_takes_the_short_pass_and_matches_full_passes(tiny_llama, monke
     CE zero-ablated and CE recovered as ``restart=False`` (full passes over every row)."""
     import importlib
 
-    evaluate_module = importlib.import_module("chatsae.eval.evaluate")
+    passes_module = importlib.import_module("chatsae.eval.spliced_passes")  # where the forward passes run
     model, tok = tiny_llama
     sae = small_sae("resid_post.1")
     records = [chat(i) for i in range(8)]
-    short = record_calls(monkeypatch, evaluate_module, "zero_ablated_losses")
+    short = record_calls(monkeypatch, passes_module, "zero_ablated_losses")
     # edited passes: restarted, or prefix-shared (the records share their system prompt: chatsae.models.prefix)
-    edited = [record_calls(monkeypatch, evaluate_module, name) for name in ("resumed_logits", "edited_forward_shared")]
+    edited = [record_calls(monkeypatch, passes_module, name) for name in ("resumed_logits", "edited_forward_shared")]
     out = {}
     for restart in (True, False):
         cfg = EvalConfig(progress=False, batch_tokens=600, restart=restart, splice_first_position=first)

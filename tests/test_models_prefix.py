@@ -25,7 +25,7 @@ from chatsae.models.resume import clean_forward
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny matmuls: one torch thread (see conftest)
 family_model = test_eval_restart.family_model  # the fixture: one tiny model per family
-evaluate_module = importlib.import_module("chatsae.eval.evaluate")
+passes_module = importlib.import_module("chatsae.eval.spliced_passes")  # where the forward passes run
 
 
 def _batch(prefix: int = 9, lengths: tuple[int, ...] = (16, 12, 16, 10, 14)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +160,7 @@ def test_evaluate_shares_the_prefix_and_matches_full_passes(tiny_llama, monkeypa
     model, tok = tiny_llama
     sae = small_sae(hook, method="fast")
     records = [chat(i) for i in range(6)]
-    shared = record_calls(monkeypatch, evaluate_module, "clean_forward_shared")
+    shared = record_calls(monkeypatch, passes_module, "clean_forward_shared")
     out = {}
     for name, options in {"full": {"restart": False}, "whole": {"share_prefix": False}, "shared": {}}.items():
         shared.clear()
@@ -196,8 +196,8 @@ def test_evaluate_many_shares_the_prefix_once_per_pass(tiny_llama, monkeypatch):
     records = [chat(i) for i in range(6)]
     cfg = EvalConfig(progress=False, batch_tokens=400, hook="resid_post.1", splice_first_position=True)
     alone = [evaluate(s, model, tok, records, cfg).metrics for s in saes]
-    clean = record_calls(monkeypatch, evaluate_module, "clean_forward_shared")
-    zero = record_calls(monkeypatch, evaluate_module, "zero_ablated_losses")
+    clean = record_calls(monkeypatch, passes_module, "clean_forward_shared")
+    zero = record_calls(monkeypatch, passes_module, "zero_ablated_losses")
     calls: list[int] = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -317,7 +317,7 @@ def test_a_training_run_evaluates_as_it_harvests(tiny_llama, tmp_path, monkeypat
     from chatsae.activations.harvest import HarvestOptions
     from chatsae.workflows import train_run
 
-    shared_eval = record_calls(monkeypatch, evaluate_module, "clean_forward_shared")
+    shared_eval = record_calls(monkeypatch, passes_module, "clean_forward_shared")
     asked: list[bool] = []  # the harvest's share argument, per batch
     real = harvest_mod.capture_sharing_prefix
 

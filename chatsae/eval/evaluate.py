@@ -26,222 +26,55 @@ metric 1.49 at ``resid_post.15`` (1.70 without the shared prefix), 0.85 per SAE 
 
 Without ``lm_loss`` only the model up to the hook is run (``capture_shared``: the shared prefix once). Padding is
 excluded everywhere through the attention mask; labels are the next token of the same sequence.
+
+Record selection and sequence building are in :mod:`chatsae.eval.sequences`, the forward passes and their losses in
+:mod:`chatsae.eval.spliced_passes`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..core.progress import Progress
-from ..data.chat_template import tokenizer_info
-from ..data.formats import Record, split_records
-from ..data.methods import data_method
-from ..data.sequences import (
-    PaddedBatch,
-    TokenSequence,
-    bucket_batches,
-    pad_batch,
-)
-from ..models import HookPoint, check_hook, check_sae_width, edit
-from ..models.prefix import (
-    SplitLogits,
-    can_share_prefix,
-    capture_shared,
-    clean_forward_shared,
-    edited_forward_shared,
-    shared_prefix_length,
-)
-from ..models.resume import Checkpoint, can_resume, clean_forward, resumed_logits
+from ..data.formats import Record
+from ..data.sequences import PaddedBatch, bucket_batches, pad_batch
+from ..models import HookPoint, check_hook, check_sae_width
+from ..models.prefix import capture_shared
+from ..models.resume import can_resume
 from ..sae import K_ARCHITECTURES, SAE
 from . import metrics as M
 from .config import EvalConfig, resolve_config
 from .result import EvalResult, write_result
+from .sequences import build_sequences, select_records, special_ids
+from .spliced_passes import LMLosses, Logits, loss_by_part, spliced_losses, spliced_losses_many
 from .streaming import SubsetAccumulator
-from .zero_ablation import keep_first, zero_ablated_losses, zeroing
 
-
-# ---- sequences ---------------------------------------------------------------------------------------------------
-def select_records(records: Iterable[Record], cfg: EvalConfig) -> Iterable[Record]:
-    """Apply the held-out split (``cfg.holdout``, ``cfg.holdout_seed``) then ``cfg.max_samples``."""
-    if cfg.holdout:
-        records = split_records(records, cfg.holdout, seed=cfg.holdout_seed or 0).heldout
-    return itertools.islice(records, cfg.max_samples) if cfg.max_samples else records
-
-
-def build_sequences(records: Iterable[Record], tokenizer: Any, cfg: EvalConfig) -> list[TokenSequence]:
-    """Token sequences for ``cfg.method`` (fast: one per sample; bt-f / bt-p: blocks, the last partial block kept),
-    cut at ``cfg.max_tokens`` in total. No dedup: every selected record is evaluated."""
-    if cfg.method is None:
-        raise ValueError("EvalConfig.method is unset: resolve the config against the SAE first (resolve_config)")
-    seqs = data_method(cfg.method, "EvalConfig.method").sequences(
-        records, tokenizer, max_length=cfg.max_length, context_size=cfg.context_size, drop_last=False
-    )
-    out: list[TokenSequence] = []
-    total = 0
-    for seq in seqs:
-        if cfg.max_tokens is not None and total + len(seq.input_ids) > cfg.max_tokens:
-            room = cfg.max_tokens - total
-            if room > 0:
-                out.append(TokenSequence._make(f[:room] for f in seq))
-            break
-        out.append(seq)
-        total += len(seq.input_ids)
-    return out
-
-
-# ---- forward passes ----------------------------------------------------------------------------------------------
-class LMLosses(NamedTuple):
-    """Per-position losses ``[B, T]`` of one batch (0 where ``mask`` is false); ``ce_zero`` None when skipped."""
-
-    ce_clean: Tensor
-    ce_spliced: Tensor
-    kl: Tensor
-    ce_zero: Tensor | None
-    mask: Tensor
-
-
-def _logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-
-@torch.inference_mode()
-def spliced_losses(
-    model: nn.Module,
-    hook: str | HookPoint,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    fn: Callable[[Tensor], Tensor],
-    zero_ablation: bool = True,
-    splice_first_position: bool = True,
-    ce_zero: Tensor | None = None,
-    restart: bool | None = None,
-    share_prefix: bool = True,
-) -> LMLosses:
-    """Clean vs. spliced (activation at ``hook`` replaced by ``fn(act)``) vs. zero-ablated next-token losses.
-
-    ``input_ids``/``attention_mask`` ``[B, T]``. With ``splice_first_position=False`` position 0 keeps its clean
-    activation in both the spliced and the zero-ablated pass. ``ce_zero`` ``[B, T]``: the zero-ablated losses of
-    these inputs computed before (the pass is then skipped). ``restart``: run the edited passes from the hook layer
-    on, from the clean pass's state, and the zero-ablated one as one short pass where
-    :func:`~chatsae.eval.zero_ablation.zero_ablated_losses` applies (None = where
-    :func:`~chatsae.models.resume.can_resume`); with ``share_prefix`` too, the prefix every row shares runs once
-    (:mod:`chatsae.models.prefix`). Same results.
-    """
-    return spliced_losses_many(
-        model,
-        hook,
-        input_ids,
-        attention_mask,
-        [fn],
-        zero_ablation,
-        splice_first_position,
-        ce_zero,
-        restart,
-        share_prefix,
-    )[0]
-
-
-Logits = Tensor | SplitLogits
-
-
-def loss_by_part(
-    loss: Callable[..., tuple[Tensor, ...]], logits: list[Logits], labels: Tensor, mask: Tensor
-) -> tuple[Tensor, ...]:
-    """``loss(*logits, labels, mask)`` (per-position ``[B, T]`` tensors); for :class:`SplitLogits` the prefix's
-    positions are scored once (but the last, whose label is each row's first token after it) and spread to every
-    row."""
-    if not isinstance(logits[0], SplitLogits):
-        return loss(*logits, labels, mask)
-    split = [lg for lg in logits if isinstance(lg, SplitLogits)]
-    rows, last = labels.shape[0], split[0].prefix.shape[1] - 1
-    head = loss(*(s.prefix[:, :last] for s in split), labels[:1, :last], mask[:1, :last])
-    edge = loss(
-        *(s.prefix[:, last:].expand(rows, -1, -1) for s in split), labels[:, last : last + 1], mask[:, last : last + 1]
-    )
-    tail = loss(*(s.rest for s in split), labels[:, last + 1 :], mask[:, last + 1 :])
-    return tuple(
-        torch.cat([h.expand(rows, -1) * mask[:, :last], e, t], dim=1) for h, e, t in zip(head, edge, tail, strict=True)
-    )
-
-
-@torch.inference_mode()
-def spliced_losses_many(
-    model: nn.Module,
-    hook: str | HookPoint,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    fns: list[Callable[[Tensor], Tensor]],
-    zero_ablation: bool = True,
-    splice_first_position: bool = True,
-    ce_zero: Tensor | None = None,
-    restart: bool | None = None,
-    share_prefix: bool = True,
-) -> list[LMLosses]:
-    """:func:`spliced_losses` for several splice functions at one hook from **one** clean pass (and one
-    zero-ablated pass, shared: it does not depend on the splice); one :class:`LMLosses` per function, in order."""
-    point = check_hook(model, hook)
-    labels, mask = M.next_token_labels(input_ids, attention_mask)
-    if restart is None:
-        restart = can_resume(model)
-    prefix = shared_prefix_length(input_ids, attention_mask) if restart and share_prefix else 0
-    if prefix and not can_share_prefix(model):
-        prefix = 0
-    ckpt: Checkpoint | None = None
-    clean: Logits
-    if prefix:
-        clean, ckpt, shared = clean_forward_shared(model, point, input_ids, attention_mask, prefix)
-        act = ckpt.act
-
-        def edited(f: Callable[[Tensor], Tensor]) -> Logits:
-            return edited_forward_shared(model, shared, input_ids, attention_mask, f(act))
-    elif restart:
-        clean, start = clean_forward(model, point, input_ids, attention_mask)
-        ckpt = start
-
-        def edited(f: Callable[[Tensor], Tensor]) -> Logits:
-            return resumed_logits(model, start, input_ids, attention_mask, f)
-    else:
-        clean = _logits(model, input_ids, attention_mask)
-
-        def edited(f: Callable[[Tensor], Tensor]) -> Logits:
-            with edit(model, point, f):
-                return _logits(model, input_ids, attention_mask)
-
-    losses = []
-    for fn in fns:
-        splice = fn if splice_first_position else keep_first(fn)
-        losses.append(loss_by_part(M.paired_losses, [clean, edited(splice)], labels, mask))
-    del clean
-    if zero_ablation and ce_zero is None and restart:  # one short pass instead (module chatsae.eval.zero_ablation)
-        ce_zero = zero_ablated_losses(
-            model, point, input_ids, attention_mask, labels, mask, splice_first_position, ckpt
-        )
-    if zero_ablation and ce_zero is None:
-        (ce_zero,) = loss_by_part(
-            lambda lg, lab, m: (M.token_cross_entropy(lg, lab, m),),
-            [edited(zeroing(splice_first_position))],
-            labels,
-            mask,
-        )
-    return [
-        LMLosses(ce_clean, ce_spliced, kl, ce_zero if zero_ablation else None, mask)
-        for ce_clean, ce_spliced, kl in losses
-    ]
+__all__ = [
+    "LMLosses",
+    "Logits",
+    "build_sequences",
+    "evaluate",
+    "evaluate_many",
+    "loss_by_part",
+    "select_records",
+    "special_ids",
+    "spliced_losses",
+    "spliced_losses_many",
+    "zero_ablation_key",
+]
 
 
 def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-# ---- the driver --------------------------------------------------------------------------------------------------
 def evaluate(
     sae: SAE,
     model: nn.Module,
@@ -398,12 +231,6 @@ def _eval_batch(
             store["x"], store["x_hat"], store["f"], token_class[valid], positions[valid], seq_ids[valid], ids[valid]
         )
     return int(valid.sum())
-
-
-def special_ids(tokenizer: Any) -> list[int]:
-    """The tokenizer's special token ids (the strict MSE_st set), as the chat renderer collects them."""
-
-    return sorted(tokenizer_info(tokenizer, chat=False).special_ids)
 
 
 def _sae_info(sae: SAE, path: str | None) -> dict[str, Any]:
