@@ -101,3 +101,59 @@ def test_commands_failing_on_their_inputs_leave_no_output_directory(tmp_path: Pa
     for cmd in commands:
         assert main(cmd) != 0, cmd
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"], (cmd, capsys.readouterr().err)
+
+
+def torch_like_save(real):
+    """torch.save as it behaves on a full disk: given a path, its C++ writer fails with a RuntimeError that names
+    neither the file nor ENOSPC; given a Python file, the file's write raises OSError(ENOSPC)."""
+
+    def save(obj, f, *a, **kw):
+        if isinstance(f, (str, Path)):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return save
+
+
+def test_a_full_disk_under_torch_save_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    from chatsae.core.utils import torch_save
+
+    if Path("/dev/full").exists():  # a real ENOSPC: every write to /dev/full fails with it
+        with pytest.raises(DiskFullError, match=r"^disk full while writing /dev/full \(.* MiB needed, .* free\)"):
+            torch_save({"w": torch.zeros(300_000)}, "/dev/full")
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", torch_like_save(torch.save))
+    assert main([*ARGS, "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected" not in err, err
+    assert f"disk full while writing {out / 'checkpoints' / 'step_0000000004'} (" in err and "MiB free" in err
+    assert not list(out.glob("checkpoints/step_*"))  # nothing half-written is left as a checkpoint
+
+
+def test_a_full_disk_while_appending_the_metrics_log_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    import builtins
+
+    real_open = builtins.open
+
+    class Full:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(file, mode="r", *a, **kw):
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            return Full()
+        return real_open(file, mode, *a, **kw)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(builtins, "open", full_open)
+    assert main([*ARGS, "--out-dir", str(out), "--log-every", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"chatsae train: error: disk full while writing {out / 'metrics.jsonl'} ("), err

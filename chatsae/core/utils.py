@@ -36,6 +36,7 @@ __all__ = [
     "parse_dtype",
     "safe_name",
     "safetensors_shapes",
+    "torch_save",
     "write_output_file",
 ]
 
@@ -129,7 +130,9 @@ def atomic_dir(
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
             _write_marker(tmp, kind, names, digests)
-        except DiskFullError:
+        except DiskFullError as e:
+            if str(tmp) in str(e):  # a writer inside the temporary copy (torch_save): name the directory
+                raise disk_full(path, needed or tree_bytes(tmp)) from e
             raise
         except Exception as e:
             if is_disk_full(e):
@@ -260,6 +263,41 @@ def _atomic_file(path: str | Path, mode: str, needed: int | None, keep_record: b
         if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_disk_full(e):
             raise disk_full(path, max(needed or 0, size) or None) from e
         raise
+
+
+def torch_save(obj: Any, path: str | Path, needed: int | None = None) -> Path:
+    """``torch.save(obj, path)`` through a Python file handle: given a path, torch's C++ writer reports a full disk as
+    a RuntimeError naming neither the file nor ENOSPC (``unexpected pos ...``); through a handle the write raises
+    ENOSPC, turned into :func:`chatsae.core.faults.disk_full` naming ``path`` (``needed``: bytes, if known)."""
+    path = Path(path)
+    try:
+        with open(path, "wb") as fh:
+            torch.save(obj, fh)
+    except DiskFullError:
+        raise
+    except Exception as e:
+        chain: list[BaseException] = []
+        link: BaseException | None = e
+        while link is not None and len(chain) < 8:
+            chain.append(link)
+            link = link.__cause__ or link.__context__
+        if any(is_disk_full(x) for x in chain):
+            raise disk_full(path, needed or _tensor_bytes(obj) or None) from e
+        raise
+    return path
+
+
+def _tensor_bytes(obj: Any, depth: int = 0) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples): what ``torch.save`` needs at least."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if depth > 20:
+        return 0
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, depth + 1) for v in obj)
+    return 0
 
 
 def check_output_file(path: str | Path, option: str, inputs: tuple[object, ...] = (), own_place: bool = False) -> Path:

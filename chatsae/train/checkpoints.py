@@ -29,7 +29,7 @@ from ..core.constants import (
 from ..core.faults import DiskFullError
 from ..core.locking import OutputDirError
 from ..core.ownership import is_chatsae_dir, is_empty_dir, owns, read_marker, remove_owned
-from ..core.utils import atomic_dir, file_digest
+from ..core.utils import atomic_dir, file_digest, torch_save
 from ..sae import SAE
 from .state import TrainState
 
@@ -232,13 +232,13 @@ def write_checkpoint(
     with atomic_dir(path, kind="checkpoint", needed=3 * weight_bytes) as tmp:  # weights + Adam's two moments
         weights = {k: v.detach().cpu().contiguous() for k, v in parts.sae.state_dict().items()}
         save_file(weights, str(tmp / CHECKPOINT_SAE_FILE))
-        torch.save(parts.optimizer.state_dict(), tmp / CHECKPOINT_OPTIMIZER_FILE)
+        torch_save(parts.optimizer.state_dict(), tmp / CHECKPOINT_OPTIMIZER_FILE)
         saved = {**state.state_dict(), "source": source_state, "window": window_rows, "world_size": world}
         if ranks is not None:
             saved["ranks"] = ranks
         if parts.scaler is not None and parts.scaler.is_enabled():
             saved["grad_scaler"] = parts.scaler.state_dict()
-        torch.save(saved, tmp / CHECKPOINT_STATE_FILE)
+        torch_save(saved, tmp / CHECKPOINT_STATE_FILE)
         (tmp / CHECKPOINT_SAE_CONFIG_FILE).write_text(json.dumps(parts.sae.cfg.to_dict(), indent=2))
         (tmp / CHECKPOINT_RUN_CONFIG_FILE).write_text(json.dumps(parts.run_config, indent=2))
         sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}

@@ -25,6 +25,7 @@ from ..core import distributed as pg
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE, RUN_CONFIG_FILE, SAE_DIR, TRAINING_SUMMARY_FILE
 from ..core.devices import resolve_device
+from ..core.faults import named_disk_full
 from ..core.locking import DirLock, claim_dir
 from ..core.ownership import record
 from ..core.progress import Progress
@@ -333,8 +334,9 @@ class Trainer:
         row = {"step": self.step, "tokens": self.tokens, **mean_metrics(rows), "tokens_per_s": tok_s}
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["sparsity_coef"] = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with named_disk_full(self.metrics_path, len(line)), open(self.metrics_path, "a") as fh:
+            fh.write(line)
         if self.tracker is not None:
             self.tracker.log(row, self.step)
 
