@@ -289,8 +289,10 @@ def test_compare_end_to_end_then_resume(study_files, capsys):
         best = min(res, key=lambda m: res[m][arch]["log2_mse_st"])
         assert report["best"]["heldout"][arch]["log2_mse_st"] == best
     md = (out / "report.md").read_text()
-    # the two paper tables, the caches, two rows each of fidelity, token classes and intervals
-    assert md.count("\n| BT(P) | ") == 9
+    # the three paper tables (with / without position 0, template parts), the caches, two rows each of fidelity,
+    # token classes and intervals
+    assert md.count("\n| BT(P) | ") == 10
+    assert "### MSE_st by template part" in md and "MSE_st, system block" in md
     assert "### Verdicts (paired differences, A − B)" in md and "FAST vs BT(F)" in md or "FAST lower" in md
     iv = res["fast"]["jumprelu"]["intervals"]["log2_mse_st"]
     assert iv["seeds"] is None and iv["n_seeds"] == 1  # one seed: no interval over seeds

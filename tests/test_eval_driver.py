@@ -57,6 +57,8 @@ HEADLINE_KEYS = {
     "log2_mse_st_strict",
     "log2_mse_no_pos0",
     "log2_mse_st_no_pos0",
+    "log2_mse_st_prefix",
+    "log2_mse_st_turns",
     "log2_mse_st_strict_no_pos0",
     "fvu",
     "fvu_no_pos0",
@@ -352,3 +354,15 @@ def test_several_saes_share_one_clean_pass(tiny_llama, sae, tmp_path):
                 resolve_config(EvalConfig(progress=False, batch_tokens=200, share_prefix=False), other.cfg.metadata),
             ],
         )
+
+
+def test_a_study_reevaluates_results_without_the_current_subsets() -> None:
+    """EvalResult.is_current: a study reuses an eval file only when it has per-sequence sums and every subset of
+    SUBSETS (an older file without the template parts is evaluated again)."""
+    per_seq = {"all": {"n": [3, 4], "sse": [1.0, 2.0]}}
+    full = EvalResult({}, {}, {s: {"tokens": 1} for s in SUBSETS}, per_sequence=per_seq)
+    assert full.is_current()
+    old = EvalResult({}, {}, {s: {"tokens": 1} for s in SUBSETS if s not in ("special_prefix", "special_turns")})
+    old.per_sequence = per_seq
+    assert not old.is_current()
+    assert not EvalResult({}, {}, {s: {"tokens": 1} for s in SUBSETS}).is_current()  # no per-sequence sums

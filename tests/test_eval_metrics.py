@@ -270,7 +270,8 @@ def test_subset_firing_counts_match_a_loop_over_subsets() -> None:
         sl = slice(lo, hi)
         acc.update(x[sl], x[sl] * 0.9, f[sl], token_class[sl], positions[sl], seq_ids[sl], token_ids[sl])
     strict = M.strict_special(token_ids, torch.tensor([1, 2, 3]))
-    for name, m in M.subset_masks(token_class, positions, strict).items():
+    before = M.before_first_user(token_class, positions, seq_ids)
+    for name, m in M.subset_masks(token_class, positions, strict, before).items():
         ref = SparsityAccumulator(d_sae)
         ref.update(f[m], seq_ids[m])
         got = acc.sparsity[name]
@@ -279,6 +280,50 @@ def test_subset_firing_counts_match_a_loop_over_subsets() -> None:
         assert torch.equal(got.l0_counts, ref.l0_counts), name
         a, b = got.result(), ref.result()
         assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a), name
+
+
+def naive_template_parts(token_class: list[int], positions: list[int], seq_ids: list[int]) -> tuple[list, list]:
+    """Indices of the template tokens (position 0 left out) before / after their sequence's first user token, by a
+    walk over each sequence in position order."""
+    prefix, turns = [], []
+    for s in sorted(set(seq_ids)):
+        idx = sorted((i for i in range(len(seq_ids)) if seq_ids[i] == s), key=lambda i: positions[i])
+        seen_user = False
+        for i in idx:
+            seen_user = seen_user or token_class[i] == M.USER
+            if token_class[i] == M.TEMPLATE and positions[i] != 0:
+                (turns if seen_user else prefix).append(i)
+    return prefix, turns
+
+
+def test_template_parts_match_a_walk_over_each_sequence() -> None:
+    """special_prefix / special_turns split the template set (no position 0) at each sequence's first user token:
+    the streaming accumulator (sequences cut across calls) and the one-shot masks agree with a plain walk."""
+    g = torch.Generator().manual_seed(5)
+    n, h = 400, 6
+    token_class = torch.randint(0, 5, (n,), generator=g)
+    token_class[torch.rand(n, generator=g) < 0.5] = M.TEMPLATE
+    seq_ids = torch.arange(n) // 40
+    positions = torch.arange(n) % 40
+    token_class[(seq_ids == 3) & (token_class == M.USER)] = M.ASSISTANT  # a sequence without a user token
+    x = torch.randn(n, h, generator=g)
+    x_hat = x + 0.3 * torch.randn(n, h, generator=g)
+    f = torch.relu(torch.randn(n, 16, generator=g))
+    prefix, turns = naive_template_parts(token_class.tolist(), positions.tolist(), seq_ids.tolist())
+    assert prefix and turns
+    masks = M.subset_masks(token_class, positions, before_user=M.before_first_user(token_class, positions, seq_ids))
+    assert masks["special_prefix"].nonzero().flatten().tolist() == prefix
+    assert sorted(masks["special_turns"].nonzero().flatten().tolist()) == sorted(turns)
+    assert torch.equal(masks["special_prefix"] | masks["special_turns"], masks["special_no_pos0"])
+    acc = SubsetAccumulator(d_sae=16)
+    for lo, hi in ((0, 55), (55, 130), (130, 400)):  # cuts inside sequences 1 and 3
+        sl = slice(lo, hi)
+        acc.update(x[sl], x_hat[sl], f[sl], token_class[sl], positions[sl], seq_ids[sl])
+    res = acc.result()
+    for name, idx in (("special_prefix", prefix), ("special_turns", turns)):
+        i = torch.tensor(idx)
+        assert res[name]["tokens"] == len(idx), name
+        assert res[name]["mse"] == pytest.approx(naive_eq7(x[i], x_hat[i], seq_ids[i]), rel=1e-9), name
 
 
 def _same(u: object, v: object) -> bool:

@@ -24,6 +24,8 @@ SUBSETS: tuple[str, ...] = (
     "special_no_pos0",
     "special_strict",
     "special_strict_no_pos0",
+    "special_prefix",
+    "special_turns",
     "system",
     "user",
     "assistant",
@@ -34,7 +36,9 @@ the tokenizer's special tokens, role names and the template's newlines; the FAST
 set the headline MSE_st uses). ``special_strict`` = the *strict set*: the tokenizer's special tokens only
 (``<|im_start|>``, ``<|im_end|>``, ...; empty unless the caller gives token ids and the special ids).
 ``*_no_pos0`` leave out position 0 (the attention sink); the per-role subsets (system, user, assistant, text) always
-leave it out."""
+leave it out. The template set without position 0 in two parts: ``special_prefix``, the template tokens before the
+first user token of the sequence (the system block: with a fixed system prompt, the same tokens after the same
+prefix in every sample), and ``special_turns``, those after it (around each turn, context-dependent)."""
 
 DENSE_THRESHOLD = 0.1
 """A latent is dense if it fires on more than this fraction of tokens (JumpReLU paper)."""
@@ -45,13 +49,29 @@ def strict_special(token_ids: Tensor, special_ids: Tensor) -> Tensor:
     return torch.isin(token_ids, special_ids.to(token_ids.device))
 
 
-def subset_masks(token_class: Tensor, positions: Tensor, strict: Tensor | None = None) -> dict[str, Tensor]:
+def before_first_user(token_class: Tensor, positions: Tensor, seq_ids: Tensor) -> Tensor:
+    """``[N]`` bool: no user-content token comes earlier in the token's sequence. The N tokens (classes, positions
+    in their sequence, sequence ids) may come in any order; a sequence's tokens must all be present."""
+    first = torch.full((int(seq_ids.max()) + 1 if seq_ids.numel() else 0,), torch.iinfo(torch.long).max)
+    first = first.to(positions.device)
+    user = token_class == USER
+    first.scatter_reduce_(0, seq_ids[user].long(), positions[user].long(), "amin")
+    return positions.long() < first[seq_ids.long()]
+
+
+def subset_masks(
+    token_class: Tensor, positions: Tensor, strict: Tensor | None = None, before_user: Tensor | None = None
+) -> dict[str, Tensor]:
     """``[N]`` token classes and positions in their sequence -> ``{subset: [N] bool}`` for every name in SUBSETS.
 
-    ``strict`` ``[N]`` bool marks the tokenizer's special tokens (:func:`strict_special`); None: no token is."""
+    ``strict`` ``[N]`` bool marks the tokenizer's special tokens (:func:`strict_special`); None: no token is.
+    ``before_user`` ``[N]`` bool marks the tokens before their sequence's first user token
+    (:func:`before_first_user`); None: none is (``special_prefix`` empty, ``special_turns`` = the template set
+    without position 0)."""
     not0 = positions != 0
     special = token_class == TEMPLATE
     strict = special & strict if strict is not None else torch.zeros_like(not0)
+    prefix = special & not0 & before_user if before_user is not None else torch.zeros_like(not0)
     return {
         "all": torch.ones_like(not0),
         "all_no_pos0": not0,
@@ -59,6 +79,8 @@ def subset_masks(token_class: Tensor, positions: Tensor, strict: Tensor | None =
         "special_no_pos0": special & not0,
         "special_strict": strict,
         "special_strict_no_pos0": strict & not0,
+        "special_prefix": prefix,
+        "special_turns": special & not0 & ~prefix,
         "system": (token_class == SYSTEM) & not0,
         "user": (token_class == USER) & not0,
         "assistant": (token_class == ASSISTANT) & not0,

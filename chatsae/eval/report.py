@@ -40,7 +40,13 @@ SUBSET_LABELS = {
     "special_no_pos0": "special no pos0",
     "special_strict": "strict",
     "special_strict_no_pos0": "strict no pos0",
+    "special_prefix": "system block",
+    "special_turns": "turns",
 }
+
+
+TABLE_SUBSETS = tuple(s for s in SUBSETS if s not in ("special_prefix", "special_turns"))
+"""The table's columns; the template set's two parts are a line of :func:`summary_lines` (and in the JSON file)."""
 
 
 def fmt(value: Any) -> str:
@@ -56,7 +62,7 @@ def fmt(value: Any) -> str:
 
 def metrics_table(result: EvalResult, rows: dict[str, str] = TABLE_ROWS) -> Table:
     """Metrics (rows) by token subset (columns); subsets without tokens are left out."""
-    subsets = [s for s in SUBSETS if (result.metrics.get(s) or {}).get("tokens")]
+    subsets = [s for s in TABLE_SUBSETS if (result.metrics.get(s) or {}).get("tokens")]
     s = result.setup
     title = f"{s.get('hook')} · {s.get('method')} · {s.get('sequences')} sequences · {s.get('tokens')} tokens"
     table = Table(title=title, title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
@@ -81,7 +87,8 @@ def summary_lines(result: EvalResult) -> list[str]:
         f"log2 MSE {fmt(h['log2_mse'])}  log2 MSE_st {fmt(h['log2_mse_st'])}  (without position 0: "
         f"{fmt(h['log2_mse_no_pos0'])} / {fmt(h['log2_mse_st_no_pos0'])}); MSE_st = template set, strict set "
         f"(special tokens only): {fmt(h['log2_mse_st_strict'])} (without position 0 "
-        f"{fmt(h['log2_mse_st_strict_no_pos0'])})",
+        f"{fmt(h['log2_mse_st_strict_no_pos0'])}); template set without position 0 by part: system block "
+        f"{fmt(h.get('log2_mse_st_prefix'))}, around the turns {fmt(h.get('log2_mse_st_turns'))}",
         f"FVU {fmt(h['fvu'])} (without position 0 {fmt(h['fvu_no_pos0'])})  L0 {fmt(h['l0'])}  "
         f"delta CE {fmt(h['delta_ce'])}  KL {fmt(h['kl'])}  CE recovered {fmt(h['ce_recovered'])}",
         f"latents {lat.get('d_sae')}: dead {lat.get('dead')}, dense (> {result.setup.get('dense_threshold')}) "

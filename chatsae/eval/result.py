@@ -11,10 +11,12 @@ from typing import Any
 from torch import Tensor
 
 from ..core.utils import atomic_file
+from .metrics import SUBSETS
 from .robust import fidelity_warnings, position0_norm_ratio
 
-SCHEMA_VERSION = 2
-"""2: ``per_sequence`` sums and the strict special subsets (``special_strict*``) added."""
+SCHEMA_VERSION = 3
+"""2: ``per_sequence`` sums and the strict special subsets (``special_strict*``) added; 3: the template set split
+into ``special_prefix`` (the system block) and ``special_turns``."""
 HEADLINE = {
     # headline key: (subset, metric)
     "mse": ("all", "mse"),
@@ -26,6 +28,8 @@ HEADLINE = {
     "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"),
     "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
     "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
+    "log2_mse_st_prefix": ("special_prefix", "log2_mse"),
+    "log2_mse_st_turns": ("special_turns", "log2_mse"),
     "fvu": ("all", "fvu"),
     "fvu_no_pos0": ("all_no_pos0", "fvu"),
     "cosine_similarity": ("all", "cosine_similarity"),
@@ -97,6 +101,11 @@ class EvalResult:
 
     def __post_init__(self) -> None:
         self.per_sequence = {k: _round(v) for k, v in self.per_sequence.items() if any(v.get("n") or [])}
+
+    def is_current(self) -> bool:
+        """Written by this version's evaluation: per-sequence sums (intervals) and every subset of
+        ``chatsae.eval.metrics.SUBSETS`` present (a study re-evaluates an older result instead of reusing it)."""
+        return bool(self.per_sequence) and all(s in self.metrics for s in SUBSETS)
 
     @property
     def headline(self) -> dict[str, Any]:

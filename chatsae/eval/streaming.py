@@ -294,12 +294,32 @@ class SubsetAccumulator:
         self.lm = {s: LMLossAccumulator() for s in subsets}
         self.special_ids = None if special_ids is None else torch.as_tensor(sorted(special_ids), dtype=torch.long)
         self.n_seq = 0
+        self.first_user = torch.empty(0, dtype=torch.long)
+        """``[S]`` position of each sequence's first user token seen so far (int64 max: none yet)."""
 
-    def _masks(self, token_class: Tensor, positions: Tensor, token_ids: Tensor | None) -> dict[str, Tensor]:
+    def _before_user(self, token_class: Tensor, positions: Tensor, seq_ids: Tensor | None) -> Tensor | None:
+        """``[n]`` bool: no user token earlier in the token's sequence, over every call so far (a sequence's tokens
+        may come in several calls, in position order). None without ``seq_ids``."""
+        if seq_ids is None:
+            return None
+        seq_ids = seq_ids.long().cpu()
+        n = int(seq_ids.max()) + 1 if seq_ids.numel() else 0
+        if n > self.first_user.numel():
+            grow = torch.full((n - self.first_user.numel(),), torch.iinfo(torch.long).max)
+            self.first_user = torch.cat([self.first_user, grow])
+        user = (token_class == M.USER).cpu()
+        pos = positions.long().cpu()
+        self.first_user.scatter_reduce_(0, seq_ids[user], pos[user], "amin")
+        return (pos < self.first_user[seq_ids]).to(positions.device)
+
+    def _masks(
+        self, token_class: Tensor, positions: Tensor, token_ids: Tensor | None, seq_ids: Tensor | None = None
+    ) -> dict[str, Tensor]:
         strict = None
         if token_ids is not None and self.special_ids is not None:
             strict = M.strict_special(token_ids, self.special_ids)
-        return {k: m for k, m in M.subset_masks(token_class, positions, strict).items() if k in self.recon}
+        before = self._before_user(token_class, positions, seq_ids)
+        return {k: m for k, m in M.subset_masks(token_class, positions, strict, before).items() if k in self.recon}
 
     def update(
         self,
@@ -315,7 +335,7 @@ class SubsetAccumulator:
         strict special subsets (empty without them)."""
         if seq_ids.numel():
             self.n_seq = max(self.n_seq, int(seq_ids.max()) + 1)
-        masks = self._masks(token_class, positions, token_ids)
+        masks = self._masks(token_class, positions, token_ids, seq_ids)
         # the firing counts of every subset in one product (subset masks x fired): f is read once, not once per
         # subset; exact (integers below 2^24 in float32, else float64)
         on = M.fired(f).to(torch.float32 if f.shape[0] < 2**24 else torch.float64)
@@ -336,7 +356,7 @@ class SubsetAccumulator:
         """Per-position losses ``[n]`` (``ce_clean``, ``ce_spliced``, ``kl``, optional ``ce_zero``); a loss belongs
         to the subsets of the position whose logits are scored (its label is the next token). ``seq_ids`` ``[n]``
         for the per-sequence sums, ``token_ids`` ``[n]`` (of the scored positions) for the strict subsets."""
-        for name, m in self._masks(token_class, positions, token_ids).items():
+        for name, m in self._masks(token_class, positions, token_ids, seq_ids).items():
             ids = None if seq_ids is None else seq_ids[m]
             self.lm[name].update(ids, **{k: None if v is None else v[m] for k, v in losses.items()})
 

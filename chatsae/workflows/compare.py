@@ -85,6 +85,8 @@ VERDICT_METRICS = {
     "log2_mse": "MSE",
     "log2_mse_st_no_pos0": "MSE_st without position 0",
     "log2_mse_no_pos0": "MSE without position 0",
+    "log2_mse_st_prefix": "MSE_st, system block",
+    "log2_mse_st_turns": "MSE_st, around the turns",
     "delta_lm_loss": "delta LM loss",
 }
 """Metrics (lower is better) the report gives a paired verdict for."""
@@ -412,6 +414,11 @@ CLASS_NOTE = (
     "next token more likely (e.g. a fixed system prompt), so read both."
 )
 
+TEMPLATE_PART_NOTE = (
+    "The template tokens of the system block (before the first user token: with one fixed system prompt, the same "
+    "tokens after the same prefix in every sample) apart from those around the turns (after it)."
+)
+
 
 INTERVAL_SHOW = (
     "log2_mse",
@@ -419,6 +426,8 @@ INTERVAL_SHOW = (
     "log2_mse_st_strict",
     "log2_mse_no_pos0",
     "log2_mse_st_no_pos0",
+    "log2_mse_st_prefix",
+    "log2_mse_st_turns",
     "l0_no_pos0",
     "fvu_no_pos0",
     "delta_lm_loss",
@@ -536,6 +545,12 @@ def compare_markdown(report: dict[str, Any], figures: dict[str, list[str]]) -> s
             "### Without position 0",
             "",
             paper_table(res, ("log2_mse_no_pos0", "log2_mse_st_no_pos0")),
+            "",
+            "### MSE_st by template part (without position 0)",
+            "",
+            TEMPLATE_PART_NOTE,
+            "",
+            paper_table(res, ("log2_mse_st_prefix", "log2_mse_st_turns")),
             "",
             "### Sparsity and fidelity",
             "",

@@ -53,6 +53,8 @@ SUMMARY: dict[str, tuple[str, str]] = {
     "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
     "log2_mse_st_strict": ("special_strict", "log2_mse"),
     "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
+    "log2_mse_st_prefix": ("special_prefix", "log2_mse"),
+    "log2_mse_st_turns": ("special_turns", "log2_mse"),
     "mse": ("all", "mse"),
     "mse_no_pos0": ("all_no_pos0", "mse"),
     "l0": ("all", "l0"),
@@ -372,7 +374,7 @@ class Study:
             }
             if path.is_file() and path.stat().st_mtime >= (sae_dir / SAE_CFG_FILE).stat().st_mtime:
                 old = read_result(path)
-                if all(old.setup.get(k) == v for k, v in want.items()) and old.per_sequence:  # schema 2: intervals
+                if all(old.setup.get(k) == v for k, v in want.items()) and old.is_current():
                     self.report(f"[{sae_dir.parent.name}] reusing {path.name}")
                     out[i] = old
                     continue
@@ -423,6 +425,8 @@ LABELS = {
     "log2_mse": ("log2 MSE", "log2 of activation units²"),
     "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
     "log2_mse_st_strict": ("log2 MSE_st strict", "log2 of activation units²"),
+    "log2_mse_st_prefix": ("log2 MSE_st system block", "log2 of activation units²"),
+    "log2_mse_st_turns": ("log2 MSE_st turns", "log2 of activation units²"),
     "mse": ("MSE", "activation units²"),
     "l0": ("L0", "active latents per token"),
     "fvu": ("FVU", "fraction of variance unexplained"),
