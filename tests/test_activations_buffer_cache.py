@@ -10,6 +10,7 @@ import torch
 
 from chatsae.activations.buffer import MixingBuffer
 from chatsae.activations.cache import ActivationCache, CacheSource, CacheWriter, Manifest
+from chatsae.core.utils import atomic_file
 
 
 def _chunks(n_chunks: int, size: int, d: int = 3):
@@ -116,7 +117,8 @@ def test_cache_source_covers_every_row_each_epoch_and_resumes(tmp_path):
 def test_incomplete_cache_is_refused_and_orphans_removed(tmp_path):
     w = CacheWriter.open(tmp_path / "c", Manifest(d_in=2), resume=False)
     w.write_shard(torch.zeros(5, 2), {"token_ids": torch.zeros(5, dtype=torch.long)}, windows_done=1)
-    (tmp_path / "c" / "shard_00001.acts.npy").write_bytes(b"partial")  # a crash mid-shard
+    with atomic_file(tmp_path / "c" / "shard_00001.acts.npy") as fh:  # a crash before the manifest names the shard
+        fh.write(b"partial")
     with pytest.raises(ValueError, match="did not finish"):
         ActivationCache(tmp_path / "c")
     with pytest.raises(ValueError, match="interrupted harvest.*add --resume"):

@@ -188,3 +188,23 @@ def test_features_directories_carry_the_marker(interp_features, tmp_path: Path) 
     mark_dir(run, "run")
     with pytest.raises(ValueError, match=rf"{run}: not a chatsae features directory \(a chatsae run directory\)"):
         check_features_dir(run, {"format_version": 1, "fingerprint": "x"})
+
+
+def test_a_cache_folder_without_the_marker_is_read_but_never_written(tmp_path: Path) -> None:
+    """A copy of a cache without chatsae's marker (e.g. copied by hand) is read as before; nothing writes into it."""
+    cache = small_cache(tmp_path / "cache")
+    (cache / MARKER).unlink()
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    assert ActivationCache(cache).gather(torch.arange(4)).acts.shape == (4, 16)  # reading is allowed
+    manifest = Manifest.read(cache)
+    with pytest.raises(OutputDirError, match=rf"^{cache}: not a chatsae activation cache"):
+        manifest.write(cache)
+    with pytest.raises(OutputDirError, match=rf"{cache}: a non-empty directory that is not a chatsae activation cache"):
+        CacheWriter.open(cache, manifest, resume=True)
+    (cache / "shard_notes.txt").write_text("mine")
+    assert {p.name: p.read_bytes() for p in cache.iterdir() if p.name != "shard_notes.txt"} == before
+    # in chatsae's own cache, the orphan clean-up removes only shard files chatsae wrote
+    own = small_cache(tmp_path / "own")
+    (own / "shard_notes.txt").write_text("mine")
+    CacheWriter.open(own, Manifest.read(own), resume=True)
+    assert (own / "shard_notes.txt").read_text() == "mine"

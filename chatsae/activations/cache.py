@@ -5,11 +5,15 @@ Layout of a cache directory::
     manifest.json              model, hook, method, dtype, d_in, token count, shard list, progress, complete flag
     shard_00000.acts.npy       [n, d_in] activations (float32 / float16), memory-mapped when read
     shard_00000.meta.npz       token_ids, special_mask, token_class, positions, sample_ids  ([n] each)
+    shard_00000.moments.npy    [2, d_in] float64: each channel's sum and sum of squares over the shard's vectors
 
 A shard is written to temporary files and renamed into place, then the manifest is rewritten atomically; a crash
 loses at most the shard being written, and ``harvest(..., resume=True)`` continues after the last complete shard.
 The manifest keeps a blake2b digest of every shard file, checked the first time a process opens the shard; shard
 names must be plain file names inside the cache directory. The directory carries chatsae's marker (``.chatsae``).
+When the harvest finishes, the channels that dominate the activation variance (summed from the shards' moments,
+:mod:`chatsae.activations.variance`) go into the manifest (``info["channel_variance"]``; a cache whose shards lack
+moments, from an older harvest, has none).
 Reading (:class:`CacheSource`) streams row indices through the mixing buffer and gathers vectors from the
 memory-mapped shards, so memory does not grow with the cache size.
 """
@@ -30,10 +34,11 @@ from torch import Tensor
 
 from ..core.constants import CACHE_MANIFEST_FILE
 from ..core.locking import LOCK, MARKER, OutputDirError, is_chatsae_dir, mark_dir
-from ..core.ownership import read_marker
+from ..core.ownership import owns, read_marker
 from ..core.utils import atomic_file, check_inside, file_digest, safe_name
 from .buffer import MixingBuffer
 from .source import ActivationBatch
+from .variance import channel_moments, variance_summary
 
 MANIFEST = CACHE_MANIFEST_FILE
 META_KEYS = ("token_ids", "special_mask", "token_class", "positions", "sample_ids")
@@ -141,12 +146,21 @@ class Manifest:
                 and all(isinstance(s.get(k), str) for k in ("acts", "meta"))
             ):
                 raise ValueError(f"{path}: corrupt manifest (shard {i}: {str(s)[:120]})")
-            for k in ("acts", "meta"):
-                safe_name(s[k], f"{path}: shard {i} {k} file")  # a plain file name inside the cache directory
+            for k in ("acts", "meta", "moments"):
+                if k in s:  # moments: not in the shards of an older harvest
+                    safe_name(str(s[k]), f"{path}: shard {i} {k} file")  # a plain file name inside the cache directory
         return manifest
 
     def write(self, directory: str | Path, name: str = MANIFEST) -> None:
-        with atomic_file(Path(directory) / name, "w") as fh:
+        """Write the manifest into ``directory``, which must be chatsae's activation cache (its marker of kind
+        ``cache``): a folder without it (e.g. a cache copied by hand) may be read, never written into."""
+        directory = Path(directory)
+        if str(read_marker(directory).get("kind", "")) != "cache":
+            raise OutputDirError(
+                f"{directory}: not a chatsae activation cache (no {MARKER} marker of kind 'cache'); chatsae reads "
+                "such a folder but writes nothing into it"
+            )
+        with atomic_file(directory / name, "w") as fh:
             json.dump(asdict(self), fh, indent=2)
 
 
@@ -241,30 +255,38 @@ class CacheWriter:
         return cls(directory, old, name, prefix)
 
     def _remove_orphans(self) -> None:
-        known = {s["acts"] for s in self.manifest.shards} | {s["meta"] for s in self.manifest.shards}
+        known = {s[k] for s in self.manifest.shards for k in ("acts", "meta", "moments") if k in s}
         for p in self.dir.glob(f"{self.prefix}*"):
-            if p.name not in known:
+            if p.name not in known and owns(self.dir, p.name):  # only shards chatsae wrote (ownership rule)
                 p.unlink()
 
     def write_shard(self, acts: Tensor, meta: dict[str, Tensor], windows_done: int) -> None:
         """Write one shard (``acts`` ``[n, d_in]``, ``meta`` ``{key: [n]}``) and record progress atomically."""
         i = len(self.manifest.shards)
         acts_name, meta_name = f"{self.prefix}{i:05d}.acts.npy", f"{self.prefix}{i:05d}.meta.npz"
+        moments_name = f"{self.prefix}{i:05d}.moments.npy"
         np_dtype: type[np.generic] = np.float16 if self.manifest.dtype == "float16" else np.float32
         if self.manifest.dtype == "bfloat16":  # numpy has no bfloat16: its bits are stored as int16
-            acts, np_dtype = acts.detach().to(torch.bfloat16).view(torch.int16), np.int16
+            rounded = acts.detach().to(torch.bfloat16)
+            stored, values = rounded.view(torch.int16).cpu().numpy(), rounded.float().cpu().numpy()
+        else:
+            stored = values = acts.detach().float().cpu().numpy().astype(np_dtype)
         with atomic_file(self.dir / acts_name) as fh:
-            np.save(fh, acts.detach().float().cpu().numpy().astype(np_dtype))
+            np.save(fh, stored)
         with atomic_file(self.dir / meta_name) as fh:
             np.savez(fh, **{k: v.cpu().numpy() for k, v in meta.items()})  # type: ignore[arg-type]  # numpy stub: **kwds typed as allow_pickle
+        with atomic_file(self.dir / moments_name) as fh:  # of the vectors as stored (a reader sees the same)
+            np.save(fh, channel_moments(values))
         n = int(acts.shape[0])
         self.manifest.shards.append(
             {
                 "acts": acts_name,
                 "meta": meta_name,
+                "moments": moments_name,
                 "n": n,
                 "acts_blake2b": file_digest(self.dir / acts_name),
                 "meta_blake2b": file_digest(self.dir / meta_name),
+                "moments_blake2b": file_digest(self.dir / moments_name),
             }
         )
         self.manifest.n_tokens += n
@@ -272,10 +294,39 @@ class CacheWriter:
         self.manifest.write(self.dir, self.name)
 
     def finish(self, **info: Any) -> Manifest:
+        """Mark the harvest complete, with ``info`` and the channel variance of all the shards recorded."""
         self.manifest.complete = True
         self.manifest.info.update(info)
+        record_channel_variance(self.dir, self.manifest)
         self.manifest.write(self.dir, self.name)
         return self.manifest
+
+
+def record_channel_variance(directory: str | Path, manifest: Manifest) -> dict[str, Any] | None:
+    """Sum the channel moments of every shard of ``manifest`` (in shard order: a resumed harvest gets the same bits)
+    and record their :func:`~chatsae.activations.variance.variance_summary` as ``info["channel_variance"]``; when a
+    shard has no moments (an older harvest) nothing is recorded. A moments file that does not match its digest or
+    width is a ValueError."""
+    total = np.zeros((2, manifest.d_in), dtype=np.float64)
+    for s in manifest.shards:
+        if "moments" not in s:
+            manifest.info.pop("channel_variance", None)
+            return None
+        path = Path(directory) / s["moments"]
+        check_inside(directory, path, f"{Path(directory) / MANIFEST} shard")
+        digest = s.get("moments_blake2b")
+        try:
+            ok = digest is None or file_digest(path) == digest
+            m = np.load(path, allow_pickle=False) if ok else None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable channel moments ({e})") from e
+        if m is None or m.shape != total.shape:
+            why = "checksum mismatch with the manifest" if m is None else f"shape {m.shape}, not {total.shape}"
+            raise ValueError(f"{path}: {why}; harvest again into a new directory")
+        total += m
+    summary = variance_summary(total, sum(int(s["n"]) for s in manifest.shards))
+    manifest.info["channel_variance"] = summary
+    return summary
 
 
 _VERIFIED: set[tuple[str, int, int, str]] = set()
