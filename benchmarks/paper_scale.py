@@ -16,7 +16,8 @@ FLOPs (``forward_flops``): 2 x the matmul weights of the blocks run x tokens run
 heads x head_dim x (query positions x key positions) per row, the full square (PaLM's MFU convention, no causal
 discount); a shared prefix counts once per batch, as it runs; padding never counts. The SAE step counts 12 x d_in x
 d_sae per token (dense equivalent: encoder and decoder forward, twice that backward), compared with the matmul rate
-this script measures. ``--max-seconds`` bounds the whole run (each phase gets a share).
+this script measures. ``--max-seconds`` bounds the whole run (each phase gets a share). The shapes, the FLOP
+counting and the projection are in ``paper_shapes.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_shapes import (  # noqa: E402  (re-exported: the names tests and callers use)
+    CONFIGS,
+    LLAMA3_ROPE,
+    PAPER_TOKENS,
+    PEAK_BF16_TFLOPS,
+    block_weights,
+    build_model,
+    forward_flops,
+    hook_layer,
+    projection,
+)
 from sae_step_common import bare_step  # noqa: E402
 
 from chatsae.activations.harvest import HarvestOptions, HarvestStats, activations_for_batch  # noqa: E402
@@ -42,111 +54,22 @@ from chatsae.models.prefix import can_share_prefix, shared_prefix_length  # noqa
 from chatsae.sae import SAEConfig, create_sae  # noqa: E402
 from chatsae.train.init import input_scale  # noqa: E402
 
-PAPER_TOKENS = 40_960_000
+__all__ = [
+    "CONFIGS",
+    "LLAMA3_ROPE",
+    "PAPER_TOKENS",
+    "PEAK_BF16_TFLOPS",
+    "SAE_BATCH",
+    "block_weights",
+    "build_model",
+    "forward_flops",
+    "hook_layer",
+    "main",
+    "projection",
+]
+
 SAE_BATCH = 4096
-LLAMA3_ROPE = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
-CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama8b": (  # meta-llama/Llama-3.1-8B-Instruct config.json
-        "llama",
-        dict(
-            hidden_size=4096,
-            intermediate_size=14336,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            vocab_size=128256,
-            max_position_embeddings=131072,
-            rope_theta=500000.0,
-            rope_scaling=LLAMA3_ROPE,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-            hidden_act="silu",
-            attention_bias=False,
-            mlp_bias=False,
-        ),
-    ),
-    "qwen7b": (  # Qwen/Qwen2.5-7B-Instruct config.json (q/k/v projections carry a bias)
-        "qwen2",
-        dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-            max_position_embeddings=32768,
-            rope_theta=1000000.0,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=False,
-            hidden_act="silu",
-            use_sliding_window=False,
-        ),
-    ),
-    "tiny": (  # a CPU smoke test of the same code
-        "llama",
-        dict(
-            hidden_size=64,
-            intermediate_size=192,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=1000,
-            max_position_embeddings=8192,
-            rope_theta=10000.0,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-        ),
-    ),
-}
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1}
-"""Dense bf16 peak by device name (first match; H100 SXM and H200 share the same tensor cores)."""
-
-
-def hook_layer(name: str) -> int:
-    """The paper's hook: the middle layer, ``n_layers // 2`` (chatsae's default)."""
-    return int(CONFIGS[name][1]["num_hidden_layers"]) // 2
-
-
-def block_weights(cfg: dict[str, Any], family: str) -> int:
-    """Matmul weights (and q/k/v biases for Qwen2) of one decoder block."""
-    d, heads, kv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = d // heads
-    attn = d * heads * hd + 2 * d * kv * hd + heads * hd * d
-    bias = heads * hd + 2 * kv * hd if family == "qwen2" else 0
-    return attn + bias + 3 * d * cfg["intermediate_size"]
-
-
-def forward_flops(name: str, lengths: list[int], prefix: int = 0) -> float:
-    """FLOPs of one batch's forward up to the hook: rows of ``lengths`` real tokens whose first ``prefix`` tokens run
-    once (chatsae.models.prefix)."""
-    family, cfg = CONFIGS[name]
-    layers = hook_layer(name) + 1
-    weights = layers * block_weights(cfg, family)
-    width = cfg["num_attention_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"])
-    run = prefix + sum(t - prefix for t in lengths)
-    pairs = prefix * prefix + sum((t - prefix) * t for t in lengths)  # (query, key) positions
-    return 2.0 * weights * run + 4.0 * layers * width * pairs
-
-
-def build_model(name: str, device: str) -> torch.nn.Module:
-    """The architecture up to its hook, random weights made on ``device``: bfloat16 on CUDA, float32 elsewhere (as
-    chatsae's ``--model-dtype auto``; CPUs without bfloat16 matmuls run it far slower)."""
-    import transformers
-
-    family, cfg = CONFIGS[name]
-    config_cls = transformers.LlamaConfig if family == "llama" else transformers.Qwen2Config
-    config = config_cls(**{**cfg, "num_hidden_layers": hook_layer(name) + 1})
-    torch.manual_seed(0)
-    with torch.device(device):
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval().requires_grad_(False)
+"""Vectors per SAE step."""
 
 
 def chat_sequences(path: str | None) -> list[TokenSequence]:
@@ -291,19 +214,6 @@ def sae_rate(
         "tflop_s": 12 * x.shape[1] * width * tok_s / 1e12,
         "steps": n,
         "peak_gib": peak_gib(device),
-    }
-
-
-def projection(vectors_s: float, sae_tok_s: float, saes: int) -> dict[str, float]:
-    """Hours of one paper run (40.96M vectors) with ``saes`` SAEs from one harvest: disk cache (harvest, then train
-    each) and streamed (ideal overlap: the slower of the two)."""
-    h, t = PAPER_TOKENS / vectors_s, saes * PAPER_TOKENS / sae_tok_s
-    return {
-        "saes": saes,
-        "harvest_h": h / 3600,
-        "train_h": t / 3600,
-        "disk_h": (h + t) / 3600,
-        "stream_h": max(h, t) / 3600,
     }
 
 
