@@ -341,6 +341,11 @@ def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
     a1 = one.gather(torch.arange(len(one))).acts
     order1 = {k: i for i, k in enumerate(key1)}
     torch.testing.assert_close(a2, a1[[order1[k] for k in key2]], atol=1e-6, rtol=1e-6)
+    # rank 0 sums every rank's shard moments into the merged manifest: the channel variance of the one-process harvest
+    cv2, cv1 = man.info["channel_variance"], one.manifest.info["channel_variance"]
+    assert cv2["tokens"] == cv1["tokens"] == len(one)
+    assert cv2["mean_variance"] == pytest.approx(cv1["mean_variance"], rel=1e-6)
+    assert [c for c, _ in cv2["dominant_channels"]] == [c for c, _ in cv1["dominant_channels"]]
     # training on the uneven shards finished on both ranks, at the same step, with identical weights
     r0, r1 = (torch.load(tmp_path / "res2" / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0["step"] == r1["step"] == 2000 // 32 and torch.equal(r0["W_dec"], r1["W_dec"])

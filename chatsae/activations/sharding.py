@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.distributed import all_gather_objects, barrier, from_rank0, main_lock, rank, setup, world_size
 from ..core.locking import DirLock, mark_dir
-from .cache import MANIFEST, CacheWriter, Manifest, check_cache_dir
+from .cache import MANIFEST, CacheWriter, Manifest, check_cache_dir, record_channel_variance
 
 
 class HasIds(Protocol):
@@ -166,6 +166,7 @@ def harvest_ranks(
                     "rank_tokens": [p.n_tokens for p in parts],
                     "harvest": stats.as_dict(),
                 }
+                record_channel_variance(dirs[k], merged)  # every rank's shards, in the listed order
                 merged.write(dirs[k])
                 found[k] = merged
             return found

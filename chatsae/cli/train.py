@@ -123,6 +123,7 @@ def _print_table(title: str, rows: dict[str, Any]) -> None:
 
 def _harvest(args: argparse.Namespace) -> int:
     from ..activations.pipeline import harvest_hooks
+    from ..activations.variance import dominance_note
 
     cfgs = configs_from_args(args)
     run, data, opts = cfgs["run"], cfgs["data"], cfgs["harvest"]
@@ -157,6 +158,9 @@ def _harvest(args: argparse.Namespace) -> int:
                 **rows,
             },
         )
+        note = dominance_note(manifest.info.get("channel_variance"), manifest.hook)
+        if note:  # a few massive channels: FVU/MSE of an SAE trained here mostly measure them
+            print(note, flush=True)
     empty = [str(hook) for hook, manifest in manifests.items() if manifest.n_tokens == 0]
     if empty:
         print(

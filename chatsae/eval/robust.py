@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-DOMINANT_SHARE = 0.2
-"""A channel with more than this share of the variance about the mean is dominant."""
-DOMINANT_TOP_SHARE = 0.5
-"""The top channels whose shares together exceed this are dominant too, when they are few (:data:`DOMINANT_TOP_MAX`
-and at most 1/8 of the channels)."""
-DOMINANT_TOP_MAX = 8
+# the dominant-channel rule lives with the harvest, which records the dominant channels of every cache
+from ..activations.variance import DOMINANT_SHARE as DOMINANT_SHARE
+from ..activations.variance import DOMINANT_TOP_MAX as DOMINANT_TOP_MAX
+from ..activations.variance import DOMINANT_TOP_SHARE as DOMINANT_TOP_SHARE
+from ..activations.variance import dominant_channels
+
 COSINE_BINS = 20000
 """Bins of the cosine histogram over [-1, 1] (width 1e-4: the median is exact to 5e-5)."""
 LOW_FVU = 0.1
@@ -48,28 +48,6 @@ def channel_variance(x: Tensor) -> Tensor:
 def channel_sse(x: Tensor, x_hat: Tensor) -> Tensor:
     """``[H]`` sum over tokens of each channel's squared reconstruction error (float64)."""
     return (x.double() - x_hat.double()).pow(2).sum(dim=0)
-
-
-def dominant_channels(
-    variance: Tensor,
-    share: float = DOMINANT_SHARE,
-    top_share: float = DOMINANT_TOP_SHARE,
-    top_max: int = DOMINANT_TOP_MAX,
-) -> list[tuple[int, float]]:
-    """``[(channel, share of the total variance)]``, largest first: channels above ``share``, and the smallest set of
-    top channels whose shares sum above ``top_share`` when it has at most ``min(top_max, H // 8)`` channels (at least
-    1). Empty when the variance is 0."""
-    v = variance.double().cpu()
-    total = float(v.sum())
-    if not total > 0:
-        return []
-    shares = v / total
-    order = torch.argsort(shares, descending=True)
-    cum = shares[order].cumsum(0)
-    k = min(int((cum <= top_share).sum()) + 1, v.numel())
-    chosen = {int(i) for i in order[:k]} if k <= max(1, min(top_max, v.numel() // 8)) else set()
-    chosen |= {int(i) for i in torch.nonzero(shares > share).flatten()}
-    return sorted(((c, float(shares[c])) for c in chosen), key=lambda t: -t[1])
 
 
 def channel_fvu(sse: Tensor, variance: Tensor, exclude: list[int] | tuple[int, ...] = ()) -> float:

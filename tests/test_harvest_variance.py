@@ -1,0 +1,162 @@
+"""Harvest-time detection of the channels that dominate the activation variance (chatsae.activations.variance): the
+cache writer sums each shard's channel moments, the finished manifest names the dominant channels with their shares
+(as a direct numpy computation gives them, also after a resume), ``chatsae harvest`` prints one line about them, and
+``chatsae train`` reports them with the robust measures of the training data and the fidelity warning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from chatsae.activations.cache import ActivationCache, CacheWriter, Manifest
+from chatsae.activations.variance import dominance_note
+from chatsae.data.formats import Record
+
+MASSIVE = (7, 20)
+
+
+def planted(n: int = 3000, h: int = 32, seed: int = 0) -> torch.Tensor:
+    """``[n, h]`` vectors whose channels 7 and 20 hold ~92% of the variance (channel 7 also far from 0 on average)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, h, generator=g)
+    x[:, 7] = 40.0 + 15.0 * x[:, 7]
+    x[:, 20] *= 10.0
+    return x
+
+
+def numpy_shares(x: np.ndarray) -> np.ndarray:
+    var = x.astype(np.float64).var(axis=0)
+    return var / var.sum()
+
+
+def write(directory, x: torch.Tensor, dtype: str, parts: list[slice], resume: bool = False) -> CacheWriter:
+    w = CacheWriter.open(directory, Manifest(d_in=x.shape[1], dtype=dtype, model="m", hook="resid_post.3"), resume)
+    for part in parts:
+        meta = {k: torch.zeros(len(x[part]), dtype=torch.long) for k in ("token_ids", "positions", "sample_ids")}
+        w.write_shard(x[part], meta, windows_done=len(w.manifest.shards) + 1)
+    return w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_planted_channels_are_named_in_the_manifest_with_their_shares(tmp_path, dtype):
+    x = planted()
+    parts = [slice(0, 1000), slice(1000, 1700), slice(1700, 3000)]
+    write(tmp_path / "c", x, dtype, parts).finish(exhausted=True)
+    man = Manifest.read(tmp_path / "c")
+    cv = man.info["channel_variance"]
+    stored = ActivationCache(tmp_path / "c").gather(torch.arange(len(x))).acts.numpy()  # the vectors as cached
+    shares = numpy_shares(stored)
+    assert [c for c, _ in cv["dominant_channels"]] == list(MASSIVE)
+    for c, s in cv["dominant_channels"]:
+        assert s == pytest.approx(float(shares[c]), rel=1e-9)
+    assert cv["dominant_share"] == pytest.approx(float(shares[list(MASSIVE)].sum()), rel=1e-9)
+    assert cv["dominant_share"] > 0.9 and cv["tokens"] == len(x)
+    assert cv["mean_variance"] == pytest.approx(float(stored.astype(np.float64).var(axis=0).sum()), rel=1e-9)
+    note = dominance_note(cv, man.hook)
+    assert note is not None and note.startswith(
+        f"channels 7 ({100 * shares[7]:.0f}%), 20 ({100 * shares[20]:.0f}%) hold "
+        f"{100 * shares[list(MASSIVE)].sum():.0f}% of the activation variance at resid_post.3: FVU and MSE"
+    )
+
+
+def test_resumed_writer_records_the_same_bits(tmp_path):
+    """Moments live beside each shard: a writer that stops after two shards and a new one that resumes give the
+    manifest of one uninterrupted harvest (exactly), also over a moments file the crash left half-written."""
+    x = planted(seed=1)
+    parts = [slice(0, 800), slice(800, 2000), slice(2000, 3000)]
+    write(tmp_path / "full", x, "float32", parts).finish(exhausted=True)
+    write(tmp_path / "part", x, "float32", parts[:2])
+    (tmp_path / "part" / "shard_00002.moments.npy").write_bytes(b"half")  # the crash left a partial shard
+    w = write(tmp_path / "part", x, "float32", parts[2:], resume=True)
+    w.finish(exhausted=True)
+    full, part = Manifest.read(tmp_path / "full"), Manifest.read(tmp_path / "part")
+    assert part.info["channel_variance"] == full.info["channel_variance"]
+    assert [s["moments_blake2b"] for s in part.shards] == [s["moments_blake2b"] for s in full.shards]
+
+
+def test_older_cache_without_moments_loads_and_records_none(tmp_path):
+    x = planted()
+    write(tmp_path / "c", x, "float32", [slice(0, 1500), slice(1500, 3000)]).finish()
+    path = tmp_path / "c" / "manifest.json"
+    raw = json.loads(path.read_text())
+    del raw["info"]["channel_variance"]
+    for s in raw["shards"]:  # a manifest written before channel moments existed
+        del s["moments"], s["moments_blake2b"]
+    path.write_text(json.dumps(raw))
+    old = Manifest.read(tmp_path / "c")
+    assert "channel_variance" not in old.info and len(ActivationCache(tmp_path / "c")) == len(x)
+    w = CacheWriter.open(tmp_path / "c", Manifest(d_in=32, model="m", hook="resid_post.3"), resume=True)
+    assert "channel_variance" not in w.finish().info  # not invented from a part of the shards
+    assert dominance_note(None, "resid_post.3") is None
+
+
+def test_corrupt_moments_file_is_refused(tmp_path):
+    x = planted()
+    w = write(tmp_path / "c", x, "float32", [slice(0, 3000)])
+    np.save(tmp_path / "c" / "shard_00000.moments.npy", np.zeros((2, 32)))
+    with pytest.raises(ValueError, match="shard_00000.moments.npy: checksum mismatch"):
+        w.finish()
+
+
+# ---- a tiny random Qwen2 whose residual stream has two massive channels ----------------------------------------
+
+
+def records(n: int = 40) -> list[Record]:
+    out = []
+    for i in range(n):
+        words = " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 5) % 17))
+        msgs = [
+            {"role": "user", "content": f"Question {i}: {words}?"},
+            {"role": "assistant", "content": f"Answer {i} " + words[::-1]},
+        ]
+        out.append(Record(i, msgs, None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def massive_qwen2(chat_tokenizer, tmp_path_factory):
+    """A directory holding a 2-layer random Qwen2 (d_model 64; its tokenizer the embedded model's chat one) whose
+    embedding carries residual channels 5 and 17 scaled 200x, and a chat data file."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(chat_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=chat_tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, [5, 17]] *= 200.0
+    root = tmp_path_factory.mktemp("massive")
+    model.save_pretrained(root / "model")
+    chat_tokenizer.save_pretrained(root / "model")
+    data = root / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in records()))
+    return root / "model", data
+
+
+def test_cli_harvest_prints_and_records_the_massive_channels(massive_qwen2, tmp_path, capsys, single_thread):
+    from chatsae.cli import main
+
+    model_dir, data = massive_qwen2
+    out = tmp_path / "h"
+    argv = ["harvest", "--model", str(model_dir), "--data", str(data), "--layer", "1", "--holdout", "0"]
+    assert main([*argv, "--out-dir", str(out)]) == 0
+    man = Manifest.read(out / "activations")
+    acts = ActivationCache(out / "activations").gather(torch.arange(man.n_tokens)).acts.numpy()
+    shares = numpy_shares(acts)
+    cv = man.info["channel_variance"]
+    assert {c for c, _ in cv["dominant_channels"]} == {5, 17} and cv["dominant_share"] > 0.9
+    assert cv["dominant_share"] == pytest.approx(float(shares[[5, 17]].sum()), rel=1e-6)
+    printed = capsys.readouterr()
+    line = dominance_note(cv, "resid_post.1")
+    assert line is not None and line in printed.out + printed.err
