@@ -176,3 +176,31 @@ def test_cli_autointerp_exits_1_when_every_request_fails(interp_features, tmp_pa
     assert rc == 1
     (line,) = [x for x in err.splitlines() if "FAILED" in x]
     assert line.startswith("chatsae autointerp: FAILED: 2 of 2 judgements (100%) got no answer") and out.is_file()
+
+
+def test_a_local_judge_meets_one_overall_deadline(tiny_llama):
+    """A local judge whose generation is slow (0.3 s per token here) stops at --timeout and fails the request, as the
+    HTTP judge does; a request within the deadline answers as before."""
+    from chatsae.interp.judges import JudgeConfig, LocalJudge, make_judge
+
+    model, tokenizer = tiny_llama
+    slow = model.register_forward_hook(lambda *a: time.sleep(0.3))
+    try:
+        judge = LocalJudge("tiny", model_obj=model, tokenizer=tokenizer, timeout=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(
+            TimeoutError, match=r"local judge: no answer within 0.5 s \(stopped after \d+ of 200 tokens"
+        ):
+            judge.complete([{"role": "user", "content": "Name this latent."}], max_tokens=200)
+        assert time.monotonic() - t0 < 3  # 200 tokens would take 60 s
+        answer = ask(judge, [{"role": "user", "content": "Name this latent."}], parse_fast, attempts=1, max_tokens=200)
+        assert answer.status == "error" and "no answer within 0.5 s" in answer.raw[0]
+    finally:
+        slow.remove()
+    assert isinstance(
+        LocalJudge("tiny", model_obj=model, tokenizer=tokenizer, timeout=60).complete(
+            [{"role": "user", "content": "hi"}], max_tokens=3
+        ),
+        str,
+    )
+    assert make_judge(JudgeConfig(timeout=7), default_cache="none").timeout == 7  # --timeout reaches the local judge

@@ -68,8 +68,9 @@ class JudgeConfig:
     http_retries: int = 4
     """Retries of failed HTTP requests (429, 5xx, connection errors) by the client, with exponential backoff."""
     timeout: float = 120.0
-    """Seconds one HTTP attempt may take in whole (connect, headers and body, even from a server that trickles
-    bytes); failed attempts are retried --http-retries times."""
+    """Seconds one request may take in whole. OpenAI: one HTTP attempt (connect, headers and body, even from a
+    server that trickles bytes); failed attempts are retried --http-retries times. Local: the prompt and the
+    generation (stopped at the deadline; the request then fails)."""
     cache_dir: str | None = None
     """On-disk cache of answers. None = FEATURES_DIR/judge_cache; 'none' disables the cache."""
     judge_device: str = "cpu"
@@ -191,6 +192,8 @@ class LocalJudge:
 
     Requests are served one at a time. ``temperature`` 0 is greedy decoding; otherwise sampling seeded by ``seed``.
     A final ``assistant`` message is continued (answer prefill), which steers small judges into the answer format.
+    ``timeout``: seconds one request may take (prompt and generation; the model's first load not counted): the
+    generation is stopped there and the request fails with a :class:`TimeoutError`, as an HTTP judge's does.
     """
 
     prefills = True
@@ -203,8 +206,10 @@ class LocalJudge:
         model_obj: Any = None,
         tokenizer: Any = None,
         max_prompt_tokens: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.name = f"local:{model}"
+        self.timeout = timeout
         self._spec = (model, device, dtype)
         self._model, self._tokenizer = model_obj, tokenizer
         self.max_prompt_tokens = max_prompt_tokens
@@ -230,6 +235,7 @@ class LocalJudge:
     ) -> str:
         with self._lock:
             model, tok = self._load()
+            deadline = Deadline(self.timeout)
             ids, mask = self.encode(messages)
             limit = self.max_prompt_tokens or getattr(model.config, "max_position_embeddings", None)
             if limit and ids.shape[1] + max_tokens > limit:
@@ -237,6 +243,10 @@ class LocalJudge:
                 ids, mask = ids[:, -keep:], mask[:, -keep:]  # keep the end: it holds the question
             device = next(model.parameters()).device
             gen: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id}
+            if self.timeout is not None:
+                from transformers import StoppingCriteriaList
+
+                gen["stopping_criteria"] = StoppingCriteriaList([deadline])
             if temperature > 0:
                 gen.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
             else:
@@ -244,7 +254,25 @@ class LocalJudge:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(seed or 0)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen)
+            if deadline.passed:
+                raise TimeoutError(
+                    f"local judge: no answer within {self.timeout:g} s (stopped after {out.shape[1] - ids.shape[1]} "
+                    f"of {max_tokens} tokens); raise --timeout or lower the answer length"
+                )
             return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+class Deadline:
+    """A wall-clock limit for ``model.generate`` (a transformers stopping criterion): generation stops at the first
+    step past ``seconds`` from now (None: never); :attr:`passed` says whether it did."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.passed = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.passed = self.passed or (self.end is not None and time.monotonic() >= self.end)
+        return torch.full((input_ids.shape[0],), self.passed, dtype=torch.bool, device=input_ids.device)
 
 
 class CachedJudge:
@@ -382,7 +410,7 @@ def make_judge(cfg: JudgeConfig, default_cache: str | Path | None = None) -> Jud
             requests_per_minute=cfg.requests_per_minute,
         )
     elif cfg.judge == "local":
-        judge = LocalJudge(cfg.judge_model, cfg.judge_device, cfg.judge_dtype)
+        judge = LocalJudge(cfg.judge_model, cfg.judge_device, cfg.judge_dtype, timeout=cfg.timeout)
     else:
         raise ValueError(f"JudgeConfig.judge: unknown judge {cfg.judge!r}; use local or openai")
     cache = cfg.cache_dir if cfg.cache_dir is not None else default_cache
