@@ -2,6 +2,9 @@
 output directory; it harvests each data configuration once into a cache, trains SAEs on the caches and evaluates
 every SAE the same way on the same records. Every step skips what an earlier run finished (complete caches, trained
 SAEs, evaluations made with the same settings), and ``plan.json`` makes a rerun with other settings an error.
+
+The numbers kept per SAE are in :mod:`.study_summary`, the labels, tables and files of the reports in
+:mod:`.study_report`; their names are re-exported here (``compare`` and ``sweep`` import them from this module).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,62 +27,49 @@ from ..core.locking import claim_dir
 from ..core.ownership import check_replace, produced_outputs
 from ..core.utils import atomic_file
 from ..data.formats import Record, read_records, split_records
-from ..data.methods import METHODS
 from ..eval.config import EvalConfig, resolve_config
 from ..eval.evaluate import evaluate_many
-from ..eval.report import fmt
 from ..eval.result import EvalResult, read_result
 from ..models import load_model
 from ..sae import SAEConfig, load_sae
 from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
-from ..workflows.train_run import RunConfig, RunSpec, train_run
-
-METHOD_LABELS: dict[str, str] = {m.name: m.label for m in METHODS.values()}
-ARCH_LABELS = {
-    "standard": "Standard",
-    "jumprelu": "JumpReLU",
-    "topk": "TopK",
-    "gated": "Gated",
-    "batchtopk": "BatchTopK",
-    "matryoshka": "Matryoshka",
-}
-SUMMARY: dict[str, tuple[str, str]] = {
-    # summary key: (subset, metric) of EvalResult.metrics
-    "log2_mse": ("all", "log2_mse"),
-    "log2_mse_st": ("special", "log2_mse"),
-    "log2_mse_no_pos0": ("all_no_pos0", "log2_mse"),
-    "log2_mse_st_no_pos0": ("special_no_pos0", "log2_mse"),
-    "log2_mse_st_strict": ("special_strict", "log2_mse"),
-    "log2_mse_st_strict_no_pos0": ("special_strict_no_pos0", "log2_mse"),
-    "log2_mse_st_prefix": ("special_prefix", "log2_mse"),
-    "log2_mse_st_turns": ("special_turns", "log2_mse"),
-    "mse": ("all", "mse"),
-    "mse_no_pos0": ("all_no_pos0", "mse"),
-    "l0": ("all", "l0"),
-    "l0_no_pos0": ("all_no_pos0", "l0"),
-    "fvu": ("all", "fvu"),
-    "fvu_no_pos0": ("all_no_pos0", "fvu"),
-    "delta_lm_loss": ("all", "delta_ce"),
-    "delta_lm_loss_no_pos0": ("all_no_pos0", "delta_ce"),
-    "ce_recovered": ("all", "ce_recovered"),
-    "ce_recovered_no_pos0": ("all_no_pos0", "ce_recovered"),
-    "kl": ("all", "kl"),
-    "kl_no_pos0": ("all_no_pos0", "kl"),
-    "dead_fraction": ("all", "dead_fraction"),
-}
-CLASS_SUBSETS = {"special": "special_no_pos0", "system": "system", "user": "user", "assistant": "assistant"}
-"""Token classes a study reports apart (chat-template tokens without position 0, system, user, assistant content)."""
-CLASS_METRICS = {"fvu": "fvu", "kl": "kl", "delta_lm_loss": "delta_ce"}
-SUMMARY.update(
-    {f"{key}_{cls}": (subset, metric) for cls, subset in CLASS_SUBSETS.items() for key, metric in CLASS_METRICS.items()}
+from .run_spec import RunConfig, RunSpec
+from .study_report import ARCH_LABELS, METHOD_LABELS, cell, label, md_table, now, unit, write_texts
+from .study_summary import (
+    CLASS_METRICS,
+    CLASS_SUBSETS,
+    SUMMARY,
+    SUMMARY_KEYS,
+    high_frequency_shares,
+    summarize,
 )
-"""The numbers a study keeps per SAE and evaluation set (per class: e.g. ``kl_user``, ``fvu_special``)."""
-HIGH_FREQ = {"freq_gt_10pct": -1.0, "freq_gt_1pct": -2.0}
-"""High-frequency latents (JumpReLU paper): the share of latents firing on at least 10% / 1% of all evaluated tokens
-(key -> log10 of the frequency), read from the eval's firing histogram (its bin edges include -1 and -2)."""
-SUMMARY_KEYS = (*SUMMARY, *HIGH_FREQ)
-"""Every number a study keeps per SAE and evaluation set."""
+from .train_run import train_run
+
+__all__ = [
+    "ARCH_LABELS",
+    "CLASS_METRICS",
+    "CLASS_SUBSETS",
+    "METHOD_LABELS",
+    "SUMMARY",
+    "SUMMARY_KEYS",
+    "EvalSet",
+    "Study",
+    "StudyEvalConfig",
+    "cell",
+    "check_names",
+    "high_frequency_shares",
+    "label",
+    "log",
+    "md_table",
+    "names",
+    "now",
+    "summarize",
+    "unit",
+    "write_texts",
+]
+
+
 VOLATILE_TRAIN = VOLATILE["train"]
 """TrainConfig fields a rerun may change (they do not change the trained SAE)."""
 
@@ -401,89 +390,9 @@ class Study:
         return [out[i] for i in range(len(sae_dirs))]
 
 
-def summarize(result: EvalResult) -> dict[str, float | None]:
-    """The :data:`SUMMARY` numbers of one evaluation (None where a metric does not exist)."""
-    d = result.to_dict()["metrics"]
-    return {
-        **{key: (d.get(s) or {}).get(m) for key, (s, m) in SUMMARY.items()},
-        **high_frequency_shares(result.latents),
-    }
-
-
-def high_frequency_shares(latents: dict[str, Any]) -> dict[str, float | None]:
-    """:data:`HIGH_FREQ` shares from an eval's ``latents`` block (None without a firing histogram)."""
-    hist, d_sae = latents.get("firing_histogram") or {}, latents.get("d_sae")
-    edges, counts = hist.get("log10_bin_edges"), hist.get("counts")
-    if not edges or not counts or not d_sae:
-        return dict.fromkeys(HIGH_FREQ)
-    lower = edges[: len(counts)]  # each bin's lower edge
-    return {key: sum(c for e, c in zip(lower, counts, strict=True) if e >= at) / d_sae for key, at in HIGH_FREQ.items()}
-
-
-# ---- report helpers ----------------------------------------------------------------------------------------------
-LABELS = {
-    "log2_mse": ("log2 MSE", "log2 of activation units²"),
-    "log2_mse_st": ("log2 MSE_st", "log2 of activation units²"),
-    "log2_mse_st_strict": ("log2 MSE_st strict", "log2 of activation units²"),
-    "log2_mse_st_prefix": ("log2 MSE_st system block", "log2 of activation units²"),
-    "log2_mse_st_turns": ("log2 MSE_st turns", "log2 of activation units²"),
-    "mse": ("MSE", "activation units²"),
-    "l0": ("L0", "active latents per token"),
-    "fvu": ("FVU", "fraction of variance unexplained"),
-    "delta_lm_loss": ("ΔLM loss", "nats per token"),
-    "ce_recovered": ("CE recovered", "fraction"),
-    "kl": ("KL", "nats per token"),
-    "dead_fraction": ("dead latents", "fraction"),
-    "freq_gt_10pct": ("latents on >= 10% of tokens", "fraction"),
-    "freq_gt_1pct": ("latents on >= 1% of tokens", "fraction"),
-}
-"""Summary key (without ``_no_pos0``) -> (label, unit)."""
-
-
-def label(key: str) -> str:
-    """``"fvu_no_pos0"`` -> ``"FVU (no pos 0)"``."""
-    base = key.removesuffix("_no_pos0")
-    return LABELS.get(base, (base, ""))[0] + (" (no pos 0)" if key != base else "")
-
-
-def unit(key: str) -> str:
-    """``"delta_lm_loss"`` -> ``"nats per token"``."""
-    return LABELS.get(key.removesuffix("_no_pos0"), ("", ""))[1]
-
-
-def cell(v: Any, bold: bool = False) -> str:
-    """A table cell: a number with 4 significant digits (bold if asked), '-' for a missing value."""
-
-    text = fmt(v) if isinstance(v, (int, float)) and v == v else "-"
-    return f"**{text}**" if bold and text != "-" else text
-
-
-def md_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table (first column left-aligned, the others right-aligned)."""
-    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def check_names(option: str, given: list[str], allowed: Any) -> list[str]:
     """``given`` if every name is in ``allowed`` (and there is one), else a ValueError naming ``--option``."""
     bad = [g for g in given if g not in allowed]
     if bad or not given:
         raise ValueError(f"--{option}: {bad or 'nothing given'}; choose from {', '.join(allowed)}")
     return given
-
-
-def write_texts(files: dict[Path, str]) -> list[Path]:
-    """Write each text file atomically (none replaces a file chatsae did not write: checked first); returns the
-    paths."""
-    for path in files:
-        check_replace(path, "--out-dir")
-    for path, text in files.items():
-        with atomic_file(path, "w") as fh:
-            fh.write(text)
-    return list(files)
-
-
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second (report dates)."""
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
