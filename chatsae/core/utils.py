@@ -34,6 +34,7 @@ __all__ = [
     "check_output_file",
     "file_digest",
     "parse_dtype",
+    "read_json_file",
     "safe_name",
     "safetensors_shapes",
     "torch_save",
@@ -319,6 +320,23 @@ def write_output_file(path: str | Path, text: str, option: str) -> Path:
         fh.write(text)
     record(path.parent, path.name)
     return path
+
+
+def read_json_file(path: str | Path, expected: str, kind: type = dict) -> Any:
+    """The JSON document of ``path``, a ``kind`` (default: an object). A file that is not valid JSON (or UTF-8), is
+    nested too deeply to read (e.g. 100,000 ``[``) or holds another type is a ValueError naming the file and
+    ``expected`` (what the file should hold), raised here rather than as a bare RecursionError."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read; expected {expected}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({e}); expected {expected}") from None
+    if not isinstance(doc, kind):
+        shape = "a JSON object" if kind is dict else "a JSON list" if kind is list else kind.__name__
+        raise ValueError(f"{path}: expected {expected} ({shape}), got {type(doc).__name__}")
+    return doc
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:

@@ -39,7 +39,7 @@ from .prompts import (
     parse_fast,
     token_text,
 )
-from .store import AUTOINTERP_FILE, Context, FeatureData
+from .store import AUTOINTERP_FILE, Context, FeatureData, read_autointerp
 
 PROTOCOLS = ("fast", "detection", "fuzzing")
 MAX_FAILED_SHARE = 0.5
@@ -320,11 +320,11 @@ def run_autointerp(
 ) -> dict[str, Any]:
     """Judge the sampled latents with every protocol of ``cfg``; merge into the results file and return its content."""
     protocols = cfg.protocols()
+    path = Path(cfg.out) if cfg.out else data.root / AUTOINTERP_FILE
+    doc: dict[str, Any] = read_autointerp(path) if path.is_file() else {}  # read first: a damaged file costs no judging
     ids = sample_latents(data, cfg)
     runner = _Runner(data, judge, cfg)
     results = run_concurrent(lambda i: runner.latent(i, protocols), ids, concurrency, "autointerp", progress)
-    path = Path(cfg.out) if cfg.out else data.root / AUTOINTERP_FILE
-    doc: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     latents: dict[str, dict[str, Any]] = doc.get("latents", {})
     for i, r in zip(ids, results, strict=True):
         latents.setdefault(str(i), {}).update(r)

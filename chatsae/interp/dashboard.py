@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.utils import atomic_dir
-from .store import AUTOINTERP_FILE, Context, FeatureData
+from .store import AUTOINTERP_FILE, Context, FeatureData, read_autointerp
 
 ASSETS = "dashboard_assets"
 
@@ -172,9 +172,6 @@ def _read_autointerp(path: Path) -> tuple[dict[str, Any], float | None]:
     """(per-latent results, FAST top-range share) of an autointerp results file; ({}, None) if absent."""
     if not path.is_file():
         return {}, None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
+    doc = read_autointerp(path)
     fast = (doc.get("summary") or {}).get("fast") or {}
     return doc.get("latents") or {}, fast.get("top_range_share")

@@ -28,7 +28,7 @@ from ..core.devices import resolve_device
 from ..core.locking import mark_dir
 from ..core.ownership import MARKER, is_chatsae_dir, read_marker
 from ..core.progress import Progress
-from ..core.utils import atomic_file
+from ..core.utils import atomic_file, read_json_file
 from ..data import bucket_batches, pad_batch
 from ..data.formats import FORMAT_NAMES
 from ..data.methods import FAST_MAX_LENGTH
@@ -37,7 +37,7 @@ from ..models.prefix import capture_shared
 from ..sae import SAE
 from .collector import BatchView, CollectorSpec, FeatureCollector
 from .statelog import BASE_FILE, LOG_DIR, StateLog, diff_state
-from .store import AUTOINTERP_FILE, LOGITS_FILE, META_FILE, TOKENS_FILE, FeatureData, seal
+from .store import AUTOINTERP_FILE, LOGITS_FILE, META_EXPECTED, META_FILE, TOKENS_FILE, FeatureData, seal
 
 FORMAT_VERSION = 2
 """2: non-activating contexts are quiet windows (1: quiet whole samples). Part of the fingerprint, so results of
@@ -251,7 +251,7 @@ def collect_features(
     fp = _fingerprint(cfg, sae, hook, plan)
     spec = cfg.spec(sae.cfg.d_sae)
     log, meta_path = StateLog(out), out / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    meta = read_json_file(meta_path, META_EXPECTED) if meta_path.is_file() else None
     check_features_dir(out, meta)
     if meta is not None and not cfg.overwrite:
         if meta.get("fingerprint") != fp:

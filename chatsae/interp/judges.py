@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ import torch
 from ..core.config import ConfigError, validate
 from ..core.progress import Progress
 from ..core.redact import redact, redact_url, register_secret, register_url
-from ..core.utils import atomic_file
+from ..core.utils import atomic_file, read_json_file
 from ..models import load_model
 from .prompts import Messages, ParseError
 from .transport import DeadlineTransport
@@ -302,12 +303,15 @@ class CachedJudge:
         path = self.root / key[:2] / f"{key}.json"
         if path.is_file():
             try:
-                answer = json.loads(path.read_text())["answer"]
+                answer = read_json_file(path, "a judge-cache entry (a JSON object with a string 'answer')")["answer"]
+                if not isinstance(answer, str):
+                    raise ValueError(f"{path}: expected a judge-cache entry with a string 'answer'")
                 with self._lock:
                     self.hits += 1
                 return answer
-            except (json.JSONDecodeError, KeyError, OSError):
-                pass  # a damaged entry is recomputed
+            except (ValueError, KeyError, OSError) as e:  # a damaged entry is named and recomputed
+                why = str(e) if str(path) in str(e) else f"{path}: unreadable judge-cache entry ({e!r})"
+                print(f"warning: {why}; asking the judge again", file=sys.stderr, flush=True)
         answer = cap_answer(self.judge.complete(messages, temperature=temperature, max_tokens=max_tokens, seed=seed))
         entry = {"judge": self.name, "messages": messages, "temperature": temperature, "seed": seed, "answer": answer}
         if is_truncated(answer):

@@ -27,7 +27,7 @@ from typing import Any
 from ..core.config import validate
 from ..core.locking import claim_dir
 from ..core.utils import atomic_dir, check_inside, safe_name
-from .store import AUTOINTERP_FILE, Context, FeatureData
+from .store import AUTOINTERP_FILE, Context, FeatureData, read_autointerp
 
 
 @dataclass
@@ -111,7 +111,7 @@ def export_neuronpedia(
     now = datetime.now(timezone.utc).isoformat()
     creator = {"creatorId": cfg.creator_id, "createdAt": now}
     auto_path = Path(autointerp) if autointerp else data.root / AUTOINTERP_FILE
-    auto = json.loads(auto_path.read_text()).get("latents", {}) if auto_path.is_file() else {}
+    auto = read_autointerp(auto_path).get("latents", {}) if auto_path.is_file() else {}
     hook_name = f"blocks.{layer}.hook_{str(data.meta.get('hook_name', 'resid_post.0')).partition('.')[0]}"
     freq = data.frequency
     features, activations, explanations = [], [], []
@@ -213,7 +213,7 @@ def _quantile_groups(contexts: list[Context], n: int) -> list[tuple[Context, tup
 def _judge_name(path: Path) -> str | None:
     if not path.is_file():
         return None
-    runs = json.loads(path.read_text()).get("runs") or []
+    runs = read_autointerp(path).get("runs") or []
     return runs[-1].get("judge") if runs else None
 
 

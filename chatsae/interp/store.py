@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ..core.utils import read_json_file
 from .collector import TEMPLATE_CLASS
 from .statelog import BASE_FILE, StateLog
 
@@ -28,8 +29,15 @@ KINDS = ("top", "quantile", "random")
 CHECKED_FILES = (BASE_FILE, LOGITS_FILE, TOKENS_FILE)
 """Files of a finished features run whose digests ``meta.json`` holds (``checksums``); ``meta.json`` holds its own
 (``meta_digest``, over its content without that key)."""
+META_EXPECTED = "chatsae's features metadata (a JSON object)"
+AUTOINTERP_EXPECTED = "chatsae's auto-interpretation results (a JSON object with 'latents' and 'runs')"
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 _VERIFIED_LOCK = threading.Lock()
+
+
+def read_autointerp(path: str | Path) -> dict:
+    """The content of an ``autointerp.json`` (a ValueError naming the file when it is damaged or too deeply nested)."""
+    return read_json_file(path, AUTOINTERP_EXPECTED)
 
 
 def _file_digest(path: Path) -> str:
@@ -115,10 +123,7 @@ class FeatureData:
         meta_path = self.root / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: not found; run `chatsae features` first")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ValueError(f"{meta_path}: invalid JSON ({e})") from e
+        self.meta = read_json_file(meta_path, META_EXPECTED)
         if not self.meta.get("complete") and not allow_incomplete:
             raise ValueError(f"{self.root}: the features run is not complete; rerun `chatsae features` to resume it")
         if self.meta.get("complete"):
@@ -127,7 +132,9 @@ class FeatureData:
         lens = self.root / LOGITS_FILE
         self.lens: dict[str, Tensor] | None = load_file(str(lens)) if lens.is_file() else None
         tokens = self.root / TOKENS_FILE
-        self.token_strings: dict[str, str] = json.loads(tokens.read_text()) if tokens.is_file() else {}
+        self.token_strings: dict[str, str] = (
+            read_json_file(tokens, "chatsae's token strings ({token id: text})") if tokens.is_file() else {}
+        )
         self.d_sae = int(self.state["top_act"].shape[0])
         self.window_before = int(self.meta.get("window", [self.state["top_tokens"].shape[2] - 1, 0])[0])
 
@@ -257,7 +264,4 @@ class FeatureData:
         path = self.root / AUTOINTERP_FILE
         if not path.is_file():
             return {}
-        try:
-            return json.loads(path.read_text()).get("latents", {})
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from e
+        return read_autointerp(path).get("latents", {})

@@ -29,7 +29,7 @@ from ..core.constants import (
 from ..core.faults import DiskFullError
 from ..core.locking import OutputDirError
 from ..core.ownership import is_chatsae_dir, is_empty_dir, owns, read_marker, remove_owned
-from ..core.utils import atomic_dir, file_digest, torch_save
+from ..core.utils import atomic_dir, file_digest, read_json_file, torch_save
 from ..sae import SAE
 from .state import TrainState
 
@@ -131,8 +131,10 @@ def verify_checkpoint(path: Path) -> None:
     if not sums_file.is_file():
         return
     try:
-        sums = json.loads(sums_file.read_text())
-    except (OSError, ValueError) as e:
+        sums = read_json_file(sums_file, "the checkpoint's checksums ({file name: digest})")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    except OSError as e:
         raise CheckpointError(f"{sums_file}: unreadable ({e})") from e
     for name, digest in sums.items():
         if not (path / name).is_file():
@@ -155,8 +157,10 @@ def check_run_config(path: Path, run_config: dict[str, Any]) -> None:
     if not file.is_file():
         return  # written before run configs were stored
     try:
-        old = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
+        old = read_json_file(file, "the run settings the checkpoint was written with")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    except OSError as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from e
     diffs = config_diffs(old, run_config)
     if diffs:
