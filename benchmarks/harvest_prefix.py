@@ -4,7 +4,7 @@
                                                   [--dtype float32] [--device cpu]
 
 Loads the embedded SmolLM2-135M-Instruct, takes the first ``--records`` samples of chatsae's own chat data as FAST
-sequences, batches them as the harvest does (length-bucketed, ``HarvestOptions`` defaults) and times
+sequences, batches them as the harvest does (length-bucketed, ``HarvestConfig`` defaults) and times
 ``activations_for_batch`` over all batches with ``share_prefix`` on and off, alternating within each of
 ``--repeats`` rounds. Prints the tokens per second of each (median, min-max) and, last, the median (min-max) of the
 per-round speed-up; also the largest difference between the two sets of vectors.
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from chatsae.activations.harvest import HarvestOptions, activations_for_batch
+from chatsae.activations.harvest import HarvestConfig, activations_for_batch
 from chatsae.activations.pipeline import default_data_path
 from chatsae.data.formats import read_records
 from chatsae.data.sequences import bucket_batches, fast_sequences
@@ -38,7 +38,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     hook = HookPoint.parse(args.hook)
     seqs = list(fast_sequences(read_records(default_data_path(), limit=args.records), tok, max_length=8192))
-    opts = {share: HarvestOptions(share_prefix=share) for share in (True, False)}
+    opts = {share: HarvestConfig(share_prefix=share) for share in (True, False)}
     batches = list(bucket_batches(seqs, max_tokens=opts[True].batch_tokens, max_batch_size=opts[True].max_batch_size))
     n_tok = sum(len(s.input_ids) for s in seqs)
 

@@ -5,7 +5,7 @@
 
 FAST sequences (embedded tokenizer, chat template, n-gram dedup) of chatsae's bundled data and of
 ``../shared/data``'s alpaca, gsm8k and sharegpt, and all four together; each is cut into windows of ``--windows``
-tokens in file order (the harvest buckets each window of ``HarvestOptions.shard_tokens``, 65,536 by default) and
+tokens in file order (the harvest buckets each window of ``HarvestConfig.shard_tokens``, 65,536 by default) and
 bucketed by ``bucket_batches`` at each budget, without and with ``max_padding``. Prints one line per cell: padding
 share and real tokens per batch.
 """

@@ -47,7 +47,7 @@ from paper_shapes import (  # noqa: E402  (re-exported: the names tests and call
 )
 from sae_step_common import bare_step  # noqa: E402
 
-from chatsae.activations.harvest import HarvestOptions, HarvestStats, activations_for_batch  # noqa: E402
+from chatsae.activations.harvest import HarvestConfig, HarvestStats, activations_for_batch  # noqa: E402
 from chatsae.data.sequences import BucketStats, TokenSequence, bucket_batches  # noqa: E402
 from chatsae.models import HookPoint  # noqa: E402
 from chatsae.models.prefix import can_share_prefix, shared_prefix_length  # noqa: E402
@@ -137,7 +137,7 @@ def harvest(model: torch.nn.Module, name: str, seqs: list[TokenSequence], a: arg
     """Harvest through chatsae's per-batch path until the data or ``a.harvest_seconds`` ends; keeps the first
     ``a.keep`` vectors (float32, host) for the SAE phase."""
     device = next(model.parameters()).device
-    opts = HarvestOptions(batch_tokens=a.batch_tokens, max_batch_size=a.max_batch_size, share_prefix=a.share_prefix)
+    opts = HarvestConfig(batch_tokens=a.batch_tokens, max_batch_size=a.max_batch_size, share_prefix=a.share_prefix)
     window = max(1, round(a.window_tokens * len(seqs) / sum(len(s.input_ids) for s in seqs)))
     bstats = BucketStats()
     batches = bucket_batches(seqs, a.batch_tokens, a.max_batch_size, window, 0, bstats, a.max_padding or None)

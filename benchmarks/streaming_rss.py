@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def child(budget: int, out_dir: str, device: str, buffer_tokens: int, hook: str | None) -> None:
-    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.harvest import HarvestConfig
     from chatsae.activations.pipeline import DataConfig
     from chatsae.train import TrainConfig
     from chatsae.workflows import RunConfig, RunSpec, train_run
@@ -30,7 +30,7 @@ def child(budget: int, out_dir: str, device: str, buffer_tokens: int, hook: str 
         run=RunConfig(out_dir=out_dir, evaluate=False, overwrite=True),
         train=TrainConfig(total_tokens=budget, progress=False, device=device, checkpoint_every=0),
         data=DataConfig(cache="none", model_device=device, buffer_tokens=buffer_tokens, hook=hook),
-        harvest=HarvestOptions(shard_tokens=min(65_536, buffer_tokens)),
+        harvest=HarvestConfig(shard_tokens=min(65_536, buffer_tokens)),
         report=lambda m: None,
     )
     res = train_run(spec)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from chatsae.activations.harvest import HarvestOptions
+from chatsae.activations.harvest import HarvestConfig
 from chatsae.activations.pipeline import DataConfig
 from chatsae.core.config import ConfigError, build, check_sections, coerce, parse_value, validate
 from chatsae.core.devices import resolve_device
@@ -200,8 +200,8 @@ def test_validate_helper_messages():
             "--data-format must be one of auto, messages, sharegpt, alpaca, qa, "
             "text, chat, openai, conversation, gsm8k, txt; got 'csv'",
         ),
-        (HarvestOptions, {"batch_tokens": 0}, "--batch-tokens must be a positive integer, got 0"),
-        (HarvestOptions, {"max_tokens": -5}, "--max-tokens must be a positive integer, got -5"),
+        (HarvestConfig, {"batch_tokens": 0}, "--batch-tokens must be a positive integer, got 0"),
+        (HarvestConfig, {"max_tokens": -5}, "--max-tokens must be a positive integer, got -5"),
         (EvalConfig, {"dense_threshold": 2.0}, "--dense-threshold must be in [0, 1], got 2.0"),
         (EvalConfig, {"max_samples": 0}, "--max-samples must be a positive integer, got 0"),
         (FeaturesConfig, {"top_k": 0}, "--top-k must be a positive integer, got 0"),

@@ -269,11 +269,11 @@ def sequences() -> list[Any]:
 
 def harvest_and_train(cache: Path, out_dir: Path, result: Path) -> None:
     """Harvest :func:`sequences` into ``cache`` on every rank, then train a few steps on it."""
-    from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+    from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
     from chatsae.models import HookPoint
 
     model, tok = tiny_model()
-    opts = HarvestOptions(shard_tokens=64, batch_tokens=256, max_batch_size=8)
+    opts = HarvestConfig(shard_tokens=64, batch_tokens=256, max_batch_size=8)
     manifest = Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast")
     harvest_to_cache(model, tok, HookPoint.parse("resid_post.1"), sequences(), cache, manifest, opts, progress=False)
     source = CacheSource(cache, 32, buffer_tokens=128, seed=1)
@@ -307,13 +307,13 @@ def test_partition_balanced_covers_once_and_balances() -> None:
 
 
 def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
-    from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+    from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
     from chatsae.models import HookPoint
 
     wall = spawn(harvest_and_train, tmp_path / "cache2", tmp_path / "run2", tmp_path / "res2")
     print(f"2-rank harvest + training: {wall:.1f}s")
     model, tok = tiny_model()  # the same data harvested by one process, for reference
-    opts = HarvestOptions(shard_tokens=64, batch_tokens=256, max_batch_size=8)
+    opts = HarvestConfig(shard_tokens=64, batch_tokens=256, max_batch_size=8)
     manifest = Manifest(d_in=2 * D_IN, model="tiny", hook="resid_post.1", method="fast")
     harvest_to_cache(
         model, tok, HookPoint.parse("resid_post.1"), sequences(), tmp_path / "cache1", manifest, opts, progress=False
@@ -353,7 +353,7 @@ def test_two_rank_harvest_split_and_uneven_shards_train(tmp_path: Path) -> None:
 
 def test_cache_of_another_world_size(tmp_path: Path) -> None:
     """An interrupted 2-process harvest is not resumed by one process (nor its shards removed as orphans)."""
-    from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+    from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
     from chatsae.models import HookPoint
 
     cache = tmp_path / "cache"
@@ -376,7 +376,7 @@ def test_cache_of_another_world_size(tmp_path: Path) -> None:
             sequences(),
             cache,
             manifest,
-            HarvestOptions(),
+            HarvestConfig(),
             resume=True,
             progress=False,
         )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chatsae.activations.cache import ActivationCache, CacheSource
-from chatsae.activations.harvest import HarvestOptions
+from chatsae.activations.harvest import HarvestConfig
 from chatsae.activations.pipeline import DataConfig, harvest
 from chatsae.data import TEMPLATE
 from chatsae.sae import SAEConfig, create_sae, load_sae
@@ -20,7 +20,7 @@ from chatsae.train import TrainConfig, Trainer
 def test_fast_jumprelu_on_embedded_model(embedded, tmp_path):
     cfg = DataConfig(max_samples=24, holdout=4)
     cache_dir, manifest, stats, ctx = harvest(
-        cfg, HarvestOptions(), tmp_path, max_tokens=None, resume=False, progress=False, model_and_tokenizer=embedded
+        cfg, HarvestConfig(), tmp_path, max_tokens=None, resume=False, progress=False, model_and_tokenizer=embedded
     )
     assert str(ctx["hook"]) == "resid_post.15" and len(ctx["held_out"]) == 4
     assert manifest.complete and manifest.d_in == 576 and manifest.method == "fast"

@@ -417,7 +417,7 @@ def test_help_and_early_errors(study_files, capsys):
 
 
 def test_plan_guards_a_study_once_it_produced_something(tmp_path):
-    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.harvest import HarvestConfig
     from chatsae.activations.pipeline import DataConfig
     from chatsae.sae import SAEConfig, create_sae, save_sae
     from chatsae.train.config import TrainConfig
@@ -427,7 +427,7 @@ def test_plan_guards_a_study_once_it_produced_something(tmp_path):
         return Study(
             tmp_path,
             DataConfig(model="m"),
-            HarvestOptions(),
+            HarvestConfig(),
             TrainConfig(total_tokens=tokens),
             StudyEvalConfig(),
             sae_options={"d_sae": width},

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chatsae.activations.cache import ActivationCache, Manifest
-from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
 from chatsae.data import block_sequences, fast_sequences
 from chatsae.data.formats import Record
 from chatsae.models import HookPoint, capture
@@ -40,7 +40,7 @@ def _harvest(tiny_llama, tmp_path, name, seqs, opts=None, resume=False, max_toke
         seqs,
         tmp_path / name,
         man,
-        opts or HarvestOptions(shard_tokens=300),
+        opts or HarvestConfig(shard_tokens=300),
         max_tokens=max_tokens,
         resume=resume,
         progress=False,
@@ -58,7 +58,7 @@ def interrupted(seqs, at):
 def test_fast_harvest_excludes_padding_and_matches_single_sample_runs(tiny_llama, tmp_path):
     model, tok = tiny_llama
     seqs = list(fast_sequences(_records(), tok, dedup_n=None))
-    opts = HarvestOptions(shard_tokens=300, batch_tokens=256, exclude_first_position=True)
+    opts = HarvestConfig(shard_tokens=300, batch_tokens=256, exclude_first_position=True)
     man, stats = _harvest(tiny_llama, tmp_path, "c", iter(seqs), opts)
     cache = ActivationCache(tmp_path / "c")
     n_real = sum(len(s.input_ids) for s in seqs)
@@ -112,7 +112,7 @@ def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
             interrupted(seqs, at=15),
             tmp_path / "c",
             man,
-            HarvestOptions(shard_tokens=300),
+            HarvestConfig(shard_tokens=300),
             resume=False,
             progress=False,
         )
@@ -126,7 +126,7 @@ def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
             iter(seqs),
             tmp_path / "c",
             man16,
-            HarvestOptions(shard_tokens=300),
+            HarvestConfig(shard_tokens=300),
             resume=True,
             progress=False,
         )
@@ -135,7 +135,7 @@ def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
 def test_bt_blocks_harvest_full_blocks(tiny_llama, tmp_path):
     _, tok = tiny_llama
     blocks = list(block_sequences(_records(), tok, context_size=64, chat=True))
-    opts = HarvestOptions(shard_tokens=300, exclude_first_position=False)
+    opts = HarvestConfig(shard_tokens=300, exclude_first_position=False)
     man, _ = _harvest(tiny_llama, tmp_path, "bt", iter(blocks), opts)
     assert man.n_tokens == 64 * len(blocks)
 
@@ -208,9 +208,9 @@ def test_max_padding_bounds_every_model_batch_and_keeps_the_vectors(tiny_llama, 
 
         return on_batch
 
-    out_free = window_activations(model, tok, [HOOK], seqs, HarvestOptions(**wide), free)
+    out_free = window_activations(model, tok, [HOOK], seqs, HarvestConfig(**wide), free)
     out_bound = window_activations(
-        model, tok, [HOOK], seqs, HarvestOptions(**wide, max_padding=0.05), bounded, batch_padding(bounded)
+        model, tok, [HOOK], seqs, HarvestConfig(**wide, max_padding=0.05), bounded, batch_padding(bounded)
     )
     assert out_free is not None and out_bound is not None
     assert free.padding_fraction > 0.10  # the case the bound is for: a wide batch over mixed lengths
@@ -225,4 +225,4 @@ def test_max_padding_bounds_every_model_batch_and_keeps_the_vectors(tiny_llama, 
 
 def test_max_padding_out_of_range_is_refused():
     with pytest.raises(ValueError, match="max.padding"):
-        HarvestOptions(max_padding=1.5)
+        HarvestConfig(max_padding=1.5)

@@ -269,8 +269,8 @@ def test_capture_sharing_prefix_equals_capture_many(family_model):
 
 def test_harvest_vectors_with_the_shared_prefix(tiny_llama):
     """activations_for_batch on chat records with a system prompt: the same kept vectors and metadata as whole rows
-    (``HarvestOptions.share_prefix=False``), the prefix run once."""
-    from chatsae.activations.harvest import HarvestOptions, activations_for_batch
+    (``HarvestConfig.share_prefix=False``), the prefix run once."""
+    from chatsae.activations.harvest import HarvestConfig, activations_for_batch
     from chatsae.data.sequences import fast_sequences
 
     model, tok = tiny_llama
@@ -281,7 +281,7 @@ def test_harvest_vectors_with_the_shared_prefix(tiny_llama):
         calls: list[tuple[int, int]] = []
         handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o, c=calls: c.append(o.shape[:2]))
         try:
-            out[share] = activations_for_batch(model, hook, seqs, tok.pad_token_id, HarvestOptions(share_prefix=share))
+            out[share] = activations_for_batch(model, hook, seqs, tok.pad_token_id, HarvestConfig(share_prefix=share))
         finally:
             handle.remove()
         assert (len(calls) == 2 and calls[0][0] == 1 and calls[0][1] >= P.MIN_PREFIX) if share else len(calls) == 1
@@ -314,7 +314,7 @@ def test_a_training_run_evaluates_as_it_harvests(tiny_llama, tmp_path, monkeypat
     from test_multi_sae import _spec
 
     from chatsae.activations import harvest as harvest_mod
-    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.harvest import HarvestConfig
     from chatsae.workflows import train_run
 
     shared_eval = record_calls(monkeypatch, passes_module, "clean_forward_shared")
@@ -330,7 +330,7 @@ def test_a_training_run_evaluates_as_it_harvests(tiny_llama, tmp_path, monkeypat
         shared_eval.clear()
         asked.clear()
         spec = _spec(tmp_path, tiny_llama, f"run_{share}", hook="resid_post.1")
-        spec.harvest = HarvestOptions(shard_tokens=300, share_prefix=share)
+        spec.harvest = HarvestConfig(shard_tokens=300, share_prefix=share)
         train_run(spec)
         assert asked and set(asked) == {share}, share
         assert bool(shared_eval) == share, share

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_harvest_pipeline import _records
 
-from chatsae.activations.harvest import HarvestOptions
+from chatsae.activations.harvest import HarvestConfig
 from chatsae.activations.pipeline import DataConfig
 from chatsae.sae import SAEConfig, load_sae
 from chatsae.train import TrainConfig
@@ -33,7 +33,7 @@ def _spec(tmp_path: Path, tiny_llama, out: str, **data_kw) -> RunSpec:
         sae=SAEConfig(architecture="jumprelu"),
         train=TrainConfig(**TC),
         data=DataConfig(model="tiny", data=str(data), holdout=3, buffer_tokens=256, **data_kw),
-        harvest=HarvestOptions(shard_tokens=300),
+        harvest=HarvestConfig(shard_tokens=300),
         d_sae=96,
         model_and_tokenizer=tiny_llama,
         report=lambda m: None,

@@ -13,7 +13,7 @@ import torch
 from test_harvest_pipeline import interrupted
 
 from chatsae.activations.cache import MANIFEST, ActivationCache, Manifest
-from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
 from chatsae.activations.pipeline import DataConfig, harvest
 from chatsae.core import locking
 from chatsae.core.locking import LOCK, MARKER, OutputDirError
@@ -22,7 +22,7 @@ from chatsae.data.formats import Record
 from chatsae.models import HookPoint
 
 HOOK = HookPoint("resid_post", 1)
-OPTS = HarvestOptions(shard_tokens=300)
+OPTS = HarvestConfig(shard_tokens=300)
 
 
 def _records(n: int = 24, tag: str = "") -> list[Record]:

@@ -94,13 +94,13 @@ def test_output_place_refuses_inputs_other_outputs_and_dangling_links(tmp_path: 
 
 
 def test_compare_and_sweep_refuse_a_user_directory_and_never_replace_its_files(tmp_path: Path) -> None:
-    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.harvest import HarvestConfig
     from chatsae.activations.pipeline import DataConfig
     from chatsae.train.config import TrainConfig
     from chatsae.workflows.study import Study, StudyEvalConfig, write_texts
 
     def study(out: Path, overwrite: bool = False) -> Study:
-        cfgs = (DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=4096), StudyEvalConfig())
+        cfgs = (DataConfig(model="m"), HarvestConfig(), TrainConfig(total_tokens=4096), StudyEvalConfig())
         return Study(out, *cfgs, overwrite=overwrite)
 
     user = tmp_path / "mine"

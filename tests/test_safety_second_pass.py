@@ -126,12 +126,12 @@ def test_a_user_folder_with_a_manifest_json_is_not_taken_for_a_cache(tmp_path: P
 
 
 def test_study_decides_already_produced_from_the_ownership_record(tmp_path: Path) -> None:
-    from chatsae.activations.harvest import HarvestOptions
+    from chatsae.activations.harvest import HarvestConfig
     from chatsae.activations.pipeline import DataConfig
     from chatsae.workflows.study import Study, StudyEvalConfig
 
     def study(lr: float) -> Study:
-        cfgs = (DataConfig(model="m"), HarvestOptions(), TrainConfig(total_tokens=4096, lr=lr), StudyEvalConfig())
+        cfgs = (DataConfig(model="m"), HarvestConfig(), TrainConfig(total_tokens=4096, lr=lr), StudyEvalConfig())
         return Study(tmp_path / "study", *cfgs)
 
     study(0.001).check_plan({})

@@ -15,7 +15,7 @@ import torch
 from test_harvest_pipeline import _records
 
 from chatsae.activations.cache import ActivationCache, CacheSource, Manifest
-from chatsae.activations.harvest import HarvestOptions, harvest_to_cache
+from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
 from chatsae.activations.pipeline import DataConfig
 from chatsae.activations.streaming import Prefetcher, StreamingSource
 from chatsae.data import fast_sequences
@@ -26,7 +26,7 @@ from chatsae.workflows import RunConfig, RunSpec, train_run
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 HOOK = HookPoint("resid_post", 1)
-OPTS = HarvestOptions(shard_tokens=300)
+OPTS = HarvestConfig(shard_tokens=300)
 
 
 def _streaming(tiny_llama, records, batch_size=32, buffer_tokens=256, **kw) -> StreamingSource:
@@ -157,7 +157,7 @@ def test_cache_none_run_trains_and_evaluates_without_a_cache(tiny_llama, tmp_pat
         sae=SAEConfig(architecture="topk", k=4),
         train=tc,
         data=DataConfig(model="tiny", data=str(data), layer=1, holdout=4, cache="none", buffer_tokens=256),
-        harvest=HarvestOptions(shard_tokens=300),
+        harvest=HarvestConfig(shard_tokens=300),
         d_sae=96,
         model_and_tokenizer=tiny_llama,
         report=lines.append,

@@ -31,7 +31,7 @@ from .cache import CacheWriter, Manifest, check_cache_dir, finished_cache
 
 
 @dataclass
-class HarvestOptions:
+class HarvestConfig:
     """Which tokens become training vectors, and how the model is batched."""
 
     exclude_first_position: bool = True
@@ -61,6 +61,9 @@ class HarvestOptions:
         validate(self, positive=("batch_tokens", "max_batch_size", "shard_tokens", "max_tokens"))
         bound = self.max_padding
         check(bound is None or 0.0 <= bound < 1.0, "max_padding", f"must be in [0, 1), got {bound}")
+
+
+HarvestOptions = HarvestConfig  # deprecated alias: the name before configs were all *Config
 
 
 class HarvestStats:

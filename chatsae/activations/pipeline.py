@@ -24,7 +24,7 @@ from ..data.sequences import SequenceStats
 from ..models import HookPoint, load_model, model_info, n_layers
 from ..models.loading import has_chat_template
 from .cache import Manifest
-from .harvest import HarvestOptions, HarvestStats, harvest_to_caches
+from .harvest import HarvestConfig, HarvestStats, harvest_to_caches
 
 DEFAULT_DATA = "default"
 
@@ -200,7 +200,7 @@ def load_data_and_model(
 
 def harvest(
     cfg: DataConfig,
-    opts: HarvestOptions,
+    opts: HarvestConfig,
     out_dir: str | Path,
     max_tokens: int | None,
     resume: bool,
@@ -220,7 +220,7 @@ def harvest(
 
 def harvest_hooks(
     cfg: DataConfig,
-    opts: HarvestOptions,
+    opts: HarvestConfig,
     out_dir: str | Path,
     max_tokens: int | None,
     resume: bool,

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..data import TokenSequence
 from ..models import HookPoint
 from .buffer import MixingBuffer
-from .harvest import HarvestOptions, HarvestStats, length_windows, window_activations
+from .harvest import HarvestConfig, HarvestStats, length_windows, window_activations
 from .source import ActivationBatch
 
 BATCH_KEYS = ("token_ids", "special_mask", "positions", "sample_ids")
@@ -97,7 +97,7 @@ class StreamingSource:
         tokenizer: Any,
         hook: HookPoint,
         sequences: Callable[[], Iterable[TokenSequence]],
-        opts: HarvestOptions,
+        opts: HarvestConfig,
         d_in: int,
         batch_size: int,
         buffer_tokens: int = 65_536,
@@ -247,7 +247,7 @@ class SharedStream:
         tokenizer: Any,
         hooks: list[HookPoint],
         sequences: Callable[[], Iterable[TokenSequence]],
-        opts: HarvestOptions,
+        opts: HarvestConfig,
         lead: int = 2,
     ) -> None:
         self.model, self.tokenizer, self.hooks, self.sequences, self.opts = model, tokenizer, hooks, sequences, opts

@@ -20,7 +20,7 @@ MAX_ALPHA = 10_000.0
 
 
 @dataclass
-class ModelOptions:
+class ModelConfig:
     """The model to run (default: the one named in the SAE's metadata)."""
 
     model: str | None = None
@@ -38,7 +38,7 @@ class ModelOptions:
 
 
 @dataclass
-class SpecialTokensOptions:
+class SpecialTokensConfig:
     """Ranking latents by their average max activation on each chat-template token."""
 
     data: str = ""
@@ -71,7 +71,7 @@ class SpecialTokensOptions:
 
 
 @dataclass
-class SteerOptions:
+class SteerConfig:
     """Greedy chat generations under steering, side by side for several alphas, with automatic measures."""
 
     latent: list[int] = field(default_factory=list)
@@ -142,7 +142,7 @@ def check_outputs(out: str, kind: str, overwrite: bool, inputs: tuple[str, ...],
         check_replace(Path(out) / f"{stem}.{ext}", "--out")
 
 
-def _load(sae_dir: str, opts: ModelOptions) -> tuple[Any, Any, Any, str]:
+def _load(sae_dir: str, opts: ModelConfig) -> tuple[Any, Any, Any, str]:
     """(sae, model, tokenizer, model name) for a command."""
     from ..models import load_model
     from ..sae import load_sae
@@ -164,7 +164,7 @@ def _special_tokens(args: argparse.Namespace) -> int:
     from ..steer.special_tokens import special_token_table, write_table
 
     cfg = configs_from_args(args)
-    opts: SpecialTokensOptions = cfg["special_tokens"]
+    opts: SpecialTokensConfig = cfg["special_tokens"]
     if opts.data == DEFAULT_DATA:
         opts.data = str(default_data_path())
     check_outputs(opts.out, "special-tokens", opts.overwrite, (args.sae_dir, opts.data), "special_tokens")
@@ -191,7 +191,7 @@ def _steer(args: argparse.Namespace) -> int:
     from ..steer.report import load_prompts, run_steering, write_report
 
     cfg = configs_from_args(args)
-    opts: SteerOptions = cfg["steer"]
+    opts: SteerConfig = cfg["steer"]
     check_outputs(opts.out, "steering", opts.overwrite, (args.sae_dir, opts.prompts), "steering")
     prompts = load_prompts(opts.prompts, limit=opts.n_prompts)
     sae, model, tokenizer, name = _load(args.sae_dir, cfg["model"])
@@ -218,7 +218,7 @@ def _steer(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``special-tokens`` and ``steer``."""
     sae_help = "directory of a saved SAE (cfg.json + sae_weights.safetensors)"
-    configs = {"special_tokens": SpecialTokensOptions, "model": ModelOptions}
+    configs = {"special_tokens": SpecialTokensConfig, "model": ModelConfig}
     p = add_command(
         sub,
         "special-tokens",
@@ -232,7 +232,7 @@ def register(sub: Any) -> None:
         "steer",
         "Generate chat answers under SAE-latent steering for several alphas, with measures.",
         _steer,
-        configs={"steer": SteerOptions, "model": ModelOptions},
+        configs={"steer": SteerConfig, "model": ModelConfig},
     )
     p.add_argument("sae_dir", metavar="SAE_DIR", help=sae_help)
     for action in p._actions:

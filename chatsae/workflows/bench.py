@@ -31,7 +31,7 @@ from ..models import HookPoint, load_model
 from ..models.hooks import capture, check_sae_width
 from ..sae import load_sae
 from ..sae.io import saelens_cfg
-from .bench_data import Harvester, TaskSpec, harvest_text_task, harvest_token_tasks
+from .bench_data import BenchTask, Harvester, harvest_text_task, harvest_token_tasks
 from .bench_report import format_table, sae_label, saebench_absorption, saebench_sparse_probing
 
 
@@ -176,7 +176,7 @@ def _say(text: str) -> None:
     print(f"chatsae bench: {text}", file=sys.stderr, flush=True)
 
 
-def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(sae_dir: str | Path, tasks: list[BenchTask], cfg: BenchConfig) -> dict[str, Any]:
     """Run the suite; writes the outputs (see module docstring) and returns chatsae's result dictionary."""
     sae_dir = Path(sae_dir)
     out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(sae_dir)
@@ -204,7 +204,7 @@ def run_bench(sae_dir: str | Path, tasks: list[TaskSpec], cfg: BenchConfig) -> d
         task_results: dict[str, Any] = {}
         datasets = []
         text_tasks = [t for t in tasks if t.kind == "text"]
-        by_file: dict[str, list[TaskSpec]] = {}
+        by_file: dict[str, list[BenchTask]] = {}
         for t in tasks:
             if t.kind == "token":
                 by_file.setdefault(t.files[0], []).append(t)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..activations.harvest import HarvestOptions, activations_for_batch
+from ..activations.harvest import HarvestConfig, activations_for_batch
 from ..activations.pipeline import default_data_path
 from ..data import TokenSequence, bucket_batches, fast_sequences
 from ..data.chat_template import ASSISTANT, SYSTEM, TEMPLATE, TEXT, USER, make_sequence
@@ -40,7 +40,7 @@ SPLITS = ("train", "test")
 
 
 @dataclass
-class TaskSpec:
+class BenchTask:
     """One ``--task NAME=FILE[,FILE...]``."""
 
     name: str
@@ -51,8 +51,8 @@ class TaskSpec:
         return TASK_KINDS[self.name]
 
 
-def parse_task(text: str) -> TaskSpec:
-    """``"source=a.json,b.jsonl"`` -> TaskSpec, files checked to exist (``default`` = chatsae's chat data)."""
+def parse_task(text: str) -> BenchTask:
+    """``"source=a.json,b.jsonl"`` -> BenchTask, files checked to exist (``default`` = chatsae's chat data)."""
     name, sep, rest = text.partition("=")
     if not sep or name not in TASK_KINDS or not rest:
         raise ValueError(f"--task {text!r}: expected NAME=FILE[,FILE...] with NAME one of {', '.join(TASK_KINDS)}")
@@ -64,7 +64,7 @@ def parse_task(text: str) -> TaskSpec:
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"--task {name}: {f}: no such file")
-    return TaskSpec(name, files)
+    return BenchTask(name, files)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Harvester:
         """Kept activations ``[n, d]`` (position 0 dropped) and their metadata, batch by batch."""
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        opts = HarvestOptions(exclude_first_position=True)
+        opts = HarvestConfig(exclude_first_position=True)
         for batch in bucket_batches(seqs, self.batch_tokens, self.max_batch_size):
             acts, meta = activations_for_batch(self.model, self.hook, batch, pad_id, opts)
             yield acts, meta
@@ -138,7 +138,7 @@ def _brown_documents(path: str, per_class: int, rng: random.Random) -> dict[str,
     return {g: [t for _, t in sorted(docs)] for g, docs in sorted(by_genre.items())}
 
 
-def _text_items(spec: TaskSpec, h: Harvester, cfg: Any, rng: random.Random) -> tuple[list[str], list[Any]]:
+def _text_items(spec: BenchTask, h: Harvester, cfg: Any, rng: random.Random) -> tuple[list[str], list[Any]]:
     """(class names, items ``(class index, split, TokenSequence)``) of a text-level task."""
     items: list[tuple[int, str, TokenSequence]] = []
     if spec.name == "genre":
@@ -166,7 +166,7 @@ def _text_items(spec: TaskSpec, h: Harvester, cfg: Any, rng: random.Random) -> t
     return names, items
 
 
-def harvest_text_task(spec: TaskSpec, h: Harvester, cfg: Any, rng: random.Random) -> TaskData:
+def harvest_text_task(spec: BenchTask, h: Harvester, cfg: Any, rng: random.Random) -> TaskData:
     """Mean-pooled raw activations and mean-pooled SAE latents (each token encoded, then pooled) per item."""
     classes, items = _text_items(spec, h, cfg, rng)
     if not items:
@@ -209,7 +209,7 @@ def _token_labels(name: str, token_class: Tensor) -> tuple[list[str], Tensor]:
     return ["template", "content"], labels
 
 
-def harvest_token_tasks(specs: list[TaskSpec], h: Harvester, cfg: Any, rng: random.Random) -> list[TaskData]:
+def harvest_token_tasks(specs: list[BenchTask], h: Harvester, cfg: Any, rng: random.Random) -> list[TaskData]:
     """The token-level tasks that read the same file, from one pass over a reservoir sample of its records."""
     records = reservoir_sample(read_records(specs[0].files[0]), cfg.records, rng)
     seqs = list(fast_sequences(records, h.tokenizer, max_length=cfg.max_length, dedup_n=None))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..activations.harvest import HarvestOptions
+from ..activations.harvest import HarvestConfig
 from ..activations.pipeline import DataConfig
 from ..core.config import validate
 from ..sae import SAEConfig
@@ -69,15 +69,16 @@ def _stderr(msg: str) -> None:
 
 @dataclass
 class RunSpec:
-    """Everything one training run needs. ``data`` and ``harvest`` (a ``DataConfig`` and ``HarvestOptions``;
-    defaults when None) matter only when harvesting from a model (``run.activations`` None)."""
+    """Everything one training run needs: a bundle of the run's configs and what it is given beyond them."""
 
     run: RunConfig = field(default_factory=RunConfig)
     sae: SAEConfig = field(default_factory=SAEConfig)
     """Architecture and options; ``d_in`` is taken from the activations."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    data: Any = None
-    harvest: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    """Model, data and method; matters only when harvesting from a model (``run.activations`` None)."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """Which tokens become vectors and how the model is batched; as ``data``, only for a harvest."""
     d_sae: int | None = None
     """Number of latents; None = ``run.expansion_factor x d_in``."""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -92,13 +93,13 @@ class RunSpec:
     report: Callable[[str], None] = _stderr
 
     def __post_init__(self) -> None:
-
+        # None (accepted before these fields were typed) still means the defaults
         self.data = DataConfig() if self.data is None else self.data
-        self.harvest = HarvestOptions() if self.harvest is None else self.harvest
+        self.harvest = HarvestConfig() if self.harvest is None else self.harvest
         check_ignored(self.run, self.data)
 
 
-def check_ignored(run: RunConfig, data: Any) -> None:
+def check_ignored(run: RunConfig, data: DataConfig) -> None:
     """Refuse model options that saved or synthetic activations (``--activations``) would silently ignore."""
     if not run.activations:
         return
@@ -126,7 +127,7 @@ class RunResult(NamedTuple):
     """From a harvest: model, tokenizer, hook, held-out records (empty for saved activations)."""
 
 
-def hook_hint(data: Any) -> str:
+def hook_hint(data: DataConfig) -> str:
     """The hook a data config asks for, before the model is loaded (``mid`` = the default middle layer)."""
     if data.hooks:
         return "+".join(t.strip() for t in data.hooks.split(",") if t.strip())

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..activations.cache import ActivationCache
-from ..activations.harvest import HarvestOptions
+from ..activations.harvest import HarvestConfig
 from ..activations.pipeline import DataConfig, harvest, read_split, resolved_model_dtype
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, RUN_CONFIG_FILE, SAE_CFG_FILE, SAE_DIR
@@ -121,7 +121,7 @@ class Study:
         self,
         out_dir: str | Path,
         data: DataConfig,
-        harvest: HarvestOptions,
+        harvest: HarvestConfig,
         train: TrainConfig,
         ev: StudyEvalConfig,
         sae_options: dict[str, Any] | None = None,
