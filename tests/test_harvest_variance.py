@@ -160,3 +160,71 @@ def test_cli_harvest_prints_and_records_the_massive_channels(massive_qwen2, tmp_
     printed = capsys.readouterr()
     line = dominance_note(cv, "resid_post.1")
     assert line is not None and line in printed.out + printed.err
+
+
+def test_cli_train_summary_shows_robust_measures_and_the_warning(
+    massive_qwen2, tmp_path, capsys, monkeypatch, single_thread
+):
+    """`chatsae train` on the model with two massive channels: FVU looks excellent while nothing but those channels
+    is reconstructed; training_summary.json carries the robust measures on the last training vectors and on the
+    held-out records, the harvest's dominant channels and the warnings, and the printed table shows them."""
+    from chatsae.cli import main
+
+    monkeypatch.setenv("COLUMNS", "300")  # the result table unwrapped
+
+    model_dir, data = massive_qwen2
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(model_dir), "--data", str(data), "--layer", "1", "--width", "128"]
+    argv += ["--total-tokens", "4096", "--batch-size", "256", "--holdout", "5", "--init-sample-tokens", "512"]
+    assert main([*argv, "--out-dir", str(out), "--no-progress", "--eval-max-samples", "5"]) == 0
+    s = json.loads((out / "sae" / "training_summary.json").read_text())
+    harvest = s["harvest_channel_variance"]  # the cache's record, carried into the summary
+    assert harvest == Manifest.read(out / "activations").info["channel_variance"]
+    assert {c for c, _ in harvest["dominant_channels"]} == {5, 17} and harvest["dominant_share"] > 0.9
+    for key, where in (("train", "training data, last "), ("eval", "no pos 0")):
+        r = s[f"{key}_robust"]  # FVU looks excellent, the other channels are not reconstructed at all
+        assert r["tokens"] > 0 and r["fvu"] < 0.1 and r["fvu_no_dominant"] > 3 * r["fvu"]
+        assert r["cosine_median"] is not None and r["fvu_standardized"] > 3 * r["fvu"]
+        assert {c for c, _ in r["dominant_channels"]} == {5, 17}
+        warnings = s[f"{key}_fidelity_warnings"]
+        assert any(w.startswith("FVU without the dominant channels") and f"({where}" in w for w in warnings)
+        assert any(w.startswith(f"channels dominating the activation variance ({where}") for w in warnings)
+    assert s["train_robust"]["tokens"] == 4096  # the whole (small) run: 16 batches of 256
+    printed = capsys.readouterr()
+    text = " ".join((printed.out + printed.err).split())
+    note = dominance_note(harvest, "resid_post.1")
+    assert note is not None and note in text  # said once before training
+    for row in ("channels dominating the harvest's variance", "train WARNING 1", "train FVU without dominant"):
+        assert row in text
+
+
+def test_trainer_measures_the_final_sae_on_the_last_vectors_trained_on(tmp_path, monkeypatch, single_thread):
+    """``Trainer.final_measures`` sees the final SAE and the last FINAL_SAMPLE_TOKENS vectors of the run (scaled as
+    trained on: the oldest batch trimmed), and what it returns is in the summary and training_summary.json."""
+    from chatsae.activations import TensorSource
+    from chatsae.sae import SAEConfig, create_sae
+    from chatsae.train import TrainConfig, Trainer
+    from chatsae.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "FINAL_SAMPLE_TOKENS", 100)
+    x = planted(n=640)
+    cfg = TrainConfig(
+        total_tokens=640, batch_size=32, init_sample_tokens=64, checkpoint_every=0, progress=False, device="cpu"
+    )
+    t = Trainer(create_sae(SAEConfig("topk", d_in=32, d_sae=64, k=4), seed=0), cfg, TensorSource(x, 32), tmp_path)
+    seen: list[tuple[object, torch.Tensor]] = []
+
+    def measures(sae, batches):
+        seen.append((sae, torch.cat(batches)))
+        return {"final_rows": sum(len(b) for b in batches)}
+
+    t.final_measures = measures
+    trained: list[torch.Tensor] = []
+    screen = t.screen
+    monkeypatch.setattr(t, "screen", lambda batch: trained.append(screen(batch)) or trained[-1])
+    res = t.fit()
+    ((sae, rows),) = seen
+    assert sae is t.sae and rows.shape == (100, 32) and res.summary["final_rows"] == 100
+    assert torch.equal(rows, torch.cat(trained)[-100:] / t.scale)  # the last 100 vectors, as trained on
+    assert json.loads((res.sae_dir / "training_summary.json").read_text())["final_rows"] == 100
+    assert t.final_batches == []  # released

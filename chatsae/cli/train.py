@@ -12,7 +12,7 @@ from ..core.config import load_config_file
 from ..core.constants import METRICS_LOG_FILE, RUN_CONFIG_FILE
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
-from ..workflows.train_run import RunConfig, count_rows, harvest_counts, hook_hint, warn_dropped
+from ..workflows.train_run import RunConfig, count_rows, harvest_counts, hook_hint, robust_rows, warn_dropped
 from .common import add_command, configs_from_args
 
 ALIASES = {"architecture": ["arch"], "d_sae": ["width"]}
@@ -92,6 +92,7 @@ def _report(result: Any, t0: float) -> int:
         "train L0": f"{s.get('train_l0', float('nan')):.1f}",
         "train FVU": f"{s.get('train_fvu', float('nan')):.4f}",
         "dead %": f"{100 * s.get('train_dead_frac', 0):.2f}",
+        **robust_rows(s),
         **count_rows(s),
         **result.rows,
     }

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +41,10 @@ from .schedule import lr_at, sparsity_coef_at, steps_from
 from .state import TrainState
 from .steplog import StepMetrics, bar_fields, host_rows, mean_metrics
 from .tracking import Tracker, parse_backends
+
+FINAL_SAMPLE_TOKENS = 16_384
+"""Vectors of the last training batches kept for :attr:`Trainer.final_measures` (measures of the final SAE on the
+training data; held only during the last steps)."""
 
 
 def adam(module: torch.nn.Module, **kwargs: Any) -> torch.optim.Adam:
@@ -108,6 +113,12 @@ class Trainer:
         """Counters, firing history, dead mask, input scale: written only here and by checkpoint loading."""
         self.summary_extra: dict[str, Any] = {}
         """Run facts merged into the summary (e.g. the data counts of :func:`chatsae.workflows.train_run.train_run`)."""
+        self.final_measures: Callable[[SAE, list[Tensor]], dict[str, Any]] | None = None
+        """Measures of the final SAE on the last :data:`FINAL_SAMPLE_TOKENS` vectors it trained on (batches of inputs
+        divided by the input scale, as the SAE trains on them), merged into the summary (rank 0; the robust
+        reconstruction measures of :func:`chatsae.workflows.train_run.train_run`). Nothing when a resumed run has
+        no step left to train."""
+        self.final_batches: list[Tensor] = []
         self.tracker: Any = None  # a tracking.Tracker while fit() runs with --tracking (rank 0)
         self.last_window: list[Tensor] = []
 
@@ -195,6 +206,10 @@ class Trainer:
         if not self.rank_sharded:  # a global batch: this rank's slice
             batch = distributed.rank_batch(batch)
         x = self.screen(batch).to(self.device, non_blocking=True).float() / self.scale
+        if self.final_measures is not None and self.is_main:
+            last = math.ceil(FINAL_SAMPLE_TOKENS / max(x.shape[0], 1))  # steps whose batches the measures use
+            if self.total_steps - self.step <= last:
+                self.final_batches.append(x.detach())
         lr = lr_at(
             self.step,
             self.total_steps,
@@ -351,9 +366,23 @@ class Trainer:
             "tokens_per_s": tok_s,
             **{f"train_{k}": v for k, v in means.items()},
             "outlier_rows_dropped": self.outliers_dropped,
+            **self._final_measures(),
             **self.summary_extra,
             "status": "failed_quality" if means.get("fvu", 0.0) > MAX_FVU else "ok",
         }
+
+    def _final_measures(self) -> dict[str, Any]:
+        """:attr:`final_measures` of the SAE on the last vectors trained on ({} without it or without them)."""
+        batches, self.final_batches = self.final_batches, []
+        if self.final_measures is None or not batches:
+            return {}
+        drop = sum(b.shape[0] for b in batches) - FINAL_SAMPLE_TOKENS
+        while drop >= batches[0].shape[0]:  # whole oldest batches beyond the sample
+            drop -= batches.pop(0).shape[0]
+        if drop > 0:
+            batches[0] = batches[0][drop:]
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            return self.final_measures(self.sae, batches)
 
     def log10_firing_frequency(self) -> Tensor:
         """``[d_sae]`` log10 of each latent's firing frequency over the run (SAELens ``sparsity``)."""

@@ -1,6 +1,8 @@
 """What a training run reports beyond the trainer's metrics: the records and samples the data lost before training
-(with a warning when too many), the rows of the final table, and the quality verdict (``status: failed_quality``
-when the SAE reconstructs worse than the mean activation)."""
+(with a warning when too many), the robust reconstruction measures beside FVU (on the last training vectors, the
+channels dominating the harvest's variance, the held-out ones) with the fidelity warnings, the rows of the final
+table, and the quality verdict (``status: failed_quality`` when the SAE reconstructs worse than the mean
+activation)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
+from ..activations.variance import dominance_note
 from ..core.constants import TRAINING_SUMMARY_FILE
 from ..core.utils import atomic_file
+from ..eval.result import json_safe
+from ..eval.robust import fidelity_warnings
+from ..eval.streaming import ReconstructionAccumulator
+from ..sae import SAE
 from ..train.init import MAX_FVU
 from .run_source import RunSource
 
@@ -55,6 +65,70 @@ def warn_dropped(counts: dict[str, int], report: Callable[[str], None]) -> None:
             f"WARNING: {dropped:,} of {total:,} records ({100 * dropped / total:.1f}%) were dropped before "
             f"training: {reasons}"
         )
+
+
+ROBUST_KEYS = ("fvu", "cosine_median", "fvu_no_dominant", "fvu_standardized", "dominant_channels", "dominant_share")
+"""The robust measures (:mod:`chatsae.eval.robust`) a training summary carries, with the FVU they are set against."""
+
+
+def training_measures(sae: SAE, batches: list[Tensor]) -> dict[str, Any]:
+    """The trainer's :attr:`~chatsae.train.trainer.Trainer.final_measures`: FVU and the robust measures of the final
+    SAE on the last vectors it trained on (``train_robust``, with their count as ``tokens``), and the sentences saying
+    where they disagree (``train_fidelity_warnings``)."""
+    acc = ReconstructionAccumulator()
+    for x in batches:
+        acc.update(x.float(), sae(x.float()).float(), torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+    r = acc.result()
+    where = f"training data, last {r['tokens']:,} vectors"
+    return {
+        "train_robust": json_safe({"tokens": r["tokens"], **{k: r[k] for k in ROBUST_KEYS}}),
+        "train_fidelity_warnings": fidelity_warnings(r, where),
+    }
+
+
+def harvest_variance(src: RunSource) -> tuple[dict[str, Any] | None, str | None]:
+    """(the channel variance recorded by the cache's harvest, the line naming its dominant channels) of a run on an
+    activation cache; (None, None) without one (or for a cache harvested before it was recorded)."""
+    cache = getattr(src.source, "cache", None)
+    if cache is None:
+        return None, None
+    cv = cache.manifest.info.get("channel_variance")
+    return cv, dominance_note(cv, cache.manifest.hook)
+
+
+def held_out_measures(metrics: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """What the training summary carries of the held-out evaluation's robust measures (the tokens trained on:
+    position 0 excluded) and its fidelity warnings."""
+    return {
+        "eval_robust": json_safe({k: metrics.get(k) for k in ("tokens", *ROBUST_KEYS)}),
+        "eval_fidelity_warnings": warnings,
+    }
+
+
+def robust_rows(summary: dict[str, Any]) -> dict[str, str]:
+    """Rows of the final table: the robust measures on the last training vectors beside their FVU, the channels
+    dominating the harvest's variance, and the training data's fidelity warnings."""
+    rows: dict[str, str] = {}
+    tr = summary.get("train_robust") or {}
+    if tr.get("tokens"):
+        n = f"last {tr['tokens']:,} training vectors"
+        labels = {
+            "fvu": "FVU",
+            "cosine_median": "cosine median",
+            "fvu_no_dominant": "FVU without dominant channels",
+            "fvu_standardized": "FVU per-channel standardised",
+        }
+        for k, label in labels.items():
+            v = tr.get(k)
+            rows[f"train {label} ({n})"] = "-" if v is None else f"{v:.4g}"
+    dom = (summary.get("harvest_channel_variance") or {}).get("dominant_channels") or []
+    if "harvest_channel_variance" in summary:
+        rows["channels dominating the harvest's variance"] = (
+            ", ".join(f"{int(c)} ({100 * s:.0f}%)" for c, s in dom) or "none"
+        )
+    for i, line in enumerate(summary.get("train_fidelity_warnings") or [], 1):
+        rows[f"train WARNING {i}"] = line
+    return rows
 
 
 def count_rows(summary: dict[str, Any]) -> dict[str, str]:

@@ -24,7 +24,18 @@ from ..eval import EvalConfig, evaluate
 from ..sae import create_sae, load_sae
 from ..train.checkpoints import check_fresh_run
 from ..train.trainer import Trainer
-from .run_report import DROP_WARN_SHARE, count_rows, data_counts, harvest_counts, judge_quality, warn_dropped
+from .run_report import (
+    DROP_WARN_SHARE,
+    count_rows,
+    data_counts,
+    harvest_counts,
+    harvest_variance,
+    held_out_measures,
+    judge_quality,
+    robust_rows,
+    training_measures,
+    warn_dropped,
+)
 from .run_source import RunSource, make_source, write_held_out
 from .run_spec import (
     RunConfig,
@@ -52,6 +63,7 @@ __all__ = [
     "harvest_kwargs",
     "hook_hint",
     "judge_quality",
+    "robust_rows",
     "sae_config",
     "train_run",
     "warn_dropped",
@@ -106,10 +118,16 @@ def _train_run(spec: RunSpec) -> RunResult:
         if counts:
             trainer.summary_extra["data_counts"] = counts
             warn_dropped(counts, spec.report)
+        trainer.final_measures = training_measures  # robust measures beside FVU on the last training vectors
+        variance, note = harvest_variance(src)
+        if variance is not None:
+            trainer.summary_extra["harvest_channel_variance"] = variance
+        if note:
+            spec.report(note)
         result = trainer.fit(resume=run.resume, overwrite=run.overwrite)
         rows: dict[str, str] = {}
         if result.sae_dir is not None:
-            rows, held_out_fvu = _result_rows(spec, result.sae_dir, src, out_dir)
+            rows, held_out_fvu = _result_rows(spec, result.sae_dir, src, out_dir, result.summary)
             judge_quality(result.summary, held_out_fvu, result.sae_dir, spec.report)
     return RunResult(result.sae_dir, result.summary, out_dir, rows, src.context)
 
@@ -120,20 +138,25 @@ def evaluate_run(spec: RunSpec, result: RunResult) -> RunResult:
     if result.sae_dir is None or not result.context:
         return result
     spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, evaluate=True))
-    rows, fvu = _result_rows(spec, result.sae_dir, RunSource(None, {}, result.context), result.out_dir)
+    rows, fvu = _result_rows(spec, result.sae_dir, RunSource(None, {}, result.context), result.out_dir, result.summary)
     judge_quality(result.summary, fvu, result.sae_dir, spec.report)
     return result._replace(rows={**result.rows, **rows})
 
 
-def _result_rows(spec: RunSpec, sae_dir: Path, src: RunSource, out_dir: Path) -> tuple[dict[str, str], float | None]:
-    """(table rows beyond training, held-out FVU without position 0 or None)."""
+def _result_rows(
+    spec: RunSpec, sae_dir: Path, src: RunSource, out_dir: Path, summary: dict[str, Any]
+) -> tuple[dict[str, str], float | None]:
+    """(table rows beyond training, held-out FVU without position 0 or None); the held-out robust measures and
+    fidelity warnings go into ``summary`` (:func:`~.run_report.held_out_measures`)."""
     rows: dict[str, str] = {}
     fvu = None
     if spec.run.activations == "synthetic":
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
     if src.context and spec.run.evaluate and src.context["held_out"]:
-        eval_rows, fvu = _evaluate(sae_dir, src.context, spec.run.eval_max_samples, out_dir, spec.harvest.share_prefix)
+        eval_rows, fvu = _evaluate(
+            sae_dir, src.context, spec.run.eval_max_samples, out_dir, summary, spec.harvest.share_prefix
+        )
         rows.update(eval_rows)
     return rows, fvu
 
@@ -143,11 +166,13 @@ def _evaluate(
     context: dict[str, Any],
     max_samples: int,
     out_dir: Path,
+    summary: dict[str, Any],
     share_prefix: bool = True,
 ) -> tuple[dict[str, str], float | None]:
     """Held-out evaluation (paper metrics) of the freshly trained SAE, sharing the prefix as the harvest did; returns
-    (table rows, FVU without position 0)."""
+    (table rows, FVU without position 0) and puts the robust measures and warnings into ``summary``."""
     cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / EVAL_FILE))
     res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
+    summary.update(held_out_measures(res.metrics.get("all_no_pos0") or {}, res.warnings()))
     fvu = res.headline.get("fvu_no_pos0")
     return res.table_rows(), None if fvu is None else float(fvu)
