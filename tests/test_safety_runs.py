@@ -15,6 +15,7 @@ import torch
 
 from chatsae.activations import SyntheticSource
 from chatsae.cli import main
+from chatsae.core.config import may_change_on_resume
 from chatsae.core.locking import LOCK, MARKER, DirLock, OutputDirError, claim_dir
 from chatsae.sae import SAEConfig, create_sae, load_sae
 from chatsae.train import TrainConfig, Trainer
@@ -157,6 +158,9 @@ def test_resume_with_other_settings_names_each_option(tmp_path: Path, capsys) ->
 
 
 def test_config_diffs_ignores_volatile_and_compares_nested() -> None:
+    from chatsae.workflows.run_spec import RunConfig  # the "run" section: its class marks what may change
+
+    assert "resume" in may_change_on_resume(RunConfig) and "progress" in may_change_on_resume(TrainConfig)
     old = {"train": {"lr": 1.0, "progress": True}, "sae": {"metadata": {"data": "a", "x": 1}}, "run": {"resume": False}}
     new = {
         "train": {"lr": 2.0, "progress": False},

@@ -7,11 +7,11 @@ This is what ``chatsae harvest`` and ``chatsae train --model ... --data ...`` ru
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import ConfigError, validate
+from ..core.config import RESUME_MAY_CHANGE, ConfigError, run_config_section, validate
 from ..core.constants import FLOAT_DTYPES
 from ..core.devices import MODEL_DTYPE_POLICIES, resolve_device, resolve_model_dtype
 from ..core.distributed import device_name
@@ -34,6 +34,7 @@ def default_data_path() -> Path:
     return Path(__file__).resolve().parents[1] / "resources" / "default_chat.jsonl"
 
 
+@run_config_section("data")
 @dataclass
 class DataConfig:
     """Model, data and training method."""
@@ -45,7 +46,7 @@ class DataConfig:
     model_dtype: str = "auto"
     """Model weights dtype: auto (bfloat16 on CUDA, float32 elsewhere) | fast (bfloat16 also on CPUs with
     AVX512-BF16 or AMX: ~1.8x faster harvests there, what `make run` uses) | float32 | bfloat16 | float16."""
-    model_device: str = "auto"
+    model_device: str = field(default="auto", metadata=RESUME_MAY_CHANGE)
     """Device for the model: auto | cpu | cuda | cuda:N | mps."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the hub (off unless asked)."""
@@ -55,7 +56,7 @@ class DataConfig:
     """auto | messages | sharegpt | alpaca | qa | text."""
     text_field: str | None = None
     """Column holding plain text (text format); default 'text'."""
-    skip_bad: bool = False
+    skip_bad: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """Skip malformed records (counted) instead of stopping with an error."""
     method: str = "fast"
     """fast (each chat sample on its own) | bt-f (chat samples packed into blocks) | bt-p (plain text blocks)."""
@@ -80,7 +81,7 @@ class DataConfig:
     """Records held out (chosen with a fixed seed) for evaluation after training; 0 = none."""
     max_samples: int | None = None
     """Read at most this many records."""
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata=RESUME_MAY_CHANGE)
     """Where harvested activations go; default OUT_DIR/activations."""
     cache_dtype: str = "float32"
     """Storage dtype of the activation cache: float32 | float16 | bfloat16."""

@@ -1,6 +1,7 @@
 """Checkpoints of training runs and their safety: writing, loading and resuming the :class:`Trainer`'s checkpoints
-(atomic, checksummed, every rank's data-stream state), which run-config fields may change on resume, the comparison
-naming each difference, and the refusal of a fresh run over an earlier one."""
+(atomic, checksummed, every rank's data-stream state), the run-config fields added after runs were written, the
+comparison naming each difference (skipping the fields marked as free to change on resume), and the refusal of a fresh
+run over an earlier one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core import distributed as pg
+from ..core.config import resume_volatile
 from ..core.constants import (
     CHECKPOINT_OPTIMIZER_FILE,
     CHECKPOINT_RUN_CONFIG_FILE,
@@ -33,23 +35,6 @@ from ..core.utils import atomic_dir, file_digest, read_json_file, torch_save
 from ..sae import SAE
 from .state import TrainState
 
-VOLATILE: dict[str, tuple[str, ...]] = {
-    "train": (
-        "progress",
-        "device",
-        "log_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "compile",
-        "prefetch",
-        "tracking",
-        "tracking_dir",
-        "wandb_project",
-    ),
-    "run": ("out_dir", "resume", "overwrite", "evaluate", "eval_max_samples"),
-    "data": ("model_device", "skip_bad", "cache_dir"),
-}
-"""Run-config fields (per section) a resumed run or a study rerun may change: they do not change the trained SAE."""
 ADDED: dict[str, dict[str, Any]] = {
     "data": {"cache": "disk", "hooks": None},
     "train": {"tf32": True, "dead_window_cap": True},
@@ -66,8 +51,10 @@ class CheckpointError(ValueError):
 
 
 def config_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"lr: 0.003 -> 0.001"`` for each field of the run configs (sections of dicts) that differs, ignoring
-    :data:`VOLATILE` fields; nested dicts (SAE metadata) are compared key by key."""
+    """``"lr: 0.003 -> 0.001"`` for each field of the run configs (sections of dicts) that differs, ignoring the fields
+    a resumed run may change (marked on their config classes: :func:`~chatsae.core.config.resume_volatile`); nested
+    dicts (SAE metadata) are compared key by key."""
+    volatile = resume_volatile()
     diffs = []
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section) or {}, new.get(section) or {}
@@ -78,7 +65,7 @@ def config_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key in sorted(set(a) | set(b)):
             added = ADDED.get(section, {})
             x, y = a.get(key, added.get(key)), b.get(key, added.get(key))
-            if key in VOLATILE.get(section, ()) or x == y:
+            if key in volatile.get(section, ()) or x == y:
                 continue
             if isinstance(x, dict) and isinstance(y, dict):
                 diffs += [

@@ -7,9 +7,9 @@ the run. ``configs/fast_paper.yaml`` and ``configs/gemmascope_jumprelu.yaml`` ho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..core.config import ConfigError, check, validate
+from ..core.config import RESUME_MAY_CHANGE, ConfigError, check, run_config_section, validate
 from ..core.devices import resolve_device
 from . import tracking
 
@@ -27,6 +27,7 @@ DEFAULT_BETA1 = {"jumprelu": 0.0, "standard": 0.9, "gated": 0.9, "topk": 0.9, "b
 docs/results/sweep: delta LM loss 0.559 -> 0.450 at lambda 0.002, 300k tokens), 0.9 for the others (FAST paper)."""
 
 
+@run_config_section("train")
 @dataclass
 class TrainConfig:
     """How the SAE is optimised."""
@@ -73,31 +74,31 @@ class TrainConfig:
     dead_window_cap: bool = False
     """AuxK treats latents silent in all the tokens seen so far as dead before a full window has passed (chatsae's
     behaviour before 2026-12-01; AuxK is then active from the 2nd step)."""
-    log_every: int = 10
+    log_every: int = field(default=10, metadata=RESUME_MAY_CHANGE)
     """Steps between lines of the JSONL metrics log."""
-    checkpoint_every: int = 200
+    checkpoint_every: int = field(default=200, metadata=RESUME_MAY_CHANGE)
     """Steps between checkpoints (0 disables); a final SAE is always saved."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(default=2, metadata=RESUME_MAY_CHANGE)
     """How many recent checkpoints to keep."""
     seed: int = 42
     """Random seed (FAST: 42)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RESUME_MAY_CHANGE)
     """auto | cpu | cuda | cuda:N | mps."""
     autocast: str = "none"
     """Mixed precision for the SAE forward on CUDA: none | bf16 | fp16 (parameters stay float32)."""
     tf32: bool = True
     """CUDA: allow TF32 matmuls (faster on Ampere and later; --no-tf32 for full float32). No effect on CPU."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """torch.compile the SAE's loss (CUDA: faster steps after a warm-up compile)."""
-    prefetch: int = 2
+    prefetch: int = field(default=2, metadata=RESUME_MAY_CHANGE)
     """CUDA: batches read ahead in a background thread into pinned host memory (0 disables). No effect on CPU."""
-    tracking: str = "none"
+    tracking: str = field(default="none", metadata=RESUME_MAY_CHANGE)
     """Also send the metrics log to: none | tensorboard | wandb | tensorboard,wandb (rank 0; optional extras
     chatsae[tensorboard] / chatsae[wandb]; TensorBoard files in OUT_DIR/tensorboard; WANDB_MODE=offline keeps W&B
     local)."""
-    wandb_project: str = "chatsae"
+    wandb_project: str = field(default="chatsae", metadata=RESUME_MAY_CHANGE)
     """W&B project of --tracking wandb."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=RESUME_MAY_CHANGE)
     """Show a progress bar."""
 
     def __post_init__(self) -> None:

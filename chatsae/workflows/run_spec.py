@@ -13,31 +13,32 @@ from typing import Any, NamedTuple
 
 from ..activations.harvest import HarvestConfig
 from ..activations.pipeline import DataConfig
-from ..core.config import validate
+from ..core.config import RESUME_MAY_CHANGE, run_config_section, validate
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
 from .sae_variants import parse_saes
 
 
+@run_config_section("run")
 @dataclass
 class RunConfig:
     """Where the run goes and what it reads."""
 
-    out_dir: str | None = None
+    out_dir: str | None = field(default=None, metadata=RESUME_MAY_CHANGE)
     """Output directory; default runs/<model>_<hook>_<method>_<arch>."""
     activations: str | None = None
     """Train on saved activations instead of a model: an activation cache directory, a tensor file
     (.safetensors/.pt/.npy, [N, d_in]) or 'synthetic' (ground-truth sparse features; see --synthetic-*)."""
     expansion_factor: int = 8
     """d_sae = expansion_factor x d_in when --d-sae/--width is not given (FAST: 8 or 16)."""
-    resume: bool = False
+    resume: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """Continue the run in --out-dir from its last checkpoint (and an unfinished harvest) exactly where it stopped."""
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata=RESUME_MAY_CHANGE)
     """Start afresh in an --out-dir that holds an earlier run (its checkpoints, metrics log and SAE are removed; other
     files are kept), or write into a non-empty directory chatsae did not make."""
-    evaluate: bool = True
+    evaluate: bool = field(default=True, metadata=RESUME_MAY_CHANGE)
     """After training on a model, evaluate on the held-out records and print the metrics table."""
-    eval_max_samples: int = 50
+    eval_max_samples: int = field(default=50, metadata=RESUME_MAY_CHANGE)
     """Held-out samples used by that evaluation."""
     synthetic_features: int = 0
     """--activations synthetic: number of true features (0 = 2 x d_in)."""

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from ..activations.cache import ActivationCache
 from ..activations.harvest import HarvestConfig
 from ..activations.pipeline import DataConfig, harvest, read_split, resolved_model_dtype
-from ..core.config import to_dict
+from ..core.config import may_change_on_resume, to_dict
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, RUN_CONFIG_FILE, SAE_CFG_FILE, SAE_DIR
 from ..core.locking import claim_dir
 from ..core.ownership import check_replace, produced_outputs
@@ -32,7 +32,6 @@ from ..eval.evaluate import evaluate_many
 from ..eval.result import EvalResult, read_result
 from ..models import load_model
 from ..sae import SAEConfig, load_sae
-from ..train.checkpoints import VOLATILE
 from ..train.config import TrainConfig
 from .run_spec import RunConfig, RunSpec
 from .study_report import ARCH_LABELS, METHOD_LABELS, cell, label, md_table, now, unit, write_texts
@@ -70,7 +69,7 @@ __all__ = [
 ]
 
 
-VOLATILE_TRAIN = VOLATILE["train"]
+VOLATILE_TRAIN = may_change_on_resume(TrainConfig)
 """TrainConfig fields a rerun may change (they do not change the trained SAE)."""
 
 
