@@ -54,7 +54,7 @@ SWEEP_FIXED = {
 
 
 def _sections(extra: tuple[str, type]) -> dict[str, type]:
-    from ..activations.harvest import HarvestOptions
+    from ..activations.harvest import HarvestConfig
     from ..activations.pipeline import DataConfig
     from ..sae import SAEConfig
     from ..train.config import TrainConfig
@@ -64,7 +64,7 @@ def _sections(extra: tuple[str, type]) -> dict[str, type]:
         extra[0]: extra[1],
         "eval": StudyEvalConfig,
         "data": DataConfig,
-        "harvest": HarvestOptions,
+        "harvest": HarvestConfig,
         "sae": SAEConfig,
         "train": TrainConfig,
     }

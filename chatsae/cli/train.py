@@ -19,9 +19,9 @@ ALIASES = {"architecture": ["arch"], "d_sae": ["width"]}
 
 
 def _harvest_options_cls() -> type:
-    from ..activations.harvest import HarvestOptions
+    from ..activations.harvest import HarvestConfig
 
-    return HarvestOptions
+    return HarvestConfig
 
 
 def _data_cls() -> type:
