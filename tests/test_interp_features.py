@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from chatsae.core.utils import atomic_file
 from chatsae.interp.features import FeaturesConfig, collect_features, final_norm, logit_lens
 from chatsae.interp.store import FeatureData
 from chatsae.models import capture
@@ -101,7 +102,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(interp_features, tmp
     with pytest.raises(ValueError, match="other settings"):
         collect_features(sae, model, tokenizer, seqs, FeaturesConfig(**{**data.meta["config"], "top_k": 2}), out)
     (out / "my_notes.txt").write_text("keep me")  # a user's file and a later command's output in the directory
-    (out / "autointerp.json").write_text("{}")
+    with atomic_file(out / "autointerp.json", "w") as fh:  # written (and recorded) by chatsae: autointerp's output
+        fh.write("{}")
     again = collect_features(
         sae, model, tokenizer, seqs, FeaturesConfig(**{**data.meta["config"], "top_k": 2, "overwrite": True}), out
     )

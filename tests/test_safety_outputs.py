@@ -200,6 +200,7 @@ def test_safe_name_and_check_inside(tmp_path):
 
 @pytest.mark.parametrize("name", ["../x.npy", "/etc/passwd", "..", "sub/shard.npy"])
 def test_manifest_shard_outside_the_cache_is_rejected(tmp_path, name):
+    mark_dir(tmp_path, "cache")  # chatsae's cache (a manifest is written only there), with a bad shard name
     Manifest(
         d_in=2,
         n_tokens=1,

@@ -123,14 +123,15 @@ def record(directory: str | Path, *rels: str, log: bool = False) -> None:
 
 def forget(directory: str | Path, rels: Iterable[str]) -> None:
     """Drop ``rels`` from the records of ``directory`` (after chatsae removed them)."""
-    directory = Path(directory)
+    directory, rels = Path(directory), list(rels)
     for target in (directory / MARKER, directory / FILES_RECORD):
         doc = read_json(target)
         changed = False
         for key in ("written", "files"):
             value = doc.get(key)
             if isinstance(value, dict):
-                changed |= any(value.pop(r, None) is not None for r in list(rels))
+                popped = [value.pop(r, None) for r in rels]  # every one (any() over a generator stops early)
+                changed |= any(d is not None for d in popped)
             elif isinstance(value, list):
                 kept = [n for n in value if n not in set(rels)]
                 changed |= len(kept) != len(value)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from ..core.config import validate
 from ..core.devices import resolve_device
 from ..core.locking import mark_dir
-from ..core.ownership import MARKER, is_chatsae_dir, read_marker
+from ..core.ownership import MARKER, check_replace, is_chatsae_dir, read_marker, remove_owned, written
 from ..core.progress import Progress
 from ..core.utils import atomic_file, read_json_file
 from ..data import bucket_batches, pad_batch
@@ -216,6 +215,25 @@ def check_features_dir(out: Path, meta: Any) -> None:
         raise ValueError(f"{out}: not a chatsae features directory ({what}); choose another --out")
 
 
+FEATURE_FILES = (META_FILE, TOKENS_FILE, LOGITS_FILE, BASE_FILE)
+"""The files a features run writes at the top of its directory (besides the diffs in ``log/``)."""
+
+
+def remove_features(out: Path) -> None:
+    """Remove the results of an earlier run in ``out`` for ``--overwrite``: only the files chatsae recorded writing
+    there, unchanged (:func:`chatsae.core.ownership.remove_owned`; ``autointerp.json`` and the diffs in ``log/``
+    included); a user's file is kept, and one where the new run writes (``tokens.json``...) is refused before anything
+    is removed. A directory of a version that recorded no files: the names it wrote are taken as chatsae's."""
+    legacy = not written(out)
+    if not legacy:
+        for name in FEATURE_FILES:
+            check_replace(out / name, "--out")
+    log = out / LOG_DIR
+    old_diffs = [f"{LOG_DIR}/{p.name}" for p in log.iterdir() if p.is_file()] if legacy and log.is_dir() else []
+    mark_dir(out, "features")
+    remove_owned(out, legacy=(*FEATURE_FILES, AUTOINTERP_FILE, *old_diffs) if legacy else ())
+
+
 def _write_json(path: Path, obj: Any) -> None:
     with atomic_file(path, "w") as fh:
         json.dump(obj, fh, indent=1, default=str)
@@ -267,13 +285,8 @@ def collect_features(
         start_step = int(saved.get("step", 0))
         mark_dir(out, "features")  # an older features directory gets its marker now
     else:
-        if meta is not None:  # our own directory (it has meta.json): remove only the files of its features
-            for name in (META_FILE, TOKENS_FILE, LOGITS_FILE, BASE_FILE, LOG_DIR, AUTOINTERP_FILE):
-                target = out / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
+        if meta is not None:  # our own directory (it has meta.json): remove only the files chatsae recorded there
+            remove_features(out)
         elif out.is_dir() and {p.name for p in out.iterdir()} - {MARKER}:
             raise ValueError(f"{out}: exists, is not empty and holds no {META_FILE}; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
@@ -367,6 +380,6 @@ def _finish(
             **(provenance or {}),
         }
     )
-    shutil.rmtree(out / "log", ignore_errors=True)  # the base holds every step now
+    StateLog(out).drop_log()  # the base holds every step now
     seal(out, meta)
     _write_json(out / META_FILE, meta)

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
+from ..core.ownership import forget, is_chatsae_dir, owns, record
 from ..core.utils import atomic_file
 
 BASE_FILE = "state.safetensors"
@@ -69,10 +70,14 @@ def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def _write(path: Path, tensors: dict[str, Tensor], meta: Mapping[str, Any]) -> None:
+def _write(path: Path, tensors: dict[str, Tensor], meta: Mapping[str, Any], root: Path) -> None:
+    """Write ``path`` atomically; in chatsae's directory ``root`` it is recorded there (ownership: a later
+    ``--overwrite`` removes it, and only it)."""
     blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {k: str(v) for k, v in meta.items()})
-    with atomic_file(path) as fh:
+    with atomic_file(path, keep_record=False) as fh:
         fh.write(blob)
+    if is_chatsae_dir(root):
+        record(root, path.relative_to(root).as_posix())
 
 
 class StateLog:
@@ -95,16 +100,32 @@ class StateLog:
     def checkpoint(self, state: dict[str, Tensor], progress: Mapping[str, Any]) -> None:
         """Write ``state`` as the new base (``progress`` must hold ``step``), then drop the diffs it contains."""
         step = int(progress["step"])
-        _write(self.base, state, progress)
-        for s, path in self._step_files():
-            if s <= step:
-                path.unlink(missing_ok=True)
+        _write(self.base, state, progress, self.root)
+        self._drop(s for s, _ in self._step_files() if s <= step)
+
+    def _rel(self, step: int) -> str:
+        return f"{LOG_DIR}/step_{step:08d}.safetensors"
+
+    def _drop(self, steps: Any) -> None:
+        """Remove the diffs of ``steps`` (in chatsae's directory: only those it recorded, unchanged)."""
+        ours = is_chatsae_dir(self.root)
+        gone = [self._rel(s) for s in steps if not ours or owns(self.root, self._rel(s))]
+        for rel in gone:
+            (self.root / rel).unlink(missing_ok=True)
+        if ours and gone:
+            forget(self.root, gone)
+
+    def drop_log(self) -> None:
+        """Remove every diff (the base holds every step) and ``log/`` if nothing else is left in it."""
+        self._drop(s for s, _ in self._step_files())
+        if self.log_dir.is_dir() and not any(self.log_dir.iterdir()):
+            self.log_dir.rmdir()
 
     def append(self, diff: dict[str, Tensor], progress: Mapping[str, Any]) -> None:
         """Record the diff of step ``progress["step"]``."""
         step = int(progress["step"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        _write(self.log_dir / f"step_{step:08d}.safetensors", diff, progress)
+        _write(self.root / self._rel(step), diff, progress, self.root)
 
     def load(self, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
         """The latest state and its progress metadata (base + replayed diffs)."""

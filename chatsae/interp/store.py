@@ -81,8 +81,8 @@ def verify(root: Path, meta: dict) -> None:
             raise ValueError(f"{path}: missing (listed in {root / META_FILE}); rerun `chatsae features`")
         if _file_digest(path) != digest:
             raise ValueError(
-                f"{path}: its bytes changed since `chatsae features` wrote it (checksum mismatch); rerun it with "
-                "--overwrite"
+                f"{path}: its bytes changed since `chatsae features` wrote it (checksum mismatch); move it away and "
+                "rerun `chatsae features --overwrite` (chatsae replaces only files it wrote, unchanged)"
             )
 
 
