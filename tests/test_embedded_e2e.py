@@ -22,7 +22,7 @@ def test_fast_jumprelu_on_embedded_model(embedded, tmp_path):
     cache_dir, manifest, stats, ctx = harvest(
         cfg, HarvestConfig(), tmp_path, max_tokens=None, resume=False, progress=False, model_and_tokenizer=embedded
     )
-    assert str(ctx["hook"]) == "resid_post.15" and len(ctx["held_out"]) == 4
+    assert str(ctx.hook) == "resid_post.15" and len(ctx.held_out) == 4
     assert manifest.complete and manifest.d_in == 576 and manifest.method == "fast"
     cache = ActivationCache(cache_dir)
     assert len(cache) == stats.tokens_real - stats.sequences  # all real tokens but position 0 of each sample

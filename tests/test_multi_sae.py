@@ -63,7 +63,7 @@ def test_two_hooks_one_harvest_each_sae_equals_the_single_hook_run(tiny_llama, t
     for res, ref in zip(results, single, strict=True):
         assert (res.out_dir / "eval.json").is_file() and (res.out_dir / "metrics.jsonl").is_file() and res.rows
         a, b = load_sae(res.sae_dir), load_sae(ref.sae_dir)
-        assert a.cfg.metadata["hook_name"] == b.cfg.metadata["hook_name"] == str(res.context["hook"])
+        assert a.cfg.metadata["hook_name"] == b.cfg.metadata["hook_name"] == str(res.context.hook)
         for name, t in b.state_dict().items():
             torch.testing.assert_close(a.state_dict()[name], t, rtol=1e-6, atol=1e-7, msg=name)
         assert res.summary["train_fvu"] == pytest.approx(ref.summary["train_fvu"], rel=1e-6)

@@ -40,7 +40,7 @@ def test_tensor_file_run_matches_the_pieces_by_hand(tmp_path: Path) -> None:
         extra_config={"study": {"k": 4}},
     )
     res = train_run(spec)
-    assert res.sae_dir == tmp_path / "run" / "sae" and res.out_dir == tmp_path / "run" and res.context == {}
+    assert res.sae_dir == tmp_path / "run" / "sae" and res.out_dir == tmp_path / "run" and res.context is None
     sae = load_sae(res.sae_dir)
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (12, 36, 4)  # d_sae = expansion_factor x d_in
     assert sae.cfg.metadata["activations"] == str(path) and sae.cfg.metadata["note"] == "x"
@@ -98,7 +98,7 @@ def test_harvest_run_evaluates_held_out(tiny_llama, tmp_path: Path) -> None:
         report=lines.append,
     )
     res = train_run(spec)
-    assert str(res.context["hook"]) == "resid_post.1" and len(res.context["held_out"]) == 4
+    assert res.context is not None and str(res.context.hook) == "resid_post.1" and len(res.context.held_out) == 4
     assert any(line.startswith("harvested ") for line in lines)
     sae = load_sae(res.sae_dir)
     assert sae.cfg.metadata["eval_data"] == str(tmp_path / "run" / "heldout.jsonl")

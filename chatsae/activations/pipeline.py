@@ -141,19 +141,61 @@ def resolve_hook(cfg: DataConfig, model: Any) -> HookPoint:
     return HookPoint("resid_post", layer)
 
 
-def read_split(cfg: DataConfig) -> tuple[list[Record], list[Record], dict[str, Any]]:
+@dataclass(frozen=True)
+class DataInfo:
+    """What was read of the data: recorded in an activation cache's manifest (``info["data"]``, :meth:`as_dict`)."""
+
+    data: str
+    """The data file (or dataset name) read."""
+    format: str
+    """Its record format, as detected or given."""
+    records: int
+    """Records read (after ``max_samples``), before the held-out split."""
+    skipped: int
+    """Malformed records skipped (``--skip-bad``) and empty texts."""
+    data_hash: str | None
+    """Digest of the data file; None for a dataset name."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (the keys in field order, as manifests hold them)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HarvestContext:
+    """What a harvest leaves beside its caches, for training and the held-out evaluation."""
+
+    model: Any
+    tokenizer: Any
+    hooks: list[HookPoint]
+    """The hooks harvested (one cache each), in the order given."""
+    held_out: list[Record]
+    """The records held out of training (``holdout``), for the evaluation after it."""
+    data_info: DataInfo
+    train_records: list[Record]
+    sequence_stats: dict[str, int] | None = None
+    """The counts of the sequence building (:class:`~chatsae.data.sequences.SequenceStats` as a dict); None when no
+    record was rendered (a complete cache reused: its manifest holds the counts; or a streamed harvest)."""
+
+    @property
+    def hook(self) -> HookPoint:
+        """The (first) hook harvested."""
+        return self.hooks[0]
+
+
+def read_split(cfg: DataConfig) -> tuple[list[Record], list[Record], DataInfo]:
     """Read all records (bounded by ``max_samples``); ``holdout`` of them (chosen with a fixed seed) are held out."""
     reader = read_records(
         cfg.data_path, fmt=cfg.data_format, skip_bad=cfg.skip_bad, text_field=cfg.text_field, limit=cfg.max_samples
     )
     records = list(reader)
-    info = {
-        "data": cfg.data_path,
-        "format": reader.format,
-        "records": len(records),
-        "skipped": reader.n_skipped,
-        "data_hash": file_digest(cfg.data_path) if Path(cfg.data_path).is_file() else None,
-    }  # hub names: None
+    info = DataInfo(
+        data=cfg.data_path,
+        format=reader.format,
+        records=len(records),
+        skipped=reader.n_skipped,
+        data_hash=file_digest(cfg.data_path) if Path(cfg.data_path).is_file() else None,  # hub names: None
+    )
     if cfg.holdout and len(records) <= cfg.holdout:
         n = len(records)
         raise ValueError(
@@ -184,7 +226,7 @@ def sequences_for(
 def load_data_and_model(
     cfg: DataConfig,
     model_and_tokenizer: tuple[Any, Any] | None = None,
-) -> tuple[list[Record], list[Record], dict[str, Any], Any, Any]:
+) -> tuple[list[Record], list[Record], DataInfo, Any, Any]:
     """(train records, held-out records, data info, model, tokenizer); the data is read before the model loads, so a
     bad data file fails at once."""
 
@@ -207,7 +249,7 @@ def harvest(
     resume: bool,
     progress: bool = True,
     model_and_tokenizer: tuple[Any, Any] | None = None,
-) -> tuple[Path, Manifest, HarvestStats, dict[str, Any]]:
+) -> tuple[Path, Manifest, HarvestStats, HarvestContext]:
     """Harvest the training split of ``cfg`` into ``cache_dir`` (or ``out_dir/activations``).
 
     Returns (cache dir, manifest, stats, context) where context has the model, tokenizer, hook and held-out records.
@@ -215,8 +257,7 @@ def harvest(
     dirs, manifests, stats, context = harvest_hooks(
         cfg, opts, out_dir, max_tokens, resume, progress, model_and_tokenizer
     )
-    hook = context["hooks"][0]
-    return dirs[hook], manifests[hook], stats, {**context, "hook": hook}
+    return dirs[context.hook], manifests[context.hook], stats, context
 
 
 def harvest_hooks(
@@ -227,9 +268,9 @@ def harvest_hooks(
     resume: bool,
     progress: bool = True,
     model_and_tokenizer: tuple[Any, Any] | None = None,
-) -> tuple[dict[HookPoint, Path], dict[HookPoint, Manifest], HarvestStats, dict[str, Any]]:
+) -> tuple[dict[HookPoint, Path], dict[HookPoint, Manifest], HarvestStats, HarvestContext]:
     """:func:`harvest` for every hook of :func:`resolve_hooks`, one forward pass per batch: caches at ``cache_dir`` (or
-    ``out_dir/activations``) for one hook, ``<that>/<hook>`` for several. Context key ``hooks`` lists them."""
+    ``out_dir/activations``) for one hook, ``<that>/<hook>`` for several. The context's ``hooks`` lists them."""
     train, held_out, data_info, model, tokenizer = load_data_and_model(cfg, model_and_tokenizer)
     hooks = resolve_hooks(cfg, model)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(out_dir) / "activations"
@@ -245,7 +286,7 @@ def harvest_hooks(
             hook=str(hook),
             method=cfg.method,
             info={
-                "data": data_info,
+                "data": data_info.as_dict(),
                 "options": asdict(opts),
                 "model": info,
                 "max_length": cfg.max_length,
@@ -262,14 +303,13 @@ def harvest_hooks(
     manifests, stats = harvest_to_caches(
         model, tokenizer, caches, seqs, opts, max_tokens=max_tokens, resume=resume, progress=progress
     )
-    context = {
-        "model": model,
-        "tokenizer": tokenizer,
-        "hooks": hooks,
-        "held_out": held_out,
-        "data_info": data_info,
-        "train_records": train,
-        "sequence_stats": asdict(seq_stats) if seq_stats.n_samples else None,
-    }
-    # sequence_stats: None when a complete cache was reused (no record was rendered; its manifest has the counts)
+    context = HarvestContext(
+        model=model,
+        tokenizer=tokenizer,
+        hooks=hooks,
+        held_out=held_out,
+        data_info=data_info,
+        train_records=train,
+        sequence_stats=asdict(seq_stats) if seq_stats.n_samples else None,  # None: a complete cache was reused
+    )
     return {h: Path(d) for h, (d, _) in caches.items()}, manifests, stats, context

@@ -110,7 +110,7 @@ def train_runs(spec: RunSpec) -> list[RunResult]:
                     f"harvested {stats.tokens_kept:,} vectors per hook at {len(dirs)} hook(s) in "
                     f"{stats.seconds:.0f}s ({stats.as_dict()['tokens_per_s']:,.0f} tok/s)"
                 )
-            spec = dataclasses.replace(spec, model_and_tokenizer=(context["model"], context["tokenizer"]))
+            spec = dataclasses.replace(spec, model_and_tokenizer=(context.model, context.tokenizer))
             units = [
                 (path, {"hook": str(hook), "hooks": None, "cache_dir": str(dirs[hook])}, v)
                 for path, hook, v in _folders(out_dir, list(dirs), variants)

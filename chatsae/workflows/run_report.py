@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..activations.pipeline import HarvestContext
 from ..activations.variance import dominance_note
 from ..core.constants import TRAINING_SUMMARY_FILE
 from ..core.utils import atomic_file
@@ -36,12 +37,12 @@ def data_counts(src: RunSource) -> dict[str, int]:
     return harvest_counts(src.context, cache.manifest.info if cache is not None else {})
 
 
-def harvest_counts(context: dict[str, Any], info: dict[str, Any]) -> dict[str, int]:
+def harvest_counts(context: HarvestContext | None, info: dict[str, Any]) -> dict[str, int]:
     """:func:`data_counts` from a harvest's ``context`` (this run's counts), else a cache manifest's ``info``."""
-    seq = context.get("sequence_stats") or info.get("sequences")
+    seq = (context.sequence_stats if context is not None else None) or info.get("sequences")
     if not isinstance(seq, dict):
         return {}
-    data = context.get("data_info") or info.get("data") or {}
+    data = context.data_info.as_dict() if context is not None else info.get("data") or {}
     return {
         "records_skipped_bad": int(data.get("skipped") or 0),
         "samples_read": seq.get("n_samples", 0),

@@ -10,7 +10,14 @@ from typing import Any, NamedTuple
 
 from ..activations import SyntheticSource, TensorSource
 from ..activations.cache import CacheSource
-from ..activations.pipeline import harvest, load_data_and_model, resolve_hooks, resolved_model_dtype, sequences_for
+from ..activations.pipeline import (
+    HarvestContext,
+    harvest,
+    load_data_and_model,
+    resolve_hooks,
+    resolved_model_dtype,
+    sequences_for,
+)
 from ..activations.streaming import StreamingSource
 from ..core.config import to_dict
 from ..core.distributed import world_size
@@ -22,7 +29,10 @@ from .run_spec import RunSpec, harvest_kwargs
 class RunSource(NamedTuple):
     source: Any
     metadata: dict[str, Any]
-    context: dict[str, Any]
+    """Provenance the source adds to the SAE's metadata."""
+    context: HarvestContext | None
+    """From a harvest (disk cache or streamed): model, tokenizer, hook, held-out records; None for saved or
+    synthetic activations."""
 
 
 def make_source(spec: RunSpec, out_dir: Path) -> RunSource:
@@ -35,13 +45,13 @@ def make_source(spec: RunSpec, out_dir: Path) -> RunSource:
         source: Any = SyntheticSource(
             d_in=d_in, n_features=n_features, batch_size=tc.batch_size, mean_active=run.synthetic_active, seed=tc.seed
         )
-        return RunSource(source, {"data": "synthetic", "hook_name": "synthetic"}, {})
+        return RunSource(source, {"data": "synthetic", "hook_name": "synthetic"}, None)
     if run.activations:
         path = Path(run.activations)
         if path.is_dir():
             source = CacheSource(path, tc.batch_size, buffer_tokens=data.buffer_tokens, seed=tc.seed)
-            return RunSource(source, _cache_meta(source.cache.manifest, path), {})
-        return RunSource(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, {})
+            return RunSource(source, _cache_meta(source.cache.manifest, path), None)
+        return RunSource(TensorSource.from_file(path, tc.batch_size, seed=tc.seed), {"activations": str(path)}, None)
 
     spec.report(
         f"chatsae train: model {data.model} ({resolved_model_dtype(data)}), data {data.data_path}, "
@@ -84,14 +94,7 @@ def _streaming_source(spec: RunSpec, out_dir: Path) -> RunSource:
             buffer_tokens=data.buffer_tokens,
             seed=tc.seed,
         )
-    context = {
-        "model": model,
-        "tokenizer": tokenizer,
-        "hook": hooks[0],
-        "held_out": held_out,
-        "data_info": data_info,
-        "train_records": train,
-    }
+    context = HarvestContext(model, tokenizer, hooks, held_out, data_info, train)
     meta = {**_harvest_meta(spec, out_dir, context), "activations": "streamed"}
     return RunSource(source, meta, context)
 
@@ -119,17 +122,17 @@ def _cache_meta(man: Any, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _harvest_meta(spec: RunSpec, out_dir: Path, context: dict[str, Any]) -> dict[str, Any]:
+def _harvest_meta(spec: RunSpec, out_dir: Path, context: HarvestContext) -> dict[str, Any]:
     """Provenance of an SAE trained on activations harvested from a model (the held-out records written beside it)."""
     data = spec.data
     return {
         "model_name": data.model,
-        "hook_name": str(context["hook"]),
+        "hook_name": str(context.hook),
         "method": data.method,
         "context_size": data.context_size,
         "max_length": data.max_length,
         "data": data.data_path,
-        "eval_data": write_held_out(context["held_out"], out_dir),
+        "eval_data": write_held_out(context.held_out, out_dir),
         "holdout": data.holdout,
         "holdout_seed": 0,
         **{k: v for k, v in to_dict(spec.harvest).items() if k.startswith("exclude")},

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..activations.harvest import HarvestConfig
-from ..activations.pipeline import DataConfig
+from ..activations.pipeline import DataConfig, HarvestContext
 from ..core.config import RESUME_MAY_CHANGE, run_config_section, validate
 from ..sae import SAEConfig
 from ..train.config import TrainConfig
@@ -124,8 +124,8 @@ class RunResult(NamedTuple):
     out_dir: Path
     rows: dict[str, str]
     """Result rows beyond training: true-feature recovery (synthetic) and the held-out evaluation metrics."""
-    context: dict[str, Any]
-    """From a harvest: model, tokenizer, hook, held-out records (empty for saved activations)."""
+    context: HarvestContext | None
+    """From a harvest: model, tokenizer, hook, held-out records (None for saved or synthetic activations)."""
 
 
 def hook_hint(data: DataConfig) -> str:

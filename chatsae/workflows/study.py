@@ -213,7 +213,7 @@ class Study:
             progress=self.train_cfg.progress,
             model_and_tokenizer=self.model_and_tokenizer,
         )
-        self.hook = str(ctx["hook"])
+        self.hook = str(ctx.hook)
         if stats.sequences:
             self.report(
                 f"[{tag}] harvested {stats.tokens_kept:,} vectors from {stats.sequences:,} sequences in "
@@ -238,7 +238,7 @@ class Study:
             rows = ({"messages": r.messages} if r.messages is not None else {"text": r.text} for r in held)
             write_texts({path: "".join(json.dumps(row) + "\n" for row in rows)})
             used = held[: self.ev.eval_max_samples] if self.ev.eval_max_samples else held
-            desc = f"{len(used)} of {len(held)} records held out of {Path(info['data']).name} (seed 0)"
+            desc = f"{len(used)} of {len(held)} records held out of {Path(info.data).name} (seed 0)"
             sets.append(EvalSet("heldout", desc, str(path), used))
         for file in names(self.ev.eval_data):
             records = list(read_records(file, fmt=self.ev.eval_format))

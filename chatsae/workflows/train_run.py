@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..activations import feature_recovery
-from ..activations.pipeline import resolved_model_dtype
+from ..activations.pipeline import HarvestContext, resolved_model_dtype
 from ..core import distributed
 from ..core.config import to_dict
 from ..core.constants import CHECKPOINT_STATE_FILE, CHECKPOINTS_DIR, EVAL_FILE
@@ -135,7 +135,7 @@ def _train_run(spec: RunSpec) -> RunResult:
 def evaluate_run(spec: RunSpec, result: RunResult) -> RunResult:
     """The held-out evaluation :func:`train_run` does after training, for a run trained with ``run.evaluate`` off
     (several SAEs streamed together evaluate one after the other once all are trained)."""
-    if result.sae_dir is None or not result.context:
+    if result.sae_dir is None or result.context is None:
         return result
     spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, evaluate=True))
     rows, fvu = _result_rows(spec, result.sae_dir, RunSource(None, {}, result.context), result.out_dir, result.summary)
@@ -153,7 +153,7 @@ def _result_rows(
     if spec.run.activations == "synthetic":
         rec = feature_recovery(load_sae(sae_dir).W_dec.detach(), src.source.features)
         rows["true features recovered (cos > 0.9)"] = f"{100 * (rec > 0.9).float().mean().item():.1f}%"
-    if src.context and spec.run.evaluate and src.context["held_out"]:
+    if src.context is not None and spec.run.evaluate and src.context.held_out:
         eval_rows, fvu = _evaluate(
             sae_dir, src.context, spec.run.eval_max_samples, out_dir, summary, spec.harvest.share_prefix
         )
@@ -163,7 +163,7 @@ def _result_rows(
 
 def _evaluate(
     sae_dir: Path,
-    context: dict[str, Any],
+    context: HarvestContext,
     max_samples: int,
     out_dir: Path,
     summary: dict[str, Any],
@@ -172,7 +172,7 @@ def _evaluate(
     """Held-out evaluation (paper metrics) of the freshly trained SAE, sharing the prefix as the harvest did; returns
     (table rows, FVU without position 0) and puts the robust measures and warnings into ``summary``."""
     cfg = EvalConfig(max_samples=max_samples, lm_loss=True, share_prefix=share_prefix, output=str(out_dir / EVAL_FILE))
-    res = evaluate(load_sae(sae_dir), context["model"], context["tokenizer"], context["held_out"], cfg)
+    res = evaluate(load_sae(sae_dir), context.model, context.tokenizer, context.held_out, cfg)
     summary.update(held_out_measures(res.metrics.get("all_no_pos0") or {}, res.warnings()))
     fvu = res.headline.get("fvu_no_pos0")
     return res.table_rows(), None if fvu is None else float(fvu)
