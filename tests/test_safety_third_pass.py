@@ -65,3 +65,96 @@ def test_forget_drops_every_entry_it_is_given(tmp_path: Path) -> None:
     record(d, "a", "b", "c")
     forget(d, ["a", "b"])  # before: only "a" was dropped (any() over a generator stopped at the first)
     assert set(written(d)) == {"c"}
+
+
+# ---------------------------------------------------------------- path options of eval, export, bench, compare, sweep
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    from chatsae.cli import main
+
+    capsys.readouterr()
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err.strip()
+
+
+def user_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "notes.md").write_text("my notes")
+    return path
+
+
+def test_eval_path_options_are_expanded_and_checked(tmp_path: Path, monkeypatch, capsys) -> None:
+    from chatsae.eval.config import EvalConfig
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CHATSAE_TEST_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    cfg = EvalConfig(data="${CHATSAE_TEST_DATA}/d.jsonl", output="~/eval.json")
+    assert cfg.data == str(tmp_path / "data" / "d.jsonl") and cfg.output == str(home / "eval.json")
+    user_dir(home)
+    (home / "eval.json").write_text("my own results")
+    rc, err = run(capsys, "eval", "no_such_sae", "--output", "~/eval.json")
+    assert rc == 1 and f"{home / 'eval.json'}: exists and chatsae did not write it" in err, err
+    rc, err = run(capsys, "eval", "no_such_sae", "--output", "$CHATSAE_NO_SUCH_VAR/e.json")
+    assert rc == 1 and "--output '$CHATSAE_NO_SUCH_VAR/e.json': environment variable" in err, err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere.json")
+    rc, err = run(capsys, "eval", "no_such_sae", "--output", "gone")
+    assert rc == 1 and "gone: --output is a symbolic link to" in err and "which does not exist" in err, err
+    assert (home / "eval.json").read_text() == "my own results" and not (tmp_path / "~").exists()
+
+
+def test_export_neuronpedia_out_is_expanded_and_checked(interp_features, tmp_path: Path, monkeypatch, capsys):
+    from chatsae.interp.neuronpedia import NeuronpediaConfig, export_neuronpedia
+
+    features = Path(shutil.copytree(interp_features[0].root, tmp_path / "sae" / "features"))
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    user_dir(home / "np")
+    rc, err = run(capsys, "export-neuronpedia", str(features), "--out", "~/np")
+    assert rc == 1 and f"{home / 'np'}: --out is a non-empty directory that chatsae did not write" in err, err
+    assert sorted(p.name for p in (home / "np").iterdir()) == ["notes.md"] and not (tmp_path / "~").exists()
+    rc, err = run(capsys, "export-neuronpedia", str(features), "--out", "$CHATSAE_NO_SUCH_VAR")
+    assert rc == 1 and "--out '$CHATSAE_NO_SUCH_VAR': environment variable" in err, err
+    auto = tmp_path / "auto"
+    auto.mkdir()
+    (auto / "autointerp.json").write_text('{"latents": {}, "runs": []}')
+    with pytest.raises(
+        ValueError, match=rf"{auto / 'autointerp.json' / 'np'}: --out lies inside the input {auto / 'autointerp.json'}"
+    ):
+        export_neuronpedia(features, NeuronpediaConfig(), auto / "autointerp.json" / "np", auto / "autointerp.json")
+    assert sorted(p.name for p in auto.iterdir()) == ["autointerp.json"]
+
+
+def test_bench_out_dir_is_expanded(tmp_path: Path, monkeypatch, capsys) -> None:
+    from chatsae.workflows.bench import BenchConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert BenchConfig(out_dir="~/bench").out_dir == str(tmp_path / "home" / "bench")
+    rc, err = run(capsys, "bench", "sae", "--out-dir", "$CHATSAE_NO_SUCH_VAR/b", "--no-tasks", "--no-absorption")
+    assert rc == 1 and "--out-dir '$CHATSAE_NO_SUCH_VAR/b': environment variable" in err, err
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_compare_and_sweep_out_dir_is_expanded_and_checked_first(command, tmp_path: Path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    user_dir(home / "study")
+    bad = ["--archs", "no-such-arch"]  # an error the command would report next: the output is checked before it
+    rc, err = run(capsys, command, "--out-dir", "~/study", *bad)
+    assert rc == 1 and f"{home / 'study'}: --out-dir is a non-empty directory that chatsae did not write" in err, err
+    rc, err = run(capsys, command, "--out-dir", "${CHATSAE_NO_SUCH_VAR}/s", *bad)
+    assert rc == 1 and "--out-dir '${CHATSAE_NO_SUCH_VAR}/s': environment variable" in err, err
+    data = tmp_path / "chats"
+    data.mkdir()
+    flag = "--instruct-data" if command == "compare" else "--data"
+    rc, err = run(capsys, command, "--out-dir", str(data / "study"), flag, str(data), *bad)
+    assert rc == 1 and f"{data / 'study'}: --out-dir lies inside the input {data}" in err, err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    rc, err = run(capsys, command, "--out-dir", "gone", *bad)
+    assert rc == 1 and "gone: --out-dir is a symbolic link to" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats", "gone", "home"]
+    assert sorted(p.name for p in (home / "study").iterdir()) == ["notes.md"]

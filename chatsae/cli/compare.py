@@ -7,9 +7,11 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
-from ..core.config import load_config_file, positive_int
+from ..core.config import load_config_file, positive_int, validate
+from ..core.locking import check_claim
 from ..core.utils import check_output_file, write_output_file
 from .common import add_command, configs_from_args
 
@@ -133,6 +135,7 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
     file_cfg = _check_fixed(args, fixed)
     cfgs = configs_from_args(args)
     own = cfgs[section]
+    check_study_dir(own, cfgs["data"], section)
     study = Study(
         own.out_dir,
         cfgs["data"],
@@ -146,9 +149,22 @@ def _study(args: argparse.Namespace, fixed: dict[str, str], section: str) -> tup
     return own, study
 
 
+def check_study_dir(own: Any, data: Any, section: str) -> None:
+    """Before anything runs: the study's path options expanded (``~``, ``$VAR``; :func:`chatsae.core.config.validate`)
+    and ``--out-dir`` checked by the ownership rule (:func:`chatsae.core.locking.check_claim`): not at or inside one
+    of its data inputs nor inside chatsae's SAE/cache/features/run directory, no dangling link, a user's non-empty
+    directory only with ``--overwrite``."""
+    fields = ("out_dir", "instruct_data", "pretrain_data") if section == "compare" else ("out_dir",)
+    validate(own, paths=fields)
+    given = [getattr(own, f) for f in fields[1:]] if section == "compare" else [data.data]
+    inputs = tuple(p for p in given if p and p != "default" and Path(p).exists())
+    check_claim(own.out_dir, "study", own.overwrite, "--out-dir", inputs=inputs)
+
+
 def _compare(args: argparse.Namespace) -> int:
     from ..eval.stats import MIN_SEEDS
-    from ..workflows.compare import best_lines, paper_table, run_compare, verdict_lines
+    from ..workflows.compare import run_compare
+    from ..workflows.compare_report import best_lines, paper_table, verdict_lines
 
     cc, study = _study(args, COMPARE_FIXED, "compare")
     result = run_compare(cc, study, command=command_line(args))

@@ -83,6 +83,7 @@ class EvalConfig:
             choices={"data_format": FORMAT_NAMES},
             dtypes=("dtype",),
             devices=("device",),
+            paths=("data", "output"),
         )
         if self.method is not None:
             validate(self, choices={"method": METHOD_NAMES})

@@ -52,7 +52,7 @@ class NeuronpediaConfig:
     """Write into an existing --out directory chatsae did not write (same-named files replaced, others kept)."""
 
     def __post_init__(self) -> None:
-        validate(self, positive=("batch_size",), non_negative=("n_quantile",))
+        validate(self, positive=("batch_size",), non_negative=("n_quantile",), paths=("out",))
 
 
 def _ids(data: FeatureData, cfg: NeuronpediaConfig) -> tuple[str, str, str, int]:
@@ -115,7 +115,7 @@ def export_neuronpedia(
     hook_name = f"blocks.{layer}.hook_{str(data.meta.get('hook_name', 'resid_post.0')).partition('.')[0]}"
     freq = data.frequency
     features, activations, explanations = [], [], []
-    claim_dir(out, "neuronpedia", overwrite=cfg.overwrite, option="--out")
+    claim_dir(out, "neuronpedia", overwrite=cfg.overwrite, option="--out", inputs=(data.root, auto_path))
     target = check_inside(out, Path(out) / model_id / source_id, "--model-id / --source-set")
     with atomic_dir(target, overwrite=cfg.overwrite, kind="neuronpedia", option="export directory") as tmp:
         tmp.chmod(0o755)

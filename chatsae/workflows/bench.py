@@ -113,6 +113,7 @@ class BenchConfig:
             dtypes=("dtype",),
             devices=("device",),
             seeds=("seed",),
+            paths=("out_dir",),
         )
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError(f"--ks must be positive integers, got {self.ks}")

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..core.config import to_dict
+from ..core.config import to_dict, validate
 from ..core.constants import SAE_CFG_FILE
 from ..core.ownership import check_replace
 from ..eval import stats
 from ..eval.plots import LinePanel, line_chart
 from ..eval.result import EvalResult, dumps
 from ..sae import ARCHITECTURES, K_ARCHITECTURES
-from .compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
+from .compare import seed_list, seed_row, seed_run, seeded
+from .compare_report import error_bounds, interval_text
 from .frontier import FrontierGap, Side, frontier_gap, with_intervals
 from .study import ARCH_LABELS, SUMMARY, Study, cell, check_names, label, md_table, names, now, unit, write_texts
 
@@ -98,6 +99,9 @@ class SweepConfig:
     seeds: int = 1
     """Training seeds per setting (the cache and evaluation records fixed): seed i trains with --seed + i, its run
     named <arch>_<setting>_seed<seed> (seed 0 keeps the plain name); points are means with 95% error bars."""
+
+    def __post_init__(self) -> None:
+        validate(self, paths=("out_dir",))
 
 
 class Setting(NamedTuple):
