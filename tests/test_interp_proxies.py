@@ -9,14 +9,18 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from chatsae.cli import main
 from chatsae.interp.proxies import (
     auc,
+    class_summary,
     compare_proxies,
     explanation_score,
     explanation_tokens,
     heldout_contexts,
+    latent_classes,
+    per_latent,
     proxies,
     proxy_lines,
     unpaired_difference,
@@ -106,3 +110,75 @@ def test_proxies_of_a_features_run_and_the_command(interp_features, tmp_path, ca
     assert "A: " in printed and "no verdict at this budget" in printed  # the same SAE twice
     assert set(json.loads(out.read_text())["proxies"]) == {"A", "B"}
     assert main(["proxies", str(data.root), "--labels", "A,B"]) == 1
+
+
+# ---- by token class ----------------------------------------------------------------------------------------------
+class FakeData:
+    """The two per-latent statistics :func:`latent_classes` reads."""
+
+    def __init__(self, special_share, fire_count):
+        self.special_share = torch.tensor(special_share, dtype=torch.float64)
+        self.fire_count = torch.tensor(fire_count)
+
+
+def test_latent_classes_split_at_half_the_firings_on_template_tokens():
+    data = FakeData([0.0, 0.49, 0.5, 1.0, 1.0], [10, 10, 10, 3, 0])
+    assert latent_classes(data) == ["content", "content", "template", "template", "content"]  # never fired: content
+    scores = {0: {"auc": 0.6}, 1: {"auc": 0.7}, 2: {"auc": 0.9}, 3: {"auc": float("nan")}}
+    by = class_summary(scores, latent_classes(data), [True, True, True, True, False])
+    assert by["content"] == {
+        "live": 2,
+        "share_of_live": 0.5,
+        "explanation_auc": pytest.approx(0.65),
+        "scored_latents": 2,
+    }
+    assert by["template"] == {"live": 2, "share_of_live": 0.5, "explanation_auc": 0.9, "scored_latents": 1}
+
+
+def fake_proxies(content, template, live=None):
+    """A ``proxies(...)`` result with the given per-latent AUCs of content and template latents."""
+    lat = {str(i): {"auc": v, "class": "content"} for i, v in enumerate(content)}
+    lat |= {str(len(content) + i): {"auc": v, "class": "template"} for i, v in enumerate(template)}
+    live = live or len(lat)
+    by = {"content": {"live": live - len(template)}, "template": {"live": len(template)}}
+    return {"latents": lat, "live": live, "template_selective": 0, "by_class": by}
+
+
+def test_class_aucs_remove_the_composition_confound():
+    # the same content and template latents, but A has three times as many template latents: its overall AUC is
+    # higher, its AUC within each class is not
+    rng = np.random.default_rng(3)
+    content, template = rng.normal(0.6, 0.05, 300), rng.normal(0.95, 0.02, 150)
+    a = fake_proxies(content, np.concatenate([template, template, template]))
+    b = fake_proxies(content, template)
+    values = per_latent(a)
+    assert values["explanation_auc_content"] == pytest.approx(list(content))
+    assert values["template_latent_share"] == [1.0] * 450 + [0.0] * 300
+    comp = compare_proxies({"A": a, "B": b})
+    verdicts = {p["proxy"]: p["verdict"] for p in comp["pairs"]}
+    assert verdicts["explanation_auc"] == "A higher token-explanation AUC than B"
+    assert verdicts["template_latent_share"] == "A higher template-latent share than B"
+    assert verdicts["explanation_auc_content"].endswith("no verdict at this budget")
+    assert verdicts["explanation_auc_template"].endswith("no verdict at this budget")
+    assert comp["saes"]["B"]["explanation_auc_template"]["value"] == pytest.approx(template.mean())
+    lines = proxy_lines(comp)
+    assert any("token-explanation AUC of content latents" in line for line in lines)
+    # a result written before the split: the class keys are empty, nothing breaks
+    old = {"latents": {"0": {"auc": 0.7}, "1": {"auc": 0.8}}, "live": 2, "template_selective": 1}
+    assert per_latent(old)["explanation_auc_content"] == [] and per_latent(old)["template_latent_share"] == []
+    assert math.isnan(compare_proxies({"old": old})["saes"]["old"]["explanation_auc_template"]["value"])
+
+
+def test_proxies_by_class_of_a_features_run(interp_features):
+    data = interp_features[0]
+    p = proxies(data, n_tokens=3, min_fires=1)
+    live = data.fire_count > 0
+    tmpl = (data.special_share >= 0.5) & live
+    by = p["by_class"]
+    assert by["template"]["live"] == int(tmpl.sum()) and by["content"]["live"] == int((live & ~tmpl).sum())
+    for cls in ("content", "template"):
+        aucs = [v["auc"] for v in p["latents"].values() if v["class"] == cls and math.isfinite(v["auc"])]
+        assert by[cls]["scored_latents"] == len(aucs)
+        assert by[cls]["explanation_auc"] == (pytest.approx(np.mean(aucs)) if aucs else None)
+    assert all(v["class"] == ("template" if tmpl[int(j)] else "content") for j, v in p["latents"].items())
+    assert p["l0"] == pytest.approx(float(data.fire_count.sum()) / data.n_tokens)

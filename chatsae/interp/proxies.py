@@ -9,6 +9,11 @@
   tokens (``FeatureData.special_share``), with at least ``min_fires`` firings.
 - **firing-frequency spectrum**: counts of log10 firing frequency (fixed bins of :mod:`chatsae.eval.metrics`),
   dead and dense fractions.
+- **by token class**: each live latent is a *template latent* when at least half (``TEMPLATE_MAJORITY``) of its
+  firings fall on chat-template tokens, else a *content latent*; the token-explanation AUC is also given within each
+  class (``by_class``), with the share of live latents that are template latents. A template latent is often
+  explained by one or two template token ids, so an SAE with more of them gets a higher overall AUC without its
+  content latents being any more token-like: the per-class AUCs compare like with like.
 
 These are proxies: they measure how token-like and how template-bound latents are, not whether a human finds them
 meaningful. :func:`compare_proxies` compares several SAEs' features with 95% bootstrap intervals over latents.
@@ -30,6 +35,9 @@ from .store import Context, FeatureData
 N_TOKENS = 5
 SELECTIVE = 0.9
 MIN_FIRES = 5
+TEMPLATE_MAJORITY = 0.5
+"""A live latent with at least this share of its firings on chat-template tokens is a template latent."""
+CLASSES = ("content", "template")
 
 
 def explanation_tokens(contexts: Sequence[Context], n_tokens: int = N_TOKENS) -> list[int]:
@@ -98,6 +106,31 @@ def latent_scores(
     return out
 
 
+def latent_classes(data: FeatureData) -> list[str]:
+    """``"template"`` or ``"content"`` for every latent (``[d_sae]``): template when at least
+    :data:`TEMPLATE_MAJORITY` of its firings fall on chat-template tokens (a latent that never fired is content; it is
+    not counted as live anywhere)."""
+    template = (data.special_share >= TEMPLATE_MAJORITY) & (data.fire_count > 0)
+    return [CLASSES[int(t)] for t in template.tolist()]
+
+
+def class_summary(scores: dict[int, dict[str, Any]], classes: Sequence[str], live: Sequence[bool]) -> dict[str, Any]:
+    """Per class: live latents, their share of the live latents, and the mean token-explanation AUC of the scored
+    ones (``scores`` from :func:`latent_scores`)."""
+    n_live = max(sum(bool(v) for v in live), 1)
+    out = {}
+    for cls in CLASSES:
+        aucs = [v["auc"] for j, v in scores.items() if classes[j] == cls and math.isfinite(v["auc"])]
+        count = sum(1 for c, v in zip(classes, live, strict=True) if v and c == cls)
+        out[cls] = {
+            "live": count,
+            "share_of_live": count / n_live,
+            "explanation_auc": float(np.mean(aucs)) if aucs else None,
+            "scored_latents": len(aucs),
+        }
+    return out
+
+
 def proxies(
     data: FeatureData, n_tokens: int = N_TOKENS, selective: float = SELECTIVE, min_fires: int = MIN_FIRES
 ) -> dict[str, Any]:
@@ -108,29 +141,41 @@ def proxies(
             f"and selective in [0, 1] (got {selective!r})"
         )
     scores = latent_scores(data, n_tokens)
+    classes = latent_classes(data)
+    for j, v in scores.items():
+        v["class"] = classes[j]
     freq = data.frequency
     live = data.fire_count > 0
     enough = data.fire_count >= min_fires
     template = (data.special_share >= selective) & enough
     aucs = [v["auc"] for v in scores.values() if math.isfinite(v["auc"])]
+    by_class = class_summary(scores, classes, live.tolist())
     return {
         "d_sae": data.d_sae,
         "n_tokens": data.n_tokens,
+        "l0": float(data.fire_count.sum()) / max(data.n_tokens, 1),
         "live": int(live.sum()),
         "explanation_auc": float(np.mean(aucs)) if aucs else None,
         "scored_latents": len(aucs),
         "template_selective": int(template.sum()),
         "template_selective_share": int(template.sum()) / max(int(live.sum()), 1),
+        "by_class": by_class,
         "dead_fraction": M.dead_latents(freq) / data.d_sae,
         "dense_fraction": M.dense_latents(freq) / data.d_sae,
         "firing_histogram": {"log10_bin_edges": list(M.HISTOGRAM_EDGES), "counts": M.firing_histogram(freq)},
-        "settings": {"n_tokens": n_tokens, "selective": selective, "min_fires": min_fires},
+        "settings": {
+            "n_tokens": n_tokens,
+            "selective": selective,
+            "min_fires": min_fires,
+            "template_majority": TEMPLATE_MAJORITY,
+        },
         "latents": {str(j): v for j, v in scores.items()},
         "template_selective_latents": template.nonzero(as_tuple=True)[0].tolist(),
     }
 
 
-def _mean_interval(values: Sequence[float], seed: int) -> S.Interval:
+def mean_interval(values: Sequence[float], seed: int = S.SEED) -> S.Interval:
+    """The mean of ``values`` (e.g. one SAE's per-latent AUCs) with its 95% percentile bootstrap interval."""
     v = np.asarray(values, dtype=np.float64)
     return S.bootstrap_ratio(v, np.ones_like(v), seed=seed) if len(v) else S.Interval(*(float("nan"),) * 3, 0)
 
@@ -154,23 +199,38 @@ def unpaired_difference(
     return S.Interval(float(va.mean() - vb.mean()), float(lo), float(hi), min(len(va), len(vb)))
 
 
-def _per_latent(p: dict[str, Any]) -> dict[str, list[float]]:
-    """Per-latent values behind each compared proxy."""
-    aucs = [v["auc"] for v in p["latents"].values() if v["auc"] is not None and math.isfinite(v["auc"])]
+def per_latent(p: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-latent values behind each compared proxy (keys of :data:`COMPARED`) of one ``proxies(...)`` result; the
+    per-class keys are empty for a result written before the token-class split."""
+    scored = [v for v in p["latents"].values() if v["auc"] is not None and math.isfinite(v["auc"])]
     live = p["live"]
     sel = p["template_selective"]
-    return {"explanation_auc": aucs, "template_selective_share": [1.0] * sel + [0.0] * max(live - sel, 0)}
+    n_tmpl = (p.get("by_class") or {}).get("template", {}).get("live")
+    out = {
+        "explanation_auc": [v["auc"] for v in scored],
+        "explanation_auc_content": [v["auc"] for v in scored if v.get("class") == "content"],
+        "explanation_auc_template": [v["auc"] for v in scored if v.get("class") == "template"],
+        "template_selective_share": [1.0] * sel + [0.0] * max(live - sel, 0),
+        "template_latent_share": [] if n_tmpl is None else [1.0] * n_tmpl + [0.0] * max(live - n_tmpl, 0),
+    }
+    return out
 
 
-COMPARED = {"explanation_auc": "token-explanation AUC", "template_selective_share": "template-selective share"}
+COMPARED = {
+    "explanation_auc": "token-explanation AUC",
+    "explanation_auc_content": "token-explanation AUC of content latents",
+    "explanation_auc_template": "token-explanation AUC of template latents",
+    "template_selective_share": "template-selective share",
+    "template_latent_share": "template-latent share",
+}
 
 
 def compare_proxies(named: dict[str, dict[str, Any]], seed: int = S.SEED) -> dict[str, Any]:
     """``named[label] = proxies(...)`` of several SAEs -> per SAE each compared proxy with its 95% interval over
     latents, and for each pair of SAEs the difference with its interval and a verdict (``stats.verdict``:
     "higher"/"lower" only when the interval excludes 0)."""
-    values = {name: _per_latent(p) for name, p in named.items()}
-    per_sae = {name: {k: _mean_interval(v[k], seed)._asdict() for k in COMPARED} for name, v in values.items()}
+    values = {name: per_latent(p) for name, p in named.items()}
+    per_sae = {name: {k: mean_interval(v[k], seed)._asdict() for k in COMPARED} for name, v in values.items()}
     names = list(named)
     pairs = []
     for i, a in enumerate(names):
