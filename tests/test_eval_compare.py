@@ -14,7 +14,8 @@ import torch
 from chatsae.cli import main
 from chatsae.eval.plots import BarPanel, LinePanel, bar_chart, line_chart
 from chatsae.sae import load_sae
-from chatsae.workflows.compare import best_lines, best_methods, paper_table, parse_coefs
+from chatsae.workflows.compare import parse_coefs
+from chatsae.workflows.compare_report import best_lines, best_methods, paper_table
 from chatsae.workflows.study import check_names, names
 from chatsae.workflows.sweep import COLUMNS, Setting, SweepConfig, frontier_gap, frontier_gaps, settings
 

@@ -215,7 +215,8 @@ def test_docs_show_the_strict_and_template_sets_as_the_code_makes_them(chat_toke
 def test_seed_rows_intervals_and_error_bars(accumulated):
     from types import SimpleNamespace
 
-    from chatsae.workflows.compare import error_bounds, interval_text, seed_list, seed_row, seed_run, seeded
+    from chatsae.workflows.compare import seed_list, seed_row, seed_run, seeded
+    from chatsae.workflows.compare_report import error_bounds, interval_text
 
     acc = accumulated[0]
     base = EvalResult({"d_in": 6}, {"tokens": 1}, acc.result(), {}, acc.per_sequence())

@@ -10,7 +10,8 @@ import pytest
 
 from chatsae.eval import stats as S
 from chatsae.eval.result import EvalResult
-from chatsae.workflows.compare import method_verdicts, verdict_lines
+from chatsae.workflows.compare import method_verdicts
+from chatsae.workflows.compare_report import verdict_lines
 from chatsae.workflows.frontier import Side, frontier_gap, with_intervals
 
 D_IN = 4
