@@ -127,6 +127,48 @@ class SteerConfig:
         )
 
 
+@dataclass
+class SteerStudyConfig:
+    """The FAST steering claim judged blind and pairwise: special-token latents' unit decoder rows added at the
+    special-token positions (alpha = r x the hook's median token norm) against a null of random directions."""
+
+    prompts: str = "runs/compare_k/heldout.jsonl"
+    """Held-out prompts: a .txt file (one per line) or chat records (the last user message is the question)."""
+    n_prompts: int = 24
+    """Use the first N prompts."""
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    """Strengths r: alpha = r x the median token norm at the hook (position 0 excluded)."""
+    n_null: int = 20
+    """Random directions of the null distribution."""
+    null: str = "unit"
+    """unit (random unit vectors of residual space, shared by the SAEs) or latents (random live latents' rows)."""
+    token: str = "<|im_start|>"
+    """Template token whose top latent (average max activation) is steered, per SAE."""
+    selection_data: str = "default"
+    """Chat data to pick the latents on ('default' = chatsae's bundled chat data)."""
+    selection_samples: int = 100
+    """Samples of --selection-data to pick the latents on."""
+    max_new_tokens: int = 64
+    """Greedy tokens per answer."""
+    batch_size: int = 16
+    """Rows (prompt x direction) generated together; also the judge's batch."""
+    seed: int = 0
+    """Seed of the null directions and of the A/B coins."""
+    out: str = "runs/steer_study"
+    """Output directory for study.json and study.md."""
+    overwrite: bool = False
+    """Write into a non-empty --out chatsae did not write (its files are kept: none is replaced or removed)."""
+
+    def __post_init__(self) -> None:
+        check(self.null in ("unit", "latents"), "null", f"must be unit or latents, got {self.null!r}")
+        validate(self, positive=("n_prompts", "n_null", "selection_samples", "max_new_tokens", "batch_size"))
+        check(
+            bool(self.ratios) and all(0 < r <= 10 for r in self.ratios),
+            "ratios",
+            f"must be in (0, 10], got {self.ratios}",
+        )
+
+
 class _Extend(argparse.Action):
     """Repeated ``--latent`` flags accumulate (each may itself be a comma list)."""
 
@@ -215,8 +257,57 @@ def _steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steer_study(args: argparse.Namespace) -> int:
+    import json
+
+    from ..activations.pipeline import DEFAULT_DATA, default_data_path
+    from ..core.locking import claim_dir
+    from ..core.utils import write_output_file
+    from ..data import read_records
+    from ..interp.judges import make_judge
+    from ..models import load_model
+    from ..sae import load_sae
+    from ..steer.report import load_prompts
+    from ..workflows import steering_judged as J
+
+    cfg = configs_from_args(args)
+    opts: SteerStudyConfig = cfg["steer_study"]
+    data = str(default_data_path()) if opts.selection_data == DEFAULT_DATA else opts.selection_data
+    check_outputs(opts.out, "steer-study", opts.overwrite, (*args.sae_dirs, opts.prompts), "study")
+    questions = [m[-1]["content"] for m in load_prompts(opts.prompts, limit=opts.n_prompts)]
+    saes = {}
+    for d in args.sae_dirs:
+        p = Path(d)
+        saes[p.parent.name if p.name == "sae" else p.name] = load_sae(d, hook=cfg["model"].hook).eval()
+    sae, model, tokenizer, name = _load(args.sae_dirs[0], cfg["model"])
+    jc = cfg["judge"]
+    if jc.judge == "local":
+        same = (
+            jc.judge_model == name and jc.judge_device == cfg["model"].device and jc.judge_dtype == cfg["model"].dtype
+        )
+        jm, jt = (
+            (model, tokenizer) if same else load_model(jc.judge_model, dtype=jc.judge_dtype, device=jc.judge_device)
+        )
+        pair_judge, judge_name = J.logprob_pair_judge(jm, jt, opts.batch_size), f"local:{jc.judge_model} (logprobs)"
+    else:
+        judge = make_judge(jc, Path(opts.out) / "judge_cache")
+        pair_judge, judge_name = J.text_pair_judge(judge), f"{judge.name} (answer text)"
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    result = J.run_study(
+        model, tokenizer, saes, questions, read_records(data), pair_judge, opts.ratios, opts.n_null, opts.null,
+        opts.token, opts.selection_samples, opts.max_new_tokens, opts.batch_size, opts.seed, log,
+    )  # fmt: skip
+    result = {"settings": {"sae_dirs": args.sae_dirs, "model": name, **vars(opts), "selection_data": data},
+              "judge": judge_name, **result}  # fmt: skip
+    out = claim_dir(opts.out, "steer-study", opts.overwrite, "--out")
+    write_output_file(out / "study.json", json.dumps(result, indent=1, ensure_ascii=False), "--out")
+    write_output_file(out / "study.md", J.study_markdown(result), "--out")
+    print(J.study_markdown(result))
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Add ``special-tokens`` and ``steer``."""
+    """Add ``special-tokens``, ``steer`` and ``steer-study``."""
     sae_help = "directory of a saved SAE (cfg.json + sae_weights.safetensors)"
     configs = {"special_tokens": SpecialTokensConfig, "model": ModelConfig}
     p = add_command(
@@ -238,3 +329,13 @@ def register(sub: Any) -> None:
     for action in p._actions:
         if action.dest == "latent":
             action.__class__ = _Extend
+    from ..interp.judges import JudgeConfig
+
+    p = add_command(
+        sub,
+        "steer-study",
+        "Judge special-token steering pairwise (steered vs unsteered) against random directions, over several SAEs.",
+        _steer_study,
+        configs={"steer_study": SteerStudyConfig, "judge": JudgeConfig, "model": ModelConfig},
+    )
+    p.add_argument("sae_dirs", metavar="SAE_DIR", nargs="+", help=sae_help + "; several: one result per SAE")
