@@ -9,7 +9,6 @@ checkpoints (holding every rank's data-stream state) and the final SAE. In one p
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import time
@@ -24,19 +23,20 @@ from ..activations.source import ActivationBatch, ActivationSource
 from ..activations.streaming import Prefetcher
 from ..core import distributed as pg
 from ..core.config import to_dict
-from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE, RUN_CONFIG_FILE, SAE_DIR, TRAINING_SUMMARY_FILE
+from ..core.constants import CHECKPOINTS_DIR, METRICS_LOG_FILE
 from ..core.devices import resolve_device
 from ..core.faults import named_disk_full
 from ..core.locking import DirLock, claim_dir
 from ..core.ownership import record
 from ..core.progress import Progress
-from ..sae import SAE, save_sae
+from ..sae import SAE
 from ..sae.base import FIRE_THRESHOLD
 from . import checkpoints as checkpoint_io
-from . import distributed
+from . import distributed, final_outputs
 from .checkpoints import check_fresh_run
 from .config import DEFAULT_BETA1, DEFAULT_SPARSITY_COEF, TrainConfig
-from .init import MAX_FVU, initialise_from_sample, screen_batch
+from .init import initialise_from_sample, screen_batch
+from .optimizer import adam, autocast_context, grad_scaler
 from .schedule import lr_at, sparsity_coef_at, steps_from
 from .state import TrainState
 from .steplog import StepMetrics, bar_fields, host_rows, mean_metrics
@@ -46,15 +46,7 @@ FINAL_SAMPLE_TOKENS = 16_384
 """Vectors of the last training batches kept for :attr:`Trainer.final_measures` (measures of the final SAE on the
 training data; held only during the last steps)."""
 
-
-def adam(module: torch.nn.Module, **kwargs: Any) -> torch.optim.Adam:
-    """Adam with the fused kernel where torch has one for these parameters (CPU and CUDA floats: one pass per step,
-    4x faster than the per-tensor loop on a 4,608-latent SAE on CPU; same update up to float rounding), else the
-    default implementation."""
-    try:
-        return torch.optim.Adam(module.parameters(), fused=True, **kwargs)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(module.parameters(), **kwargs)
+__all__ = ["FINAL_SAMPLE_TOKENS", "TrainResult", "Trainer", "adam"]
 
 
 class TrainResult(NamedTuple):
@@ -105,9 +97,8 @@ class Trainer:
         self.sparsity_coef = DEFAULT_SPARSITY_COEF[sae.cfg.architecture] if coef is None else coef
         self.lr_end = cfg.lr / 10 if cfg.lr_end is None else cfg.lr_end
         self.beta1 = DEFAULT_BETA1[sae.cfg.architecture] if cfg.beta1 is None else cfg.beta1
-        cuda = self.device.type == "cuda"
         self.optimizer = adam(self.sae, lr=cfg.lr, betas=(self.beta1, cfg.beta2), eps=cfg.adam_eps)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cuda and cfg.autocast == "fp16")
+        self.scaler = grad_scaler(self.device, cfg.autocast)
         self.loss_fn = torch.compile(self.sae.loss) if cfg.compile else self.sae.loss
         self.state = TrainState.fresh(sae.cfg.d_sae, self.device)
         """Counters, firing history, dead mask, input scale: written only here and by checkpoint loading."""
@@ -222,7 +213,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         coef = sparsity_coef_at(self.step, self.sparsity_coef, self.coef_warmup)
-        with self._autocast():
+        with autocast_context(self.device, self.cfg.autocast):
             out = self.loss_fn(x, coef, self.state.dead)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
@@ -263,12 +254,6 @@ class Trainer:
     def window_rows(self, window: list[Tensor]) -> list[list[float]]:
         """The window's step metrics on the host (one sync); RuntimeError naming the step of a non-finite value."""
         return host_rows(window, self.step)
-
-    def _autocast(self) -> Any:
-        if self.cfg.autocast == "none" or self.device.type != "cuda":
-            return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.cfg.autocast == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, stop_after_steps: int | None = None, overwrite: bool = False) -> TrainResult:
@@ -355,54 +340,42 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.log(row, self.step)
 
+    # ---- what the run leaves (:mod:`chatsae.train.final_outputs`) ----------------------------------------------
     def _summary(self, rows: list[list[float]], tok_s: float) -> dict[str, Any]:
-        means = mean_metrics(rows) if rows else {}
-        return {
-            "steps": self.step,
-            "tokens": self.tokens,
-            "input_scale": self.scale,
-            "sparsity_coef": self.sparsity_coef,
-            "beta1": self.beta1,
-            "tokens_per_s": tok_s,
-            **{f"train_{k}": v for k, v in means.items()},
-            "outlier_rows_dropped": self.outliers_dropped,
-            **self._final_measures(),
-            **self.summary_extra,
-            "status": "failed_quality" if means.get("fvu", 0.0) > MAX_FVU else "ok",
-        }
+        return final_outputs.training_summary(
+            rows,
+            tok_s,
+            steps=self.step,
+            tokens=self.tokens,
+            scale=self.scale,
+            sparsity_coef=self.sparsity_coef,
+            beta1=self.beta1,
+            outliers_dropped=self.outliers_dropped,
+            final=self._final_measures(),
+            extra=self.summary_extra,
+        )
 
     def _final_measures(self) -> dict[str, Any]:
         """:attr:`final_measures` of the SAE on the last vectors trained on ({} without it or without them)."""
         batches, self.final_batches = self.final_batches, []
         if self.final_measures is None or not batches:
             return {}
-        drop = sum(b.shape[0] for b in batches) - FINAL_SAMPLE_TOKENS
-        while drop >= batches[0].shape[0]:  # whole oldest batches beyond the sample
-            drop -= batches.pop(0).shape[0]
-        if drop > 0:
-            batches[0] = batches[0][drop:]
+        batches = final_outputs.last_rows(batches, FINAL_SAMPLE_TOKENS)
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             return self.final_measures(self.sae, batches)
 
     def log10_firing_frequency(self) -> Tensor:
         """``[d_sae]`` log10 of each latent's firing frequency over the run (SAELens ``sparsity``)."""
-        return (self.fire_counts.double() / max(self.tokens, 1)).clamp_min(1e-10).log10().float().cpu()
+        return final_outputs.log10_firing_frequency(self.fire_counts, self.tokens)
 
     def folded_sae(self) -> SAE:
         """A copy of the SAE that takes raw activations (input scale folded into the weights)."""
-        sae = copy.deepcopy(self.sae).cpu()
-        sae.fold_input_scale(self.scale)
-        return sae
+        return final_outputs.folded_sae(self.sae, self.scale)
 
     def save_final(self, summary: dict[str, Any]) -> Path:
-        sae = self.folded_sae()
-        sae.cfg.metadata = {
-            **sae.cfg.metadata,
-            "input_scale_folded": self.scale,
-            "trained_tokens": self.tokens,
-        }
-        extra = {RUN_CONFIG_FILE: self.run_config, TRAINING_SUMMARY_FILE: summary}
-        return save_sae(sae, self.out_dir / SAE_DIR, sparsity=self.log10_firing_frequency(), extra=extra)
+        return final_outputs.save_final_sae(
+            self.sae, self.scale, self.tokens, self.fire_counts, self.out_dir, self.run_config, summary
+        )
 
     # ---- checkpoints (:mod:`chatsae.train.checkpoints`) -----------------------------------------------------
     def save_checkpoint(self) -> Path | None:
