@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from chatsae.interp.collector import N_CLASSES, TEMPLATE_CLASS, BatchView, CollectorSpec, FeatureCollector
+from chatsae.interp.collector import N_CLASSES, TEMPLATE_CLASS, BatchView, CollectorConfig, FeatureCollector
 from chatsae.interp.statelog import StateLog, apply_diff, diff_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -53,7 +53,7 @@ def run(views, spec, seed=0):
     return col
 
 
-SPEC = CollectorSpec(d_sae=16, top_k=3, n_quantile=4, n_random=3, window_before=3, window_after=2, template_slots=8)
+SPEC = CollectorConfig(d_sae=16, top_k=3, n_quantile=4, n_random=3, window_before=3, window_after=2, template_slots=8)
 
 
 def test_streaming_topk_equals_brute_force():
@@ -143,7 +143,7 @@ def test_reservoirs_hold_valid_samples():
 
 def test_latent_firing_in_every_sample_still_gets_non_activating_windows():
     """A latent on the first template token fires in every chat sample; windows elsewhere are its negatives."""
-    spec = CollectorSpec(d_sae=2, top_k=1, n_quantile=2, n_random=4, window_before=2, window_after=1)
+    spec = CollectorConfig(d_sae=2, top_k=1, n_quantile=2, n_random=4, window_before=2, window_after=1)
     col = FeatureCollector(spec)
     g = torch.Generator().manual_seed(0)
     for b in range(8):
@@ -170,7 +170,7 @@ def test_latent_firing_in_every_sample_still_gets_non_activating_windows():
 def test_reservoir_is_uniform():
     """Every latent fires on all 10 samples; with 2 slots each sample must be kept with probability 2/10."""
     d, n = 3000, 10
-    spec = CollectorSpec(d_sae=d, top_k=1, n_quantile=2, n_random=1, window_before=0, window_after=0)
+    spec = CollectorConfig(d_sae=d, top_k=1, n_quantile=2, n_random=1, window_before=0, window_after=0)
     col = FeatureCollector(spec)
     g = torch.Generator().manual_seed(0)
     for b in range(n // 2):
@@ -217,3 +217,10 @@ def test_statelog_diffs_replay_to_the_same_state(tmp_path):
     last.write_bytes(last.read_bytes()[:20])
     _, progress = log.load()
     assert progress["step"] == str(len(views) - 1)
+
+
+def test_collector_spec_is_a_deprecated_alias_of_collector_config():
+    from chatsae.interp import CollectorSpec as FromPackage
+    from chatsae.interp.collector import CollectorSpec
+
+    assert CollectorSpec is FromPackage is CollectorConfig

@@ -2,7 +2,7 @@
 and a Neuronpedia export. See ``docs/interp.md``."""
 
 from .autointerp import AutointerpConfig, BinaryScores, binary_scores, run_autointerp, sample_latents, summarize
-from .collector import BatchView, CollectorSpec, FeatureCollector
+from .collector import BatchView, CollectorConfig, CollectorSpec, FeatureCollector
 from .dashboard import build_dashboard
 from .features import FeaturesConfig, collect_features, logit_lens
 from .judges import CachedJudge, JudgeConfig, LocalJudge, OpenAIJudge, RateLimiter, ask, make_judge
@@ -16,6 +16,7 @@ __all__ = [
     "BatchView",
     "BinaryScores",
     "CachedJudge",
+    "CollectorConfig",
     "CollectorSpec",
     "Context",
     "FastVerdict",

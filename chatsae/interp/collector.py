@@ -28,7 +28,7 @@ TEMPLATE_CLASS = 1
 
 
 @dataclass(frozen=True)
-class CollectorSpec:
+class CollectorConfig:
     """Shape parameters of a :class:`FeatureCollector` state."""
 
     d_sae: int
@@ -55,7 +55,11 @@ class CollectorSpec:
         return torch.logspace(self.hist_min_log10, self.hist_max_log10, self.n_bins + 1, dtype=torch.float64)
 
 
-def empty_state(spec: CollectorSpec, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+CollectorSpec = CollectorConfig
+"""Deprecated alias of :class:`CollectorConfig` (its former name; kept so that old imports work)."""
+
+
+def empty_state(spec: CollectorConfig, device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """A fresh state: empty slots have activation 0 and sample -1; window tokens outside a sample are -1."""
     d, k, R, Q, W, M = spec.d_sae, spec.top_k, spec.n_quantile, spec.n_random, spec.window, spec.template_slots
     i64, f32, i32 = torch.int64, torch.float32, torch.int32
@@ -112,7 +116,7 @@ class FeatureCollector:
     """Update a state dict (see :func:`empty_state`) with :meth:`update`; the state is all there is to save."""
 
     def __init__(
-        self, spec: CollectorSpec, state: dict[str, Tensor] | None = None, device: str | torch.device = "cpu"
+        self, spec: CollectorConfig, state: dict[str, Tensor] | None = None, device: str | torch.device = "cpu"
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)

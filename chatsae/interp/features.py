@@ -34,7 +34,7 @@ from ..data.methods import FAST_MAX_LENGTH
 from ..models import check_hook, check_sae_width
 from ..models.prefix import capture_shared
 from ..sae import SAE
-from .collector import BatchView, CollectorSpec, FeatureCollector
+from .collector import BatchView, CollectorConfig, FeatureCollector
 from .statelog import BASE_FILE, LOG_DIR, StateLog, diff_state
 from .store import AUTOINTERP_FILE, LOGITS_FILE, META_EXPECTED, META_FILE, TOKENS_FILE, FeatureData, seal
 
@@ -98,8 +98,8 @@ class FeaturesConfig:
     overwrite: bool = False
     """Replace existing results in --out, even complete ones or ones made with other settings."""
 
-    def spec(self, d_sae: int) -> CollectorSpec:
-        return CollectorSpec(
+    def spec(self, d_sae: int) -> CollectorConfig:
+        return CollectorConfig(
             d_sae=d_sae,
             top_k=self.top_k,
             n_quantile=self.n_quantile,
