@@ -43,3 +43,17 @@ def test_verdict_cells_follow_the_current_rule():
     assert "no verdict (the interval over sequences has zero width)" in R.verdict_cell(v, 3)
     ok = {"a": "fast", "b": "bt-f", "difference": -0.37, "sequences": [-0.4, -0.35], "seeds": [-0.38, -0.36]}
     assert R.verdict_cell(ok, 3).endswith(": FAST lower") and "no verdict (1 seed" in R.verdict_cell(ok, 1)
+
+
+def test_interp_matched_tables_come_from_proxies_seeds_json():
+    readme = "interp_matched/README.md"
+    text = (R.ROOT / readme).read_text()
+    summary = R.load("interp_matched/proxies_seeds.json")
+    fast = summary["methods"]["FAST"]["explanation_auc_content"]
+    lo, hi = fast["interval"]
+    row = f"| FAST | 3 | {summary['methods']['FAST']['explanation_auc']['value']:.3f}"
+    assert row in text and f"{fast['value']:.3f} [{lo:.3f}, {hi:.3f}]" in text
+    verdicts = [p["verdict"] for p in summary["pairs"] if not p["why"]]
+    assert verdicts and all(v in text for v in verdicts)  # each stated verdict passed the 3-seed gate
+    tampered = text.replace(row, row[:-1] + ("0" if row[-1] != "0" else "1"))
+    assert R.render(tampered, R.TABLES[readme]) != tampered

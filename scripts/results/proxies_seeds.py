@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
     a = ap.parse_args(argv)
     summary = summarise(read_proxies(a.proxies))
+    summary["inputs"] = [str(path) for path in a.proxies]
     if a.eval_dir is not None:
         eval_l0(a.eval_dir, a.arch, summary)
     if a.json is not None:

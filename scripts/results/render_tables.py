@@ -182,6 +182,26 @@ def main_job_rerun() -> str:
     return table(["", *(name for _, name in runs)], rows, right=3)
 
 
+# ---- interp_matched/ -----------------------------------------------------------------------------------------------
+def _proxies_seeds() -> Any:
+    """scripts/results/proxies_seeds.py (beside this script; not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("proxies_seeds", Path(__file__).with_name("proxies_seeds.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def interp_matched(kind: str) -> Callable[[], str]:
+    def render() -> str:
+        mod = _proxies_seeds()
+        return str(getattr(mod, f"{kind}_table")(load("interp_matched/proxies_seeds.json")))
+
+    return render
+
+
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "compare/README.md": {
         "compare_seeds_heldout": compare_seeds("heldout"),
@@ -191,6 +211,11 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
         "compare_beta1_0": compare_beta1_0,
     },
     "main_job/README.md": {"main_job_figures": main_job_figures, "main_job_rerun": main_job_rerun},
+    "interp_matched/README.md": {
+        "interp_matched_methods": interp_matched("methods"),
+        "interp_matched_saes": interp_matched("saes"),
+        "interp_matched_pairs": interp_matched("pairs"),
+    },
 }
 """README (relative to docs/results/) -> its generated tables."""
 
