@@ -48,3 +48,35 @@ def test_random_sae_shape_weights_and_l0(tmp_path):
     assert torch.equal(back.encode(x[:50]), sae.encode(x[:50]))
     with pytest.raises(ValueError, match="calibration"):
         random_sae(16, 64, x[:, :8], target_l0=5.0)
+
+
+def test_the_script_calibrates_on_a_cache_and_skips_position_0(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from chatsae.activations.cache import CacheWriter, Manifest
+    from chatsae.sae import SAEConfig, create_sae
+
+    spec = importlib.util.spec_from_file_location(
+        "random_sae", Path(__file__).resolve().parents[1] / "scripts" / "results" / "random_sae.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    x = calibration(rows=600)
+    x[::50] = 1e4  # position 0 of each 50-token sample: the attention sink, far off (must not be calibrated on)
+    writer = CacheWriter(tmp_path / "cache", Manifest(d_in=16, model="tiny", hook="resid_post.1", method="fast"))
+    meta = {"token_ids": torch.zeros(600, dtype=torch.long), "positions": torch.arange(600) % 50}
+    writer.write_shard(x, {**meta, "sample_ids": torch.arange(600) // 50}, windows_done=1)
+    writer.finish()
+    trained = create_sae(SAEConfig(architecture="batchtopk", d_in=16, d_sae=64, metadata={"hook_name": "resid_post.1"}))
+    save_sae(trained, tmp_path / "trained")
+    argv = [str(tmp_path / "trained"), "--activations", str(tmp_path / "cache"), "--l0", "4", "--rows", "600"]
+    assert script.main([*argv, "--out", str(tmp_path / "random")]) == 0
+    sae = load_sae(tmp_path / "random")
+    kept = x[torch.arange(600) % 50 != 0]
+    assert torch.allclose(sae.b_dec, kept.mean(0), rtol=1e-5)
+    assert (sae.encode(kept) > 0).sum(1).double().mean() == pytest.approx(4.0, abs=1 / len(kept))
+    info = sae.cfg.metadata["random_baseline"]
+    assert info["calibration_rows"] == 588 and sae.cfg.metadata["hook_name"] == "resid_post.1"
+    assert "wrote" in capsys.readouterr().out
