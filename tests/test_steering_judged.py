@@ -187,3 +187,34 @@ def test_summary_intervals_and_verdict_gate():
     assert out["pooled_minus_null"][1] > 0 and out["verdict"] == "special-token latents beat the null"
     two = J.summarize({"0.5": {**dict(list(good.items())[:2]), **null}})["0.5"]
     assert two["verdict"] == "no verdict at this budget"  # fewer than 3 SAEs
+
+
+def test_cli_steer_study_end_to_end(tiny_llama, tmp_path, capsys):
+    import json
+
+    from chatsae.cli import main
+    from chatsae.sae import SAEConfig, create_sae, save_sae
+
+    model, tok = tiny_llama
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    torch.manual_seed(2)
+    meta = {"hook_name": HOOK, "model_name": str(tmp_path / "model")}
+    for name in ("a", "b"):
+        sae = create_sae(SAEConfig(architecture="jumprelu", d_in=64, d_sae=96, metadata=meta))
+        with torch.no_grad():
+            sae.W_enc.mul_(4.0)
+            sae.threshold_param.fill_(0.05)
+        save_sae(sae, tmp_path / name / "sae")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hi\nName a colour.\n")
+    args = ["steer-study", str(tmp_path / "a" / "sae"), str(tmp_path / "b" / "sae"), "--prompts", str(prompts)]
+    args += ["--ratios", "1.0", "--n-null", "2", "--selection-samples", "4", "--max-new-tokens", "2"]
+    args += ["--judge-model", str(tmp_path / "model"), "--out", str(tmp_path / "out")]
+    assert main(args) == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert set(data["chosen_latents"]) == {"a", "b"} and data["judge"].endswith("(logprobs)")
+    assert set(data["scores"]["1"]) == {"sae:a", "sae:b", "null:0", "null:1"}
+    assert "no verdict at this budget" in (tmp_path / "out" / "study.md").read_text()  # 2 SAEs: never a verdict
+    assert main([*args[:3], "--null", "nope", "--out", str(tmp_path / "o2")]) == 1
+    assert "--null" in capsys.readouterr().err
