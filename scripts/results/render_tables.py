@@ -182,6 +182,62 @@ def main_job_rerun() -> str:
     return table(["", *(name for _, name in runs)], rows, right=3)
 
 
+# ---- compare_k/ and compare_varied/ (BatchTopK / Matryoshka, 3 seeds) ---------------------------------------------
+K_ARCHS = {"batchtopk": "BatchTopK", "matryoshka": "Matryoshka"}
+K_KEYS = {
+    "log2_mse_no_pos0": "log2 MSE",
+    "log2_mse_st_no_pos0": "log2 MSE_st",
+    "log2_mse_st_prefix": "log2 MSE_st, system block",
+    "log2_mse_st_turns": "log2 MSE_st, turns",
+    "delta_lm_loss": "ΔLM loss",
+}
+
+
+def study_means(rel: str, eval_set: str, keys: tuple[str, ...]) -> Callable[[], str]:
+    """Per architecture and method: held-out L0 (no position 0) and each of ``keys`` as the mean over seeds with the
+    bootstrap interval over sequences."""
+
+    def render() -> str:
+        report = load(rel)
+        res = report["results"][eval_set]
+        rows = []
+        for arch in (a for a in K_ARCHS if a in report["setup"]["archs"]):
+            for m in METHODS:
+                r = res[m][arch]
+                cells = [num(r.get("l0_no_pos0"), 1)]
+                for k in keys:
+                    iv = (r.get("intervals") or {}).get(k) or {}
+                    cells.append(num(r.get(k)) + interval(iv.get("sequences")))
+                rows.append([K_ARCHS[arch], METHODS[m], *cells])
+        return table(["SAE", "Method", "L0", *(K_KEYS[k] for k in keys)], rows, right=2)
+
+    return render
+
+
+def study_verdicts(rel: str, eval_set: str, keys: tuple[str, ...]) -> Callable[[], str]:
+    """Paired differences A − B (mean over seeds, intervals over sequences and seeds) with the verdict of the current
+    rule, per architecture and pair of methods."""
+
+    def render() -> str:
+        report = load(rel)
+        n_seeds = len(report["setup"]["seeds"])
+        rows = []
+        for arch in (a for a in K_ARCHS if a in report["setup"]["archs"]):
+            for a, b in (("fast", "bt-f"), ("fast", "bt-p"), ("bt-f", "bt-p")):
+                by_metric = {
+                    v["metric"]: v
+                    for v in report["verdicts"][eval_set]
+                    if v["arch"] == arch and v["a"] == a and v["b"] == b
+                }
+                rows.append(
+                    [K_ARCHS[arch], f"{METHODS[a]} − {METHODS[b]}"]
+                    + [verdict_cell(by_metric[k], n_seeds) for k in keys]
+                )
+        return table(["SAE", "pair", *(K_KEYS[k] for k in keys)], rows, right=2)
+
+    return render
+
+
 # ---- interp_matched/ -----------------------------------------------------------------------------------------------
 def _proxies_seeds() -> Any:
     """scripts/results/proxies_seeds.py (beside this script; not a package)."""
@@ -211,6 +267,17 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
         "compare_beta1_0": compare_beta1_0,
     },
     "main_job/README.md": {"main_job_figures": main_job_figures, "main_job_rerun": main_job_rerun},
+    "compare_k/README.md": {
+        "compare_k_verdicts": study_verdicts(
+            "compare_k/report.json", "heldout", ("log2_mse_no_pos0", "log2_mse_st_no_pos0", "delta_lm_loss")
+        ),
+        "compare_k_parts_means": study_means(
+            "compare_k/template_parts/report.json", "heldout", ("log2_mse_st_prefix", "log2_mse_st_turns")
+        ),
+        "compare_k_parts_verdicts": study_verdicts(
+            "compare_k/template_parts/report.json", "heldout", ("log2_mse_st_prefix", "log2_mse_st_turns")
+        ),
+    },
     "interp_matched/README.md": {
         "interp_matched_methods": interp_matched("methods"),
         "interp_matched_saes": interp_matched("saes"),
