@@ -258,6 +258,160 @@ def interp_matched(kind: str) -> Callable[[], str]:
     return render
 
 
+# ---- sweep/ --------------------------------------------------------------------------------------------------------
+SWEEP_ARCHS = {"jumprelu": "JumpReLU", "topk": "TopK", "standard": "Standard", "gated": "Gated"}
+
+
+def fixed(v: float, digits: int, sign: bool = False) -> str:
+    """``v`` with exactly ``digits`` decimals and a true minus sign (a plus sign too with ``sign``)."""
+    return f"{v:{'+' if sign else ''},.{digits}f}".replace("-", "−")
+
+
+def pct(v: float, digits: int = 1) -> str:
+    """A share as a percentage; a bare 0 for none."""
+    return "0" if v == 0 else f"{100 * v:.{digits}f}%"
+
+
+def sweep_setting(r: dict[str, Any]) -> str:
+    return f"λ {r['sparsity_coef']:g}" if r.get("k") is None else f"k {r['k']}"
+
+
+def sweep_cells(r: dict[str, Any], l0_digits: int, lm_digits: int) -> list[str]:
+    """L0 and FVU without position 0 and ΔLM loss (value [95% bootstrap over evaluation sequences]; TopK's L0 is set
+    by k, so without one), the share of latents dead on the evaluation tokens and of those on >= 10% / 1% of them."""
+
+    def cell(key: str, digits: int, with_interval: bool = True) -> str:
+        b = (r["intervals"].get(key) or {}).get("sequences")
+        iv = f" [{fixed(b[0], digits)}, {fixed(b[1], digits)}]" if b and with_interval else ""
+        return fixed(r[key], digits) + iv
+
+    return [
+        cell("l0_no_pos0", l0_digits, r["arch"] != "topk"),
+        cell("fvu_no_pos0", 3),
+        cell("delta_lm_loss", lm_digits),
+        pct(r["dead_fraction"]),
+        pct(r["freq_gt_10pct"], 2),
+        pct(r["freq_gt_1pct"]),
+    ]
+
+
+SWEEP_HEADERS = ["L0 (no pos 0)", "FVU (no pos 0)", "ΔLM loss", "dead", "on ≥ 10% of tokens", "on ≥ 1%"]
+
+
+def sweep_rows(rel: str) -> list[dict[str, Any]]:
+    """The held-out rows of a sweep report, by architecture (``SWEEP_ARCHS`` order) and then by L0."""
+    rows = load(rel)["rows"]["heldout"]
+    return sorted(rows, key=lambda r: (list(SWEEP_ARCHS).index(r["arch"]), r["l0_no_pos0"]))
+
+
+def sweep_frontier(rel: str, l0_digits: int) -> Callable[[], str]:
+    def render() -> str:
+        rows = [[SWEEP_ARCHS[r["arch"]], sweep_setting(r), *sweep_cells(r, l0_digits, 3)] for r in sweep_rows(rel)]
+        return table(["SAE", "setting", *SWEEP_HEADERS], rows, right=2)
+
+    return render
+
+
+def sweep_sites() -> str:
+    rows = [
+        [site, SWEEP_ARCHS[r["arch"]], sweep_setting(r), *sweep_cells(r, 1, 4)]
+        for site in ("mlp_out", "attn_out")
+        for r in sweep_rows(f"sweep/sites/{site}/report.json")
+    ]
+    return table(["site", "SAE", "setting", *SWEEP_HEADERS], rows, right=3)
+
+
+# ---- position0/ ----------------------------------------------------------------------------------------------------
+def position0() -> str:
+    """The two evaluations side by side; bold: the better of the two where the row has a direction."""
+    evs = [load(f"position0/eval_position0_{k}.json") for k in ("excluded", "kept")]
+
+    def h(key: str) -> Callable[[dict[str, Any]], float]:
+        return lambda ev: float(ev["headline"][key])
+
+    def m(key: str) -> Callable[[dict[str, Any]], float]:
+        return lambda ev: float(ev["metrics"]["all_no_pos0"][key])
+
+    def scale(ev: dict[str, Any]) -> float:
+        return float(ev["sae"]["metadata"]["input_scale_folded"])
+
+    # label, values (first one decides bold), format, better ("low", "high" or None)
+    spec: list[tuple[str, list[Callable[[dict[str, Any]], float]], Callable[[float], str], str | None]] = [
+        ("input scale C (E‖x/C‖² = 1)", [scale], lambda v: f"{v:,.0f}", None),
+        ("held-out FVU, without position 0", [m("fvu")], lambda v: fixed(v, 3), "low"),
+        ("held-out L0, without position 0", [m("l0")], lambda v: fixed(v, 1), "low"),
+        (
+            "held-out log2 MSE / log2 MSE_st, without position 0",
+            [h("log2_mse_no_pos0"), h("log2_mse_st_no_pos0")],
+            lambda v: fixed(v, 2),
+            "low",
+        ),
+        (
+            "held-out log2 MSE / log2 MSE_st, all tokens",
+            [h("log2_mse"), h("log2_mse_st")],
+            lambda v: fixed(v, 2),
+            "low",
+        ),
+        ("held-out cosine(x, x̂), without position 0", [m("cosine_similarity")], lambda v: fixed(v, 3), "high"),
+        ("delta LM loss (nats/token)", [h("delta_ce")], lambda v: fixed(v, 2), "low"),
+        ("KL to the clean model (nats/token)", [h("kl")], lambda v: fixed(v, 2), "low"),
+        ("CE recovered", [h("ce_recovered")], lambda v: fixed(v, 3), "high"),
+        ("dead latents on the held-out set", [h("dead_fraction")], lambda v: f"{100 * v:.0f}%", None),
+    ]
+    rows = []
+    for label, fns, fmt, better in spec:
+        cells = [" / ".join(fmt(f(ev)) for f in fns) for ev in evs]
+        if better:
+            first = [fns[0](ev) for ev in evs]
+            best = first.index(min(first) if better == "low" else max(first))
+            cells[best] = f"**{cells[best]}**"
+        rows.append([label, *cells])
+    return table(["", "position 0 excluded (default)", "position 0 kept"], rows)
+
+
+# ---- steering/ -----------------------------------------------------------------------------------------------------
+def quality_cell(d: dict[str, float], sign: bool = False) -> str:
+    return f"{fixed(d['value'], 3, sign)} [{fixed(d['low'], 3)}, {fixed(d['high'], 3)}]"
+
+
+def steering_quality_nll() -> str:
+    s = load("steering/quality_nll.json")["summary"]
+    diffs = {p["alpha"]: p["difference"] for p in s["pairs"] if p["metric"] == "nll"}
+    rows = []
+    for alpha in s["groups"]["top"]:
+        row = [f"{float(alpha):g}"]
+        for g in ("top", "random"):
+            e = s["groups"][g][alpha]
+            row += [quality_cell(e["nll"]), "—" if float(alpha) == 0 else quality_cell(e["nll_vs_alpha_0"], True)]
+        d = diffs.get(float(alpha))
+        rows.append([*row, "—" if d is None else quality_cell(d, True)])
+    headers = ["α", "special-token latents", "change from α 0", "random latents", "change from α 0", "special − random"]
+    return table(headers, rows, right=0)
+
+
+def steering_quality_acc() -> str:
+    q = load("steering/quality_acc.json")
+    s, n = q["summary"], q["n_items"]
+    rows = []
+    for alpha in s["groups"]["top"]:
+        row = [f"{float(alpha):g}"]
+        for g in ("top", "random"):
+            e = s["groups"][g][alpha]
+            row += [quality_cell(e["nll"]), "—" if float(alpha) == 0 else quality_cell(e["nll_vs_alpha_0"], True)]
+        acc = {f"{round(s['groups'][g][alpha]['accuracy']['value'] * n)}/{n}" for g in ("top", "random")}
+        rows.append([*row, " vs ".join(sorted(acc))])
+    top, rnd = q["latents"][0], q["random_latents"][0]
+    headers = [
+        "α",
+        f"latent {top}: answer NLL",
+        "change from α 0",
+        f"random {rnd}: answer NLL",
+        "change from α 0",
+        "accuracy (both)",
+    ]
+    return table(headers, rows, right=0)
+
+
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "compare/README.md": {
         "compare_seeds_heldout": compare_seeds("heldout"),
@@ -283,6 +437,13 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
         "interp_matched_saes": interp_matched("saes"),
         "interp_matched_pairs": interp_matched("pairs"),
     },
+    "sweep/README.md": {
+        "sweep_seeds": sweep_frontier("sweep/seeds/report.json", 2),
+        "sweep_gated_standard": sweep_frontier("sweep/gated_standard/report.json", 1),
+        "sweep_sites": sweep_sites,
+    },
+    "position0/README.md": {"position0": position0},
+    "steering/README.md": {"steering_quality_nll": steering_quality_nll, "steering_quality_acc": steering_quality_acc},
 }
 """README (relative to docs/results/) -> its generated tables."""
 
