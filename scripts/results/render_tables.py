@@ -321,6 +321,92 @@ def sweep_sites() -> str:
     return table(["site", "SAE", "setting", *SWEEP_HEADERS], rows, right=3)
 
 
+def sweep_point(r: dict[str, Any], bold: bool = False) -> str:
+    """ΔLM loss / FVU (no position 0) (L0 without position 0)."""
+    figures = f"{fixed(r['delta_lm_loss'], 3)} / {fixed(r['fvu_no_pos0'], 3)}"
+    return f"{f'**{figures}**' if bold else figures} ({fixed(r['l0_no_pos0'], 1)})"
+
+
+def sweep_single_seed() -> str:
+    """The first single-seed frontier (Adam β1 0.9 for all): each architecture's points by L0, in the columns of the
+    nearest L0 (an architecture with fewer points fills the higher-L0 columns); bold: a column's lowest ΔLM loss."""
+    columns = ["L0 ≈ 5", "L0 ≈ 10", "L0 ≈ 20", "L0 ≈ 38", "L0 ≈ 75"]
+    by_arch: dict[str, list[dict[str, Any]]] = {}
+    for r in sweep_rows("sweep/report.json"):
+        by_arch.setdefault(r["arch"], []).append(r)
+    grid: dict[str, list[dict[str, Any] | None]] = {
+        a: [None] * (len(columns) - len(rs)) + rs for a, rs in by_arch.items()
+    }
+    best = [
+        min((p for g in grid.values() if (p := g[i])), key=lambda r: r["delta_lm_loss"]) for i in range(len(columns))
+    ]
+    rows: list[list[str]] = []
+    for a, points in grid.items():
+        label = f"{SWEEP_ARCHS[a]} ΔLM loss / FVU" if not rows else SWEEP_ARCHS[a]
+        cells = ["" if p is None else sweep_point(p, p is best[i]) for i, p in enumerate(points)]
+        rows.append([label, *cells])
+    return table(["", *columns], rows)
+
+
+def sweep_row(rel: str, arch: str, setting: str) -> dict[str, Any]:
+    return next(r for r in load(rel)["rows"]["heldout"] if r["arch"] == arch and r["setting"] == setting)
+
+
+def sweep_jumprelu_checks() -> str:
+    """JumpReLU λ 0.002 and 0.006 at 300k tokens: the β1 0.9 defaults then, a 10× wider bandwidth, Adam β1 0; bold:
+    the lowest ΔLM loss of a column."""
+    runs = [
+        ("defaults (Adam β1 0.9, bandwidth ε 0.001)", "sweep/report.json"),
+        ("ε = 0.01 (`--jumprelu-bandwidth 0.01`)", "sweep/bandwidth_0.01_report.json"),
+        ("β1 = 0 (`--beta1 0`, Gemma Scope's Adam setting)", "sweep/beta1_0_report.json"),
+    ]
+    settings = ("lambda=0.002", "lambda=0.006")
+    points = [[sweep_row(rel, "jumprelu", s) for s in settings] for _, rel in runs]
+    best = [min(range(len(runs)), key=lambda i: points[i][j]["delta_lm_loss"]) for j in range(len(settings))]
+    rows = []
+    for i, (label, _) in enumerate(runs):
+        cells = []
+        for j, r in enumerate(points[i]):
+            cell = " / ".join((fixed(r["l0_no_pos0"], 1), fixed(r["fvu_no_pos0"], 3), fixed(r["delta_lm_loss"], 3)))
+            cells.append(f"**{cell}**" if best[j] == i else cell)
+        rows.append([label, *cells])
+    headers = ["JumpReLU run (300k tokens)", "λ 0.002: L0 / FVU / ΔLM loss", "λ 0.006: L0 / FVU / ΔLM loss"]
+    return table(headers, rows)
+
+
+def tokens(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+
+
+def sweep_longer() -> str:
+    rows = []
+    for arch, setting in (("jumprelu", "lambda=0.002"), ("topk", "k=20")):
+        for rel in ("sweep/report.json", "sweep/longer_1m2_report.json"):
+            r = sweep_row(rel, arch, setting)
+            keys = ("fvu_no_pos0", "delta_lm_loss", "ce_recovered")
+            rows.append(
+                [
+                    f"{SWEEP_ARCHS[arch]} {sweep_setting(r)}",
+                    tokens(load(rel)["setup"]["total_tokens"]),
+                    fixed(r["l0_no_pos0"], 1),
+                    *(fixed(r[k], 3) for k in keys),
+                ]
+            )
+    return table(["SAE", "tokens", "L0", "FVU", "ΔLM loss", "CE recovered"], rows)
+
+
+def sweep_jumprelu_beta1_0() -> str:
+    rs = sorted(
+        (r for r in load("sweep/report_jumprelu_beta1_0.json")["rows"]["heldout"] if r["arch"] == "jumprelu"),
+        key=lambda r: r["sparsity_coef"],
+    )
+    rows = [
+        [name, *(fixed(r[k], digits) for r in rs)]
+        for name, k, digits in (("L0", "l0_no_pos0", 1), ("FVU", "fvu_no_pos0", 3), ("ΔLM loss", "delta_lm_loss", 3))
+    ]
+    return table(["JumpReLU λ", *(f"{r['sparsity_coef']:g}" for r in rs)], rows)
+
+
 # ---- position0/ ----------------------------------------------------------------------------------------------------
 def position0() -> str:
     """The two evaluations side by side; bold: the better of the two where the row has a direction."""
@@ -441,6 +527,10 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
         "sweep_seeds": sweep_frontier("sweep/seeds/report.json", 2),
         "sweep_gated_standard": sweep_frontier("sweep/gated_standard/report.json", 1),
         "sweep_sites": sweep_sites,
+        "sweep_single_seed": sweep_single_seed,
+        "sweep_jumprelu_checks": sweep_jumprelu_checks,
+        "sweep_longer": sweep_longer,
+        "sweep_jumprelu_beta1_0": sweep_jumprelu_beta1_0,
     },
     "position0/README.md": {"position0": position0},
     "steering/README.md": {"steering_quality_nll": steering_quality_nll, "steering_quality_acc": steering_quality_acc},
