@@ -238,6 +238,10 @@ def study_verdicts(rel: str, eval_set: str, keys: tuple[str, ...]) -> Callable[[
     return render
 
 
+VARIED_KEYS = ("log2_mse_no_pos0", "log2_mse_st_no_pos0", "log2_mse_st_prefix", "log2_mse_st_turns")
+"""compare_varied/ is evaluated without the LM loss."""
+
+
 # ---- interp_matched/ -----------------------------------------------------------------------------------------------
 def _proxies_seeds() -> Any:
     """scripts/results/proxies_seeds.py (beside this script; not a package)."""
@@ -517,6 +521,11 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
         "compare_k_parts_verdicts": study_verdicts(
             "compare_k/template_parts/report.json", "heldout", ("log2_mse_st_prefix", "log2_mse_st_turns")
         ),
+    },
+    "compare_varied/README.md": {
+        f"compare_varied_{kind}_{name}": fn("compare_varied/report.json", eval_set, VARIED_KEYS)
+        for kind, fn in (("means", study_means), ("verdicts", study_verdicts))
+        for name, eval_set in (("heldout", "heldout"), ("unseen", "eval_unseen_prompts"))
     },
     "interp_matched/README.md": {
         "interp_matched_methods": interp_matched("methods"),
