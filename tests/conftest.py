@@ -89,6 +89,51 @@ def tiny_llama(chat_tokenizer):
     return model, chat_tokenizer
 
 
+@pytest.fixture(scope="session")
+def massive_qwen2_model(chat_tokenizer):
+    """A 2-layer random-weight Qwen2ForCausalLM (d_model 64, seed 0) with the real chat tokenizer whose embedding
+    carries residual channels 5 and 17 scaled 200x: two channels hold most of the activation variance at every layer
+    (the massive activations of that family, planted). Read-only: tests must not change it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(chat_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=chat_tokenizer.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, [5, 17]] *= 200.0
+    return model
+
+
+def numbered_chats(n: int) -> list[dict]:
+    """``n`` short two-turn conversations (``{"messages": [...]}``) of varied lengths, deterministic."""
+    out = []
+    for i in range(n):
+        words = " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 5) % 17))
+        msgs = [
+            {"role": "user", "content": f"Question {i}: {words}?"},
+            {"role": "assistant", "content": f"Answer {i} " + words[::-1]},
+        ]
+        out.append({"messages": msgs})
+    return out
+
+
+@pytest.fixture(scope="session")
+def chat_records():
+    """Factory ``n -> list[Record]`` of :func:`numbered_chats` (record index i)."""
+    from chatsae.data.formats import Record
+
+    return lambda n: [Record(i, c["messages"], None) for i, c in enumerate(numbered_chats(n))]
+
+
 @pytest.fixture
 def random_sae():
     """Factory ``(architecture, d_in=16, d_sae=48, seed=0, **cfg) -> SAE`` with every parameter randomised

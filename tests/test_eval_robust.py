@@ -114,23 +114,8 @@ def chat(i: int) -> Record:
     )
 
 
-def test_tiny_qwen2_with_scaled_channels_shows_them_dominant(chat_tokenizer):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(chat_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=chat_tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():  # two residual channels carried from the embedding up: massive in every token
-        model.model.embed_tokens.weight[:, [5, 17]] *= 200.0
+def test_tiny_qwen2_with_scaled_channels_shows_them_dominant(massive_qwen2_model, chat_tokenizer):
+    model = massive_qwen2_model  # two residual channels carried from the embedding up: massive in every token
     sae = create_sae(
         SAEConfig("topk", d_in=64, d_sae=128, k=8, metadata={"hook_name": "resid_post.1", "method": "fast"})
     )

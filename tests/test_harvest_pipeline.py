@@ -11,23 +11,10 @@ import torch
 from chatsae.activations.cache import ActivationCache, Manifest
 from chatsae.activations.harvest import HarvestConfig, harvest_to_cache
 from chatsae.data import block_sequences, fast_sequences
-from chatsae.data.formats import Record
 from chatsae.models import HookPoint, capture
 from chatsae.models.loading import model_info
 
 HOOK = HookPoint("resid_post", 1)
-
-
-def _records(n: int = 24) -> list[Record]:
-    out = []
-    for i in range(n):
-        words = " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 5) % 17))
-        msgs = [
-            {"role": "user", "content": f"Question {i}: {words}?"},
-            {"role": "assistant", "content": f"Answer {i} " + words[::-1]},
-        ]
-        out.append(Record(i, msgs, None))
-    return out
 
 
 def _harvest(tiny_llama, tmp_path, name, seqs, opts=None, resume=False, max_tokens=None):
@@ -55,9 +42,9 @@ def interrupted(seqs, at):
         yield s
 
 
-def test_fast_harvest_excludes_padding_and_matches_single_sample_runs(tiny_llama, tmp_path):
+def test_fast_harvest_excludes_padding_and_matches_single_sample_runs(chat_records, tiny_llama, tmp_path):
     model, tok = tiny_llama
-    seqs = list(fast_sequences(_records(), tok, dedup_n=None))
+    seqs = list(fast_sequences(chat_records(24), tok, dedup_n=None))
     opts = HarvestConfig(shard_tokens=300, batch_tokens=256, exclude_first_position=True)
     man, stats = _harvest(tiny_llama, tmp_path, "c", iter(seqs), opts)
     cache = ActivationCache(tmp_path / "c")
@@ -77,9 +64,9 @@ def test_fast_harvest_excludes_padding_and_matches_single_sample_runs(tiny_llama
         assert len(set(s.sample_ids)) == 1
 
 
-def test_interrupted_harvest_resumes_to_the_same_cache(tiny_llama, tmp_path):
+def test_interrupted_harvest_resumes_to_the_same_cache(chat_records, tiny_llama, tmp_path):
     _, tok = tiny_llama
-    seqs = list(fast_sequences(_records(), tok, dedup_n=None))
+    seqs = list(fast_sequences(chat_records(24), tok, dedup_n=None))
     _harvest(tiny_llama, tmp_path, "full", iter(seqs))
 
     with pytest.raises(KeyboardInterrupt):
@@ -96,12 +83,12 @@ def test_interrupted_harvest_resumes_to_the_same_cache(tiny_llama, tmp_path):
     assert part.manifest.info["channel_variance"] == full.manifest.info["channel_variance"]
 
 
-def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
+def test_resume_with_another_model_dtype_is_refused(chat_records, tiny_llama, tmp_path):
     """A cache harvested through a float32 model is not continued through a bfloat16 one (mixed vectors)."""
     import copy
 
     model, tok = tiny_llama
-    seqs = list(fast_sequences(_records(), tok, dedup_n=None))
+    seqs = list(fast_sequences(chat_records(24), tok, dedup_n=None))
     info = {"model": model_info(model)}
     man = Manifest(d_in=64, model="tiny", hook=str(HOOK), method="fast", info=info)
     with pytest.raises(KeyboardInterrupt):
@@ -132,15 +119,15 @@ def test_resume_with_another_model_dtype_is_refused(tiny_llama, tmp_path):
         )
 
 
-def test_bt_blocks_harvest_full_blocks(tiny_llama, tmp_path):
+def test_bt_blocks_harvest_full_blocks(chat_records, tiny_llama, tmp_path):
     _, tok = tiny_llama
-    blocks = list(block_sequences(_records(), tok, context_size=64, chat=True))
+    blocks = list(block_sequences(chat_records(24), tok, context_size=64, chat=True))
     opts = HarvestConfig(shard_tokens=300, exclude_first_position=False)
     man, _ = _harvest(tiny_llama, tmp_path, "bt", iter(blocks), opts)
     assert man.n_tokens == 64 * len(blocks)
 
 
-def test_cli_train_on_local_model_dir_end_to_end(tiny_llama, tmp_path):
+def test_cli_train_on_local_model_dir_end_to_end(chat_records, tiny_llama, tmp_path):
     from chatsae.cli import main
     from chatsae.sae import load_sae
 
@@ -148,7 +135,7 @@ def test_cli_train_on_local_model_dir_end_to_end(tiny_llama, tmp_path):
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(40)))
+    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in chat_records(40)))
     out = tmp_path / "run"
     rc = main(
         [
@@ -190,14 +177,14 @@ def test_cli_train_on_local_model_dir_end_to_end(tiny_llama, tmp_path):
     assert man.complete and man.method == "fast" and man.hook == "resid_post.1"
 
 
-def test_max_padding_bounds_every_model_batch_and_keeps_the_vectors(tiny_llama, tmp_path):
+def test_max_padding_bounds_every_model_batch_and_keeps_the_vectors(chat_records, tiny_llama, tmp_path):
     """--max-padding reaches the harvest's length bucketing: with wide model batches over samples of very different
     lengths, each batch's padding share stays under the bound (the whole harvest's too), and the cached vectors are the
     same set as without the bound (batching changes no vector beyond float rounding)."""
     from chatsae.activations.harvest import HarvestStats, window_activations
 
     model, tok = tiny_llama
-    seqs = list(fast_sequences(_records(40), tok, dedup_n=None))
+    seqs = list(fast_sequences(chat_records(40), tok, dedup_n=None))
     free, bounded = HarvestStats(), HarvestStats()
     wide = {"shard_tokens": 100_000, "batch_tokens": 4096, "max_batch_size": 64}
     seen: list[tuple[int, int]] = []

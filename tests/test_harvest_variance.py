@@ -13,7 +13,6 @@ import torch
 
 from chatsae.activations.cache import ActivationCache, CacheWriter, Manifest
 from chatsae.activations.variance import dominance_note
-from chatsae.data.formats import Record
 
 MASSIVE = (7, 20)
 
@@ -104,43 +103,16 @@ def test_corrupt_moments_file_is_refused(tmp_path):
 # ---- a tiny random Qwen2 whose residual stream has two massive channels ----------------------------------------
 
 
-def records(n: int = 40) -> list[Record]:
-    out = []
-    for i in range(n):
-        words = " ".join(f"w{(i * 7 + j) % 53}" for j in range(3 + (i * 5) % 17))
-        msgs = [
-            {"role": "user", "content": f"Question {i}: {words}?"},
-            {"role": "assistant", "content": f"Answer {i} " + words[::-1]},
-        ]
-        out.append(Record(i, msgs, None))
-    return out
-
-
 @pytest.fixture(scope="module")
-def massive_qwen2(chat_tokenizer, tmp_path_factory):
-    """A directory holding a 2-layer random Qwen2 (d_model 64; its tokenizer the embedded model's chat one) whose
-    embedding carries residual channels 5 and 17 scaled 200x, and a chat data file."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(chat_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=chat_tokenizer.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, [5, 17]] *= 200.0
+def massive_qwen2(massive_qwen2_model, chat_tokenizer, chat_records, tmp_path_factory):
+    """A directory holding conftest's massive_qwen2_model (channels 5 and 17 scaled 200x; the embedded model's chat
+    tokenizer), and a chat data file."""
+    model = massive_qwen2_model
     root = tmp_path_factory.mktemp("massive")
     model.save_pretrained(root / "model")
     chat_tokenizer.save_pretrained(root / "model")
     data = root / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in records()))
+    data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in chat_records(40)))
     return root / "model", data
 
 
