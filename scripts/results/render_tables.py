@@ -44,8 +44,12 @@ def interval(b: list[float] | None, digits: int = 3) -> str:
     return "" if not b else f" [{num(b[0], digits)}, {num(b[1], digits)}]"
 
 
-def table(headers: list[str], rows: list[list[str]], right: int = 1) -> str:
+def table(headers: list[str], rows: list[list[str]], right: int = 1, left: tuple[int, ...] = ()) -> str:
+    """A Markdown table: the first ``right`` columns left-aligned, the rest right-aligned (``left``: the indices of
+    columns left-aligned instead, overriding ``right``)."""
     align = ["---"] * right + ["---:"] * (len(headers) - right)
+    if left:
+        align = ["---" if i in left else "---:" for i in range(len(headers))]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
@@ -502,6 +506,98 @@ def steering_quality_acc() -> str:
     return table(headers, rows, right=0)
 
 
+# ---- steering/judged/ ----------------------------------------------------------------------------------------------
+def judged_cell(v: list[float]) -> str:
+    """``[value, low, high]`` as value [low, high]."""
+    return f"{fixed(v[0], 3)} [{fixed(v[1], 3)}, {fixed(v[2], 3)}]"
+
+
+def judged_changed(study: dict[str, Any], r: str, label: str) -> float:
+    """The share of prompts whose steered answer (``label``: ``sae:NAME`` or ``null:J``) differs from the clean one."""
+    pairs = zip(study["answers"][r][label], study["clean_answers"], strict=True)
+    return float(sum(a != c for a, c in pairs) / len(study["clean_answers"]))
+
+
+def steering_judged() -> str:
+    """Per r: each SAE's special-token latent (win rate, percentile among the null's win rates, per-prompt difference
+    from the null mean, share of answers changed), then the null row (its win rate, the pooled difference, the mean
+    share of answers changed over the null directions with their range)."""
+    d = load("steering/judged/study.json")
+    null_name = {"unit": "unit vectors", "latents": "random live latents"}[d["null"]]
+    rows = []
+    for r, e in d["summary"].items():
+        rf, alpha = f"{float(r):g}", fixed(d["alphas"][r], 1)
+        for name, s in e["saes"].items():
+            rows.append(
+                [
+                    rf,
+                    alpha,
+                    name,
+                    str(d["chosen_latents"][name]["latent"]),
+                    judged_cell(s["win_rate"]),
+                    f"{s['null_percentile']:g}",
+                    judged_cell(s["minus_null"]),
+                    f"{judged_changed(d, r, f'sae:{name}'):.0%}",
+                ]
+            )
+        changed = [judged_changed(d, r, f"null:{j}") for j in range(len(e["null_win_rates"]))]
+        spread = f"{100 * min(changed):.0f}–{100 * max(changed):.0f}%"
+        rows.append(
+            [
+                rf,
+                "",
+                f"null ({len(changed)} {null_name})",
+                "",
+                judged_cell(e["null_win_rate"]),
+                "",
+                f"pooled {judged_cell(e['pooled_minus_null'])}",
+                f"{sum(changed) / len(changed):.0%} ({spread})",
+            ]
+        )
+    headers = [
+        "r",
+        "α",
+        "SAE",
+        "latent",
+        "win rate P(steered preferred)",
+        "null percentile",
+        "minus null mean",
+        "answers changed",
+    ]
+    return table(headers, rows, left=(2,))
+
+
+def steering_judged_null_latents() -> str:
+    """The second null (random live latents), per r: the pooled difference from the null, the special-token latents'
+    percentiles among the null's win rates, the null's win rate and the order agreement of the null's pairs asked."""
+    d = load("steering/judged/null_latents/study.json")
+    names = list(d["chosen_latents"])
+    rows = []
+    for r, e in d["summary"].items():
+        asked = [p for j in range(len(e["null_win_rates"])) for p in d["pairs"][r][f"null:{j}"]]
+        agree = [p["consistent"] for p in asked if p["consistent"] is not None]
+        rows.append(
+            [
+                f"{float(r):g}",
+                fixed(d["alphas"][r], 1),
+                judged_cell(e["pooled_minus_null"]),
+                ", ".join(f"{e['saes'][n]['null_percentile']:g}" for n in names),
+                judged_cell(e["null_win_rate"]),
+                f"{fixed(sum(agree) / len(agree), 3)} (null pairs)",
+            ]
+        )
+    latents = ", ".join(str(d["chosen_latents"][n]["latent"]) for n in names)
+    headers = [
+        "r",
+        "α",
+        f"pooled minus null ({len(names)} SAEs)",
+        f"special-token percentiles ({latents})",
+        "null win rate",
+        "order agreement",
+    ]
+    return table(headers, rows, left=(3,))
+
+
 TABLES: dict[str, dict[str, Callable[[], str]]] = {
     "compare/README.md": {
         "compare_seeds_heldout": compare_seeds("heldout"),
@@ -543,6 +639,10 @@ TABLES: dict[str, dict[str, Callable[[], str]]] = {
     },
     "position0/README.md": {"position0": position0},
     "steering/README.md": {"steering_quality_nll": steering_quality_nll, "steering_quality_acc": steering_quality_acc},
+    "steering/judged/README.md": {
+        "steering_judged": steering_judged,
+        "steering_judged_null_latents": steering_judged_null_latents,
+    },
 }
 """README (relative to docs/results/) -> its generated tables."""
 
