@@ -218,3 +218,26 @@ def test_cli_steer_study_end_to_end(tiny_llama, tmp_path, capsys):
     assert "no verdict at this budget" in (tmp_path / "out" / "study.md").read_text()  # 2 SAEs: never a verdict
     assert main([*args[:3], "--null", "nope", "--out", str(tmp_path / "o2")]) == 1
     assert "--null" in capsys.readouterr().err
+
+
+def test_cli_steer_study_never_writes_over_a_user_file_or_into_its_input(tmp_path, capsys):
+    """The ownership rule for `steer-study --out`: a user's non-empty directory is refused without --overwrite, a
+    user's study.md is never replaced (with --overwrite either), and --out inside the SAE directory is refused; all
+    before a model loads, every file left as it was."""
+    from chatsae.cli import main
+    from chatsae.sae import SAEConfig, create_sae, save_sae
+
+    sae_dir = tmp_path / "a" / "sae"
+    save_sae(create_sae(SAEConfig(architecture="jumprelu", d_in=8, d_sae=16, metadata={"hook_name": HOOK})), sae_dir)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "study.md").write_text("my notes")
+    base = ["steer-study", str(sae_dir), "--model", str(tmp_path / "no-model")]
+    assert main([*base, "--out", str(user)]) == 1
+    assert str(user) in capsys.readouterr().err
+    assert main([*base, "--out", str(user), "--overwrite"]) == 1
+    assert "study.md" in capsys.readouterr().err
+    assert (user / "study.md").read_text() == "my notes" and sorted(p.name for p in user.iterdir()) == ["study.md"]
+    assert main([*base, "--out", str(sae_dir / "study")]) == 1
+    capsys.readouterr()
+    assert not (sae_dir / "study").exists()
