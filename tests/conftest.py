@@ -126,12 +126,17 @@ def numbered_chats(n: int) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="session")
-def chat_records():
-    """Factory ``n -> list[Record]`` of :func:`numbered_chats` (record index i)."""
+def chat_record_list(n: int) -> list:
+    """:func:`numbered_chats` as ``n`` chatsae Records (record index i)."""
     from chatsae.data.formats import Record
 
-    return lambda n: [Record(i, c["messages"], None) for i, c in enumerate(numbered_chats(n))]
+    return [Record(i, c["messages"], None) for i, c in enumerate(numbered_chats(n))]
+
+
+@pytest.fixture(scope="session")
+def chat_records():
+    """Factory ``n -> list[Record]``: :func:`chat_record_list`."""
+    return chat_record_list
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_harvest_pipeline import _records
+from conftest import chat_record_list as _records
 
 from chatsae.activations.harvest import HarvestConfig
 from chatsae.activations.pipeline import DataConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_harvest_pipeline import _records
+from conftest import chat_record_list as _records
 
 from chatsae.activations.cache import ActivationCache, CacheSource, Manifest
 from chatsae.activations.harvest import HarvestConfig, harvest_to_cache

@@ -83,7 +83,7 @@ def test_default_out_dirs() -> None:
 
 
 def test_harvest_run_evaluates_held_out(tiny_llama, tmp_path: Path) -> None:
-    from test_harvest_pipeline import _records
+    from conftest import chat_record_list as _records
 
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": r.messages}) + "\n" for r in _records(30)))
