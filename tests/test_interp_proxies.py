@@ -108,6 +108,10 @@ def test_proxies_of_a_features_run_and_the_command(interp_features, tmp_path, ca
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "A: " in printed and "no verdict at this budget" in printed  # the same SAE twice
+    by_class = p["by_class"]
+    for cls in ("template", "content"):  # the per-class figures and L0 are printed, not only written
+        assert f"  {cls} latents: {by_class[cls]['live']} (" in printed
+    assert f"L0 {p['l0']:.1f}" in printed
     assert set(json.loads(out.read_text())["proxies"]) == {"A", "B"}
     assert main(["proxies", str(data.root), "--labels", "A,B"]) == 1
 

@@ -200,8 +200,14 @@ def _proxies(args: argparse.Namespace) -> int:
         print(
             f"{lab}: {p['live']}/{p['d_sae']} live latents, token-explanation AUC {auc} over {p['scored_latents']}, "
             f"template-selective {p['template_selective']} ({100 * p['template_selective_share']:.1f}%), dead "
-            f"{100 * p['dead_fraction']:.1f}%, dense {100 * p['dense_fraction']:.1f}%"
+            f"{100 * p['dead_fraction']:.1f}%, dense {100 * p['dense_fraction']:.1f}%, L0 {p['l0']:.1f}"
         )
+        for cls, c in (p.get("by_class") or {}).items():
+            cls_auc = "-" if c["explanation_auc"] is None else f"{c['explanation_auc']:.3f}"
+            print(
+                f"  {cls} latents: {c['live']} ({100 * c['share_of_live']:.1f}% of live), token-explanation AUC "
+                f"{cls_auc} over {c['scored_latents']}"
+            )
     comparison = compare_proxies(named)
     print("\n".join(proxy_lines(comparison)))
     if args.out:
